@@ -1,0 +1,154 @@
+"""Typed view of ``catalog.yaml``: runtimes, apt tools and services.
+
+The catalog is data. Adding a service means adding an entry to ``catalog.yaml`` (plus a test); nothing
+here names a particular service.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Versions reach shell commands and image tags: only this alphabet is ever accepted.
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class DepType(StrEnum):
+    RUNTIME = "runtime"
+    TOOL = "tool"
+    SERVICE = "service"
+    DYNAMIC = "dynamic"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Versioned(_Frozen):
+    """Shared version rules: an optional allow-list and a default."""
+
+    description: str
+    versions: tuple[str, ...] = ()  # empty: any well-formed version is accepted
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _default_is_allowed(self) -> Versioned:
+        if self.versions and self.default is not None and self.default not in self.versions:
+            raise ValueError(f"default {self.default!r} is not among versions {self.versions}")
+        return self
+
+
+class Runtime(Versioned):
+    type: Literal["runtime"] = "runtime"
+    # Image used as the base when this is the only runtime declared; ``{version}`` is substituted.
+    base_image: str
+    # Dockerfile lines that install the runtime onto another base (when several runtimes are
+    # declared). ``{version}`` is substituted.
+    install: tuple[str, ...]
+    # Apt packages the install lines need on a Debian base.
+    install_apt: tuple[str, ...] = ()
+
+
+class Tool(Versioned):
+    type: Literal["tool"] = "tool"
+    apt: str  # the Debian package that provides the tool
+
+
+class Credential(_Frozen):
+    """One connection detail (user, password, db) of a service.
+
+    ``env`` is the container variable that sets it (and that a user may override in
+    ``services.<n>.env``); ``default`` may refer to other credentials as ``{user}``.
+    """
+
+    env: str | None = None
+    default: str | None = None
+    generate: bool = False  # a fresh random secret per run
+
+    @model_validator(mode="after")
+    def _has_a_value(self) -> Credential:
+        if not self.generate and self.default is None:
+            raise ValueError("a credential needs a default or generate: true")
+        return self
+
+
+class Probe(_Frozen):
+    """A readiness check run inside the service container; argv templates, never a shell string."""
+
+    command: tuple[str, ...]
+    env: dict[str, str] = Field(default_factory=dict)
+    expect: str | None = None  # substring the output must contain, when the exit code is not enough
+
+
+class Provisions(_Frozen):
+    """Items a service fetches after it is ready (e.g. ollama models), cached on the host."""
+
+    key: str  # the services.<n> key that lists the items, e.g. ``models``
+    command: tuple[str, ...]  # argv template; ``{item}`` is one item, passed as one argument
+    list_command: tuple[str, ...] | None = None  # prints what is already present
+    cache_path: str  # where the host cache is mounted inside the container
+    noun: str = "item"
+
+
+class Service(Versioned):
+    type: Literal["service"] = "service"
+    image: str  # repository; the tag is the version
+    port: int
+    env_prefix: str  # MOAT_<PREFIX>_HOST …
+    credentials: dict[str, Credential] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)  # extra container environment
+    command: tuple[str, ...] | None = None  # container command; None keeps the image's own
+    url: str
+    inject: tuple[str, ...]  # which MOAT_<PREFIX>_* variables the agent gets
+    readiness: Probe
+    provisions: Provisions | None = None
+    min_memory_mb: int = 64
+    aliases: tuple[str, ...] = ()  # names people try that mean this service (hints only)
+
+    @model_validator(mode="after")
+    def _inject_known(self) -> Service:
+        known = {"HOST", "PORT", "URL", *(name.upper() for name in self.credentials)}
+        unknown = sorted(set(self.inject) - known)
+        if unknown:
+            raise ValueError(f"inject lists unknown variables {unknown}")
+        return self
+
+
+class Dynamic(_Frozen):
+    """A package-manager prefix such as ``pip:`` or ``npm:``."""
+
+    type: Literal["dynamic"] = "dynamic"
+    description: str
+    requires: str  # the runtime that provides the package manager
+    install: str  # Dockerfile RUN command; ``{packages}`` becomes the quoted package specs
+    version_separator: str  # how NAME and VERSION are joined for the package manager
+    name_pattern: str
+
+
+Entry = Runtime | Tool | Service
+
+
+class CatalogData(_Frozen):
+    default_base_image: str
+    runtimes: dict[str, Runtime]
+    tools: dict[str, Tool]
+    services: dict[str, Service]
+    dynamic: dict[str, Dynamic]
+    aliases: dict[str, str] = Field(default_factory=dict)  # common wrong name → right name
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> CatalogData:
+        seen: dict[str, str] = {}
+        for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools),
+                              ("services", self.services)):
+            for name in entries:
+                if name in seen:
+                    raise ValueError(f"{name!r} appears in both {seen[name]} and {kind}")
+                seen[name] = kind
+        for wrong, right in self.aliases.items():
+            if right not in seen:
+                raise ValueError(f"alias {wrong!r} points to unknown {right!r}")
+        return self
