@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Versions reach shell commands and image tags: only this alphabet is ever accepted.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Provision items (e.g. model names) are passed to a command inside a container: one argument each,
+# and only this alphabet, so none can be read as an option or reach a shell.
+PROVISION_ITEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
 
 
 class DepType(StrEnum):
@@ -106,7 +109,6 @@ class Service(Versioned):
     readiness: Probe
     provisions: Provisions | None = None
     min_memory_mb: int = 64
-    aliases: tuple[str, ...] = ()  # names people try that mean this service (hints only)
 
     @model_validator(mode="after")
     def _inject_known(self) -> Service:
@@ -138,6 +140,8 @@ class CatalogData(_Frozen):
     services: dict[str, Service]
     dynamic: dict[str, Dynamic]
     aliases: dict[str, str] = Field(default_factory=dict)  # common wrong name → right name
+    not_yet_provided: frozenset[str] = frozenset()  # names the Go moat knows and we lack
+    not_yet_dynamic: frozenset[str] = frozenset()  # package-manager prefixes likewise
 
     @model_validator(mode="after")
     def _names_unique(self) -> CatalogData:

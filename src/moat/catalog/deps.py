@@ -1,0 +1,187 @@
+"""The ``name[@version]`` grammar and dependency-list resolution.
+
+Everything here is pure: strings in, ``Dependency`` values or ``DependencyError`` out. Versions and
+package names end up in Dockerfile lines, image tags and shell commands, so they are checked
+against strict alphabets before anything else looks at them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from moat.catalog import Catalog
+from moat.catalog.model import VERSION_RE, DepType, Runtime, Service, Tool
+from moat.errors import EXIT_USAGE, MoatError
+from moat.suggest import closest
+
+_PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERSION_RULE = "versions may only contain letters, digits, '.', '-' and '_'"
+
+
+class DependencyError(MoatError):
+    """A dependency string is malformed, unknown, or conflicts with another."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One resolved dependency."""
+
+    name: str  # catalog name, or the package name for pip:/npm:
+    type: DepType
+    version: str | None  # the version to install; the catalog default when none was given
+    requested: str | None  # the version the user wrote, if any
+    manager: str | None = None  # "pip" / "npm" for package-manager dependencies
+
+    @property
+    def key(self) -> str:
+        """Identity for duplicate detection: a package and a catalog entry never collide."""
+        return f"{self.manager}:{self.name}" if self.manager else self.name
+
+    @property
+    def spec(self) -> str:
+        """Canonical ``name@version`` text (what the image tag hashes over)."""
+        return f"{self.key}@{self.version}" if self.version else self.key
+
+
+def parse_dependency(text: object, catalog: Catalog) -> Dependency:
+    """Parse one entry of ``dependencies``."""
+    if not isinstance(text, str):
+        raise DependencyError(f"expected a string such as 'postgres@17', got {_describe(text)}")
+    raw = text.strip()
+    if not raw:
+        raise DependencyError("empty dependency: write a name such as 'postgres' or 'python@3.12'")
+    match = _PREFIX_RE.match(raw)
+    if match:
+        return _parse_dynamic(match.group(1), match.group(2), raw, catalog)
+    name, sep, version = raw.partition("@")
+    return _parse_named(name, version if sep else None, raw, catalog)
+
+
+def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog) -> Dependency:
+    if not _NAME_RE.match(name):
+        raise DependencyError(
+            f"invalid dependency {raw!r}: a name may only contain letters, digits, '.', '-' and '_'"
+            + _suggestion(name, catalog)
+        )
+    entry = catalog.get(name)
+    if entry is None:
+        raise DependencyError(_unknown_message(name, catalog))
+    if version is not None:
+        _check_version_text(name, version)
+    if isinstance(entry, Tool):
+        if version is not None:
+            raise DependencyError(
+                f"{name} is installed from Debian's package {entry.apt!r} and takes no version;"
+                f" write '{name}'"
+            )
+        return Dependency(name, DepType.TOOL, None, None)
+    if version is not None and entry.versions and version not in entry.versions:
+        default = f"; omit the version for the default, {entry.default}" if entry.default else ""
+        raise DependencyError(
+            f"invalid version {version!r} for {name} — available: {', '.join(entry.versions)}{default}"
+        )
+    kind = DepType.RUNTIME if isinstance(entry, Runtime) else DepType.SERVICE
+    assert isinstance(entry, Runtime | Service)
+    return Dependency(name, kind, version or entry.default, version)
+
+
+def _parse_dynamic(prefix: str, rest: str, raw: str, catalog: Catalog) -> Dependency:
+    manager = catalog.dynamic(prefix)
+    if manager is None:
+        if catalog.is_not_yet_provided(prefix):
+            raise DependencyError(
+                f"{raw!r}: the '{prefix}:' dependencies of the Go moat are not supported yet;"
+                f" supported prefixes: {', '.join(f'{p}:' for p in sorted(catalog.data.dynamic))}"
+            )
+        raise DependencyError(
+            f"unknown dependency prefix '{prefix}:' in {raw!r}; supported prefixes:"
+            f" {', '.join(f'{p}:' for p in sorted(catalog.data.dynamic))}"
+        )
+    # A scoped npm package starts with '@', so the version separator is the last '@' after it.
+    at = rest.rfind("@")
+    if at > 0:
+        package, version = rest[:at], rest[at + 1 :]
+    else:
+        package, version = rest, None
+    if not package or not re.match(manager.name_pattern, package):
+        raise DependencyError(f"invalid {prefix} package name {package!r} in {raw!r}")
+    if version is not None:
+        _check_version_text(f"{prefix}:{package}", version)
+    return Dependency(package, DepType.DYNAMIC, version, version, manager=prefix)
+
+
+def _check_version_text(name: str, version: str) -> None:
+    if not version:
+        raise DependencyError(f"empty version for {name}: write '{name}@VERSION' or omit '@'")
+    if not VERSION_RE.match(version):
+        raise DependencyError(f"invalid version {version!r} for {name}: {_VERSION_RULE}")
+
+
+def _unknown_message(name: str, catalog: Catalog) -> str:
+    if catalog.is_not_yet_provided(name):
+        return (
+            f"'{name}' is a dependency of the Go moat that this moat does not provide yet;"
+            " use a base_image that has it, or a pip:/npm: package"
+        )
+    return f"unknown dependency '{name}'{_suggestion(name, catalog)} (`moat deps list` shows them all)"
+
+
+def _suggestion(name: str, catalog: Catalog) -> str:
+    match = catalog.alias_for(name) or closest(name, catalog.names())
+    return f" — did you mean '{match}'?" if match else ""
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return repr(value)
+
+
+def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[Dependency], dict[int, str]]:
+    """Parse every entry; return the deduplicated dependencies and the problems by list index.
+
+    Every entry is checked (not just up to the first bad one) so the user sees all problems at once.
+    """
+    problems: dict[int, str] = {}
+    seen: dict[str, tuple[int, Dependency]] = {}
+    resolved: list[Dependency] = []
+    for index, item in enumerate(items):
+        try:
+            dep = parse_dependency(item, catalog)
+        except DependencyError as exc:
+            problems[index] = exc.message
+            continue
+        earlier = seen.get(dep.key)
+        if earlier is None:
+            seen[dep.key] = (index, dep)
+            resolved.append(dep)
+        elif earlier[1].version != dep.version:
+            problems[index] = (
+                f"{dep.key} is declared twice with different versions"
+                f" ({earlier[1].spec} at dependencies[{earlier[0]}], {dep.spec} here); keep one"
+            )
+    for index, dep in ((seen[d.key][0], d) for d in resolved):
+        if dep.manager:
+            needed = catalog.dynamic(dep.manager)
+            assert needed is not None
+            if needed.requires not in seen:
+                problems[index] = (
+                    f"{dep.key} is installed with {dep.manager}, which needs the"
+                    f" {needed.requires} runtime: add '{needed.requires}' to dependencies"
+                )
+    return resolved, problems
+
+
+def quote_packages(deps: list[Dependency], separator: str) -> str:
+    """Package specs for an install command line, each shell-quoted."""
+    specs = [f"{d.name}{separator}{d.version}" if d.version else d.name for d in deps]
+    return " ".join(shlex.quote(s) for s in specs)

@@ -1,0 +1,56 @@
+"""Catalog entries as plain data, for ``moat deps list/info`` (text and ``--json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moat.catalog import Catalog, Dynamic, Entry, Runtime, Service, Tool
+from moat.constants import AGENT_ENV_PREFIX
+
+
+def summary(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
+    """One row of ``moat deps list``."""
+    if isinstance(entry, Dynamic):
+        return {"name": f"{name}:", "type": "dynamic", "default": None, "versions": [],
+                "description": entry.description}
+    return {"name": name, "type": entry.type, "default": entry.default, "versions": list(entry.versions),
+            "description": entry.description}
+
+
+def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
+    """Everything ``moat deps info NAME`` shows."""
+    out = summary(name, entry)
+    if isinstance(entry, Service):
+        prefix = f"{AGENT_ENV_PREFIX}{entry.env_prefix}_"
+        out.update({
+            "image": entry.image,
+            "port": entry.port,
+            "env_prefix": prefix,
+            "variables": [f"{prefix}{var}" for var in entry.inject],
+            "url": entry.url,
+            "credentials": {
+                key: {"env": c.env, "default": c.default, "generated": c.generate}
+                for key, c in entry.credentials.items()
+            },
+            "readiness": list(entry.readiness.command),
+            "provisions": None if entry.provisions is None else {
+                "key": entry.provisions.key,
+                "noun": entry.provisions.noun,
+                "command": list(entry.provisions.command),
+                "cache_path": entry.provisions.cache_path,
+            },
+            "min_memory_mb": entry.min_memory_mb,
+        })
+    elif isinstance(entry, Runtime):
+        out["base_image"] = entry.base_image
+    elif isinstance(entry, Tool):
+        out["apt_package"] = entry.apt
+    else:
+        out.update({"requires": entry.requires, "usage": f"{name}:NAME[@VERSION]"})
+    return out
+
+
+def all_summaries(catalog: Catalog) -> list[dict[str, Any]]:
+    rows = [summary(name, entry) for name, entry in catalog.entries()]
+    rows += [summary(prefix, d) for prefix, d in sorted(catalog.data.dynamic.items())]
+    return rows

@@ -1,0 +1,92 @@
+"""``moat deps list`` and ``moat deps info``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from moat.catalog.model import DepType
+
+_TYPES = [t.value for t in DepType]
+
+
+@click.group()
+def deps() -> None:
+    """List and describe the dependencies moat.yaml can declare."""
+
+
+@deps.command("list")
+@click.option("--type", "type_", type=click.Choice(_TYPES), help="Only this kind of dependency.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(type_: str | None, as_json: bool) -> None:
+    """Every dependency: runtimes, tools, services and package managers."""
+    from moat.catalog import load_catalog
+    from moat.catalog.describe import all_summaries
+
+    rows = [r for r in all_summaries(load_catalog()) if type_ in (None, r["type"])]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("NAME", "TYPE", "DEFAULT", "VERSIONS", "DESCRIPTION")]
+    table += [(r["name"], r["type"], r["default"] or "-", ", ".join(r["versions"]) or "-", r["description"])
+              for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+
+
+@deps.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(name: str, as_json: bool) -> None:
+    """What NAME is, its versions and, for a service, what it gives the agent."""
+    from moat.catalog import load_catalog
+    from moat.catalog.describe import details
+    from moat.errors import UsageError
+    from moat.suggest import did_you_mean
+
+    catalog = load_catalog()
+    key = name.removesuffix(":")
+    entry: Any = catalog.get(key) or catalog.dynamic(key)
+    if entry is None:
+        hint = catalog.alias_for(key)
+        suggestion = f" — did you mean '{hint}'?" if hint else did_you_mean(key, catalog.names())
+        raise UsageError(f"unknown dependency '{name}'{suggestion} (`moat deps list` shows them all)")
+    data = details(key, entry)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print_details(data)
+
+
+def _print_details(data: dict[str, Any]) -> None:
+    labels = {
+        "name": "Name", "type": "Type", "description": "Description", "default": "Default",
+        "versions": "Versions", "image": "Image", "port": "Port", "variables": "Agent variables",
+        "url": "URL", "credentials": "Credentials", "readiness": "Ready when", "provisions": "Provisions",
+        "base_image": "Base image",
+        "apt_package": "Debian package", "requires": "Requires", "usage": "Usage",
+        "min_memory_mb": "Minimum memory (MB)",
+    }
+    for key, label in labels.items():
+        if key not in data or data[key] in (None, [], ""):
+            continue
+        value = data[key]
+        if isinstance(value, list):
+            value = " ".join(value) if key == "readiness" else ", ".join(value)
+        elif key == "credentials":
+            value = "; ".join(_credential(data["name"], k, c) for k, c in value.items())
+        elif key == "provisions":
+            value = f"services.{data['name']}.{value['key']}: list of {value['noun']}s, fetched with " \
+                    f"`{' '.join(value['command'])}`, cached on the host at {value['cache_path']}"
+        click.echo(f"{label + ':':<21}{value}")
+    if data["type"] == "service":
+        click.echo(f"\nmoat.yaml:\n  dependencies:\n    - {data['name']}@{data['default']}")
+
+
+def _credential(service: str, name: str, credential: dict[str, Any]) -> str:
+    source = "generated per run" if credential["generated"] else f"default {credential['default']}"
+    where = f"; override: services.{service}.env.{credential['env']}" if credential["env"] else ""
+    return f"{name} ({source}{where})"

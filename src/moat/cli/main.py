@@ -1,0 +1,92 @@
+"""The ``moat`` command: a click group whose subcommands load lazily, and the one place where
+errors become output and exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from moat import __version__
+from moat.errors import EXIT_RUNTIME, MoatError
+
+# name → (module:attribute, one-line help). Importing a command only when it runs keeps
+# `moat --help` and `moat deps list` from paying for pydantic, docker or rich.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("moat.cli.run:run", "Run a command in an isolated container with its services."),
+    "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS:
+            module_name, attribute = _COMMANDS[cmd_name][0].split(":")
+            command: click.Command = getattr(importlib.import_module(module_name), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][1]) for name in sorted(_COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="moat")
+@click.option("-v", "--verbose", is_flag=True, help="Show more detail, and tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """moat runs an agent (or any command) in an isolated container against one workspace, with
+    the services its moat.yaml declares started, ready and described to it."""
+    ctx.obj = {"verbose": verbose}
+
+
+def _verbose(argv: list[str]) -> bool:
+    """Whether -v was given (before any '--', after which words belong to the agent's command)."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "-v" in head or "--verbose" in head
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = _verbose(args)
+    try:
+        result = cli.main(args=args, prog_name="moat", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    except MoatError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"moat: {exc.render()}", err=True)
+        return exc.exit_code
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(
+            f"moat: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in moat. Run again with -v for the traceback and please report it.",
+            err=True,
+        )
+        return EXIT_RUNTIME
+    # A command's int result is the process exit code (``moat run`` returns the agent's).
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The human-readable rendering of a Plan (``moat run --dry-run``); secrets masked."""
+
+from __future__ import annotations
+
+import shlex
+
+from moat.plan.model import Plan
+
+
+def render_plan(plan: Plan) -> str:
+    mask = plan.masker()
+    out = [
+        "Run plan (dry run: nothing was started)",
+        f"  run        {plan.run_id}  name {plan.name}",
+        f"  workspace  {plan.workspace}  (mounted at /workspace)",
+        f"  config     {plan.config_file or '(none: defaults)'}",
+        f"  runtime    {plan.runtime}  network {plan.network}",
+        "",
+        f"Agent image {plan.image.tag}",
+        f"  base          {plan.image.base_image}",
+        f"  dependencies  {', '.join(plan.image.dependencies) or '(none)'}",
+        f"  user          moatuser (uid {plan.image.uid}, gid {plan.image.gid})",
+    ]
+    limits = plan.limits
+    if limits.memory_mb or limits.cpus or limits.dns or limits.ulimits:
+        parts = []
+        if limits.memory_mb:
+            parts.append(f"memory {limits.memory_mb} MB")
+        if limits.cpus:
+            parts.append(f"cpus {limits.cpus:g}")
+        if limits.dns:
+            parts.append(f"dns {', '.join(limits.dns)}")
+        parts += [f"ulimit {k}={s}:{h}" for k, (s, h) in limits.ulimits.items()]
+        out.append(f"  limits        {'; '.join(parts)}")
+    if plan.services:
+        out += ["", "Services (started in parallel on the run network)"]
+    for service in plan.services:
+        override = "  (image from services." + service.name + ".image)" if service.image_overridden else ""
+        out.append(f"  {service.name:<10} {service.image}{override}")
+        out.append(f"    container  {service.container_name}  host {service.name}  port {service.port}")
+        if service.memory_mb:
+            out.append(f"    memory     {service.memory_mb} MB")
+        out.append(f"    env        {_pairs(mask.mapping(service.env))}")
+        if service.command:
+            out.append(f"    command    {shlex.join(mask.text(a) for a in service.command)}")
+        if service.wait:
+            out.append(f"    ready when {shlex.join(mask.text(a) for a in service.probe.command)}"
+                       f" succeeds (timeout {service.ready_timeout:g}s)")
+        else:
+            out.append("    ready when (not waited for: wait: false)")
+        if service.provision:
+            p = service.provision
+            out.append(f"    provision  {p.key}: {', '.join(p.items)}  (cached at {p.cache_path},"
+                       f" timeout {p.timeout:g}s per {p.noun})")
+    out += ["", "Agent environment"]
+    out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items())]
+    out += ["", f"Command  {shlex.join(mask.text(a) for a in plan.command)}"
+            + ("  (interactive)" if plan.interactive else ""), "", "Dockerfile"]
+    out += [f"  {line}" for line in plan.image.dockerfile.rstrip().splitlines()]
+    return "\n".join(out)
+
+
+def _pairs(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items())) or "(none)"

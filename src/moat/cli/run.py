@@ -1,0 +1,80 @@
+"""``moat run``: plan a run from moat.yaml and the command line, then execute it (or print it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from moat.errors import UsageError
+
+COMMAND_META = "moat.command"
+
+
+class RunCommand(click.Command):
+    """Everything after the first ``--`` is the agent's command, untouched by option parsing."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            split = args.index("--")
+            ctx.meta[COMMAND_META] = tuple(args[split + 1 :])
+            args = args[:split]
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=RunCommand)
+@click.argument("path", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Set a variable for the agent (repeatable); KEY alone copies it from your environment.")
+@click.option("-n", "--name", help="A name for the run (default: moat.yaml's name, else a random one).")
+@click.option("--runtime", type=click.Choice(["docker"]), help="Where to run (default: docker).")
+@click.option("-i", "--interactive/--no-interactive", default=None,
+              help="Attach your terminal to the agent (default: moat.yaml's interactive).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.pass_context
+def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
+        interactive: bool | None, dry_run: bool, as_json: bool) -> Any:
+    """Run a command in an isolated container against the workspace PATH (default: .), with the
+    services moat.yaml declares started, ready and described in MOAT_* variables.
+
+    \b
+    Examples:
+      moat run -- psql "$MOAT_POSTGRES_URL" -c 'select 1'
+      moat run ./project --dry-run
+    """
+    from moat.catalog import load_catalog
+    from moat.cli.planview import render_plan
+    from moat.config.features import require_supported
+    from moat.config.load import load_config
+    from moat.plan.build import RunRequest, agent_identity, build_plan
+
+    workspace = path.expanduser().resolve()
+    if not workspace.is_dir():
+        raise UsageError(f"workspace {workspace} does not exist or is not a directory")
+    if as_json and not dry_run:
+        raise UsageError("--json needs --dry-run (a real run streams the agent's output)")
+    catalog = load_catalog()
+    config = load_config(workspace, catalog)
+    require_supported(config)
+    stat = workspace.stat()
+    uid, gid = agent_identity((os.getuid(), os.getgid()), (stat.st_uid, stat.st_gid), os.environ)
+    request = RunRequest(
+        workspace=workspace,
+        command=ctx.meta.get(COMMAND_META, ()),
+        env=env,
+        name=name,
+        runtime=runtime,
+        interactive=interactive,
+        uid=uid,
+        gid=gid,
+        host_env=dict(os.environ),
+    )
+    plan = build_plan(config, request, catalog)
+    if dry_run:
+        click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
+        return 0
+    raise UsageError("moat run needs --dry-run for now: the Docker runtime is not built yet")

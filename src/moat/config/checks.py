@@ -1,0 +1,114 @@
+"""moat.yaml's meaning, checked against the catalog: dependencies, and each ``services.<name>``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from moat.catalog import Catalog, DepType, Service
+from moat.catalog.deps import Dependency, resolve_dependencies
+from moat.catalog.model import PROVISION_ITEM_RE
+from moat.config.problems import describe
+from moat.config.schema import MoatConfig, ServiceOverride
+from moat.config.yamldoc import Path, scalar_text
+from moat.suggest import did_you_mean
+
+ITEM_RULE = "letters, digits and . _ : / @ -, starting with a letter or digit"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+    at_key: bool = False
+
+
+@dataclass
+class CheckResult:
+    dependencies: list[Dependency] = field(default_factory=list)
+    provisions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def check(model: MoatConfig, catalog: Catalog) -> CheckResult:
+    result = CheckResult()
+    deps, result.problems = check_dependencies(model.dependencies, catalog)
+    result.dependencies = deps
+    declared = {d.name for d in deps if d.type is DepType.SERVICE}
+    for name, override in model.services.items():
+        result.problems += _check_service(name, override, declared, catalog, result)
+    return result
+
+
+def check_dependencies(items: list[Any], catalog: Catalog) -> tuple[list[Dependency], list[Problem]]:
+    deps, problems = resolve_dependencies(items, catalog)
+    return deps, [Problem(("dependencies", i), m) for i, m in sorted(problems.items())]
+
+
+def _check_service(name: str, override: ServiceOverride, declared: set[str], catalog: Catalog,
+                   result: CheckResult) -> list[Problem]:
+    path: Path = ("services", name)
+    service = catalog.service(name)
+    if service is None:
+        other = catalog.get(name)
+        if other is not None:
+            return [Problem(path, f"'{name}' is a {other.type}, not a service; only service"
+                                  " dependencies are configured under services", at_key=True)]
+        hint = catalog.alias_for(name)
+        suggestion = f" — did you mean '{hint}'?" if hint else did_you_mean(name, catalog.service_names())
+        return [Problem(path, f"unknown service '{name}'{suggestion}", at_key=True)]
+    problems: list[Problem] = []
+    if name not in declared:
+        problems.append(Problem(
+            path, f"configured but '{name}' is not declared in dependencies:"
+                  f" add '- {name}' to dependencies (or remove this block)", at_key=True))
+    items, item_problems = _provision_items(name, override, service)
+    problems += item_problems
+    if items:
+        result.provisions[name] = items
+    if not override.wait and items:
+        assert service.provisions is not None
+        problems.append(Problem(
+            (*path, "wait"), f"wait: false cannot be combined with {service.provisions.key}:"
+                             f" {service.provisions.noun}s are fetched once {name} is ready;"
+                             f" remove wait: false or the {service.provisions.key} list"))
+    if override.memory is not None and override.memory < service.min_memory_mb:
+        problems.append(Problem(
+            (*path, "memory"), f"{name} needs at least {service.min_memory_mb} MB, got {override.memory}"))
+    for credential in service.credentials.values():
+        if credential.env and override.env.get(credential.env, None) == "":
+            problems.append(Problem(
+                (*path, "env", credential.env),
+                f"{credential.env} is empty; remove it to let moat choose a value"))
+    return problems
+
+
+def _provision_items(name: str, override: ServiceOverride, service: Service
+                     ) -> tuple[tuple[str, ...], list[Problem]]:
+    key = service.provisions.key if service.provisions else None
+    problems: list[Problem] = []
+    items: list[str] = []
+    extras: dict[str, Any] = override.model_extra or {}
+    for extra, value in extras.items():
+        path: Path = ("services", name, extra)
+        if extra != key:
+            allowed = [*ServiceOverride.model_fields, *([key] if key else [])]
+            problems.append(Problem(path, f"unknown key '{extra}'{did_you_mean(extra, allowed)}", at_key=True))
+            continue
+        assert service.provisions is not None
+        noun = service.provisions.noun
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            problems.append(Problem(
+                path, f"{key} must be a list, e.g. '{key}: [{describe(value).strip(chr(39))}]'"
+                      f" — got {describe(value)}"))
+            continue
+        for index, item in enumerate(value):
+            text = None if isinstance(item, bool) else scalar_text(item)
+            if text is None or not PROVISION_ITEM_RE.match(text):
+                problems.append(Problem(
+                    (*path, index), f"invalid {noun} name {describe(item)}: use {ITEM_RULE}"))
+            elif text not in items:
+                items.append(text)
+    return tuple(items), problems

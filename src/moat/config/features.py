@@ -1,0 +1,71 @@
+"""Which parts of a valid moat.yaml ask for something this moat does not do yet.
+
+Such files load (so users can bring them unchanged and learn exactly what is missing), but a run
+stops before starting anything. Above all, a security setting is never silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from moat.config.load import Config
+from moat.config.schema import MoatConfig
+from moat.errors import UnsupportedFeatureError
+
+
+@dataclass(frozen=True)
+class Feature:
+    path: tuple[str, ...]
+    used: Callable[[MoatConfig], bool]
+    why: str  # what the user loses if we went ahead
+
+
+_FEATURES = (
+    Feature(("grants",), lambda c: bool(c.grants), "credential injection (grants) is not built yet"),
+    Feature(("secrets",), lambda c: bool(c.secrets), "secret references (op://, ssm://) are not resolved yet"),
+    Feature(("network", "policy"), lambda c: c.network.policy == "strict",
+            "network.policy: strict would not be enforced; the agent would have open network access"),
+    Feature(("network", "rules"), lambda c: bool(c.network.rules), "per-host network rules are not enforced yet"),
+    Feature(("network", "keep_policy"), lambda c: c.network.keep_policy is not None,
+            "keep policies are not enforced yet"),
+    Feature(("network", "host"), lambda c: bool(c.network.host), "host port access is not built yet"),
+    Feature(("mounts",), lambda c: bool(c.mounts), "extra mounts are not built yet"),
+    Feature(("volumes",), lambda c: bool(c.volumes), "persistent volumes are not built yet"),
+    Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),
+    Feature(("hooks",), lambda c: any((c.hooks.post_build, c.hooks.post_build_root, c.hooks.pre_run)),
+            "build and run hooks are not built yet"),
+    Feature(("workspace", "mode"), lambda c: c.workspace.mode == "volume", "volume workspaces are not built yet"),
+    Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),
+    Feature(("snapshots",), lambda c: "snapshots" in c.model_fields_set and not c.snapshots.disabled,
+            "workspace snapshots are not built yet (set snapshots.disabled: true to run without them)"),
+    Feature(("tracing",), lambda c: "tracing" in c.model_fields_set and not c.tracing.disable_exec,
+            "exec tracing is not built yet (set tracing.disable_exec: true to run without it)"),
+    Feature(("language_servers",), lambda c: bool(c.language_servers), "language servers are not built yet"),
+    Feature(("devices",), lambda c: bool(c.devices), "serial devices are not built yet"),
+    Feature(("clipboard",), lambda c: c.clipboard is True, "clipboard sharing is not built yet"),
+    Feature(("runtime",), lambda c: c.runtime == "apple", "the Apple containers runtime is not built yet"),
+    Feature(("runtime",), lambda c: c.runtime == "sandbox", "the sandbox runtime is not built yet"),
+    *(
+        Feature((agent,), (lambda c, a=agent: bool(getattr(c, a).model_fields_set)),  # type: ignore[misc]
+                f"the {agent} agent integration is not built yet")
+        for agent in ("claude", "codex", "copilot", "gemini", "kiro", "pi")
+    ),
+)
+
+
+def unsupported(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """Every feature the config uses that moat cannot honour yet, as (path, why)."""
+    return [(f.path, f.why) for f in _FEATURES if f.used(config.model)]
+
+
+def require_supported(config: Config) -> None:
+    """Stop before anything starts if the config needs a feature moat does not have."""
+    found = unsupported(config)
+    if not found:
+        return
+    lines = [f"  {'.'.join(path)} ({config.where(*path)}): {why}" for path, why in found]
+    raise UnsupportedFeatureError(
+        "not supported yet: " + ", ".join(".".join(p) for p, _ in found) + "\n" + "\n".join(lines),
+        hint="Remove these keys (or the run will not start); nothing was started.",
+    )

@@ -1,0 +1,97 @@
+"""Find, read and validate ``moat.yaml`` into a frozen ``Config``.
+
+Validation happens in two passes, each reporting every problem it finds with its location:
+the file's shape (``schema``), then its meaning against the catalog (``checks``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from moat.catalog import Catalog
+from moat.catalog.deps import Dependency
+from moat.config import checks
+from moat.config.problems import translate
+from moat.config.schema import MoatConfig
+from moat.config.yamldoc import Marks, YamlProblem, load_document
+from moat.constants import CONFIG_FILENAMES
+from moat.errors import ConfigError, Located
+
+# A moat.yaml is a few kilobytes; refuse to parse something that is clearly not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated moat.yaml (or the empty configuration when the workspace has none)."""
+
+    file: Path | None
+    model: MoatConfig
+    dependencies: tuple[Dependency, ...]
+    provisions: dict[str, tuple[str, ...]]  # service → items to provision (e.g. ollama models)
+    marks: Marks = field(default_factory=Marks, repr=False)
+
+    def where(self, *path: str | int) -> str:
+        """``moat.yaml:12`` for a key, for messages about config values found valid but unusable."""
+        if self.file is None:
+            return "command line"
+        line, _ = self.marks.locate(tuple(path), prefer_key=True)
+        return f"{self.file.name}:{line}" if line else self.file.name
+
+
+def find_config_file(workspace: Path) -> Path | None:
+    for name in CONFIG_FILENAMES:
+        candidate = workspace / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(workspace: Path, catalog: Catalog) -> Config:
+    """Load the workspace's moat.yaml (falling back to agent.yaml); none at all is an empty config."""
+    file = find_config_file(workspace)
+    if file is None:
+        return Config(None, MoatConfig(), (), {})
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(file, [Located((), f"cannot read the file: {exc.strerror}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(file, [Located((), f"file is larger than {MAX_CONFIG_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, [Located((), f"not UTF-8 text (byte {exc.start})")]) from None
+    return parse_config(text, catalog, file=file)
+
+
+def parse_config(text: str, catalog: Catalog, *, file: Path | None = None) -> Config:
+    """Validate moat.yaml text. Raises ``ConfigError`` listing every problem found."""
+    try:
+        data, marks = load_document(text)
+    except YamlProblem as problem:
+        raise ConfigError(file, [problem.problem]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, [Located((), "the file must be a mapping of keys such as 'dependencies:'", 1, 1)])
+    try:
+        model = MoatConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = translate(exc.errors(include_url=False), data, marks, MoatConfig)
+        # The dependency list can be judged on its own; report its problems in the same round.
+        if isinstance(data.get("dependencies"), list):
+            problems += _locate(checks.check_dependencies(data["dependencies"], catalog)[1], marks)
+        raise ConfigError(file, problems) from None
+    result = checks.check(model, catalog)
+    problems = _locate(result.problems, marks)
+    if problems:
+        raise ConfigError(file, problems)
+    return Config(file, model, tuple(result.dependencies), result.provisions, marks)
+
+
+def _locate(problems: list[checks.Problem], marks: Marks) -> list[Located]:
+    return [Located(p.path, p.message, *marks.locate(p.path, prefer_key=p.at_key)) for p in problems]

@@ -1,0 +1,394 @@
+"""The shape of ``moat.yaml``: every key the Go moat accepts, at every depth, and nothing else.
+
+Models forbid unknown keys everywhere (the Go tool silently drops them). Keys for features this moat
+has not built yet are still described here so such files load; ``config.features`` decides whether
+a run may proceed. Values that several shapes may take (a mount as ``src:dst`` or as a mapping) are
+normalised to one shape before validation, so errors point at the user's key, not at a union arm.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
+
+from moat.config.yamldoc import scalar_text
+
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+IMAGE_REF_RE = r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:]*(@sha256:[a-f0-9]{64})?$"
+RUN_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def _to_text(value: Any) -> Any:
+    """Any scalar reads as its written text, as the Go tool reads it; null reads as ''."""
+    if value is None:
+        return ""
+    text = scalar_text(value)
+    return value if text is None else text
+
+
+Text = Annotated[str, BeforeValidator(_to_text)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
+ImageRef = Annotated[str, BeforeValidator(_to_text), StringConstraints(pattern=IMAGE_REF_RE)]
+EnvMap = dict[EnvName, Text]
+
+
+class Section(BaseModel):
+    """A mapping in moat.yaml: unknown keys are errors, and ``key: null`` means "use the default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+# --- container ---------------------------------------------------------------------------------
+
+UlimitName = Literal[
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+    "rss", "rtprio", "rttime", "sigpending", "stack",
+]
+
+
+class Ulimit(Section):
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Ulimit:
+        if self.soft == -1 and self.hard != -1:
+            raise ValueError("soft is -1 (unlimited), so hard must be -1 too")
+        if -1 not in (self.soft, self.hard) and self.soft > self.hard:
+            raise ValueError(f"soft ({self.soft}) must not exceed hard ({self.hard})")
+        return self
+
+
+class ContainerConfig(Section):
+    memory: int = Field(0, ge=0)  # MB; 0 = the engine's default (no limit)
+    cpus: float = Field(0, ge=0)  # 0 = no limit
+    dns: list[Text] = Field(default_factory=list)
+    ulimits: dict[UlimitName, Ulimit] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _memory_floor(self) -> ContainerConfig:
+        if 0 < self.memory < 128:
+            raise ValueError(f"container.memory must be 0 (no limit) or at least 128 MB, got {self.memory}")
+        return self
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+class ServiceOverride(Section):
+    """``services.<name>``. The service's provisions key (e.g. ollama ``models``) arrives as an extra
+    field and is checked against the catalog by ``config.checks``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    env: EnvMap = Field(default_factory=dict)
+    image: ImageRef | None = None
+    wait: bool = True
+    memory: int | None = Field(None, gt=0)  # MB
+    ready_timeout: float = Field(60, gt=0, le=3600)  # seconds
+    provision_timeout: float = Field(1800, gt=0, le=86400)  # seconds, per item
+
+
+# --- network -----------------------------------------------------------------------------------
+
+_RULE_RE = re.compile(r"^(?i:allow|deny)\s+\S+\s+/\S*$")
+
+
+def _rule_entry(value: Any) -> Any:
+    """``- api.github.com`` or ``- api.github.com: ["allow GET /repos/**"]`` → one shape."""
+    if isinstance(value, str):
+        return {"host": value, "rules": []}
+    if isinstance(value, dict) and len(value) == 1:
+        ((host, rules),) = value.items()
+        return {"host": host, "rules": rules if rules is not None else []}
+    if isinstance(value, dict):
+        raise ValueError("a rule entry maps exactly one host to its rules, e.g. 'api.github.com: [...]'")
+    return value
+
+
+def _check_rule(value: str) -> str:
+    if not _RULE_RE.match(value.strip()):
+        raise ValueError(f"rule {value!r} must read 'allow|deny METHOD /path', e.g. 'allow GET /repos/**'")
+    return value
+
+
+class HostRules(Section):
+    host: Annotated[str, StringConstraints(min_length=1)]
+    rules: list[Annotated[str, BeforeValidator(_to_text), BeforeValidator(_check_rule)]] = Field(
+        default_factory=list
+    )
+
+
+class InlinePolicy(Section):
+    deny: list[Text] = Field(default_factory=list)
+    mode: Literal["", "enforce", "audit"] = ""
+
+
+def _policy_kind(value: Any) -> str:
+    return "inline" if isinstance(value, dict | InlinePolicy) else "name"
+
+
+# A keep policy is a pack name or file path (a string), or an inline mapping.
+Policy = Annotated[
+    Annotated[InlinePolicy, Tag("inline")] | Annotated[Text, Tag("name")],
+    Discriminator(_policy_kind),
+]
+
+
+class NetworkConfig(Section):
+    policy: Literal["permissive", "strict"] = "permissive"
+    allow: list[Text] = Field(default_factory=list)  # removed in the Go moat; non-empty is an error
+    rules: list[Annotated[HostRules, BeforeValidator(_rule_entry)]] = Field(default_factory=list)
+    keep_policy: Policy | None = None
+    host: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checks(self) -> NetworkConfig:
+        if self.allow:
+            raise ValueError("network.allow is no longer supported; use network.rules instead")
+        if len(set(self.host)) != len(self.host):
+            raise ValueError("network.host lists a port twice")
+        return self
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def _mount_entry(value: Any) -> Any:
+    """``./data:/data:ro`` → ``{source: ./data, target: /data, mode: ro}``."""
+    if not isinstance(value, str):
+        return value
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise ValueError(f"mount {value!r} must read SOURCE:TARGET or SOURCE:TARGET:ro|rw")
+    return {"source": parts[0], "target": parts[1], **({"mode": parts[2]} if len(parts) == 3 else {})}
+
+
+class Mount(Section):
+    source: Annotated[str, StringConstraints(min_length=1)]
+    target: Annotated[str, StringConstraints(pattern=r"^/")]
+    mode: Literal["", "ro", "rw"] = ""
+    exclude: list[Text] = Field(default_factory=list)
+
+
+class Volume(Section):
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    target: Annotated[str, StringConstraints(pattern=r"^/")]
+    readonly: bool = False
+    type: Literal["", "bind", "volume"] = ""
+
+
+class WorkspaceConfig(Section):
+    mode: Literal["", "bind", "volume"] = ""
+
+
+class HooksConfig(Section):
+    post_build: Text = ""
+    post_build_root: Text = ""
+    pre_run: Text = ""
+
+
+class Device(Section):
+    class Match(Section):
+        usb: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] | None = None
+        interface: Annotated[Text, StringConstraints(pattern=r"^[0-9]+$")] | None = None
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    match: Match = Field(default_factory=Match)
+    baud: int = Field(0, ge=0)
+    record: Literal["", "events", "full"] = ""
+
+
+# --- observability -----------------------------------------------------------------------------
+
+
+class SnapshotTriggers(Section):
+    disable_pre_run: bool = False
+    disable_git_commits: bool = False
+    disable_builds: bool = False
+    disable_idle: bool = False
+    idle_threshold_seconds: int = Field(30, ge=0)
+
+
+class SnapshotExclude(Section):
+    ignore_gitignore: bool = False
+    additional: list[Text] = Field(default_factory=list)
+
+
+class SnapshotRetention(Section):
+    max_count: int = Field(10, ge=0)
+    delete_initial: bool = False
+
+
+class SnapshotsConfig(Section):
+    disabled: bool = False
+    triggers: SnapshotTriggers = Field(default_factory=SnapshotTriggers)
+    exclude: SnapshotExclude = Field(default_factory=SnapshotExclude)
+    retention: SnapshotRetention = Field(default_factory=SnapshotRetention)
+
+
+class TracingConfig(Section):
+    disable_exec: bool = False
+
+
+# --- MCP and agents ----------------------------------------------------------------------------
+
+
+class McpAuth(Section):
+    grant: Annotated[str, StringConstraints(min_length=1)]
+    header: Annotated[str, StringConstraints(min_length=1)]
+
+
+def _mcp_entry(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class McpServer(Section):
+    name: Annotated[str, StringConstraints(min_length=1)]
+    url: Annotated[str, StringConstraints(pattern=r"^(https://|http://(localhost|127\.0\.0\.1|\[::1\]))")] | None = None
+    auth: McpAuth | None = None
+    policy: Policy | None = None
+
+
+class LocalMcpServer(Section):
+    command: Annotated[str, StringConstraints(min_length=1)]
+    args: list[Text] = Field(default_factory=list)
+    env: EnvMap = Field(default_factory=dict)
+    grant: Text = ""
+    cwd: Text = ""
+
+
+class Marketplace(Section):
+    source: Literal["github", "git", "directory"]
+    repo: Text = ""
+    url: Text = ""
+    path: Text = ""
+    ref: Text = ""  # accepted by older Go moat versions, ignored there
+
+
+class LlmGateway(Section):
+    policy: Policy | None = None
+
+
+class BedrockModels(Section):
+    haiku: Text = ""
+    sonnet: Text = ""
+    opus: Text = ""
+    custom: Text = ""
+
+
+class Bedrock(Section):
+    enabled: bool = False
+    region: Text = ""
+    models: BedrockModels = Field(default_factory=BedrockModels)
+
+
+class ClaudeConfig(Section):
+    base_url: Annotated[Text, StringConstraints(pattern=r"^https?://[^/\s]+")] | None = None
+    sync_logs: bool | None = None
+    plugins: dict[str, bool] = Field(default_factory=dict)
+    marketplaces: dict[str, Marketplace] = Field(default_factory=dict)
+    mcp: dict[str, LocalMcpServer] = Field(default_factory=dict)
+    subscription_type: Text = ""
+    rate_limit_tier: Text = ""
+    llm_gateway: LlmGateway | None = Field(None, alias="llm-gateway")
+    env: EnvMap = Field(default_factory=dict)
+    bedrock: Bedrock | None = None
+
+
+class LogSyncingAgent(Section):
+    sync_logs: bool | None = None
+    mcp: dict[str, LocalMcpServer] = Field(default_factory=dict)
+
+
+class CopilotConfig(Section):
+    model: Text = ""
+    experimental: bool = False
+    autopilot: bool = False
+
+
+class PiConfig(Section):
+    provider: Text = ""
+    model: Text = ""
+    packages: list[
+        Annotated[str, StringConstraints(pattern=r"^(npm:|git:|https://|ssh://)[A-Za-z0-9@:/._~%+#-]+$")]
+    ] = Field(default_factory=list)
+
+
+# --- the file ----------------------------------------------------------------------------------
+
+
+class MoatConfig(Section):
+    name: Annotated[Text, StringConstraints(pattern=RUN_NAME_RE)] | None = None
+    agent: Text = ""
+    version: Text = ""
+    dependencies: list[Any] = Field(default_factory=list)  # parsed against the catalog
+    services: dict[str, ServiceOverride] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
+    secrets: EnvMap = Field(default_factory=dict)
+    grants: list[Text] = Field(default_factory=list)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    command: list[Text] | None = None
+    interactive: bool = False
+    clipboard: bool | None = None
+    runtime: Literal["", "docker", "apple", "sandbox"] = ""
+    container: ContainerConfig = Field(default_factory=ContainerConfig)
+    base_image: ImageRef | None = None
+    mounts: list[Annotated[Mount, BeforeValidator(_mount_entry)]] = Field(default_factory=list)
+    volumes: list[Volume] = Field(default_factory=list)
+    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=dict)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
+    sandbox: Literal["", "none"] = ""
+    mcp: list[Annotated[McpServer, BeforeValidator(_mcp_entry)]] = Field(default_factory=list)
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    language_servers: list[Literal["go", "typescript", "python"]] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
+    codex: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
+    gemini: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
+    kiro: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
+    copilot: CopilotConfig = Field(default_factory=CopilotConfig)
+    pi: PiConfig = Field(default_factory=PiConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> MoatConfig:
+        overlap = sorted(set(self.env) & set(self.secrets))
+        if overlap:
+            raise ValueError(f"{', '.join(overlap)} set in both env and secrets; keep one")
+        if self.command is not None and (not self.command or not self.command[0]):
+            raise ValueError("command must name a program, e.g. [\"npm\", \"start\"]")
+        return self
+
+
+# Phrases for "expected ..., got ..." errors, by dotted path pattern ('*' matches one segment).
+EXPECTED: dict[str, str] = {
+    "services.*.memory": "an integer number of megabytes",
+    "container.memory": "an integer number of megabytes (0 for no limit)",
+    "container.cpus": "a number of CPUs",
+    "services.*.ready_timeout": "a number of seconds",
+    "services.*.provision_timeout": "a number of seconds",
+    "services.*.wait": "true or false",
+    "command": "a list of strings such as [\"npm\", \"start\"]",
+    "ports.*": "a port number (1-65535)",
+    "network.host.*": "a port number (1-65535)",
+}

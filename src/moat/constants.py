@@ -1,0 +1,36 @@
+"""Every name moat writes into the world — files, labels, variables, image tags — defined once."""
+
+from __future__ import annotations
+
+# Config files, in order of preference (agent.yaml is the Go tool's older name).
+CONFIG_FILENAMES = ("moat.yaml", "agent.yaml")
+
+# Environment variables moat reads.
+ENV_HOME = "MOAT_HOME"  # where runs and caches live (default ~/.moat)
+ENV_RUNTIME = "MOAT_RUNTIME"  # default runtime when neither --runtime nor moat.yaml says
+
+# Variables moat gives the agent.
+AGENT_ENV_PREFIX = "MOAT_"
+AGENT_ENV_RUN_ID = "MOAT_RUN_ID"
+AGENT_ENV_RUN_NAME = "MOAT_RUN_NAME"
+
+# Image tags and names.
+AGENT_IMAGE_REPO = "moat/run"
+RUN_ID_PREFIX = "run_"
+NETWORK_PREFIX = "moat-"
+CONTAINER_PREFIX = "moat-"
+
+# Inside the agent container.
+WORKSPACE_MOUNT = "/workspace"
+AGENT_USER = "moatuser"
+AGENT_HOME = "/home/moatuser"
+
+# Labels on every engine object moat creates (reserved namespace ``moat.``).
+LABEL_RUN_ID = "moat.run-id"
+LABEL_ROLE = "moat.role"
+LABEL_SERVICE = "moat.service"
+ROLE_AGENT = "agent"
+ROLE_SERVICE = "service"
+ROLE_NETWORK = "network"
+
+MASK = "****"

@@ -1,0 +1,86 @@
+"""The agent image's Dockerfile, generated from resolved dependencies.
+
+Layer order puts what changes least first (apt, then runtimes, then packages, then the user), so
+editing a pip package does not re-run apt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moat.catalog import Catalog, DepType, Runtime, Tool
+from moat.catalog.deps import Dependency, quote_packages
+from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
+
+# Always installed: TLS roots for anything that talks HTTPS.
+BASE_APT = ("ca-certificates",)
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    base_image: str
+    dependencies: tuple[Dependency, ...]
+    uid: int
+    gid: int
+
+
+def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: str | None) -> str:
+    """``base_image`` if set; a runtime's own image when exactly one runtime is declared; else Debian."""
+    if override:
+        return override
+    runtimes = [d for d in deps if d.type is DepType.RUNTIME]
+    if len(runtimes) == 1:
+        entry = catalog.get(runtimes[0].name)
+        assert isinstance(entry, Runtime) and runtimes[0].version
+        return entry.base_image.replace("{version}", runtimes[0].version)
+    return catalog.default_base_image
+
+
+def render(inputs: ImageInputs, catalog: Catalog) -> str:
+    deps = inputs.dependencies
+    lines = [f"FROM {inputs.base_image}", "ENV DEBIAN_FRONTEND=noninteractive"]
+    runtimes = [d for d in deps if d.type is DepType.RUNTIME]
+    # A runtime whose own image is the base needs no install step.
+    to_install = [] if len(runtimes) == 1 else runtimes
+    apt = set(BASE_APT)
+    for dep in deps:
+        entry = catalog.get(dep.name) if not dep.manager else None
+        if isinstance(entry, Tool):
+            apt.add(entry.apt)
+    for dep in to_install:
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, Runtime)
+        apt.update(entry.install_apt)
+    lines.append(
+        "RUN apt-get update \\\n"
+        f" && apt-get install -y --no-install-recommends {' '.join(sorted(apt))} \\\n"
+        " && rm -rf /var/lib/apt/lists/*"
+    )
+    for dep in to_install:
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, Runtime) and dep.version
+        lines += [line.replace("{version}", dep.version) for line in entry.install]
+    for prefix in sorted({d.manager for d in deps if d.manager}):
+        manager = catalog.dynamic(prefix)
+        assert manager is not None
+        packages = sorted((d for d in deps if d.manager == prefix), key=lambda d: d.name)
+        lines.append("RUN " + manager.install.replace(
+            "{packages}", quote_packages(packages, manager.version_separator)))
+    lines += _user_lines(inputs.uid, inputs.gid)
+    return "\n".join(lines) + "\n"
+
+
+def _user_lines(uid: int, gid: int) -> list[str]:
+    # The agent runs as the invoking user's uid/gid so files it writes in the workspace are theirs.
+    # Base images may already own that uid or gid (node's "node" is 1000): the user is replaced,
+    # an existing group is reused.
+    return [
+        f"RUN set -e; existing=$(getent passwd {uid} | cut -d: -f1); "
+        f'if [ -n "$existing" ]; then userdel "$existing"; fi; '
+        f"getent group {gid} >/dev/null || groupadd -g {gid} {AGENT_USER}; "
+        f"useradd -m -d {AGENT_HOME} -u {uid} -g {gid} -s /bin/bash {AGENT_USER}; "
+        f"mkdir -p {WORKSPACE_MOUNT} && chown {uid}:{gid} {WORKSPACE_MOUNT}",
+        f"ENV HOME={AGENT_HOME}",
+        f"USER {uid}:{gid}",
+        f"WORKDIR {WORKSPACE_MOUNT}",
+    ]
