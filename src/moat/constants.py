@@ -29,8 +29,12 @@ AGENT_HOME = "/home/moatuser"
 LABEL_RUN_ID = "moat.run-id"
 LABEL_ROLE = "moat.role"
 LABEL_SERVICE = "moat.service"
+LABEL_OWNER_PID = "moat.owner-pid"  # the moat process that created it (orphan detection)
+LABEL_OWNER_HOST = "moat.owner-host"
 ROLE_AGENT = "agent"
 ROLE_SERVICE = "service"
 ROLE_NETWORK = "network"
+ROLE_IMAGE = "image"
+AGENT_CONTAINER_PREFIX = "moat-agent-"
 
 MASK = "****"

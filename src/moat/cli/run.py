@@ -33,11 +33,13 @@ class RunCommand(click.Command):
 @click.option("--runtime", type=click.Choice(["docker"]), help="Where to run (default: docker).")
 @click.option("-i", "--interactive/--no-interactive", default=None,
               help="Attach your terminal to the agent (default: moat.yaml's interactive).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the agent image even if it is up to date.")
+@click.option("--keep", is_flag=True, help="Keep the agent container after it exits (services are removed).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.pass_context
 def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
-        interactive: bool | None, dry_run: bool, as_json: bool) -> Any:
+        interactive: bool | None, rebuild: bool, keep: bool, dry_run: bool, as_json: bool) -> Any:
     """Run a command in an isolated container against the workspace PATH (default: .), with the
     services moat.yaml declares started, ready and described in MOAT_* variables.
 
@@ -77,4 +79,11 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     if dry_run:
         click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
         return 0
-    raise UsageError("moat run needs --dry-run for now: the Docker runtime is not built yet")
+    from moat.run.lifecycle import Options, RunExecution
+    from moat.run.report import reporter_for
+    from moat.run.store import RunStore
+    from moat.runtime.docker import DockerRuntime
+
+    execution = RunExecution(plan, DockerRuntime(), RunStore(), reporter_for(),
+                             Options(keep=keep, rebuild=rebuild))
+    return execution.execute()

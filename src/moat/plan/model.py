@@ -7,6 +7,7 @@ rendering through ``Masker``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +155,11 @@ def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:
 
 
 class Masker:
-    """Replaces every secret (raw and percent-encoded, as it appears in URLs) with ``****``."""
+    """Replaces every secret with ``****``: raw, percent-encoded (as in URLs) and JSON-escaped."""
 
     def __init__(self, secrets: frozenset[str]) -> None:
-        forms = {s for s in secrets if s} | {quote(s, safe="") for s in secrets if s}
+        present = [s for s in secrets if s]
+        forms = {*present, *(quote(s, safe="") for s in present), *(json.dumps(s)[1:-1] for s in present)}
         # Longest first, so a secret containing another is masked whole.
         self._forms = sorted(forms, key=len, reverse=True)
 

@@ -1,0 +1,50 @@
+# moat — the two commands a new machine needs: `make demo` and `make test`.
+# Both install what they need (a virtualenv with moat and its tools; Debian's Docker engine and the
+# locally built images when no engine answers) and are safe to run again.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DIR ?= /tmp/moat-demo
+
+.PHONY: install engine test unit lint demo bench clean-engine help
+
+help:
+	@echo "make demo    run the multi-service example for real (postgres + mysql + redis)"
+	@echo "make test    lint, type-check, and run unit, integration and end-to-end tests"
+	@echo "make unit    unit tests only (no engine)"
+	@echo "make engine  start a local Docker engine if none answers and build the test images"
+	@echo "make bench   start-up benchmarks against peers"
+
+# The virtualenv is rebuilt only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+engine:
+	bash engine/ensure.sh
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks engine
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit -q
+
+test: install engine lint
+	$(BIN)/pytest tests -q
+
+demo: install engine
+	$(BIN)/python engine/localize.py examples/multi-service $(DEMO_DIR)
+	$(BIN)/moat run $(DEMO_DIR)
+
+bench: install engine
+	$(BIN)/python benchmarks/startup.py
+
+clean-engine:
+	bash engine/stop.sh

@@ -1,0 +1,386 @@
+"""Executing a Plan: the run's phases, and the teardown that always follows them.
+
+    network ─┬─ agent image (build if missing) ───────────────┐
+             └─ each service: image → create → start → ready ──┴─► agent ─► teardown
+
+Services start in parallel with each other and with the image build. The first failure stops the
+others (``abort``); SIGINT/SIGTERM become ``Interrupted``; in every case teardown saves each sidecar's
+log and removes every container and network the run created, then sweeps by label for stragglers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from moat.constants import (
+    AGENT_CONTAINER_PREFIX,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_ROLE,
+    LABEL_RUN_ID,
+    LABEL_SERVICE,
+    ROLE_AGENT,
+    ROLE_IMAGE,
+    ROLE_NETWORK,
+    ROLE_SERVICE,
+    WORKSPACE_MOUNT,
+)
+from moat.errors import EngineError, MoatError
+from moat.plan.model import Plan, ServiceSpec
+from moat.run.output import relay
+from moat.run.report import Reporter
+from moat.run.signals import Interrupted, interrupts_deferred, interrupts_raise
+from moat.run.store import SERVICE_LOGS_DIR, RunRecord, RunStore, now_iso
+from moat.runtime.base import ContainerSpec, Runtime
+from moat.services.readiness import Aborted, wait_ready
+
+STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
+WORKER_GRACE = 15.0  # seconds teardown waits for start-up threads to notice the abort
+
+
+@dataclass
+class Options:
+    keep: bool = False  # keep the agent container after it exits
+    rebuild: bool = False
+
+
+@dataclass
+class _Created:
+    """What exists so far: exactly what teardown must remove."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    services: dict[str, str] = field(default_factory=dict)  # service name → container id
+    agent: str | None = None
+    network: str | None = None
+
+
+class RunExecution:
+    def __init__(self, plan: Plan, runtime: Runtime, store: RunStore, reporter: Reporter,
+                 options: Options | None = None) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.store = store
+        self.report = reporter
+        self.options = options or Options()
+        self.masker = plan.masker()
+        self.abort = threading.Event()
+        self.created = _Created()
+        self.record: RunRecord | None = None
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self._workers: ThreadPoolExecutor | None = None
+
+    # --- the whole run -----------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Run the plan; returns the agent's exit code (or 128+signal). Raises MoatError on failure."""
+        plan = self.plan
+        self.record = record = self.store.create(
+            plan.run_id, self.masker,
+            name=plan.name, workspace=str(plan.workspace), runtime=plan.runtime,
+            config_file=str(plan.config_file) if plan.config_file else None,
+            image=plan.image.tag, network=plan.network, command=list(plan.command),
+            services=[{"name": s.name, "image": s.image, "container_name": s.container_name}
+                      for s in plan.services],
+            agent={"container_name": self._agent_name()},
+        )
+        record.write_file("Dockerfile", plan.image.dockerfile)
+        self._event(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
+        outcome: BaseException | None = None
+        try:
+            with interrupts_raise():
+                record.update(state="starting")
+                self._prepare()
+                code = self._run_agent()
+            record.update(state="exited", exit_code=code)
+            return code
+        except Interrupted as exc:
+            outcome = exc
+            self._event(f"interrupted by {exc}: tearing down")
+            record.update(state="interrupted", exit_code=exc.exit_code)
+            return exc.exit_code
+        except MoatError as exc:
+            outcome = exc
+            record.update(state="failed", error=exc.message)
+            raise
+        finally:
+            self._teardown(outcome)
+            record.update(ended_at=now_iso(), timings={k: round(v, 3) for k, v in self.timings.items()})
+            record.close()
+
+    # --- phase 1: network, image and services, in parallel -----------------------------------------
+
+    def _prepare(self) -> None:
+        plan = self.plan
+        self.runtime.ping()
+        self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
+        self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
+        futures: list[Future[None]] = [self._workers.submit(self._ensure_agent_image)]
+        futures += [self._workers.submit(self._start_service, s) for s in plan.services]
+        pending = set(futures)
+        while pending:
+            # A short timeout keeps the main thread responsive to signals.
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    self.abort.set()
+                    raise error
+        self.timings["services_ready"] = time.monotonic() - self.started
+
+    def _ensure_agent_image(self) -> None:
+        image = self.plan.image
+        if not self.options.rebuild and self.runtime.image_exists(image.tag):
+            self._event(f"agent image {image.tag} is up to date")
+            return
+        started = time.monotonic()
+        key = "image"
+        self.report.task(key, f"building agent image {image.tag}")
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            if self.abort.is_set():
+                raise Aborted
+            lines.append(line)
+            self.report.update(key, line)
+
+        try:
+            self.runtime.build_image(image.tag, image.dockerfile, {LABEL_ROLE: ROLE_IMAGE}, on_line)
+        except MoatError as exc:
+            self.report.finish(key, f"building agent image {image.tag}", ok=False)
+            raise exc
+        finally:
+            assert self.record is not None
+            self.record.write_file("build.log", "\n".join(lines) + "\n")
+        self.timings["image_build"] = time.monotonic() - started
+        self.report.finish(key, f"built agent image {image.tag} in {time.monotonic() - started:.1f}s")
+        self._event(f"built agent image {image.tag}")
+
+    def _start_service(self, spec: ServiceSpec) -> None:
+        started = time.monotonic()
+        key = f"service:{spec.name}"
+        self.report.task(key, f"{spec.name}")
+        try:
+            self._ensure_service_image(spec, key)
+            if self.abort.is_set():
+                raise Aborted
+            self.report.update(key, "starting")
+            container_id = self.runtime.create_container(self._service_container(spec))
+            with self.created.lock:
+                self.created.services[spec.name] = container_id
+            assert self.record is not None
+            self.record.update_service(spec.name, container_id=container_id)
+            if self.abort.is_set():
+                raise Aborted
+            self.runtime.start_container(container_id)
+            if not spec.wait:
+                self.report.finish(key, f"{spec.name} started (not waiting: wait: false)")
+                return
+            self.report.update(key, "waiting until it answers")
+            ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker)
+        except Aborted:
+            self.report.finish(key, f"{spec.name}: stopped (another step failed)", ok=False)
+            return
+        except MoatError:
+            self.report.finish(key, f"{spec.name} did not become ready", ok=False)
+            raise
+        total = time.monotonic() - started
+        self.timings[f"ready:{spec.name}"] = total
+        self.record.update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes)
+        self.report.finish(key, f"{spec.name} ready in {total:.2f}s")
+        self._event(f"{spec.name} ready in {total:.3f}s after {ready.probes} checks")
+
+    def _ensure_service_image(self, spec: ServiceSpec, key: str) -> None:
+        if self.runtime.image_exists(spec.image):
+            return
+        self.report.update(key, f"pulling {spec.image}")
+
+        def progress(text: str) -> None:
+            if self.abort.is_set():
+                raise Aborted
+            self.report.update(key, f"pulling {spec.image}: {text}")
+
+        try:
+            self.runtime.pull_image(spec.image, progress)
+        except EngineError as exc:
+            raise EngineError(
+                f"{spec.name}: {exc.message}",
+                hint=f"Check the image name and your registry access, or set services.{spec.name}.image"
+                     " in moat.yaml to an image you have.",
+            ) from None
+
+    def _service_container(self, spec: ServiceSpec) -> ContainerSpec:
+        return ContainerSpec(
+            name=spec.container_name,
+            image=spec.image,
+            labels={**self._labels(ROLE_SERVICE), LABEL_SERVICE: spec.name},
+            network=self.plan.network,
+            command=spec.command,
+            env=spec.env,
+            hostname=spec.name,
+            aliases=(spec.name,),
+            memory_mb=spec.memory_mb,
+        )
+
+    # --- phase 2: the agent ------------------------------------------------------------------------
+
+    def _agent_name(self) -> str:
+        return f"{AGENT_CONTAINER_PREFIX}{self.plan.run_id}"
+
+    def _run_agent(self) -> int:
+        plan = self.plan
+        interactive = plan.interactive
+        tty = interactive and sys.stdin.isatty() and sys.stdout.isatty()
+        spec = ContainerSpec(
+            name=self._agent_name(),
+            image=plan.image.tag,
+            labels=self._labels(ROLE_AGENT),
+            network=plan.network,
+            command=plan.command,
+            env=plan.env,
+            working_dir=WORKSPACE_MOUNT,
+            binds={str(plan.workspace): (WORKSPACE_MOUNT, "rw")},
+            memory_mb=plan.limits.memory_mb,
+            cpus=plan.limits.cpus,
+            dns=plan.limits.dns,
+            ulimits=plan.limits.ulimits,
+            tty=tty,
+            stdin_open=interactive,
+            init=True,
+        )
+        container_id = self.runtime.create_container(spec)
+        self.created.agent = container_id
+        assert self.record is not None
+        self.record.update(agent={"container_name": spec.name, "container_id": container_id})
+        self.report.pause()
+        self._event(f"agent starting: {' '.join(plan.command)}")
+        if interactive:
+            code = self._run_interactive(container_id)
+        else:
+            chunks = self.runtime.attach(container_id)
+            self.runtime.start_container(container_id)
+            self.record.update(state="running", started_at=now_iso())
+            self.timings["agent_started"] = time.monotonic() - self.started
+            relay(chunks, self.record, self._first_output)
+            code = self.runtime.wait(container_id)
+        self.timings["agent_exited"] = time.monotonic() - self.started
+        self._event(f"agent exited with code {code}")
+        return code
+
+    def _first_output(self, at: float) -> None:
+        self.timings.setdefault("first_output", at - self.started)
+
+    def _run_interactive(self, container_id: str) -> int:
+        """The docker CLI handles a terminal best (raw mode, resize, stdin); logs are read afterwards."""
+        cli = shutil.which("docker")
+        if cli is None:
+            raise EngineError("interactive runs need the docker command-line client on PATH",
+                              hint="Install the docker CLI, or run without -i.")
+        assert self.record is not None
+        self.record.update(state="running", started_at=now_iso())
+        self.timings["agent_started"] = time.monotonic() - self.started
+        subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False)
+        code = self.runtime.wait(container_id)
+        for line in self.runtime.logs(container_id, timestamps=True).splitlines():
+            stamp, _, text = line.partition(" ")
+            self.record.log("tty", text, ts=stamp)
+        return code
+
+    # --- teardown ----------------------------------------------------------------------------------
+
+    def _teardown(self, outcome: BaseException | None) -> None:
+        """Remove everything this run created. Signals are deferred, never obeyed, until done."""
+
+        def notice(_signum: int) -> None:
+            self.report.warn("still cleaning up; moat will exit when the run's containers are removed")
+
+        with interrupts_deferred(notice):
+            self.abort.set()
+            self.report.pause()
+            if self._workers is not None:
+                self._workers.shutdown(wait=False, cancel_futures=True)
+                self._join_workers()
+            problems = self._remove_created()
+            problems += self._sweep()
+        for problem in problems:
+            self.report.warn(problem)
+        if problems and outcome is None:
+            self.report.warn(f"run {self.plan.run_id} left engine objects behind; `moat clean` removes them")
+
+    def _join_workers(self) -> None:
+        deadline = time.monotonic() + WORKER_GRACE
+        for thread in threading.enumerate():
+            if thread.name.startswith("moat") and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _remove_created(self) -> list[str]:
+        problems: list[str] = []
+        assert self.record is not None
+        with self.created.lock:
+            services = dict(self.created.services)
+        for name, container_id in services.items():
+            try:
+                self.record.write_file(f"{SERVICE_LOGS_DIR}/{name}.log",
+                                       self.runtime.logs(container_id, timestamps=True))
+            except MoatError as exc:
+                problems.append(f"could not save {name}'s log: {exc.message}")
+        # Containers go in parallel: each removal waits for its process to stop.
+        targets = list(services.values())
+        if self.created.agent and not self.options.keep:
+            targets.append(self.created.agent)
+        problems += _parallel(self.runtime.remove_container, targets)
+        if self.created.agent and self.options.keep and self.created.network:
+            problems += _parallel(lambda cid: self.runtime.disconnect(cid, self.plan.network), [self.created.agent])
+            self.report.info(f"kept the agent container {self._agent_name()} (--keep)")
+        if self.created.network:
+            problems += _parallel(self.runtime.remove_network, [self.plan.network])
+        return problems
+
+    def _sweep(self) -> list[str]:
+        """Anything labelled with this run's id that is still there (e.g. created as a signal hit)."""
+        try:
+            left = self.runtime.find_labelled({LABEL_RUN_ID: self.plan.run_id})
+        except MoatError as exc:
+            return [f"could not check for leftovers: {exc.message}"]
+        containers = [c for c in left.containers if not (self.options.keep and c == self.created.agent)]
+        problems = _parallel(self.runtime.remove_container, containers)
+        problems += _parallel(self.runtime.remove_network, left.networks)
+        problems += _parallel(self.runtime.remove_volume, left.volumes)
+        return problems
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _labels(self, role: str) -> dict[str, str]:
+        return {
+            LABEL_RUN_ID: self.plan.run_id,
+            LABEL_ROLE: role,
+            LABEL_OWNER_PID: str(os.getpid()),
+            LABEL_OWNER_HOST: socket.gethostname(),
+        }
+
+    def _event(self, message: str) -> None:
+        if self.record is not None:
+            self.record.log("moat", message)
+
+
+def _parallel(action: Callable[[str], None], items: list[str]) -> list[str]:
+    """Run ``action`` on each item concurrently; return the failures as messages."""
+    if not items:
+        return []
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="teardown") as pool:
+        futures = {pool.submit(action, item): item for item in items}
+        for future, item in futures.items():
+            error = future.exception()
+            if error is not None:
+                problems.append(f"could not remove {item}: {getattr(error, 'message', error)}")
+    return problems

@@ -1,0 +1,123 @@
+"""The run store: ``MOAT_HOME/runs/<run-id>/`` with metadata.json, logs.jsonl and service logs.
+
+Directories are 0700 and files 0600 (runs record environments and output). Everything written here
+passes through the plan's ``Masker`` first: passwords never reach the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from moat.constants import ENV_HOME
+from moat.plan.model import Masker
+
+METADATA = "metadata.json"
+LOGS = "logs.jsonl"
+SERVICE_LOGS_DIR = "services"
+METADATA_SCHEMA = 1
+
+
+def moat_home(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(ENV_HOME) or Path.home() / ".moat").expanduser()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    """One run's directory. Thread-safe: services and the agent log from several threads."""
+
+    def __init__(self, directory: Path, metadata: dict[str, Any], masker: Masker) -> None:
+        self.dir = directory
+        self.metadata = metadata
+        self.masker = masker
+        self._lock = threading.Lock()
+        self._log: Any = None
+
+    @property
+    def id(self) -> str:
+        return str(self.metadata["id"])
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.metadata.update(fields)
+            self._save()
+
+    def update_service(self, name: str, **fields: Any) -> None:
+        with self._lock:
+            for service in self.metadata["services"]:
+                if service["name"] == name:
+                    service.update(fields)
+            self._save()
+
+    def _save(self) -> None:
+        text = self.masker.text(json.dumps(self.metadata, indent=2, sort_keys=True))
+        write_private(self.dir / METADATA, text + "\n")
+
+    def log(self, stream: str, line: str, ts: str | None = None, **extra: Any) -> None:
+        """Append one line of output (or one of moat's own events) to logs.jsonl."""
+        record = {"ts": ts or now_iso(), "stream": stream, "line": self.masker.text(line), **extra}
+        text = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._log is None:
+                fd = os.open(self.dir / LOGS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._log = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+            self._log.write(text)
+
+    def write_file(self, relative: str, text: str) -> Path:
+        path = self.dir / relative
+        private_dir(path.parent)
+        write_private(path, self.masker.text(text))
+        return path
+
+    def close(self) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+
+class RunStore:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or moat_home()
+        self.runs = self.home / "runs"
+
+    def create(self, run_id: str, masker: Masker, **metadata: Any) -> RunRecord:
+        private_dir(self.home)
+        directory = private_dir(self.runs / run_id)
+        record = RunRecord(directory, {
+            "schema": METADATA_SCHEMA,
+            "id": run_id,
+            "state": "created",
+            "created_at": now_iso(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "services": [],
+            **metadata,
+        }, masker)
+        record.update()
+        return record

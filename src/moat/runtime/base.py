@@ -1,0 +1,118 @@
+"""The thin protocol every runtime (docker, sandbox, …) implements, and the values it speaks in.
+
+Orchestration (``moat.run``) talks only to this protocol. Each method is one engine operation; no
+method knows about moat.yaml, the catalog or run policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from moat.errors import EngineError
+
+
+class ContainerNotRunning(EngineError):
+    """An operation needed a running container and it has stopped."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str  # stdout and stderr together, decoded
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None  # set once the container has stopped
+    status: str  # the engine's word: created, running, exited, …
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A container to create; services and the agent both use it."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    network: str
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    aliases: tuple[str, ...] = ()  # names it answers to on the network
+    working_dir: str | None = None
+    binds: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # host path → (target, "rw"|"ro")
+    memory_mb: int | None = None
+    cpus: float | None = None
+    dns: tuple[str, ...] = ()
+    ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    tty: bool = False
+    stdin_open: bool = False
+    init: bool = False  # a tiny init as PID 1: forwards signals, reaps zombies
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class LabelledObjects:
+    containers: list[str]
+    networks: list[str]
+    volumes: list[str]
+
+
+ProgressCallback = Callable[[str], None]
+
+
+class Runtime(Protocol):
+    name: str
+
+    def ping(self) -> None:
+        """Raise ``EngineError`` (with how to start one) when the engine does not answer."""
+
+    def image_exists(self, ref: str) -> bool: ...
+
+    def build_image(self, tag: str, dockerfile: str, labels: Mapping[str, str],
+                    on_line: ProgressCallback) -> None: ...
+
+    def pull_image(self, ref: str, on_progress: ProgressCallback) -> None: ...
+
+    def create_network(self, name: str, labels: Mapping[str, str]) -> str: ...
+
+    def remove_network(self, name: str) -> None: ...
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; returns its id."""
+
+    def start_container(self, container_id: str) -> None: ...
+
+    def container_address(self, container_id: str, network: str) -> str | None:
+        """Its IP on ``network``, when the host can use one."""
+
+    def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult: ...
+
+    def state(self, container_id: str) -> ContainerState: ...
+
+    def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str: ...
+
+    def attach(self, container_id: str) -> Iterator[OutputChunk]:
+        """Output as it is produced; attach before start so nothing is missed."""
+
+    def wait(self, container_id: str) -> int: ...
+
+    def stop_container(self, container_id: str, timeout: float) -> None: ...
+
+    def remove_container(self, container_id: str) -> None:
+        """Force-remove with its anonymous volumes; a missing container is not an error."""
+
+    def find_labelled(self, labels: Mapping[str, str]) -> LabelledObjects: ...
+
+    def remove_volume(self, name: str) -> None: ...
+
+    def disconnect(self, container_id: str, network: str) -> None: ...

@@ -1,0 +1,143 @@
+"""Waiting until a service really answers.
+
+The check that decides is the catalog's authenticated probe, run inside the sidecar. Running it is
+not free (each exec spawns processes in a container that is busy starting), so a cheap TCP connect
+from the host, where the host can reach the run network, tells us the moment the port opens and
+triggers a probe at once. Without that gate, probes run at an adaptive interval from tens of
+milliseconds up to a few hundred.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from moat.errors import MoatError
+from moat.plan.model import Masker, ServiceSpec
+from moat.runtime.base import ContainerNotRunning, ExecResult, Runtime
+
+FIRST_INTERVAL = 0.025
+MAX_INTERVAL = 0.4
+GROWTH = 1.5
+GATE_INTERVAL = 0.01  # a TCP connect attempt costs microseconds
+FALLBACK_INTERVAL = 1.0  # probes while the gate is closed, in case the host's view is wrong
+LOG_LINES = 20
+
+
+class ReadinessError(MoatError):
+    """A service did not become ready (it exited, or its timeout passed)."""
+
+
+class Aborted(Exception):
+    """Another part of the run failed; stop waiting."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    seconds: float
+    probes: int
+
+
+class _PortGate:
+    def __init__(self, address: str, port: int) -> None:
+        self.target = (address, port)
+        self.open = False
+
+    def check(self) -> bool:
+        if not self.open:
+            try:
+                with socket.create_connection(self.target, timeout=0.05):
+                    self.open = True
+            except OSError:
+                pass
+        return self.open
+
+
+def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: str, abort: threading.Event,
+               masker: Masker, clock: Callable[[], float] = time.monotonic) -> Ready:
+    start = clock()
+    deadline = start + spec.ready_timeout
+    address = runtime.container_address(container_id, network)
+    gate = _PortGate(address, spec.port) if address else None
+    interval = FIRST_INTERVAL
+    next_probe = start
+    probes = 0
+    last: ExecResult | None = None
+    while True:
+        if abort.is_set():
+            raise Aborted
+        now = clock()
+        gate_opened = gate is not None and not gate.open and gate.check()
+        if now >= next_probe or gate_opened:
+            probes += 1
+            try:
+                last = runtime.exec(container_id, spec.probe.command, spec.probe.env)
+            except ContainerNotRunning:
+                raise _exited(runtime, container_id, spec, clock() - start, last, masker) from None
+            if _passed(last, spec.probe.expect):
+                return Ready(clock() - start, probes)
+            if gate is not None and not gate.open:
+                wait = FALLBACK_INTERVAL
+            else:
+                wait = interval
+                interval = min(interval * GROWTH, MAX_INTERVAL)
+            next_probe = clock() + wait
+        now = clock()
+        if now >= deadline:
+            raise _timed_out(runtime, container_id, spec, now - start, last, masker)
+        pause = next_probe - now
+        if gate is not None and not gate.open:
+            pause = min(pause, GATE_INTERVAL)
+        abort.wait(max(0.0, min(pause, deadline - now)))
+
+
+def _passed(result: ExecResult, expect: str | None) -> bool:
+    return result.exit_code == 0 and (expect is None or expect in result.output)
+
+
+def _describe_probe(spec: ServiceSpec, last: ExecResult | None, masker: Masker) -> str:
+    command = " ".join(masker.text(a) for a in spec.probe.command)
+    if last is None:
+        return f"  check: {command} (never completed)"
+    output = masker.text(last.output.strip()) or "(no output)"
+    lines = output.splitlines()[-5:]
+    return f"  last check: {command} → exit {last.exit_code}\n" + "\n".join(f"    {line}" for line in lines)
+
+
+def _log_tail(runtime: Runtime, container_id: str, masker: Masker) -> str:
+    try:
+        text = runtime.logs(container_id, tail=LOG_LINES)
+    except MoatError as exc:
+        return f"  (its logs could not be read: {exc.message})"
+    lines = [masker.text(line) for line in text.rstrip().splitlines()[-LOG_LINES:]]
+    if not lines:
+        return "  its log is empty"
+    return f"  its last {len(lines)} log lines:\n" + "\n".join(f"    | {line}" for line in lines)
+
+
+def _exited(runtime: Runtime, container_id: str, spec: ServiceSpec, waited: float, last: ExecResult | None,
+            masker: Masker) -> ReadinessError:
+    try:
+        state = runtime.state(container_id)
+        code = f"exited with code {state.exit_code}" + (" (out of memory)" if state.oom_killed else "")
+    except MoatError:
+        code = "stopped"
+    return ReadinessError(
+        f"{spec.name} {code} after {waited:.1f}s, before it was ready ({spec.image})\n"
+        f"{_describe_probe(spec, last, masker)}\n{_log_tail(runtime, container_id, masker)}",
+        hint=f"Check services.{spec.name}.env and .image in moat.yaml; if it ran out of memory, raise "
+             f"services.{spec.name}.memory. Its full log is saved in the run directory.",
+    )
+
+
+def _timed_out(runtime: Runtime, container_id: str, spec: ServiceSpec, waited: float, last: ExecResult | None,
+               masker: Masker) -> ReadinessError:
+    return ReadinessError(
+        f"{spec.name} was not ready after {waited:.1f}s (ready_timeout {spec.ready_timeout:g}s; {spec.image})\n"
+        f"{_describe_probe(spec, last, masker)}\n{_log_tail(runtime, container_id, masker)}",
+        hint=f"If {spec.name} is just slow to start here, raise services.{spec.name}.ready_timeout; otherwise "
+             "its log above says what it is waiting for.",
+    )
