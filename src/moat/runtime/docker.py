@@ -230,13 +230,19 @@ class DockerRuntime:
         return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
     def attach(self, container_id: str) -> Iterator[OutputChunk]:
+        # Not a generator function: the attach request must be made now, before the container
+        # starts, or its first lines are lost.
         with _engine_call("attaching to the agent"):
             stream = self.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        for out, err in stream:
-            if out:
-                yield OutputChunk("stdout", out)
-            if err:
-                yield OutputChunk("stderr", err)
+
+        def chunks() -> Iterator[OutputChunk]:
+            for out, err in stream:
+                if out:
+                    yield OutputChunk("stdout", out)
+                if err:
+                    yield OutputChunk("stderr", err)
+
+        return chunks()
 
     def wait(self, container_id: str) -> int:
         with _engine_call("waiting for the agent"):

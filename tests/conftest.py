@@ -1,0 +1,66 @@
+"""Fixtures for every test tier.
+
+Engine tests: under CI=true they must run, so a missing engine fails them loudly; elsewhere they are
+skipped with the reason (run `make engine`). After the engine tests, nothing labelled by moat may be
+left on the engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SERVICE_IMAGES, localize_example
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def moat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "moat-home"
+    monkeypatch.setenv("MOAT_HOME", str(home))
+    return home
+
+
+def _engine_problem() -> str | None:
+    try:
+        from moat.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime()
+        runtime.ping()
+    except Exception as exc:  # any failure to reach the engine is reported the same way
+        return f"no container engine answers ({exc}); run `make engine`"
+    missing = [image for image in SERVICE_IMAGES.values() if not runtime.image_exists(image)]
+    if missing:
+        return f"test images missing: {', '.join(missing)}; run `make engine`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[object]:
+    problem = _engine_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true and the engine tests cannot run: {problem}", pytrace=False)
+        pytest.skip(problem)
+    from moat.runtime.docker import DockerRuntime
+
+    runtime = DockerRuntime()
+    yield runtime
+    # The whole suite must leave nothing behind.
+    left = runtime.find_labelled({"moat.run-id": ""})
+    leftovers = [*left.containers, *left.networks, *left.volumes]
+    for container in left.containers:
+        runtime.remove_container(container)
+    for network in left.networks:
+        runtime.remove_network(network)
+    assert not leftovers, f"moat-labelled objects left on the engine: {leftovers}"
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Callable[[str], Path]:
+    """``example("service-postgres")`` → a copy of that example using the local test images."""
+    return lambda name: localize_example(name, tmp_path / "ws" / name)

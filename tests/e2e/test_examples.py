@@ -1,0 +1,120 @@
+"""The examples, run through the CLI as a user runs them, with real clients in the agent container."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import WORKSPACE_UID, log_records, only_run, run_moat, write_workspace
+
+pytestmark = pytest.mark.engine
+
+
+def test_postgres_example_round_trips_rows(engine: object, moat_home: Path,
+                                           example: Callable[[str], Path]) -> None:
+    workspace = example("service-postgres")
+    result = run_moat(["run", str(workspace)])
+    assert result.code == 0, result.output
+    # POSTGRES_DB: notes in services.postgres.env reaches the injected variables and the URL.
+    assert "as postgres (db notes)" in result.stdout
+    assert "rows in notes: 3" in result.stdout
+    assert "1 | first note\n2 | second note\n3 | third note" in result.stdout
+    run = only_run(moat_home)
+    assert run["state"] == "exited" and run["exit_code"] == 0
+    # The services.postgres.image override is what ran (postgres:17 cannot be pulled here).
+    assert run["services"][0]["image"] == "moat-test/postgres:latest"
+    assert (moat_home / "runs" / run["id"] / "services" / "postgres.log").read_text().strip()
+
+
+def test_mysql_example_authenticates_and_queries(engine: object, moat_home: Path,
+                                                 example: Callable[[str], Path]) -> None:
+    result = run_moat(["run", str(example("service-mysql"))])
+    assert result.code == 0, result.output
+    assert "rows in tasks: 2" in result.stdout
+    assert "1\twrite tests\n2\tship it" in result.stdout
+
+
+def test_redis_example_authenticates(engine: object, moat_home: Path, example: Callable[[str], Path]) -> None:
+    result = run_moat(["run", str(example("service-redis"))])
+    assert result.code == 0, result.output
+    assert "greeting: hello from the agent" in result.stdout
+    assert "queue length: 3" in result.stdout
+
+
+def test_multi_service_example_uses_all_three(engine: object, moat_home: Path,
+                                              example: Callable[[str], Path]) -> None:
+    result = run_moat(["run", str(example("multi-service"))])
+    assert result.code == 0, result.output
+    assert "postgres: 3 (sum of visits)" in result.stdout
+    assert "mysql: 42 (6*7)" in result.stdout
+    assert "redis: 5 (counter)" in result.stdout
+    run = only_run(moat_home)
+    assert sorted(s["name"] for s in run["services"]) == ["mysql", "postgres", "redis"]
+    assert all(s["ready_seconds"] > 0 for s in run["services"])
+
+
+def test_wrong_credentials_are_refused_by_each_service(engine: object, moat_home: Path,
+                                                       example: Callable[[str], Path]) -> None:
+    """The injected credentials are what authenticates: a wrong password is refused by all three."""
+    workspace = example("multi-service")
+    script = (
+        'psql "postgresql://postgres:wrong@$MOAT_POSTGRES_HOST/postgres" -c "select 1" && echo PG-ACCEPTED;'
+        'MYSQL_PWD=wrong mysql -h "$MOAT_MYSQL_HOST" -uroot -e "select 1" && echo MY-ACCEPTED;'
+        'REDISCLI_AUTH=wrong redis-cli -h "$MOAT_REDIS_HOST" ping;'
+        'REDISCLI_AUTH="$MOAT_REDIS_PASSWORD" redis-cli -h "$MOAT_REDIS_HOST" ping'
+    )
+    result = run_moat(["run", str(workspace), "--", "bash", "-c", script])
+    assert result.code == 0, result.output
+    assert "PG-ACCEPTED" not in result.stdout and "MY-ACCEPTED" not in result.stdout
+    assert "password authentication failed" in result.stderr
+    assert "Access denied" in result.stderr
+    assert "WRONGPASS" in result.stderr  # redis-cli: AUTH failed
+    assert result.stdout.split() == ["NOAUTH", "Authentication", "required.", "PONG"]
+
+
+def test_agent_exit_code_is_returned(engine: object, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "dependencies: []\n")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert result.code == 7, result.output
+    assert result.stdout == "out\n"
+    assert "err\n" in result.stderr
+    run = only_run(moat_home)
+    assert run["state"] == "exited" and run["exit_code"] == 7
+    lines = [(r["stream"], r["line"]) for r in log_records(moat_home, run["id"]) if r["stream"] != "moat"]
+    assert lines == [("stdout", "out"), ("stderr", "err")]
+
+
+def test_agent_runs_unprivileged_and_its_files_belong_to_the_workspace_user(
+        engine: object, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: files\n")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c",
+                       "id -u; id -g; pwd; echo written > made-by-agent.txt"])
+    assert result.code == 0, result.output
+    uid, gid, cwd = result.stdout.split()
+    expected = WORKSPACE_UID if os.getuid() == 0 else os.getuid()
+    assert int(uid) == expected != 0
+    assert cwd == "/workspace"
+    made = workspace / "made-by-agent.txt"
+    assert made.read_text() == "written\n"
+    assert (made.stat().st_uid, made.stat().st_gid) == (int(uid), int(gid))
+
+
+def test_secrets_never_reach_the_run_directory(engine: object, moat_home: Path,
+                                               example: Callable[[str], Path]) -> None:
+    workspace = example("service-postgres")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", 'echo "pw=$MOAT_POSTGRES_PASSWORD"'])
+    assert result.code == 0, result.output
+    password = result.stdout.strip().removeprefix("pw=")
+    assert len(password) == 32 and password.isalnum()
+    assert password not in result.stderr  # moat's own output
+    run_dir = moat_home / "runs" / only_run(moat_home)["id"]
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"metadata.json", "logs.jsonl", "Dockerfile", "postgres.log"}
+    for path in files:
+        assert password not in path.read_text(), f"password leaked into {path}"
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    assert run_dir.stat().st_mode & 0o077 == 0
+    assert any(r["line"] == "pw=****" for r in log_records(moat_home, run_dir.name))
