@@ -79,6 +79,8 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
                 raise _exited(runtime, container_id, spec, clock() - start, last, masker) from None
             if _passed(last, spec.probe.expect):
                 return Ready(clock() - start, probes)
+            if _probe_missing(last):
+                raise _cannot_check(spec, last, masker)
             if gate is not None and not gate.open:
                 wait = FALLBACK_INTERVAL
             else:
@@ -96,6 +98,21 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
 
 def _passed(result: ExecResult, expect: str | None) -> bool:
     return result.exit_code == 0 and (expect is None or expect in result.output)
+
+
+def _probe_missing(result: ExecResult) -> bool:
+    """The image lacks the probe's program (an image override that is not the official image)."""
+    return result.exit_code in (126, 127) and "executable file not found" in result.output
+
+
+def _cannot_check(spec: ServiceSpec, last: ExecResult, masker: Masker) -> ReadinessError:
+    program = spec.probe.command[0]
+    return ReadinessError(
+        f"cannot tell when {spec.name} is ready: its image {spec.image} has no `{program}`, which the"
+        f" readiness check runs\n{_describe_probe(spec, last, masker)}",
+        hint=f"Use an image of {spec.name} that provides `{program}` (the official image does) in"
+             f" services.{spec.name}.image, or set services.{spec.name}.wait: false.",
+    )
 
 
 def _describe_probe(spec: ServiceSpec, last: ExecResult | None, masker: Masker) -> str:
