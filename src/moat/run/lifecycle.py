@@ -95,6 +95,7 @@ class RunExecution:
         )
         record.write_file("Dockerfile", plan.image.dockerfile)
         self._event(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
+        self.report.info(f"run {plan.name} ({plan.run_id})")
         outcome: BaseException | None = None
         try:
             with interrupts_raise():
@@ -154,7 +155,8 @@ class RunExecution:
             self.report.update(key, line)
 
         try:
-            self.runtime.build_image(image.tag, image.dockerfile, {LABEL_ROLE: ROLE_IMAGE}, on_line)
+            self.runtime.build_image(image.tag, image.dockerfile, {LABEL_ROLE: ROLE_IMAGE}, on_line,
+                                     no_cache=self.options.rebuild)
         except MoatError as exc:
             self.report.finish(key, f"building agent image {image.tag}", ok=False)
             raise exc

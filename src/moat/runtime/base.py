@@ -79,7 +79,8 @@ class Runtime(Protocol):
     def image_exists(self, ref: str) -> bool: ...
 
     def build_image(self, tag: str, dockerfile: str, labels: Mapping[str, str],
-                    on_line: ProgressCallback) -> None: ...
+                    on_line: ProgressCallback, no_cache: bool = False) -> None:
+        """Build from a Dockerfile alone; ``no_cache`` re-runs every step (``--rebuild``)."""
 
     def pull_image(self, ref: str, on_progress: ProgressCallback) -> None: ...
 

@@ -96,7 +96,7 @@ class DockerRuntime:
         return True
 
     def build_image(self, tag: str, dockerfile: str, labels: Mapping[str, str],
-                    on_line: ProgressCallback) -> None:
+                    on_line: ProgressCallback, no_cache: bool = False) -> None:
         recent: list[str] = []
         with _engine_call(f"building image {tag}"):
             events = self.api.build(
@@ -107,6 +107,7 @@ class DockerRuntime:
                 decode=True,
                 labels=dict(labels),
                 network_mode=BUILD_NETWORK,
+                nocache=no_cache,
             )
             for event in events:
                 if "error" in event:

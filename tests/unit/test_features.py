@@ -1,0 +1,111 @@
+"""moat.config.features: keys for unbuilt features load, but a run refuses to start with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moat.config.features import require_supported, unsupported
+from moat.config.load import load_config
+from moat.errors import EXIT_USAGE, MoatError, UnsupportedFeatureError
+from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
+
+UNSUPPORTED = [
+    ("network:\n  policy: strict\n", "network.policy"),
+    ("grants: [github]\n", "grants"),
+    ("secrets: {TOKEN: op://vault/item/field}\n", "secrets"),
+    ("mounts: [./data:/data]\n", "mounts"),
+    ("mounts:\n  - source: ./data\n    target: /data\n", "mounts"),
+    ("volumes: [{name: cache, target: /cache}]\n", "volumes"),
+    ("ports: {web: 8080}\n", "ports"),
+    ("hooks: {pre_run: make setup}\n", "hooks"),
+    ("workspace: {mode: volume}\n", "workspace.mode"),
+    ("mcp: [context7]\n", "mcp"),
+    ("network:\n  rules: [api.github.com]\n", "network.rules"),
+    ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
+    ("network:\n  host: [8080]\n", "network.host"),
+    ("snapshots: {retention: {max_count: 3}}\n", "snapshots"),
+    ("snapshots: {disabled: false}\n", "snapshots"),
+    ("tracing: {disable_exec: false}\n", "tracing"),
+    ("language_servers: [python]\n", "language_servers"),
+    ("devices: [{name: board}]\n", "devices"),
+    ("clipboard: true\n", "clipboard"),
+    ("runtime: apple\n", "runtime"),
+    ("runtime: sandbox\n", "runtime"),
+    ("claude: {sync_logs: true}\n", "claude"),
+    ("codex: {sync_logs: true}\n", "codex"),
+    ("copilot: {model: gpt-5}\n", "copilot"),
+    ("gemini: {sync_logs: true}\n", "gemini"),
+    ("kiro: {sync_logs: true}\n", "kiro"),
+    ("pi: {provider: anthropic}\n", "pi"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), UNSUPPORTED, ids=[f"{k}-{i}" for i, (_, k) in enumerate(UNSUPPORTED)])
+def test_unbuilt_features_load_but_do_not_run(text: str, key: str) -> None:
+    config = parse(text)  # loading succeeds
+    with pytest.raises(UnsupportedFeatureError) as info:
+        require_supported(config)
+    error = info.value
+    assert isinstance(error, MoatError)
+    assert error.exit_code == EXIT_USAGE
+    assert error.message.startswith(f"not supported yet: {key}")
+    assert error.hint and "nothing was started" in error.hint
+
+
+SUPPORTED = [
+    "",
+    "snapshots: {disabled: true}\n",
+    "tracing: {disable_exec: true}\n",
+    "snapshots: {disabled: true}\ntracing: {disable_exec: true}\n",
+    "network: {policy: permissive}\n",
+    "network: {rules: []}\n",
+    "clipboard: false\n",
+    "runtime: docker\n",
+    "workspace: {mode: bind}\n",
+    "grants: []\nsecrets: {}\nmounts: []\n",
+    "claude: {}\n",
+    "interactive: true\nsandbox: none\nagent: claude\nversion: '1'\n",
+    "container: {memory: 512, cpus: 1, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
+    "base_image: ubuntu:24.04\n",
+]
+
+
+@pytest.mark.parametrize("text", SUPPORTED)
+def test_supported_configs_pass(text: str) -> None:
+    config = parse(text)
+    assert unsupported(config) == []
+    require_supported(config)  # must not raise
+
+
+def test_runnable_reference_passes() -> None:
+    require_supported(parse(RUNNABLE))
+
+
+def test_every_unsupported_key_is_listed_at_once() -> None:
+    with pytest.raises(UnsupportedFeatureError) as info:
+        require_supported(parse(FULL_REFERENCE))
+    head = info.value.message.splitlines()[0]
+    listed = head.removeprefix("not supported yet: ").split(", ")
+    assert listed == [
+        "grants", "secrets", "network.policy", "network.rules", "network.keep_policy", "network.host", "mounts",
+        "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
+        "claude", "codex", "copilot", "gemini", "kiro", "pi",
+    ]
+
+
+def test_each_feature_says_where_and_why(workspace: Path) -> None:
+    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  policy: strict\ngrants: [github]\n")
+    config = load_config(workspace, CATALOG)
+    with pytest.raises(UnsupportedFeatureError) as info:
+        require_supported(config)
+    message = info.value.message
+    assert "not supported yet: grants, network.policy" in message
+    assert "network.policy (moat.yaml:3):" in message
+    assert "grants (moat.yaml:4):" in message
+    assert "open network access" in message  # a security setting is never silently ignored
+
+
+def test_no_config_file_is_supported(workspace: Path) -> None:
+    require_supported(load_config(workspace, CATALOG))
