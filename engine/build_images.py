@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -58,11 +59,9 @@ _print_lock = threading.Lock()
 
 
 def say(msg: str, err: bool = False) -> None:
-    with _print_lock:
-        try:
-            print(msg, file=sys.stderr if err else sys.stdout, flush=True)
-        except BrokenPipeError:  # output piped into `head` etc.: keep building
-            pass
+    # output piped into `head` etc.: keep building
+    with _print_lock, contextlib.suppress(BrokenPipeError):
+        print(msg, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 class BuildError(Exception):
@@ -127,7 +126,7 @@ def tail(path: Path, n: int) -> str:
     except OSError:
         return ""
     return f"    --- last {len(lines)} lines of {path} ---\n" + "\n".join(
-        "    " + l for l in lines
+        "    " + line for line in lines
     )
 
 
@@ -237,7 +236,7 @@ def compute_hashes(images: dict[str, Image], sources: tuple[str, str]) -> None:
         if img.name in done:
             return done[img.name]
         if img.name in stack:
-            raise BuildError(f"FROM cycle: {' -> '.join(stack + (img.name,))}")
+            raise BuildError(f"FROM cycle: {' -> '.join((*stack, img.name))}")
         h = hashlib.sha256()
         h.update(f"{RECIPE_VERSION}\0{img.tag}\0".encode())
         if img.is_base:
@@ -246,7 +245,7 @@ def compute_hashes(images: dict[str, Image], sources: tuple[str, str]) -> None:
         for dep in sorted(set(img.deps)):
             if dep in by_tag:
                 h.update(
-                    f"from {dep} {h_of(by_tag[dep], stack + (img.name,))}\0".encode()
+                    f"from {dep} {h_of(by_tag[dep], (*stack, img.name))}\0".encode()
                 )
             else:  # not ours: pin to whatever local image the tag names now
                 proc = docker(
@@ -477,7 +476,7 @@ def main(argv: list[str]) -> int:
                     except BuildError as e:
                         failed += 1
                         errors.append(f"image {img.tag}: FAILED: {e}")
-                    except Exception as e:  # noqa: BLE001 - report anything, loudly
+                    except Exception as e:
                         failed += 1
                         errors.append(
                             f"image {img.tag}: FAILED: {type(e).__name__}: {e}"
