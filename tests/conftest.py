@@ -49,10 +49,13 @@ def engine() -> Iterator[object]:
     from moat.runtime.docker import DockerRuntime
 
     runtime = DockerRuntime()
+    volumes_before = _volumes(runtime)
     yield runtime
-    # The whole suite must leave nothing behind.
+    # The whole suite must leave nothing behind: nothing labelled by moat, and no new volumes
+    # (sidecars' anonymous volumes carry no labels, so they are compared with the start).
     left = runtime.find_labelled({"moat.run-id": ""})
-    leftovers = [*left.containers, *left.networks, *left.volumes]
+    new_volumes = sorted(_volumes(runtime) - volumes_before)
+    leftovers = [*left.containers, *left.networks, *left.volumes, *new_volumes]
     for container in left.containers:
         runtime.remove_container(container)
     for network in left.networks:
@@ -64,3 +67,7 @@ def engine() -> Iterator[object]:
 def example(tmp_path: Path) -> Callable[[str], Path]:
     """``example("service-postgres")`` → a copy of that example using the local test images."""
     return lambda name: localize_example(name, tmp_path / "ws" / name)
+
+
+def _volumes(runtime: object) -> set[str]:
+    return {v["Name"] for v in (runtime.api.volumes().get("Volumes") or [])}  # type: ignore[attr-defined]
