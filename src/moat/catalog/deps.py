@@ -63,7 +63,7 @@ def parse_dependency(text: object, catalog: Catalog) -> Dependency:
 
 
 def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog) -> Dependency:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise DependencyError(
             f"invalid dependency {raw!r}: a name may only contain letters, digits, '.', '-' and '_'"
             + _suggestion(name, catalog)
@@ -108,7 +108,7 @@ def _parse_dynamic(prefix: str, rest: str, raw: str, catalog: Catalog) -> Depend
         package, version = rest[:at], rest[at + 1 :]
     else:
         package, version = rest, None
-    if not package or not re.match(manager.name_pattern, package):
+    if not package or not re.fullmatch(manager.name_pattern, package):
         raise DependencyError(f"invalid {prefix} package name {package!r} in {raw!r}")
     if version is not None:
         _check_version_text(f"{prefix}:{package}", version)
@@ -118,7 +118,7 @@ def _parse_dynamic(prefix: str, rest: str, raw: str, catalog: Catalog) -> Depend
 def _check_version_text(name: str, version: str) -> None:
     if not version:
         raise DependencyError(f"empty version for {name}: write '{name}@VERSION' or omit '@'")
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         raise DependencyError(f"invalid version {version!r} for {name}: {_VERSION_RULE}")
 
 

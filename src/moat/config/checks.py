@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from moat.catalog import Catalog, DepType, Service
 from moat.catalog.deps import Dependency, resolve_dependencies
 from moat.catalog.model import PROVISION_ITEM_RE
@@ -31,11 +33,33 @@ class CheckResult:
 
 
 def check(model: MoatConfig, catalog: Catalog) -> CheckResult:
+    return _check(model.dependencies, model.services, catalog)
+
+
+def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
+    """What can still be judged when the schema pass failed, so one round reports every problem."""
+    dependencies = data.get("dependencies")
+    if dependencies is None:
+        dependencies = []
+    if not isinstance(dependencies, list):
+        return []  # a schema error already; services cannot be judged without it
+    services: dict[str, ServiceOverride] = {}
+    raw_services = data.get("services")
+    if isinstance(raw_services, dict):
+        for name, block in raw_services.items():
+            try:
+                services[name] = ServiceOverride.model_validate(block if block is not None else {})
+            except ValidationError:
+                continue  # its problems are among the schema errors
+    return _check(dependencies, services, catalog).problems
+
+
+def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalog: Catalog) -> CheckResult:
     result = CheckResult()
-    deps, result.problems = check_dependencies(model.dependencies, catalog)
+    deps, result.problems = check_dependencies(dependencies, catalog)
     result.dependencies = deps
     declared = {d.name for d in deps if d.type is DepType.SERVICE}
-    for name, override in model.services.items():
+    for name, override in services.items():
         result.problems += _check_service(name, override, declared, catalog, result)
     return result
 
@@ -106,7 +130,7 @@ def _provision_items(name: str, override: ServiceOverride, service: Service
             continue
         for index, item in enumerate(value):
             text = None if isinstance(item, bool) else scalar_text(item)
-            if text is None or not PROVISION_ITEM_RE.match(text):
+            if text is None or not PROVISION_ITEM_RE.fullmatch(text):
                 problems.append(Problem(
                     (*path, index), f"invalid {noun} name {describe(item)}: use {ITEM_RULE}"))
             elif text not in items:

@@ -82,9 +82,7 @@ def parse_config(text: str, catalog: Catalog, *, file: Path | None = None) -> Co
         model = MoatConfig.model_validate(data)
     except ValidationError as exc:
         problems = translate(exc.errors(include_url=False), data, marks, MoatConfig)
-        # The dependency list can be judged on its own; report its problems in the same round.
-        if isinstance(data.get("dependencies"), list):
-            problems += _locate(checks.check_dependencies(data["dependencies"], catalog)[1], marks)
+        problems += _locate(checks.check_raw(data, catalog), marks)
         raise ConfigError(file, problems) from None
     result = checks.check(model, catalog)
     problems = _locate(result.problems, marks)

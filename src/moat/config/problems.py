@@ -16,16 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from moat.config.schema import ENV_NAME_RE, EXPECTED, IMAGE_REF_RE, RUN_NAME_RE
+from moat.config.schema import EXPECTED, PATTERN_RULES
 from moat.config.yamldoc import Marks, Path, YamlFloat, YamlInt
 from moat.errors import Located, dotted_path
 from moat.suggest import did_you_mean
-
-_PATTERN_RULES = {
-    ENV_NAME_RE: "a variable name (letters, digits and '_', not starting with a digit)",
-    IMAGE_REF_RE: "an image reference such as 'postgres:17' or 'registry.example.com/team/pg:16'",
-    RUN_NAME_RE: "a name of letters, digits, '.', '-' and '_' (at most 63 characters)",
-}
 
 _GENERIC_EXPECTED = {
     "int": "an integer",
@@ -71,9 +65,18 @@ def data_path(loc: tuple[int | str, ...], data: Any) -> Path:
         if in_dict or in_list:
             out.append(part)
             node = node[part]
+        elif _single_key_list(node) and index + 1 < len(loc) and isinstance(loc[index + 1], int):
+            # A one-key mapping (``host: [rules]``) that a validator renamed: follow its one value.
+            (key,) = node
+            out.append(key)
+            node = node[key]
         elif last and isinstance(node, dict) and isinstance(part, str):
             out.append(part)  # a missing key: named in the path, located at its parent
     return tuple(out)
+
+
+def _single_key_list(node: Any) -> bool:
+    return isinstance(node, dict) and len(node) == 1 and isinstance(next(iter(node.values())), list)
 
 
 def _union_members(annotation: Any) -> list[tuple[Any, str | None]]:
@@ -190,14 +193,14 @@ def _message(kind: str, error: ErrorDetails, loc: tuple[int | str, ...], path: P
         options = literal_options(annotation_at(model, loc))
         if options:
             return f"unknown key '{key}'{did_you_mean(key, options)} (valid: {', '.join(options)})"
-        key_rule = _PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")), "a valid key")
+        key_rule = PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")), "a valid key")
         return f"invalid key '{key}': expected {key_rule}"
     if kind == "literal_error":
         options = literal_options(annotation_at(model, loc))
         hint = did_you_mean(value, options) if isinstance(value, str) else ""
         return f"expected one of {', '.join(repr(o) for o in options)}, got {describe(value)}{hint}"
     if kind == "string_pattern_mismatch":
-        rule = _PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")))
+        rule = PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")))
         if rule:
             return f"expected {rule}, got {describe(value)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

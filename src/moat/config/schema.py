@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,6 +30,16 @@ IMAGE_REF_RE = r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:]*(@sha256:[a-f0-9]{64})?$"
 RUN_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
+# What each string pattern means, for messages ("expected an absolute path, got 'data'").
+PATTERN_RULES: dict[str, str] = {}
+
+
+def matching(pattern: str, rule: str) -> StringConstraints:
+    """A string constraint whose rule is explained in words when a value breaks it."""
+    PATTERN_RULES[pattern] = rule
+    return StringConstraints(pattern=pattern)
+
+
 def _to_text(value: Any) -> Any:
     """Any scalar reads as its written text, as the Go tool reads it; null reads as ''."""
     if value is None:
@@ -38,8 +49,11 @@ def _to_text(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_to_text)]
-EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
-ImageRef = Annotated[str, BeforeValidator(_to_text), StringConstraints(pattern=IMAGE_REF_RE)]
+EnvName = Annotated[str, matching(ENV_NAME_RE, "a variable name (letters, digits and '_', not starting with a digit)")]
+ImageRef = Annotated[str, BeforeValidator(_to_text), matching(
+    IMAGE_REF_RE, "an image reference such as 'postgres:17' or 'registry.example.com/team/pg:16'")]
+AbsolutePath = Annotated[str, matching(r"^/", "an absolute path (starting with /)")]
+LowerName = Annotated[str, matching(r"^[a-z0-9][a-z0-9_-]*$", "a name of lowercase letters, digits, '-' and '_'")]
 EnvMap = dict[EnvName, Text]
 
 
@@ -79,7 +93,7 @@ class Ulimit(Section):
 
 class ContainerConfig(Section):
     memory: int = Field(0, ge=0)  # MB; 0 = the engine's default (no limit)
-    cpus: float = Field(0, ge=0)  # 0 = no limit
+    cpus: float = Field(0, ge=0, allow_inf_nan=False)  # 0 = no limit
     dns: list[Text] = Field(default_factory=list)
     ulimits: dict[UlimitName, Ulimit] = Field(default_factory=dict)
 
@@ -103,8 +117,8 @@ class ServiceOverride(Section):
     image: ImageRef | None = None
     wait: bool = True
     memory: int | None = Field(None, gt=0)  # MB
-    ready_timeout: float = Field(60, gt=0, le=3600)  # seconds
-    provision_timeout: float = Field(1800, gt=0, le=86400)  # seconds, per item
+    ready_timeout: float = Field(60, gt=0, le=3600, allow_inf_nan=False)  # seconds
+    provision_timeout: float = Field(1800, gt=0, le=86400, allow_inf_nan=False)  # seconds, per item
 
 
 # --- network -----------------------------------------------------------------------------------
@@ -125,14 +139,14 @@ def _rule_entry(value: Any) -> Any:
 
 
 def _check_rule(value: str) -> str:
-    if not _RULE_RE.match(value.strip()):
+    if not _RULE_RE.fullmatch(value.strip()):
         raise ValueError(f"rule {value!r} must read 'allow|deny METHOD /path', e.g. 'allow GET /repos/**'")
     return value
 
 
 class HostRules(Section):
     host: Annotated[str, StringConstraints(min_length=1)]
-    rules: list[Annotated[str, BeforeValidator(_to_text), BeforeValidator(_check_rule)]] = Field(
+    rules: list[Annotated[str, BeforeValidator(_to_text), AfterValidator(_check_rule)]] = Field(
         default_factory=list
     )
 
@@ -184,14 +198,14 @@ def _mount_entry(value: Any) -> Any:
 
 class Mount(Section):
     source: Annotated[str, StringConstraints(min_length=1)]
-    target: Annotated[str, StringConstraints(pattern=r"^/")]
+    target: AbsolutePath
     mode: Literal["", "ro", "rw"] = ""
     exclude: list[Text] = Field(default_factory=list)
 
 
 class Volume(Section):
-    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-    target: Annotated[str, StringConstraints(pattern=r"^/")]
+    name: LowerName
+    target: AbsolutePath
     readonly: bool = False
     type: Literal["", "bind", "volume"] = ""
 
@@ -208,10 +222,10 @@ class HooksConfig(Section):
 
 class Device(Section):
     class Match(Section):
-        usb: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] | None = None
-        interface: Annotated[Text, StringConstraints(pattern=r"^[0-9]+$")] | None = None
+        usb: Annotated[str, matching(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$", "a USB id such as '0403:6001'")] | None = None
+        interface: Annotated[Text, matching(r"^[0-9]+$", "an interface number")] | None = None
 
-    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    name: LowerName
     match: Match = Field(default_factory=Match)
     baud: int = Field(0, ge=0)
     record: Literal["", "events", "full"] = ""
@@ -263,7 +277,8 @@ def _mcp_entry(value: Any) -> Any:
 
 class McpServer(Section):
     name: Annotated[str, StringConstraints(min_length=1)]
-    url: Annotated[str, StringConstraints(pattern=r"^(https://|http://(localhost|127\.0\.0\.1|\[::1\]))")] | None = None
+    url: Annotated[str, matching(r"^(https://|http://(localhost|127\.0\.0\.1|\[::1\]))",
+                                 "an https:// URL (or http:// to localhost)")] | None = None
     auth: McpAuth | None = None
     policy: Policy | None = None
 
@@ -302,7 +317,7 @@ class Bedrock(Section):
 
 
 class ClaudeConfig(Section):
-    base_url: Annotated[Text, StringConstraints(pattern=r"^https?://[^/\s]+")] | None = None
+    base_url: Annotated[Text, matching(r"^https?://[^/\s]+", "an http:// or https:// URL with a host")] | None = None
     sync_logs: bool | None = None
     plugins: dict[str, bool] = Field(default_factory=dict)
     marketplaces: dict[str, Marketplace] = Field(default_factory=dict)
@@ -329,7 +344,8 @@ class PiConfig(Section):
     provider: Text = ""
     model: Text = ""
     packages: list[
-        Annotated[str, StringConstraints(pattern=r"^(npm:|git:|https://|ssh://)[A-Za-z0-9@:/._~%+#-]+$")]
+        Annotated[str, matching(r"^(npm:|git:|https://|ssh://)[A-Za-z0-9@:/._~%+#-]+$",
+                                "a package source starting npm:, git:, https:// or ssh://")]
     ] = Field(default_factory=list)
 
 
@@ -337,7 +353,7 @@ class PiConfig(Section):
 
 
 class MoatConfig(Section):
-    name: Annotated[Text, StringConstraints(pattern=RUN_NAME_RE)] | None = None
+    name: Annotated[Text, matching(RUN_NAME_RE, "letters, digits, '.', '-' and '_' (at most 63)")] | None = None
     agent: Text = ""
     version: Text = ""
     dependencies: list[Any] = Field(default_factory=list)  # parsed against the catalog

@@ -15,6 +15,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from moat.errors import Located
 
@@ -81,12 +82,17 @@ def load_document(text: str) -> tuple[Any, Marks]:
     """Parse one YAML document into plain values (dict/list/str/int/float/bool/None) and marks."""
     try:
         root = YAML(typ="rt").compose(text)
+    except ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        line, column = _line_column(text, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise YamlProblem(Located((), f"character U+{code:04X} is not allowed in YAML", line, column)) from None
+    except RecursionError:  # ruamel composes recursively: absurd nesting exhausts the stack
+        raise YamlProblem(Located((), f"nested more than {MAX_DEPTH} levels deep")) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        line = mark.line + 1 if mark else None
-        column = mark.column + 1 if mark else None
-        raise YamlProblem(Located((), f"YAML syntax error: {problem}", line, column)) from None
+        where = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise YamlProblem(Located((), f"YAML syntax error: {problem}", *where)) from None
     except YAMLError as exc:  # e.g. a second document in the stream
         raise YamlProblem(Located((), f"YAML error: {exc}")) from None
     marks = Marks()
@@ -94,6 +100,11 @@ def load_document(text: str) -> tuple[Any, Marks]:
         return None, marks
     builder = _Builder(marks)
     return builder.build(root, (), 0), marks
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
 def _position(node: Node) -> tuple[int, int]:
@@ -105,6 +116,7 @@ class _Builder:
         self.marks = marks
         self.count = 0
         self.active: set[int] = set()  # nodes on the current path, to catch recursive aliases
+        self.merging = 0  # inside a merge source: never overwrite the marks of explicit keys
 
     def fail(self, node: Node, path: Path, message: str) -> YamlProblem:
         line, column = _position(node)
@@ -134,7 +146,7 @@ class _Builder:
     def mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         explicit: set[str] = set()
-        merged: list[tuple[MappingNode, Path]] = []
+        merged: list[MappingNode] = []
         for key_node, value_node in node.value:
             if str(key_node.tag) == _TAG + "merge":
                 merged.extend(self.merge_sources(value_node, path))
@@ -146,23 +158,32 @@ class _Builder:
                 line, _ = self.marks.keys[(*path, key)]
                 raise self.fail(key_node, (*path, key), f"duplicate key '{key}' (first defined on line {line})")
             explicit.add(key)
-            self.marks.keys[(*path, key)] = _position(key_node)
+            if self.merging:
+                self.marks.keys.setdefault((*path, key), _position(key_node))
+            else:
+                self.marks.keys[(*path, key)] = _position(key_node)
             out[key] = self.build(value_node, (*path, key), depth + 1)
-        # Merge keys ("<<: *defaults") fill in only what the mapping does not set itself.
-        for source, source_path in merged:
-            for key, value in self.mapping(source, source_path, depth).items():
-                if key not in out:
-                    out[key] = value
-                    self.marks.keys.setdefault((*path, key), self.marks.keys[(*source_path, key)])
-                    self.marks.values.setdefault((*path, key), self.marks.values[(*source_path, key)])
+        # Merge keys ("<<: *defaults") fill in only what the mapping does not set itself; merged
+        # keys are located at the anchor that supplied them.
+        for source in merged:
+            if id(source) in self.active:
+                raise self.fail(source, path, "recursive merge: a mapping merges itself")
+            self.active.add(id(source))
+            self.merging += 1
+            try:
+                for key, value in self.mapping(source, path, depth).items():
+                    out.setdefault(key, value)
+            finally:
+                self.merging -= 1
+                self.active.discard(id(source))
         return out
 
-    def merge_sources(self, node: Node, path: Path) -> list[tuple[MappingNode, Path]]:
+    def merge_sources(self, node: Node, path: Path) -> list[MappingNode]:
         sources = node.value if isinstance(node, SequenceNode) else [node]
-        for source in sources:
-            if not isinstance(source, MappingNode):
-                raise self.fail(source, path, "'<<' (merge) needs a mapping or a list of mappings")
-        return [(s, path) for s in sources if isinstance(s, MappingNode)]
+        mappings = [s for s in sources if isinstance(s, MappingNode)]
+        if len(mappings) != len(sources):
+            raise self.fail(node, path, "'<<' (merge) needs a mapping or a list of mappings")
+        return mappings
 
 
 def _scalar(node: ScalarNode) -> Any:

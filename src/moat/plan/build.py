@@ -179,7 +179,7 @@ def _service_spec(config: Config, name: str, version: str, run_id: str, catalog:
 
 def _run_name(cli_name: str | None, config_name: str | None) -> str:
     if cli_name is not None:
-        if not _RUN_NAME.match(cli_name):
+        if not _RUN_NAME.fullmatch(cli_name):
             raise UsageError(
                 f"invalid --name {cli_name!r}: use letters, digits, '.', '-' and '_' (at most 63)"
             )
@@ -198,7 +198,7 @@ def _cli_env(request: RunRequest, injected: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in request.env:
         key, sep, value = item.partition("=")
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise UsageError(f"invalid -e {item!r}: expected KEY=VALUE with KEY a variable name")
         if not sep:
             if key not in request.host_env:

@@ -39,7 +39,8 @@ def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: 
 def render(inputs: ImageInputs, catalog: Catalog) -> str:
     deps = inputs.dependencies
     lines = [f"FROM {inputs.base_image}", "ENV DEBIAN_FRONTEND=noninteractive"]
-    runtimes = [d for d in deps if d.type is DepType.RUNTIME]
+    # Sorted: the order dependencies are listed in must not change the image (or its tag).
+    runtimes = sorted((d for d in deps if d.type is DepType.RUNTIME), key=lambda d: d.name)
     # A runtime whose own image is the base needs no install step.
     to_install = [] if len(runtimes) == 1 else runtimes
     apt = set(BASE_APT)
