@@ -28,7 +28,7 @@ def _load_localize() -> Any:
 
 _localize = _load_localize()
 LOCAL_IMAGES: dict[str, str] = _localize.LOCAL_IMAGES
-SERVICE_IMAGES = {k: v for k, v in LOCAL_IMAGES.items() if k != "ollama"}  # built by `make engine`
+SERVICE_IMAGES = dict(LOCAL_IMAGES)  # all built by `make engine`
 
 
 def localize_example(name: str, target: Path) -> Path:
