@@ -107,3 +107,13 @@ def only_run(home: Path) -> dict[str, Any]:
 def log_records(home: Path, run_id: str) -> list[dict[str, Any]]:
     path = home / "runs" / run_id / "logs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from moat.runtime.docker import DockerRuntime
-from tests.helpers import only_run, run_moat, runs, start_moat, write_workspace
+from tests.helpers import only_run, run_moat, runs, start_moat, wait_for, write_workspace
 
 pytestmark = pytest.mark.engine
 
@@ -29,16 +28,6 @@ services:
 def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
     left = runtime.find_labelled({"moat.run-id": run_id})
     return [*left.containers, *left.networks, *left.volumes]
-
-
-def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_service_that_exits_fails_fast_with_its_logs(engine: DockerRuntime, moat_home: Path,

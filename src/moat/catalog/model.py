@@ -91,8 +91,14 @@ class Provisions(_Frozen):
 
     key: str  # the services.<n> key that lists the items, e.g. ``models``
     command: tuple[str, ...]  # argv template; ``{item}`` is one item, passed as one argument
-    list_command: tuple[str, ...] | None = None  # prints what is already present
+    # Prints what is already present, one item per line in the first column (after a header).
+    list_command: tuple[str, ...]
+    list_header: str | None = None  # the first word of a header line to skip
+    default_tag: str | None = None  # an item without ":tag" means this tag ("latest")
+    # Finds "<done>/<total>" byte counts in the command's progress output.
+    progress_pattern: str | None = None
     cache_path: str  # where the host cache is mounted inside the container
+    layout: Literal["ollama"]  # how items are stored in the cache (for `moat cache`)
     noun: str = "item"
 
 

@@ -18,6 +18,7 @@ from moat.errors import EXIT_RUNTIME, MoatError
 _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("moat.cli.run:run", "Run a command in an isolated container with its services."),
     "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
+    "cache": ("moat.cli.cache:cache", "List and clean the host cache of provisioned items (ollama models)."),
 }
 
 

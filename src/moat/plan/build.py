@@ -149,13 +149,9 @@ def _service_spec(config: Config, name: str, version: str, run_id: str, catalog:
     items = config.provisions.get(name, ())
     if service.provisions and items:
         provision = ProvisionSpec(
-            key=service.provisions.key,
-            noun=service.provisions.noun,
             items=items,
-            command=service.provisions.command,
-            list_command=service.provisions.list_command,
-            cache_path=service.provisions.cache_path,
             timeout=override.provision_timeout if override else 1800,
+            recipe=service.provisions,
         )
     image_override = override.image if override else None
     spec = ServiceSpec(
@@ -171,6 +167,7 @@ def _service_spec(config: Config, name: str, version: str, run_id: str, catalog:
         wait=override.wait if override else True,
         ready_timeout=override.ready_timeout if override else 60,
         memory_mb=override.memory if override else None,
+        cache_path=service.provisions.cache_path if service.provisions else None,
         provision=provision,
         agent_env=terms.agent_env,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from moat.catalog.model import Provisions
 from moat.constants import MASK
 
 
@@ -38,13 +39,25 @@ class ProbeSpec:
 
 @dataclass(frozen=True)
 class ProvisionSpec:
-    key: str  # the services.<n> key the items came from, e.g. "models"
-    noun: str
     items: tuple[str, ...]
-    command: tuple[str, ...]  # template; "{item}" becomes one argument
-    list_command: tuple[str, ...] | None
-    cache_path: str
-    timeout: float  # seconds per item
+    timeout: float  # seconds per item, lock waiting included
+    recipe: Provisions  # the catalog's how: command, list command, cache path, layout
+
+    @property
+    def key(self) -> str:
+        return self.recipe.key
+
+    @property
+    def noun(self) -> str:
+        return self.recipe.noun
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        return self.recipe.command
+
+    @property
+    def cache_path(self) -> str:
+        return self.recipe.cache_path
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,7 @@ class ServiceSpec:
     wait: bool
     ready_timeout: float
     memory_mb: int | None
+    cache_path: str | None  # where the service's host cache is mounted (catalog), if it has one
     provision: ProvisionSpec | None
     agent_env: Mapping[str, str]  # the MOAT_<PREFIX>_* variables it gives the agent
 
@@ -143,6 +157,7 @@ def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:
             "timeout_seconds": service.ready_timeout,
         },
         "memory_mb": service.memory_mb,
+        "cache_path": service.cache_path,
         "provision": None if provision is None else {
             "key": provision.key,
             "items": list(provision.items),

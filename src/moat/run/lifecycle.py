@@ -10,6 +10,7 @@ log and removes every container and network the run created, then sweeps by labe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -35,12 +36,15 @@ from moat.constants import (
     WORKSPACE_MOUNT,
 )
 from moat.errors import EngineError, MoatError
+from moat.files import now_iso
 from moat.plan.model import Plan, ServiceSpec
 from moat.run.output import relay
 from moat.run.report import Reporter
 from moat.run.signals import Interrupted, interrupts_deferred, interrupts_raise
-from moat.run.store import SERVICE_LOGS_DIR, RunRecord, RunStore, now_iso
+from moat.run.store import SERVICE_LOGS_DIR, RunRecord, RunStore
 from moat.runtime.base import ContainerSpec, Runtime
+from moat.services.cache import HostCache
+from moat.services.provision import Provisioner
 from moat.services.readiness import Aborted, wait_ready
 
 STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
@@ -78,6 +82,9 @@ class RunExecution:
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
         self._workers: ThreadPoolExecutor | None = None
+        self.cache = HostCache(store.home)
+        # Shared "in use" locks on host caches, held until teardown has removed the sidecars.
+        self._cache_holds = contextlib.ExitStack()
 
     # --- the whole run -----------------------------------------------------------------------------
 
@@ -168,6 +175,19 @@ class RunExecution:
         self._event(f"built agent image {image.tag}")
 
     def _start_service(self, spec: ServiceSpec) -> None:
+        """One service, start to finish: image, container, readiness, then its provisioning."""
+        try:
+            container_id = self._bring_up(spec)
+            if container_id and spec.provision:
+                started = time.monotonic()
+                Provisioner(self.runtime, container_id, spec, self.cache, self.report, self.record_(),
+                            self.abort, self.masker).run()
+                self.timings[f"provision:{spec.name}"] = time.monotonic() - started
+        except Aborted:
+            return  # another step failed first; its error is the one to report
+
+    def _bring_up(self, spec: ServiceSpec) -> str | None:
+        """Start the service and wait until it answers; its container id, once it is ready."""
         started = time.monotonic()
         key = f"service:{spec.name}"
         self.report.task(key, f"{spec.name}")
@@ -176,30 +196,37 @@ class RunExecution:
             if self.abort.is_set():
                 raise Aborted
             self.report.update(key, "starting")
+            if spec.cache_path:
+                with self.created.lock:
+                    self._cache_holds.enter_context(self.cache.in_use(spec.name))
             container_id = self.runtime.create_container(self._service_container(spec))
             with self.created.lock:
                 self.created.services[spec.name] = container_id
-            assert self.record is not None
-            self.record.update_service(spec.name, container_id=container_id)
+            self.record_().update_service(spec.name, container_id=container_id)
             if self.abort.is_set():
                 raise Aborted
             self.runtime.start_container(container_id)
             if not spec.wait:
                 self.report.finish(key, f"{spec.name} started (not waiting: wait: false)")
-                return
+                return None
             self.report.update(key, "waiting until it answers")
             ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker)
         except Aborted:
             self.report.finish(key, f"{spec.name}: stopped (another step failed)", ok=False)
-            return
+            raise
         except MoatError:
             self.report.finish(key, f"{spec.name} did not become ready", ok=False)
             raise
         total = time.monotonic() - started
         self.timings[f"ready:{spec.name}"] = total
-        self.record.update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes)
+        self.record_().update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes)
         self.report.finish(key, f"{spec.name} ready in {total:.2f}s")
         self._event(f"{spec.name} ready in {total:.3f}s after {ready.probes} checks")
+        return container_id
+
+    def record_(self) -> RunRecord:
+        assert self.record is not None, "the run is recorded before anything starts"
+        return self.record
 
     def _ensure_service_image(self, spec: ServiceSpec, key: str) -> None:
         if self.runtime.image_exists(spec.image):
@@ -231,6 +258,7 @@ class RunExecution:
             hostname=spec.name,
             aliases=(spec.name,),
             memory_mb=spec.memory_mb,
+            binds={str(self.cache.service_dir(spec.name)): (spec.cache_path, "rw")} if spec.cache_path else {},
         )
 
     # --- phase 2: the agent ------------------------------------------------------------------------
@@ -311,12 +339,26 @@ class RunExecution:
             if self._workers is not None:
                 self._workers.shutdown(wait=False, cancel_futures=True)
                 self._join_workers()
+            self._return_cache_files()
             problems = self._remove_created()
             problems += self._sweep()
+            self._cache_holds.close()
         for problem in problems:
             self.report.warn(problem)
         if problems and outcome is None:
             self.report.warn(f"run {self.plan.run_id} left engine objects behind; `moat clean` removes them")
+
+    def _return_cache_files(self) -> None:
+        """Sidecars write the host cache as root; give what they wrote to the user running moat,
+        so `moat cache clean` (and the user) can remove it without privileges."""
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:
+            return
+        for spec in self.plan.services:
+            container_id = self.created.services.get(spec.name)
+            if spec.cache_path and container_id:
+                with contextlib.suppress(MoatError):
+                    self.runtime.exec(container_id, ("chown", "-R", f"{uid}:{gid}", spec.cache_path), {})
 
     def _join_workers(self) -> None:
         deadline = time.monotonic() + WORKER_GRACE

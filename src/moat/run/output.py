@@ -6,7 +6,8 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from moat.run.store import RunRecord, now_iso
+from moat.files import now_iso
+from moat.run.store import RunRecord
 from moat.runtime.base import OutputChunk
 
 _FDS = {"stdout": 1, "stderr": 2}

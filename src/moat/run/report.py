@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from typing import IO, Any, Protocol
 
 from rich.console import Console
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
 from rich.table import Table
 
@@ -27,10 +29,44 @@ class Reporter(Protocol):
 
     def update(self, key: str, text: str) -> None: ...
 
+    def progress(self, key: str, completed: int, total: int) -> None:
+        """Bytes done of a total (a download): a bar with rate on a terminal."""
+
     def finish(self, key: str, message: str, ok: bool = True) -> None: ...
 
     def pause(self) -> None:
         """Stop any live display (before the agent writes to the terminal)."""
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+class Rate:
+    """Bytes per second over the last few seconds of samples."""
+
+    WINDOW = 3.0
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, completed: int) -> float:
+        now = time.monotonic()
+        self.samples.append((now, completed))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.WINDOW:
+            self.samples.popleft()
+        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 and c1 >= c0 else 0.0
+
+
+def progress_text(completed: int, total: int, rate: float) -> str:
+    percent = f"{100 * completed / total:.0f}% " if total else ""
+    speed = f", {human_bytes(rate)}/s" if rate > 0 else ""
+    return f"{percent}({human_bytes(completed)}/{human_bytes(total)}{speed})"
 
 
 class PlainReporter:
@@ -41,6 +77,7 @@ class PlainReporter:
         self._lock = threading.Lock()
         self._labels: dict[str, str] = {}
         self._last: dict[str, float] = {}
+        self._rates: dict[str, Rate] = {}
 
     def _emit(self, text: str) -> None:
         with self._lock:
@@ -64,8 +101,13 @@ class PlainReporter:
             self._last[key] = now
             self._emit(f"{self._labels.get(key, key)}: {text}")
 
+    def progress(self, key: str, completed: int, total: int) -> None:
+        rate = self._rates.setdefault(key, Rate()).add(completed)
+        self.update(key, progress_text(completed, total, rate))
+
     def finish(self, key: str, message: str, ok: bool = True) -> None:
         self._labels.pop(key, None)
+        self._rates.pop(key, None)
         self._emit(message if ok else f"failed: {message}")
 
     def pause(self) -> None:
@@ -79,6 +121,7 @@ class RichReporter:
         self.console = Console(stderr=True)
         self._lock = threading.Lock()
         self._tasks: dict[str, tuple[str, str]] = {}
+        self._bars: dict[str, tuple[int, int, Rate]] = {}
         self._live: Any = Live(console=self.console, refresh_per_second=12, transient=True,
                                get_renderable=self._render)
         self._started = False
@@ -86,9 +129,15 @@ class RichReporter:
     def _render(self) -> Any:
         table = Table.grid(padding=(0, 1))
         with self._lock:
-            tasks = list(self._tasks.values())
-        for label, text in tasks:
-            table.add_row(Spinner("dots", style="cyan"), label, f"[dim]{text}[/dim]")
+            tasks = list(self._tasks.items())
+            bars = dict(self._bars)
+        for key, (label, text) in tasks:
+            if key in bars:
+                completed, total, _ = bars[key]
+                bar: Any = ProgressBar(total=max(total, 1), completed=completed, width=30)
+                table.add_row(Spinner("dots", style="cyan"), label, bar, f"[dim]{text}[/dim]")
+            else:
+                table.add_row(Spinner("dots", style="cyan"), label, f"[dim]{text}[/dim]")
         return table
 
     def _ensure_live(self) -> None:
@@ -112,9 +161,16 @@ class RichReporter:
             if key in self._tasks:
                 self._tasks[key] = (self._tasks[key][0], text[-80:])
 
+    def progress(self, key: str, completed: int, total: int) -> None:
+        with self._lock:
+            rate = self._bars[key][2] if key in self._bars else Rate()
+            self._bars[key] = (completed, total, rate)
+        self.update(key, progress_text(completed, total, rate.add(completed)))
+
     def finish(self, key: str, message: str, ok: bool = True) -> None:
         with self._lock:
             self._tasks.pop(key, None)
+            self._bars.pop(key, None)
         mark = "[green]✓[/]" if ok else "[red]✗[/]"
         self.console.print(f"{mark} {message}", highlight=False)
 

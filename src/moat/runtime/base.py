@@ -61,6 +61,14 @@ class OutputChunk:
 
 
 @dataclass(frozen=True)
+class ExecStream:
+    """A command running in a container: its output as it comes, then its exit code."""
+
+    chunks: Iterator[OutputChunk]
+    exit_code: Callable[[], int]  # call once ``chunks`` is exhausted
+
+
+@dataclass(frozen=True)
 class LabelledObjects:
     containers: list[str]
     networks: list[str]
@@ -97,6 +105,8 @@ class Runtime(Protocol):
         """Its IP on ``network``, when the host can use one."""
 
     def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult: ...
+
+    def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream: ...
 
     def state(self, container_id: str) -> ContainerState: ...
 

@@ -23,6 +23,7 @@ from moat.runtime.base import (
     ContainerSpec,
     ContainerState,
     ExecResult,
+    ExecStream,
     LabelledObjects,
     OutputChunk,
     ProgressCallback,
@@ -212,6 +213,30 @@ class DockerRuntime:
             raise EngineError(f"running a check in the container failed: {exc.explanation}") from exc
         text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
         return ExecResult(code if code is not None else -1, text)
+
+    def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream:
+        try:
+            exec_id = self.api.exec_create(container_id, list(command), environment=dict(env),
+                                           stdout=True, stderr=True)["Id"]
+            stream = self.api.exec_start(exec_id, stream=True, demux=True)
+        except APIError as exc:
+            if exc.status_code in {404, 409}:
+                raise ContainerNotRunning(f"container is not running: {exc.explanation}") from None
+            raise EngineError(f"running a command in the container failed: {exc.explanation}") from exc
+
+        def chunks() -> Iterator[OutputChunk]:
+            for out, err in stream:
+                if out:
+                    yield OutputChunk("stdout", out)
+                if err:
+                    yield OutputChunk("stderr", err)
+
+        def exit_code() -> int:
+            with _engine_call("reading a command's exit code"):
+                code = self.api.exec_inspect(exec_id).get("ExitCode")
+            return int(code) if code is not None else -1
+
+        return ExecStream(chunks(), exit_code)
 
     def state(self, container_id: str) -> ContainerState:
         with _engine_call("inspecting a container"):

@@ -1,0 +1,73 @@
+"""``moat cache list`` and ``moat cache clean``: the host cache of provisioned items (ollama models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group()
+def cache() -> None:
+    """The host cache of provisioned items (e.g. ollama models), shared by all runs."""
+
+
+@cache.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(as_json: bool) -> None:
+    """Every cached item: service, item, size and when it was last used."""
+    from moat.catalog import load_catalog
+    from moat.run.report import human_bytes
+    from moat.run.store import moat_home
+    from moat.services.cache import HostCache
+    from moat.services.cache_admin import list_entries
+
+    entries = list_entries(HostCache(moat_home()), load_catalog())
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("The cache is empty.")
+        return
+    rows = [("SERVICE", "ITEM", "SIZE", "LAST USED")]
+    rows += [(e.service, e.item, human_bytes(e.size), e.last_used or "-") for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+
+
+@cache.command("clean")
+@click.argument("service", required=False)
+@click.option("--item", "items", multiple=True, metavar="NAME", help="Remove only this item (repeatable).")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
+    """Remove cached items: everything, one SERVICE's cache, or single --item NAMEs of it."""
+    from moat.catalog import load_catalog
+    from moat.errors import UsageError
+    from moat.run.report import human_bytes
+    from moat.run.store import moat_home
+    from moat.services.cache import HostCache
+    from moat.services.cache_admin import cached_services, plan_removal, remove
+
+    catalog = load_catalog()
+    host_cache = HostCache(moat_home())
+    if items and not service:
+        raise UsageError("--item needs a SERVICE, e.g. `moat cache clean ollama --item llama3.2`")
+    services = [service] if service else cached_services(host_cache, catalog)
+    removals = [plan_removal(host_cache, catalog, name, list(items)) for name in services]
+    removals = [r for r in removals if r.paths]
+    if not removals:
+        click.echo("Nothing to remove.")
+        return
+    summary = "; ".join(
+        f"{r.service}: {', '.join(r.items) if r.items else 'everything'} ({human_bytes(r.size)})" for r in removals
+    )
+    if not force:
+        if not sys.stdin.isatty():
+            raise UsageError(f"would remove {summary}; add -f to do it without a terminal to confirm on")
+        click.confirm(f"Remove {summary}?", abort=True)
+    for removal in removals:
+        remove(host_cache, removal)
+        click.echo(f"removed {removal.service}: {', '.join(removal.items) if removal.items else 'everything'}"
+                   f" ({human_bytes(removal.size)})")
