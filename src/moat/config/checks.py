@@ -50,7 +50,11 @@ def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
             try:
                 services[name] = ServiceOverride.model_validate(block if block is not None else {})
             except ValidationError:
-                continue  # its problems are among the schema errors
+                # Its field errors are among the schema errors; its name and its extra keys can
+                # still be judged, with the known fields left at their defaults.
+                extras = {k: v for k, v in block.items() if k not in ServiceOverride.model_fields} \
+                    if isinstance(block, dict) else {}
+                services[name] = ServiceOverride.model_construct(**extras)
     return _check(dependencies, services, catalog).problems
 
 
