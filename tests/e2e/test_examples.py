@@ -118,3 +118,14 @@ def test_secrets_never_reach_the_run_directory(engine: object, moat_home: Path,
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
     assert run_dir.stat().st_mode & 0o077 == 0
     assert any(r["line"] == "pw=****" for r in log_records(moat_home, run_dir.name))
+
+
+def test_ollama_example_lists_models_and_gets_an_answer(engine: object, moat_home: Path,
+                                                        example: Callable[[str], Path]) -> None:
+    # examples/service-ollama, with the moat-test/ollama-standin image in place of ollama/ollama.
+    result = run_moat(["run", str(example("service-ollama"))])
+    assert result.code == 0, result.output
+    assert "  qwen2.5-coder:1.5b  " in result.stdout
+    answer = result.stdout.split("answer:\n", 1)[1]
+    assert "Write a haiku about containers." in answer  # the stand-in echoes the prompt
+    assert (moat_home / "cache/ollama/models/manifests/registry.ollama.ai/library/qwen2.5-coder/1.5b").is_file()
