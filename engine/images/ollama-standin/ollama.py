@@ -20,6 +20,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -31,7 +32,6 @@ import socket
 import sys
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -62,7 +62,7 @@ def now_rfc3339(t: float | None = None) -> str:
 
 def rfc3339_ns(ns: int) -> str:
     sec, frac = divmod(ns, 1_000_000_000)
-    base = _dt.datetime.fromtimestamp(sec, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _dt.datetime.fromtimestamp(sec, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     fraction = f"{frac:09d}".rstrip("0")
     return base + ("." + fraction if fraction else "") + "Z"
 
@@ -73,7 +73,7 @@ def dumps(obj) -> str:
 
 def human_bytes(b: int) -> str:
     """format.HumanBytes from Ollama (decimal units)."""
-    for limit, unit in ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB")):
+    for limit, unit in ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB")):  # noqa: B007 — used after
         if b >= limit:
             value = b / limit
             break
@@ -99,7 +99,7 @@ def human_duration(seconds: float) -> str:
         return "About a minute"
     if minutes < 60:
         return f"{minutes} minutes"
-    hours = int(round(seconds / 3600))
+    hours = round(seconds / 3600)
     if hours == 1:
         return "About an hour"
     if hours < 48:
@@ -154,10 +154,8 @@ def log(level: str, msg: str, **attrs) -> None:
     """slog text format, like `ollama serve` writes to stderr."""
     parts = [f"time={now_rfc3339()}", f"level={level}", "source=standin", f"msg={json.dumps(msg)}"]
     parts += [f"{k}={json.dumps(str(v)) if (' ' in str(v) or not str(v)) else v}" for k, v in attrs.items()]
-    try:
+    with contextlib.suppress(BrokenPipeError, ValueError):
         print(" ".join(parts), file=sys.stderr, flush=True)
-    except (BrokenPipeError, ValueError):
-        pass
 
 
 # =========================================================================== model names & store
@@ -178,7 +176,7 @@ class Name:
         self.host, self.namespace, self.model, self.tag = host, namespace, model, tag
 
     @classmethod
-    def parse(cls, raw: str) -> "Name | None":
+    def parse(cls, raw: str) -> Name | None:
         s = (raw or "").strip()
         if not s or "@" in s or "://" in s:
             return None
@@ -350,10 +348,8 @@ def prune_blobs() -> None:
         if re.fullmatch(r"sha256-[0-9a-f]{64}", fn) and fn.replace("-", ":", 1) not in used:
             if fn.replace("-", ":", 1) in BUSY_DIGESTS:
                 continue
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(os.path.join(blobs_dir(), fn))
-            except OSError:
-                pass
 
 
 def remove_empty_dirs(path: str) -> None:
@@ -465,8 +461,8 @@ class _BytesReader:
 def fails(raw: str, name: Name) -> bool:
     if "does-not-exist" in raw or "does-not-exist" in name.full():
         return True
-    for entry in os.environ.get("STANDIN_FAIL_MODELS", "").split(","):
-        entry = entry.strip()
+    for listed in os.environ.get("STANDIN_FAIL_MODELS", "").split(","):
+        entry = listed.strip()
         if not entry:
             continue
         other = Name.parse(entry)
@@ -623,11 +619,9 @@ class Handler(BaseHTTPRequestHandler):
         stamp = time.strftime("%Y/%m/%d - %H:%M:%S")
         status = getattr(self, "_status", 0)
         client = self.client_address[0] if self.client_address else ""
-        try:
+        with contextlib.suppress(BrokenPipeError, ValueError):
             print(f"[GIN] {stamp} | {status:3d} | {go_duration(time.monotonic() - started):>13} | "
                   f"{client:>15} | {method:<7} {json.dumps(path)}", flush=True)
-        except (BrokenPipeError, ValueError):
-            pass
 
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()
@@ -948,7 +942,7 @@ class Handler(BaseHTTPRequestHandler):
                           "total_tokens": max(1, len(last_user.split())) + len(tokens(answer))}})
             return
         self.start_stream("text/event-stream")
-        for piece in tokens(answer) + [None]:
+        for piece in [*tokens(answer), None]:
             time.sleep(TOKEN_DELAY)
             delta = {"role": "assistant", "content": piece} if piece is not None else {}
             chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": raw,
@@ -1164,14 +1158,12 @@ class Client:
             conn.close()
 
     def heartbeat(self) -> None:
-        try:
+        with contextlib.suppress(StatusError):
             self.do("HEAD", "/")
-        except StatusError:
-            pass
 
 
 class Spinner:
-    FRAMES = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"]
+    FRAMES = ("⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏")
 
     def __init__(self, message: str):
         self.message, self.value, self.stopped = message, 0, False
@@ -1217,7 +1209,7 @@ class Bar:
             elapsed = time.monotonic() - self.started
             if elapsed > 0.5 and self.current > self.initial:
                 rate = (self.current - self.initial) / elapsed
-                left = int(math.ceil((self.total - self.current) / rate)) if rate > 0 else 0
+                left = math.ceil((self.total - self.current) / rate) if rate > 0 else 0
                 eta = f"{left // 60}m{left % 60}s" if left >= 60 else f"{left}s"
                 suf += f"{human_bytes(int(rate)) + '/s':>12}{eta:>8}"
         mid = width - len(pre) - len(suf) - 5
@@ -1405,8 +1397,8 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
     pad = "    "
     head = "".join(h.ljust(w) + (pad if i < len(header) - 1 else " ")
-                   for i, (h, w) in enumerate(zip(header, widths)))
-    lines = [head] + ["".join(c.ljust(w) + pad for c, w in zip(r, widths)) for r in rows]
+                   for i, (h, w) in enumerate(zip(header, widths, strict=False)))
+    lines = [head] + ["".join(c.ljust(w) + pad for c, w in zip(r, widths, strict=False)) for r in rows]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -1418,7 +1410,7 @@ def parse_rfc3339(s: str) -> float:
     tz = m.group(3) or "Z"
     offset = 0 if tz == "Z" else (1 if tz[0] == "+" else -1) * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
     frac = float("0." + m.group(2)) if m.group(2) else 0.0
-    return base.replace(tzinfo=_dt.timezone.utc).timestamp() - offset + frac
+    return base.replace(tzinfo=_dt.UTC).timestamp() - offset + frac
 
 
 def cmd_pull(client: Client, args: list[str]) -> int:
@@ -1435,7 +1427,7 @@ def cmd_pull(client: Client, args: list[str]) -> int:
 
 
 def cmd_rm(client: Client, args: list[str]) -> int:
-    positional, flags = split_flags(args, set(), set())
+    positional, _flags = split_flags(args, set(), set())
     if not positional:
         return cli_error("requires at least 1 arg(s), only received 0")
     client.heartbeat()
@@ -1492,7 +1484,7 @@ def cmd_run(client: Client, args: list[str]) -> int:
     model, prompts = positional[0], positional[1:]
     interactive = not prompts
     if not sys.stdin.isatty():
-        prompts = [sys.stdin.read()] + prompts
+        prompts = [sys.stdin.read(), *prompts]
         interactive = False
     client.heartbeat()
     try:
@@ -1553,7 +1545,7 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-v", "--version"):
         return cmd_version(Client())
     command, rest = argv[0], argv[1:]
-    if command == "serve" or command == "start":
+    if command in {"serve", "start"}:
         return serve(rest)
     handlers = {"list": cmd_list, "ls": cmd_list, "pull": cmd_pull, "rm": cmd_rm, "show": cmd_show,
                 "ps": cmd_ps, "run": cmd_run}
@@ -1565,7 +1557,7 @@ def main(argv: list[str]) -> int:
             print(f'Error: unknown command "{command}" for "ollama"\nRun \'ollama --help\' for usage.',
                   file=sys.stderr)
         return 1
-    if rest and rest[0] in ("-h", "--help") and command != "pull" and command != "run":
+    if rest and rest[0] in ("-h", "--help") and command not in {"pull", "run"}:
         print(f"Usage:\n  ollama {command} ...   (moat-test stand-in)")
         return 0
     try:
