@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from moat.catalog import Catalog, load_catalog
+
+# Hypothesis writes caches (even with database=None) as soon as tests are collected, so this is set
+# when the conftest loads, not in a fixture: nothing lands in the repository's .hypothesis.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "moat-unit-hypothesis")
 
 
 @pytest.fixture(autouse=True)

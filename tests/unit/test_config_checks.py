@@ -98,9 +98,12 @@ def test_empty_service_block_for_an_undeclared_service_is_still_an_error() -> No
     assert "not declared in dependencies" in message
 
 
-def test_service_declared_with_an_invalid_version_is_still_declared_wrongly() -> None:
+def test_invalid_version_of_a_configured_service_is_reported_at_the_dependency() -> None:
     error = config_error("dependencies: [postgres@14]\nservices:\n  postgres: {}\n")
-    assert {p.dotted for p in error.problems} >= {"dependencies[0]"}
+    dependency = [p for p in error.problems if p.dotted == "dependencies[0]"]
+    assert len(dependency) == 1
+    assert "invalid version '14' for postgres" in dependency[0].message
+    assert dependency[0].line == 1
 
 
 @pytest.mark.parametrize(("typo", "suggestion"), [("postgress", "postgres"), ("olama", "ollama"),
@@ -232,9 +235,24 @@ def test_non_string_model_names_are_rejected(item: str) -> None:
     assert "invalid model name" in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: catalog.model.PROVISION_ITEM_RE ends in '$', which re.match lets match "
-                                       "before a trailing newline, so models: [\"llama3\\n\"] is accepted and "
-                                       "'llama3\\n' reaches `ollama pull`")
 def test_model_name_with_a_trailing_newline_is_rejected() -> None:
     error = config_error(svc("ollama", 'models: ["llama3\\n"]'))
     assert [p.dotted for p in error.problems] == ["services.ollama.models[0]"]
+
+
+VERSION_INJECTIONS = ["1.25;rm -rf /", "1|cat /etc/passwd", "$(id)", "`id`", "1&&id", "1 2", "-rf", ""]
+
+
+@pytest.mark.parametrize("bad", VERSION_INJECTIONS)
+@pytest.mark.parametrize("name", ["go", "ministack", "pip:requests"])
+def test_injection_in_versions_via_moat_yaml_is_rejected(name: str, bad: str) -> None:
+    deps = "[python, " if name.startswith("pip:") else "["
+    path, message, line, _ = only_problem(f'name: x\ndependencies: {deps}"{name}@{bad}"]\n')
+    assert path == ("dependencies[1]" if name.startswith("pip:") else "dependencies[0]")
+    assert "version" in message
+    assert line == 2
+
+
+def test_a_number_in_dependencies_is_named_as_written() -> None:
+    error = config_error("dependencies: [3.10]\n")
+    assert "'3.10'" in error.problems[0].message

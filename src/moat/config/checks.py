@@ -50,12 +50,25 @@ def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
             try:
                 services[name] = ServiceOverride.model_validate(block if block is not None else {})
             except ValidationError:
-                # Its field errors are among the schema errors; its name and its extra keys can
-                # still be judged, with the known fields left at their defaults.
-                extras = {k: v for k, v in block.items() if k not in ServiceOverride.model_fields} \
-                    if isinstance(block, dict) else {}
-                services[name] = ServiceOverride.model_construct(**extras)
+                # Its field errors are among the schema errors; everything else about it can still
+                # be judged: its name, its extra keys, and the fields that are valid on their own.
+                services[name] = _salvage(block)
     return _check(dependencies, services, catalog).problems
+
+
+def _salvage(block: Any) -> ServiceOverride:
+    if not isinstance(block, dict):
+        return ServiceOverride.model_construct()
+    values: dict[str, Any] = {}
+    for key, value in block.items():
+        if key not in ServiceOverride.model_fields:
+            values[key] = value
+            continue
+        try:
+            values[key] = getattr(ServiceOverride.model_validate({key: value}), key)
+        except ValidationError:
+            continue
+    return ServiceOverride.model_construct(**values)
 
 
 def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalog: Catalog) -> CheckResult:
@@ -69,7 +82,9 @@ def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalo
 
 
 def check_dependencies(items: list[Any], catalog: Catalog) -> tuple[list[Dependency], list[Problem]]:
-    deps, problems = resolve_dependencies(items, catalog)
+    # A number such as `- 3.10` is judged (and named) as written.
+    texts = [item if isinstance(item, bool) else (scalar_text(item) or item) for item in items]
+    deps, problems = resolve_dependencies(texts, catalog)
     return deps, [Problem(("dependencies", i), m) for i, m in sorted(problems.items())]
 
 

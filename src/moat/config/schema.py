@@ -370,7 +370,8 @@ class MoatConfig(Section):
     base_image: ImageRef | None = None
     mounts: list[Annotated[Mount, BeforeValidator(_mount_entry)]] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
-    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=dict)
+    ports: dict[Annotated[str, StringConstraints(min_length=1)], Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=dict)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
     sandbox: Literal["", "none"] = ""
