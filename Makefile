@@ -30,7 +30,7 @@ engine:
 	bash engine/ensure.sh
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks engine
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 unit: install

@@ -85,11 +85,15 @@ class RunExecution:
         self.cache = HostCache(store.home)
         # Shared "in use" locks on host caches, held until teardown has removed the sidecars.
         self._cache_holds = contextlib.ExitStack()
+        self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
 
     # --- the whole run -----------------------------------------------------------------------------
 
-    def execute(self) -> int:
-        """Run the plan; returns the agent's exit code (or 128+signal). Raises MoatError on failure."""
+    def execute(self, *, detach: bool = False) -> int:
+        """Run the plan; returns the agent's exit code (or 128+signal). Raises MoatError on failure.
+
+        With ``detach``, returns 0 once a supervisor process has started the agent and owns the run.
+        """
         plan = self.plan
         self.record = record = self.store.create(
             plan.run_id, self.masker,
@@ -98,18 +102,49 @@ class RunExecution:
             image=plan.image.tag, network=plan.network, command=list(plan.command),
             services=[{"name": s.name, "image": s.image, "container_name": s.container_name}
                       for s in plan.services],
-            agent={"container_name": self._agent_name()},
+            agent={"container_name": self._agent_name()}, detached=detach,
         )
         record.write_file("Dockerfile", plan.image.dockerfile)
         self._event(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
         self.report.info(f"run {plan.name} ({plan.run_id})")
+
+        def body() -> int:
+            record.update(state="starting")
+            self._prepare()
+            if detach:
+                from moat.run.detach import hand_off  # noqa: PLC0415 — only detached runs need it
+
+                hand_off(self)
+                self.handed_off = True
+                return 0
+            return self._run_agent()
+
+        return self._guarded(body)
+
+    def supervise(self, acknowledge: Callable[[], None]) -> int:
+        """In the supervisor of a detached run: start the agent, record it, then tear the run down."""
+        record = self.record_()
+        record.update(pid=os.getpid())
+        with self.created.lock:
+            for spec in self.plan.services:
+                if spec.cache_path:
+                    self._cache_holds.enter_context(self.cache.in_use(spec.name))
+
+        def body() -> int:
+            assert self.created.agent is not None
+            return self._start_agent(self.created.agent, echo=False, started=acknowledge)
+
+        return self._guarded(body)
+
+    def _guarded(self, body: Callable[[], int]) -> int:
+        """Run ``body`` with signals as exceptions, record how it ended, and always tear down."""
+        record = self.record_()
         outcome: BaseException | None = None
         try:
             with interrupts_raise():
-                record.update(state="starting")
-                self._prepare()
-                code = self._run_agent()
-            record.update(state="exited", exit_code=code)
+                code = body()
+            if not self.handed_off:
+                record.update(state="exited", exit_code=code)
             return code
         except Interrupted as exc:
             outcome = exc
@@ -121,8 +156,9 @@ class RunExecution:
             record.update(state="failed", error=exc.message)
             raise
         finally:
-            self._teardown(outcome)
-            record.update(ended_at=now_iso(), timings={k: round(v, 3) for k, v in self.timings.items()})
+            if not self.handed_off:
+                self._teardown(outcome)
+                record.update(ended_at=now_iso(), timings={k: round(v, 3) for k, v in self.timings.items()})
             record.close()
 
     # --- phase 1: network, image and services, in parallel -----------------------------------------
@@ -267,9 +303,17 @@ class RunExecution:
         return f"{AGENT_CONTAINER_PREFIX}{self.plan.run_id}"
 
     def _run_agent(self) -> int:
+        container_id = self.create_agent()
+        self.report.pause()
+        if self.plan.interactive:
+            code = self._run_interactive(container_id)
+        else:
+            code = self._start_agent(container_id, echo=True)
+        return code
+
+    def create_agent(self) -> str:
         plan = self.plan
-        interactive = plan.interactive
-        tty = interactive and sys.stdin.isatty() and sys.stdout.isatty()
+        tty = plan.interactive and sys.stdin.isatty() and sys.stdout.isatty()
         spec = ContainerSpec(
             name=self._agent_name(),
             image=plan.image.tag,
@@ -284,24 +328,26 @@ class RunExecution:
             dns=plan.limits.dns,
             ulimits=plan.limits.ulimits,
             tty=tty,
-            stdin_open=interactive,
+            stdin_open=plan.interactive,
             init=True,
         )
         container_id = self.runtime.create_container(spec)
         self.created.agent = container_id
-        assert self.record is not None
-        self.record.update(agent={"container_name": spec.name, "container_id": container_id})
-        self.report.pause()
-        self._event(f"agent starting: {' '.join(plan.command)}")
-        if interactive:
-            code = self._run_interactive(container_id)
-        else:
-            chunks = self.runtime.attach(container_id)
-            self.runtime.start_container(container_id)
-            self.record.update(state="running", started_at=now_iso())
-            self.timings["agent_started"] = time.monotonic() - self.started
-            relay(chunks, self.record, self._first_output)
-            code = self.runtime.wait(container_id)
+        self.record_().update(agent={"container_name": spec.name, "container_id": container_id})
+        return container_id
+
+    def _start_agent(self, container_id: str, *, echo: bool, started: Callable[[], None] | None = None) -> int:
+        """Start the agent, relay its output until it exits, and return its exit code."""
+        record = self.record_()
+        self._event(f"agent starting: {' '.join(self.plan.command)}")
+        chunks = self.runtime.attach(container_id)  # attached before start: no line is missed
+        self.runtime.start_container(container_id)
+        record.update(state="running", started_at=now_iso())
+        self.timings["agent_started"] = time.monotonic() - self.started
+        if started is not None:
+            started()
+        relay(chunks, record, self._first_output, echo=echo)
+        code = self.runtime.wait(container_id)
         self.timings["agent_exited"] = time.monotonic() - self.started
         self._event(f"agent exited with code {code}")
         return code

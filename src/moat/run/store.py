@@ -102,3 +102,9 @@ class RunStore:
         }, masker)
         record.update()
         return record
+
+    def open(self, run_id: str, masker: Masker) -> RunRecord:
+        """An existing run's record, to go on writing it (a detached run's supervisor)."""
+        directory = self.runs / run_id
+        metadata = json.loads((directory / METADATA).read_text())
+        return RunRecord(directory, metadata, masker)

@@ -69,6 +69,21 @@ class ExecStream:
 
 
 @dataclass(frozen=True)
+class EngineObject:
+    kind: str  # "container" | "network" | "volume"
+    id: str  # container id, network name or volume name
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+    size: int
+    in_use: bool  # some container (running or not) uses it
+
+
+@dataclass(frozen=True)
 class LabelledObjects:
     containers: list[str]
     networks: list[str]
@@ -125,5 +140,14 @@ class Runtime(Protocol):
     def find_labelled(self, labels: Mapping[str, str]) -> LabelledObjects: ...
 
     def remove_volume(self, name: str) -> None: ...
+
+    def objects_with_label(self, key: str) -> list[EngineObject]:
+        """Every container, network and volume carrying label ``key`` (any value)."""
+
+    def images(self, repository: str) -> list[ImageInfo]: ...
+
+    def remove_image(self, image_id: str) -> None: ...
+
+    def version(self) -> str: ...
 
     def disconnect(self, container_id: str, network: str) -> None: ...

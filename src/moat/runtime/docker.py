@@ -22,8 +22,10 @@ from moat.runtime.base import (
     ContainerNotRunning,
     ContainerSpec,
     ContainerState,
+    EngineObject,
     ExecResult,
     ExecStream,
+    ImageInfo,
     LabelledObjects,
     OutputChunk,
     ProgressCallback,
@@ -315,3 +317,35 @@ class DockerRuntime:
             return
         except APIError as exc:
             raise EngineError(f"disconnecting a container from {network} failed: {exc.explanation}") from exc
+
+    def objects_with_label(self, key: str) -> list[EngineObject]:
+        filters = {"label": [key]}
+        with _engine_call("listing moat's engine objects"):
+            found = [EngineObject("container", c["Id"], c.get("Labels") or {})
+                     for c in self.api.containers(all=True, filters=filters)]
+            found += [EngineObject("network", n["Name"], n.get("Labels") or {})
+                      for n in self.api.networks(filters=filters)]
+            found += [EngineObject("volume", v["Name"], v.get("Labels") or {})
+                      for v in (self.api.volumes(filters=filters).get("Volumes") or [])]
+        return found
+
+    def images(self, repository: str) -> list[ImageInfo]:
+        with _engine_call("listing images"):
+            images = self.api.images(name=repository)
+            used = {c.get("ImageID") for c in self.api.containers(all=True)}
+        return [ImageInfo(i["Id"], tuple(i.get("RepoTags") or ()), int(i.get("Size") or 0), i["Id"] in used)
+                for i in images]
+
+    def remove_image(self, image_id: str) -> None:
+        try:
+            self.api.remove_image(image_id, force=False)
+        except NotFound:
+            return
+        except APIError as exc:
+            raise EngineError(f"removing image {image_id[:19]} failed: {exc.explanation}") from exc
+
+    def version(self) -> str:
+        with _engine_call("asking the engine's version"):
+            info = self.api.version()
+        platform = info.get("Platform", {}).get("Name") or "engine"
+        return f"{platform} {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"

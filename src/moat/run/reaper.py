@@ -1,0 +1,97 @@
+"""Finding and removing what runs left on the engine.
+
+An engine object carrying ``moat.run-id`` belongs to:
+- an *active* run (being created or running, its owner alive): never touched;
+- an *orphaned* run (its owner died) or a run whose record is gone: always fair game;
+- a *finished* run (e.g. an agent container kept with ``--keep``): removed by ``moat clean`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+
+from moat.constants import AGENT_IMAGE_REPO, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN_ID
+from moat.errors import MoatError
+from moat.files import now_iso, write_private
+from moat.run.registry import ACTIVE_STATES, Registry, RunInfo, process_alive
+from moat.run.store import METADATA
+from moat.runtime.base import EngineObject, ImageInfo, Runtime
+
+_ORDER = {"container": 0, "network": 1, "volume": 2}  # containers first: they hold the others
+
+
+@dataclass
+class Leftovers:
+    objects: list[tuple[EngineObject, str]] = field(default_factory=list)  # (object, why)
+    images: list[ImageInfo] = field(default_factory=list)
+    orphaned_runs: list[RunInfo] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.objects or self.images or self.orphaned_runs)
+
+
+def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool) -> Leftovers:
+    runs = {r.id: r for r in registry.all()}
+    found = Leftovers()
+    orphaned: dict[str, RunInfo] = {}
+    for obj in runtime.objects_with_label(LABEL_RUN_ID):
+        run_id = obj.labels.get(LABEL_RUN_ID, "")
+        run = runs.get(run_id)
+        if run is None:
+            pid = obj.labels.get(LABEL_OWNER_PID, "")
+            if pid.isdigit() and process_alive(int(pid), obj.labels.get(LABEL_OWNER_HOST)):
+                continue  # its owner is alive (e.g. a cache-clean helper at work)
+            found.objects.append((obj, f"run {run_id} has no record"))
+        elif run.active:
+            continue
+        elif run.recorded_state in ACTIVE_STATES:
+            found.objects.append((obj, f"run {run_id}'s moat process is gone"))
+            orphaned[run.id] = run
+        elif finished:
+            found.objects.append((obj, f"run {run_id} has finished ({run.recorded_state})"))
+    # Orphaned runs with nothing left on the engine still need their record settled.
+    for run in runs.values():
+        if run.recorded_state in ACTIVE_STATES and not run.owner_alive:
+            orphaned.setdefault(run.id, run)
+    found.orphaned_runs = list(orphaned.values())
+    found.objects.sort(key=lambda item: _ORDER[item[0].kind])
+    if images:
+        found.images = [i for i in runtime.images(AGENT_IMAGE_REPO) if not i.in_use]
+    return found
+
+
+def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
+    """Remove everything found; returns the problems (anything that could not be removed)."""
+    problems = []
+    removers = {"container": runtime.remove_container, "network": runtime.remove_network,
+                "volume": runtime.remove_volume}
+    for obj, _ in leftovers.objects:
+        try:
+            removers[obj.kind](obj.id)
+        except MoatError as exc:
+            problems.append(exc.message)
+    for image in leftovers.images:
+        try:
+            runtime.remove_image(image.id)
+        except MoatError as exc:
+            problems.append(exc.message)
+    for run in leftovers.orphaned_runs:
+        settle_orphan(run)
+    return problems
+
+
+def settle_orphan(run: RunInfo) -> None:
+    """Record that the run's moat process died before it could finish the run."""
+    metadata = dict(run.metadata)
+    metadata.update(state="failed", error="moat's process ended before the run finished (orphaned; cleaned up)",
+                    ended_at=metadata.get("ended_at") or now_iso())
+    with contextlib.suppress(OSError):
+        write_private(run.directory / METADATA, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def reap_orphans(runtime: Runtime, registry: Registry) -> list[str]:
+    """What a new ``moat run`` does first: remove what crashed runs left (never finished runs')."""
+    return remove(runtime, find(runtime, registry, finished=False, images=False))

@@ -1,0 +1,162 @@
+"""Reading the run store: every run, which are alive, and which one a user means.
+
+A run is *active* while it is being created or running, and only while the moat process that owns
+it (its ``pid`` on its ``host``) is alive: a run whose owner died (SIGKILL, a crash, a reboot) is
+*orphaned*, and its engine objects are fair game for ``moat clean``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from moat.constants import RUN_ID_PREFIX
+from moat.errors import UsageError
+from moat.run.store import METADATA, RunStore
+
+ACTIVE_STATES = frozenset({"created", "starting", "running"})
+
+
+def process_alive(pid: int, host: str | None) -> bool:
+    """Whether ``pid`` on ``host`` is still a moat process (a reused pid does not count)."""
+    if host and host != socket.gethostname():
+        return True  # another machine's run: assume alive, never touch it
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by someone else
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            return b"moat" in cmdline.read_bytes()
+        except OSError:
+            return True
+    return True
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    metadata: dict[str, Any]
+    directory: Path
+
+    @property
+    def id(self) -> str:
+        return str(self.metadata.get("id", self.directory.name))
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def recorded_state(self) -> str:
+        return str(self.metadata.get("state", "unknown"))
+
+    @property
+    def owner_alive(self) -> bool:
+        return process_alive(int(self.metadata.get("pid") or 0), self.metadata.get("host"))
+
+    @property
+    def active(self) -> bool:
+        return self.recorded_state in ACTIVE_STATES and self.owner_alive
+
+    @property
+    def state(self) -> str:
+        """The recorded state, or ``orphaned`` for an active-looking run whose owner is gone."""
+        if self.recorded_state in ACTIVE_STATES and not self.owner_alive:
+            return "orphaned"
+        return self.recorded_state
+
+    @property
+    def created_at(self) -> datetime:
+        return parse_time(self.metadata.get("created_at")) or datetime.fromtimestamp(0, UTC)
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.created_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``moat list --json`` record (documented in the README)."""
+        meta = self.metadata
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "exit_code": meta.get("exit_code"),
+            "created_at": meta.get("created_at"),
+            "started_at": meta.get("started_at"),
+            "ended_at": meta.get("ended_at"),
+            "age_seconds": round(self.age_seconds(), 3),
+            "workspace": meta.get("workspace"),
+            "runtime": meta.get("runtime"),
+            "image": meta.get("image"),
+            "services": [s.get("name") for s in meta.get("services", [])],
+            "detached": bool(meta.get("detached", False)),
+            "pid": meta.get("pid"),
+        }
+
+
+def parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class Registry:
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def all(self) -> list[RunInfo]:
+        """Every recorded run, newest first."""
+        if not self.store.runs.is_dir():
+            return []
+        found = []
+        for directory in self.store.runs.iterdir():
+            try:
+                metadata = json.loads((directory / METADATA).read_text())
+            except (OSError, ValueError):
+                continue  # not a run directory, or one being written for the first time
+            if isinstance(metadata, dict):
+                found.append(RunInfo(metadata, directory))
+        return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)
+
+    def get(self, run_id: str) -> RunInfo | None:
+        return next((r for r in self.all() if r.id == run_id), None)
+
+    def resolve(self, reference: str) -> RunInfo:
+        """By exact id, then name (the newest run of that name), then unique id prefix."""
+        runs = self.all()
+        exact = [r for r in runs if r.id == reference]
+        if exact:
+            return exact[0]
+        named = [r for r in runs if r.name == reference]
+        if named:
+            return named[0]
+        prefix = reference if reference.startswith(RUN_ID_PREFIX) else RUN_ID_PREFIX + reference
+        matches = [r for r in runs if r.id.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(f"{r.id} ({r.name})" for r in matches[:8])
+            raise UsageError(f"'{reference}' matches {len(matches)} runs: {shown}; give more of the id")
+        raise UsageError(f"no run '{reference}' (by id, id prefix or name); `moat list --all` shows them")
+
+    def latest(self, *, active: bool) -> RunInfo:
+        for run in self.all():
+            if run.active or not active:
+                return run
+        raise UsageError("no active run" if active else "no runs yet")
+
+    def remove(self, run: RunInfo) -> None:
+        shutil.rmtree(run.directory)
