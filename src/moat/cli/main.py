@@ -19,6 +19,12 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("moat.cli.run:run", "Run a command in an isolated container with its services."),
     "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
     "cache": ("moat.cli.cache:cache", "List and clean the host cache of provisioned items (ollama models)."),
+    "list": ("moat.cli.runs:list_runs", "List runs, newest first (--all includes finished ones)."),
+    "logs": ("moat.cli.runs:logs", "Show a run's output; -f follows a live run."),
+    "stop": ("moat.cli.runs:stop", "Stop runs (default: the most recent active run)."),
+    "destroy": ("moat.cli.runs:destroy", "Remove finished runs' records."),
+    "clean": ("moat.cli.maintenance:clean", "Remove orphaned containers, networks, volumes and unused images."),
+    "status": ("moat.cli.maintenance:status", "Show the engine, active runs, disk use and orphans."),
 }
 
 

@@ -33,13 +33,15 @@ class RunCommand(click.Command):
 @click.option("--runtime", type=click.Choice(["docker"]), help="Where to run (default: docker).")
 @click.option("-i", "--interactive/--no-interactive", default=None,
               help="Attach your terminal to the agent (default: moat.yaml's interactive).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Return once the agent has started; a supervisor records it and tears the run down.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the agent image even if it is up to date.")
 @click.option("--keep", is_flag=True, help="Keep the agent container after it exits (services are removed).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.pass_context
 def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
-        interactive: bool | None, rebuild: bool, keep: bool, dry_run: bool, as_json: bool) -> Any:
+        interactive: bool | None, detach: bool, rebuild: bool, keep: bool, dry_run: bool, as_json: bool) -> Any:
     """Run a command in an isolated container against the workspace PATH (default: .), with the
     services moat.yaml declares started, ready and described in MOAT_* variables.
 
@@ -59,6 +61,8 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         raise UsageError(f"workspace {workspace} does not exist or is not a directory")
     if as_json and not dry_run:
         raise UsageError("--json needs --dry-run (a real run streams the agent's output)")
+    if detach and interactive:
+        raise UsageError("-d and -i do not go together: a detached run has no terminal")
     catalog = load_catalog()
     config = load_config(workspace, catalog)
     require_supported(config)
@@ -84,6 +88,11 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     from moat.run.store import RunStore
     from moat.runtime.docker import DockerRuntime
 
+    if detach and plan.interactive:
+        raise UsageError("moat.yaml sets interactive: true; a detached run has no terminal (use --no-interactive)")
     execution = RunExecution(plan, DockerRuntime(), RunStore(), reporter_for(),
                              Options(keep=keep, rebuild=rebuild))
-    return execution.execute()
+    code = execution.execute(detach=detach)
+    if detach:
+        click.echo(f"{plan.run_id} {plan.name}")
+    return code

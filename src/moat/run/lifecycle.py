@@ -38,7 +38,9 @@ from moat.constants import (
 from moat.errors import EngineError, MoatError
 from moat.files import now_iso
 from moat.plan.model import Plan, ServiceSpec
+from moat.run import reaper
 from moat.run.output import relay
+from moat.run.registry import Registry
 from moat.run.report import Reporter
 from moat.run.signals import Interrupted, interrupts_deferred, interrupts_raise
 from moat.run.store import SERVICE_LOGS_DIR, RunRecord, RunStore
@@ -166,6 +168,8 @@ class RunExecution:
     def _prepare(self) -> None:
         plan = self.plan
         self.runtime.ping()
+        # What crashed runs left behind is reaped alongside this run's start, never delaying it.
+        threading.Thread(target=self._reap_orphans, name="reaper", daemon=True).start()
         self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
         self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
         futures: list[Future[None]] = [self._workers.submit(self._ensure_agent_image)]
@@ -180,6 +184,14 @@ class RunExecution:
                     self.abort.set()
                     raise error
         self.timings["services_ready"] = time.monotonic() - self.started
+
+    def _reap_orphans(self) -> None:
+        try:
+            problems = reaper.reap_orphans(self.runtime, Registry(self.store))
+        except MoatError as exc:
+            problems = [exc.message]
+        for problem in problems:
+            self._event(f"reaping an orphaned run's leftovers: {problem}")
 
     def _ensure_agent_image(self) -> None:
         image = self.plan.image

@@ -33,12 +33,15 @@ class Leftovers:
         return not (self.objects or self.images or self.orphaned_runs)
 
 
-def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool) -> Leftovers:
-    runs = {r.id: r for r in registry.all()}
+def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
+         only_run: str | None = None) -> Leftovers:
+    runs = {r.id: r for r in registry.all() if only_run in (None, r.id)}
     found = Leftovers()
     orphaned: dict[str, RunInfo] = {}
     for obj in runtime.objects_with_label(LABEL_RUN_ID):
         run_id = obj.labels.get(LABEL_RUN_ID, "")
+        if only_run is not None and run_id != only_run:
+            continue
         run = runs.get(run_id)
         if run is None:
             pid = obj.labels.get(LABEL_OWNER_PID, "")

@@ -43,7 +43,7 @@ _HOW_TO_START = (
 )
 
 
-def _engine_address() -> str:
+def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
@@ -72,7 +72,7 @@ class DockerRuntime:
                 client = docker.from_env(max_pool_size=32)
             except DockerException as exc:
                 raise EngineError(
-                    f"no container engine answers at {_engine_address()}: {exc}", hint=_HOW_TO_START
+                    f"no container engine answers at {engine_address()}: {exc}", hint=_HOW_TO_START
                 ) from None
         self.client = client
         self.api = client.api
@@ -84,7 +84,7 @@ class DockerRuntime:
             self.api.ping()
         except (DockerException, OSError) as exc:
             raise EngineError(
-                f"no container engine answers at {_engine_address()}: {exc}", hint=_HOW_TO_START
+                f"no container engine answers at {engine_address()}: {exc}", hint=_HOW_TO_START
             ) from None
 
     # --- images ----------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""``moat clean`` and ``moat status``: what runs left behind, and the state of things."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _du(path: Path) -> int:
+    if not path.exists():
+        return 0
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def clean(dry_run: bool, force: bool) -> None:
+    """Remove what runs left on the engine: orphans, finished runs' containers, unused agent images.
+
+    Never touches a run that is being created or is running.
+    """
+    from moat.errors import UsageError
+    from moat.run import reaper
+    from moat.run.registry import Registry
+    from moat.run.report import human_bytes
+    from moat.run.store import RunStore
+    from moat.runtime.docker import DockerRuntime
+
+    runtime = DockerRuntime()
+    runtime.ping()
+    found = reaper.find(runtime, Registry(RunStore()), finished=True, images=True)
+    if found.empty:
+        click.echo("Nothing to clean.")
+        return
+    for obj, why in found.objects:
+        click.echo(f"{obj.kind:<9} {obj.id[:40]:<40} {why}")
+    for image in found.images:
+        name = image.tags[0] if image.tags else image.id[:19]
+        click.echo(f"{'image':<9} {name:<40} unused ({human_bytes(image.size)})")
+    for run in found.orphaned_runs:
+        click.echo(f"{'record':<9} {run.id:<40} marked failed: its moat process is gone")
+    if dry_run:
+        click.echo("(dry run: nothing removed)")
+        return
+    if not force:
+        if not sys.stdin.isatty():
+            raise UsageError("add -f to clean without a terminal to confirm on (or --dry-run to look)")
+        click.confirm("Remove these?", abort=True)
+    problems = reaper.remove(runtime, found)
+    for problem in problems:
+        click.echo(f"could not remove: {problem}", err=True)
+    click.echo(f"removed {len(found.objects) + len(found.images) - len(problems)} objects")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in the README).")
+def status(as_json: bool) -> None:
+    """The engine, active runs, disk used, and leftovers waiting for `moat clean`."""
+    from moat.constants import AGENT_IMAGE_REPO
+    from moat.errors import EngineError
+    from moat.run import reaper
+    from moat.run.registry import Registry
+    from moat.run.report import human_bytes
+    from moat.run.store import RunStore
+    from moat.runtime.docker import DockerRuntime, engine_address
+
+    store = RunStore()
+    registry = Registry(store)
+    runs = registry.all()
+    report: dict[str, Any] = {
+        "engine": {"address": engine_address(), "answers": False, "version": None, "error": None},
+        "home": str(store.home),
+        "active_runs": [r.to_dict() for r in runs if r.active],
+        "runs_recorded": len(runs),
+        "disk": {"runs_bytes": _du(store.runs), "cache_bytes": _du(store.home / "cache"), "images_bytes": None},
+        "orphans": None,
+    }
+    try:
+        runtime = DockerRuntime()
+        runtime.ping()
+        report["engine"].update(answers=True, version=runtime.version())
+        report["disk"]["images_bytes"] = sum(i.size for i in runtime.images(AGENT_IMAGE_REPO))
+        found = reaper.find(runtime, registry, finished=False, images=False)
+        report["orphans"] = {"objects": len(found.objects), "runs": len(found.orphaned_runs)}
+    except EngineError as exc:
+        report["engine"]["error"] = exc.message
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    engine = report["engine"]
+    answer = engine["version"] if engine["answers"] else f"not answering ({engine['error']})"
+    click.echo(f"engine     {engine['address']}: {answer}")
+    click.echo(f"home       {report['home']}")
+    click.echo(f"runs       {len(report['active_runs'])} active, {report['runs_recorded']} recorded")
+    for run in report["active_runs"]:
+        click.echo(f"             {run['id']}  {run['name']}  {run['state']}  {', '.join(run['services'])}")
+    disk = report["disk"]
+    images = "?" if disk["images_bytes"] is None else human_bytes(disk["images_bytes"])
+    click.echo(f"disk       runs {human_bytes(disk['runs_bytes'])}, cache {human_bytes(disk['cache_bytes'])},"
+               f" agent images {images}")
+    if report["orphans"] is not None:
+        orphans = report["orphans"]
+        hint = " (`moat clean` removes them)" if orphans["objects"] or orphans["runs"] else ""
+        click.echo(f"orphans    {orphans['objects']} engine objects, {orphans['runs']} runs{hint}")

@@ -1,0 +1,196 @@
+"""``moat list``, ``moat logs``, ``moat stop`` and ``moat destroy``: the runs in the run store."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+FOLLOW_POLL = 0.1  # seconds between looks at a live run's log
+
+
+def _registry() -> Any:
+    from moat.run.registry import Registry
+    from moat.run.store import RunStore
+
+    return Registry(RunStore())
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in the README).")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include finished runs.")
+def list_runs(as_json: bool, show_all: bool) -> None:
+    """Runs, newest first: active ones, or every recorded run with --all."""
+    runs = _registry().all()
+    shown = [r for r in runs if show_all or r.active or r.state == "orphaned"]
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in shown], indent=2))
+        return
+    if not shown:
+        finished = len(runs)
+        click.echo("No active runs." + (f" `moat list --all` shows {finished} finished." if finished else ""))
+        return
+    rows = [("NAME", "RUN ID", "STATE", "EXIT", "AGE", "SERVICES")]
+    for run in shown:
+        info = run.to_dict()
+        exit_code = "-" if info["exit_code"] is None else str(info["exit_code"])
+        services = ", ".join(info["services"]) or "-"
+        rows.append((run.name, run.id, run.state, exit_code, _age(run.age_seconds()), services))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5])
+
+
+def _format(record: dict[str, Any]) -> str:
+    stamp = str(record.get("ts", ""))
+    clock = stamp[11:23] if len(stamp) >= 23 else stamp
+    return f"{clock} {record.get('stream', '?'):<6} {record.get('line', '')}"
+
+
+def _read_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete JSON lines from ``offset``; a partly written last line waits for the next look."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records, offset + end
+
+
+@click.command()
+@click.argument("run", required=False)
+@click.option("-n", "--lines", "lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--service", help="A service's log instead of the agent's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+def logs(run: str | None, lines: int | None, follow: bool, service: str | None, as_json: bool) -> None:
+    """A run's output (default: the most recent run), with times and streams."""
+    registry = _registry()
+    info = registry.resolve(run) if run else registry.latest(active=False)
+    if service:
+        _service_logs(info, service, lines, follow)
+        return
+    from moat.run.store import LOGS
+
+    path = info.directory / LOGS
+    records, offset = _read_records(path, 0)
+    if lines is not None:
+        records = records[-lines:] if lines else []
+    _emit(records, as_json)
+    while follow:
+        current = registry.get(info.id)
+        new, offset = _read_records(path, offset)
+        _emit(new, as_json)
+        if not new and (current is None or not current.active):
+            new, offset = _read_records(path, offset)  # what was written while we looked
+            _emit(new, as_json)
+            return
+        if not new:
+            time.sleep(FOLLOW_POLL)
+
+
+def _emit(records: list[dict[str, Any]], as_json: bool) -> None:
+    for record in records:
+        click.echo(json.dumps(record, ensure_ascii=False) if as_json else _format(record))
+    sys.stdout.flush()
+
+
+def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> None:
+    from moat.errors import UsageError
+    from moat.run.store import SERVICE_LOGS_DIR
+    from moat.suggest import did_you_mean
+
+    names = [s.get("name") for s in info.metadata.get("services", [])]
+    if service not in names:
+        raise UsageError(f"run {info.id} has no service '{service}'{did_you_mean(service, names)}"
+                         f" (its services: {', '.join(names) or 'none'})")
+    saved = info.directory / SERVICE_LOGS_DIR / f"{service}.log"
+    container = next((s.get("container_id") for s in info.metadata["services"] if s.get("name") == service), None)
+    if info.active and container:
+        from moat.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime()
+        if follow:
+            for chunk in runtime.api.logs(container, stream=True, follow=True, timestamps=True,
+                                          tail=lines if lines is not None else "all"):
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            return
+        text = runtime.logs(container, tail=lines, timestamps=True)
+    elif saved.exists():
+        text = saved.read_text(errors="replace")
+        if lines is not None:
+            text = "\n".join(text.splitlines()[-lines:]) + "\n" if lines else ""
+    else:
+        raise UsageError(f"no log was saved for {service} in run {info.id}")
+    click.echo(text, nl=False)
+
+
+def _engine() -> Any:
+    """The engine, or None where none answers (stopping a live run needs only its pid)."""
+    from moat.errors import EngineError
+    from moat.runtime.docker import DockerRuntime
+
+    try:
+        runtime = DockerRuntime()
+        runtime.ping()
+    except EngineError:
+        return None
+    return runtime
+
+
+@click.command()
+@click.argument("runs", nargs=-1)
+@click.option("-t", "--timeout", default=60.0, show_default=True, help="Seconds to wait for each run to stop.")
+def stop(runs: tuple[str, ...], timeout: float) -> None:
+    """Stop runs (default: the most recent active run); their services and network are removed."""
+    from moat.run import control
+
+    registry = _registry()
+    targets = [registry.resolve(r) for r in runs] if runs else [registry.latest(active=True)]
+    runtime = _engine()
+    for info in targets:
+        click.echo(control.stop(registry, info, runtime, timeout))
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Stop a running run first instead of refusing.")
+def destroy(runs: tuple[str, ...], force: bool) -> None:
+    """Remove runs' records (and anything they left on the engine)."""
+    from moat.errors import UsageError
+    from moat.run import control
+
+    registry = _registry()
+    targets = [registry.resolve(r) for r in runs]
+    running = [t for t in targets if t.active]
+    if running and not force:
+        names = ", ".join(f"{t.id} ({t.name})" for t in running)
+        raise UsageError(f"still running: {names}; stop it first (`moat stop`) or use -f")
+    runtime = _engine()
+    for info in targets:
+        if info.active:
+            click.echo(control.stop(registry, info, runtime, 60.0))
+        if runtime is not None:
+            control.remove_engine_objects(runtime, info.id)
+        registry.remove(info)
+        click.echo(f"destroyed {info.id} ({info.name})")

@@ -1,0 +1,47 @@
+"""Stopping runs from another process: ``moat stop`` and ``moat destroy``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from moat.constants import LABEL_RUN_ID
+from moat.errors import MoatError
+from moat.run import reaper
+from moat.run.registry import Registry, RunInfo
+from moat.runtime.base import Runtime
+
+POLL = 0.1
+
+
+def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: float) -> str:
+    """Ask the run's owner to stop (SIGTERM) and wait until it has torn down; reap an orphan here."""
+    if not info.active:
+        if info.state == "orphaned" and runtime is not None:
+            reaper.remove(runtime, reaper.find(runtime, registry, finished=False, images=False, only_run=info.id))
+            return f"{info.id} ({info.name}): its moat process was gone; removed what it left"
+        return f"{info.id} ({info.name}) is not running ({info.state})"
+    pid = int(info.metadata["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = registry.get(info.id)
+        if current is None or not current.active:
+            return f"stopped {info.id} ({info.name})"
+        time.sleep(POLL)
+    raise MoatError(f"{info.id} ({info.name}) did not stop within {timeout:g}s (moat pid {pid})",
+                    hint="Its teardown may be slow: `moat list` shows when it ends; `moat clean` reaps leftovers.")
+
+
+def remove_engine_objects(runtime: Runtime, run_id: str) -> None:
+    """Everything on the engine labelled with this run (e.g. an agent container kept with --keep)."""
+    left = runtime.find_labelled({LABEL_RUN_ID: run_id})
+    for container in left.containers:
+        runtime.remove_container(container)
+    for network in left.networks:
+        runtime.remove_network(network)
+    for volume in left.volumes:
+        runtime.remove_volume(volume)
