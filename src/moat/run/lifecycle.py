@@ -51,6 +51,7 @@ from moat.services.readiness import Aborted, wait_ready
 
 STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
 WORKER_GRACE = 15.0  # seconds teardown waits for start-up threads to notice the abort
+REAPER_GRACE = 10.0  # seconds teardown waits for the orphan reaper
 
 
 @dataclass
@@ -88,6 +89,7 @@ class RunExecution:
         # Shared "in use" locks on host caches, held until teardown has removed the sidecars.
         self._cache_holds = contextlib.ExitStack()
         self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
+        self._reaper: threading.Thread | None = None
 
     # --- the whole run -----------------------------------------------------------------------------
 
@@ -169,7 +171,8 @@ class RunExecution:
         plan = self.plan
         self.runtime.ping()
         # What crashed runs left behind is reaped alongside this run's start, never delaying it.
-        threading.Thread(target=self._reap_orphans, name="reaper", daemon=True).start()
+        self._reaper = threading.Thread(target=self._reap_orphans, name="reaper", daemon=True)
+        self._reaper.start()
         self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
         self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
         futures: list[Future[None]] = [self._workers.submit(self._ensure_agent_image)]
@@ -401,6 +404,8 @@ class RunExecution:
             problems = self._remove_created()
             problems += self._sweep()
             self._cache_holds.close()
+            if self._reaper is not None:
+                self._reaper.join(REAPER_GRACE)  # let it finish what it started
         for problem in problems:
             self.report.warn(problem)
         if problems and outcome is None:

@@ -50,14 +50,14 @@ def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
             found.objects.append((obj, f"run {run_id} has no record"))
         elif run.active:
             continue
-        elif run.recorded_state in ACTIVE_STATES:
+        elif run.orphaned:
             found.objects.append((obj, f"run {run_id}'s moat process is gone"))
             orphaned[run.id] = run
         elif finished:
             found.objects.append((obj, f"run {run_id} has finished ({run.recorded_state})"))
     # Orphaned runs with nothing left on the engine still need their record settled.
     for run in runs.values():
-        if run.recorded_state in ACTIVE_STATES and not run.owner_alive:
+        if run.orphaned:
             orphaned.setdefault(run.id, run)
     found.orphaned_runs = list(orphaned.values())
     found.objects.sort(key=lambda item: _ORDER[item[0].kind])
@@ -89,8 +89,9 @@ def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
 def settle_orphan(run: RunInfo) -> None:
     """Record that the run's moat process died before it could finish the run."""
     metadata = dict(run.metadata)
-    metadata.update(state="failed", error="moat's process ended before the run finished (orphaned; cleaned up)",
-                    ended_at=metadata.get("ended_at") or now_iso())
+    if metadata.get("state") in ACTIVE_STATES:
+        metadata.update(state="failed", error="moat's process ended before the run finished (orphaned; cleaned up)")
+    metadata["ended_at"] = metadata.get("ended_at") or now_iso()
     with contextlib.suppress(OSError):
         write_private(run.directory / METADATA, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 

@@ -66,14 +66,29 @@ class RunInfo:
         return process_alive(int(self.metadata.get("pid") or 0), self.metadata.get("host"))
 
     @property
+    def tearing_down(self) -> bool:
+        """Its outcome is recorded but its owner is still removing what it started."""
+        return self.recorded_state not in ACTIVE_STATES and not self.metadata.get("ended_at") \
+            and self.owner_alive
+
+    @property
     def active(self) -> bool:
-        return self.recorded_state in ACTIVE_STATES and self.owner_alive
+        """Being created, running or tearing down, by a live owner: hands off."""
+        return (self.recorded_state in ACTIVE_STATES and self.owner_alive) or self.tearing_down
+
+    @property
+    def orphaned(self) -> bool:
+        """Its owner died before the run was over (started, running or tearing down)."""
+        unfinished = self.recorded_state in ACTIVE_STATES or not self.metadata.get("ended_at")
+        return unfinished and not self.owner_alive
 
     @property
     def state(self) -> str:
-        """The recorded state, or ``orphaned`` for an active-looking run whose owner is gone."""
-        if self.recorded_state in ACTIVE_STATES and not self.owner_alive:
+        """The recorded state; ``stopping`` while tearing down; ``orphaned`` if its owner is gone."""
+        if self.orphaned:
             return "orphaned"
+        if self.tearing_down:
+            return "stopping"
         return self.recorded_state
 
     @property

@@ -1,0 +1,211 @@
+"""Detached runs, logs, list, stop, destroy, clean, status, and crash safety (issue: run lifecycle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moat.runtime.docker import DockerRuntime
+from tests.helpers import (
+    log_records,
+    moat_command,
+    run_moat,
+    runs,
+    start_moat,
+    wait_for,
+    write_workspace,
+)
+
+pytestmark = pytest.mark.engine
+
+REDIS = "dependencies: [redis]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
+NEVER_READY = ("dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n"
+               "    env: {PGPORT: '5999'}\n    ready_timeout: 600\n")
+
+
+def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
+    left = runtime.find_labelled({"moat.run-id": run_id})
+    return [*left.containers, *left.networks, *left.volumes]
+
+
+def metadata(home: Path, run_id: str) -> dict[str, Any]:
+    return json.loads((home / "runs" / run_id / "metadata.json").read_text())
+
+
+def detach(workspace: Path, *command: str) -> tuple[str, str]:
+    result = run_moat(["run", "-d", str(workspace), "--", *command])
+    assert result.code == 0, result.output
+    run_id, name = result.stdout.split()
+    return run_id, name
+
+
+def wait_ended(home: Path, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    return wait_for(lambda: (m := metadata(home, run_id)).get("ended_at") and m, timeout, f"{run_id} to end")
+
+
+def test_detached_run_returns_at_once_and_its_supervisor_finishes_the_run(
+        engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", REDIS)
+    started = time.monotonic()
+    run_id, name = detach(workspace, "sh", "-c", "sleep 2; echo done; exit 4")
+    assert time.monotonic() - started < 30
+    meta = metadata(moat_home, run_id)
+    assert meta["state"] == "running" and meta["detached"] is True and meta["name"] == name
+    assert meta["pid"] != os.getpid()
+    listed = json.loads(run_moat(["list", "--json"]).stdout)
+    assert [r["id"] for r in listed] == [run_id]
+    final = wait_ended(moat_home, run_id)
+    assert (final["state"], final["exit_code"]) == ("exited", 4)
+    assert [r["line"] for r in log_records(moat_home, run_id) if r["stream"] == "stdout"] == ["done"]
+    assert left_for(engine, run_id) == []
+    assert (moat_home / "runs" / run_id / "services" / "redis.log").exists()
+
+
+def test_logs_follow_streams_a_detached_run_and_exits_when_it_ends(
+        engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: follow\n")
+    run_id, _ = detach(workspace, "sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.7; done")
+    follower = subprocess.Popen(moat_command("logs", "-f", run_id), stdout=subprocess.PIPE, text=True,
+                                env=os.environ.copy())
+    assert follower.stdout is not None
+    arrivals = {}
+    for line in follower.stdout:
+        if " stdout " in line:
+            arrivals[line.split()[-1]] = time.monotonic()
+    follower.wait(timeout=60)
+    assert follower.returncode == 0
+    assert sorted(arrivals) == ["1", "2", "3", "4", "5", "6"]
+    # Lines arrived as they were written (0.7 s apart), not all at once at the end.
+    assert arrivals["6"] - arrivals["1"] > 2.0
+    assert metadata(moat_home, run_id)["state"] == "exited"
+
+
+def test_logs_tail_json_and_service(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", REDIS + "name: tail\n")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", "for i in 1 2 3 4 5; do echo n$i; done"])
+    assert result.code == 0, result.output
+    last_two = run_moat(["logs", "tail", "-n", "2"]).stdout.splitlines()
+    assert last_two[0].split()[1:] == ["stdout", "n5"]
+    assert last_two[1].split()[1:] == ["moat", "agent", "exited", "with", "code", "0"]
+    records = [json.loads(line) for line in run_moat(["logs", "--json"]).stdout.splitlines()]
+    assert {"ts", "stream", "line"} <= set(records[0])
+    assert [r["line"] for r in records if r["stream"] == "stdout"] == ["n1", "n2", "n3", "n4", "n5"]
+    service = run_moat(["logs", "--service", "redis"])
+    assert "Ready to accept connections" in service.stdout
+    unknown = run_moat(["logs", "--service", "rediss"])
+    assert unknown.code == 2 and "did you mean 'redis'?" in unknown.stderr
+
+
+def test_sigterm_to_a_detached_runs_supervisor_tears_down(engine: DockerRuntime, moat_home: Path,
+                                                          tmp_path: Path) -> None:
+    run_id, _ = detach(write_workspace(tmp_path / "ws", REDIS), "sleep", "300")
+    os.kill(metadata(moat_home, run_id)["pid"], signal.SIGTERM)
+    final = wait_ended(moat_home, run_id, timeout=60)
+    assert (final["state"], final["exit_code"]) == ("interrupted", 143)
+    assert left_for(engine, run_id) == []
+
+
+def test_stop_defaults_to_the_most_recent_active_run(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    older, _ = detach(write_workspace(tmp_path / "a", "name: older\n"), "sleep", "300")
+    newer, _ = detach(write_workspace(tmp_path / "b", "name: newer\n"), "sleep", "300")
+    stopped = run_moat(["stop"])
+    assert stopped.code == 0 and f"stopped {newer}" in stopped.stdout
+    assert metadata(moat_home, newer)["state"] == "interrupted"
+    assert metadata(moat_home, older)["state"] == "running"
+    refused = run_moat(["destroy", "older"])
+    assert refused.code == 2 and "still running" in refused.stderr
+    forced = run_moat(["destroy", "-f", "older"])
+    assert forced.code == 0, forced.output
+    assert not (moat_home / "runs" / older).exists()
+    assert left_for(engine, older) == [] and left_for(engine, newer) == []
+    assert run_moat(["destroy", newer]).code == 0
+    assert runs(moat_home) == []
+
+
+def test_sigkill_of_moat_during_readiness_then_clean(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    proc = start_moat(["run", str(write_workspace(tmp_path / "ws", NEVER_READY)), "--", "true"])
+    run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+    wait_for(lambda: engine.find_labelled({"moat.run-id": run_id, "moat.role": "service"}).containers,
+             what="the service container")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert left_for(engine, run_id), "SIGKILL leaves the run's objects behind until something reaps them"
+    listed = json.loads(run_moat(["list", "--json"]).stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [(run_id, "orphaned")]
+    status = json.loads(run_moat(["status", "--json"]).stdout)
+    assert status["orphans"]["runs"] == 1 and status["orphans"]["objects"] >= 2
+    dry = run_moat(["clean", "--dry-run"])
+    assert dry.code == 0 and run_id in dry.stdout and left_for(engine, run_id)
+    clean = run_moat(["clean", "-f"])
+    assert clean.code == 0, clean.output
+    assert left_for(engine, run_id) == []
+    assert metadata(moat_home, run_id)["state"] == "failed"
+
+
+def test_the_next_run_reaps_what_a_killed_run_left(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    proc = start_moat(["run", str(write_workspace(tmp_path / "a", NEVER_READY)), "--", "true"])
+    killed = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+    wait_for(lambda: engine.find_labelled({"moat.run-id": killed, "moat.role": "service"}).containers,
+             what="the service container")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    result = run_moat(["run", str(write_workspace(tmp_path / "b", "name: next\n")), "--", "true"])
+    assert result.code == 0, result.output
+    assert left_for(engine, killed) == []
+
+
+def test_clean_never_touches_a_running_run(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    run_id, _ = detach(write_workspace(tmp_path / "ws", REDIS), "sleep", "300")
+    before = left_for(engine, run_id)
+    assert run_moat(["clean", "-f"]).code == 0
+    assert left_for(engine, run_id) == before
+    assert metadata(moat_home, run_id)["state"] == "running"
+    assert run_moat(["stop", run_id]).code == 0
+    assert left_for(engine, run_id) == []
+
+
+def test_four_concurrent_detached_runs_keep_to_themselves(engine: DockerRuntime, moat_home: Path,
+                                                          tmp_path: Path) -> None:
+    script = ('export REDISCLI_AUTH="$MOAT_REDIS_PASSWORD";'
+              'redis-cli -h "$MOAT_REDIS_HOST" SET who "$MOAT_RUN_NAME" >/dev/null;'
+              'for i in 1 2 3; do echo "$MOAT_RUN_NAME $i"; sleep 0.3; done;'
+              'echo "$MOAT_RUN_NAME sees $(redis-cli -h "$MOAT_REDIS_HOST" GET who)"')
+    config = REDIS.replace("[redis]", "[redis, redis-cli]")
+    procs = [start_moat(["run", "-d", "-n", f"conc-{i}", str(write_workspace(tmp_path / f"ws{i}", config)),
+                         "--", "sh", "-c", script]) for i in range(4)]
+    ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        ids.append(out.split()[0])
+    for run_id in ids:
+        final = wait_ended(moat_home, run_id)
+        assert final["exit_code"] == 0, final
+        name = final["name"]
+        lines = [r["line"] for r in log_records(moat_home, run_id) if r["stream"] == "stdout"]
+        assert lines == [f"{name} 1", f"{name} 2", f"{name} 3", f"{name} sees {name}"]
+        assert left_for(engine, run_id) == []
+
+
+def test_list_json_schema(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    result = run_moat(["run", str(write_workspace(tmp_path / "ws", REDIS + "name: schema\n")), "--", "true"])
+    assert result.code == 0, result.output
+    assert json.loads(run_moat(["list", "--json"]).stdout) == []  # nothing active
+    [record] = json.loads(run_moat(["list", "--json", "--all"]).stdout)
+    assert set(record) == {"id", "name", "state", "exit_code", "created_at", "started_at", "ended_at",
+                           "age_seconds", "workspace", "runtime", "image", "services", "detached", "pid"}
+    assert (record["name"], record["state"], record["exit_code"], record["services"]) == ("schema", "exited", 0,
+                                                                                           ["redis"])
+    text = run_moat(["list", "--all"]).stdout
+    assert text.splitlines()[0].split() == ["NAME", "RUN", "ID", "STATE", "EXIT", "AGE", "SERVICES"]
+    status = json.loads(run_moat(["status", "--json"]).stdout)
+    assert set(status) == {"engine", "home", "active_runs", "runs_recorded", "disk", "orphans"}
+    assert status["engine"]["answers"] is True and status["runs_recorded"] == 1
+    assert set(status["disk"]) == {"runs_bytes", "cache_bytes", "images_bytes"}
