@@ -209,3 +209,27 @@ def test_list_json_schema(engine: DockerRuntime, moat_home: Path, tmp_path: Path
     assert set(status) == {"engine", "home", "active_runs", "runs_recorded", "disk", "orphans"}
     assert status["engine"]["answers"] is True and status["runs_recorded"] == 1
     assert set(status["disk"]) == {"runs_bytes", "cache_bytes", "images_bytes"}
+
+
+def test_sigint_during_the_image_build_tears_down(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    containers_before = {c["Id"] for c in engine.api.containers(all=True)}
+    workspace = write_workspace(tmp_path / "ws", REDIS.replace("[redis]", "[redis, jq, make]"))
+    proc = start_moat(["run", "--rebuild", str(workspace), "--", "true"])  # --rebuild: no layer cache
+    try:
+        run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+        build_log = moat_home / "runs" / run_id / "logs.jsonl"
+        wait_for(lambda: engine.find_labelled({"moat.run-id": run_id, "moat.role": "service"}).containers
+                 and build_log.exists(), what="the build and the services to be under way")
+        time.sleep(1.0)  # well inside apt-get
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert metadata(moat_home, run_id)["state"] == "interrupted"
+    assert not any("built agent image" in r["line"] for r in log_records(moat_home, run_id))  # mid-build
+    assert left_for(engine, run_id) == []
+    # The engine cancelled the build when moat hung up: no intermediate build container lingers.
+    wait_for(lambda: {c["Id"] for c in engine.api.containers(all=True)} <= containers_before, timeout=30,
+             what="the build's intermediate containers to go")
