@@ -347,5 +347,6 @@ class DockerRuntime:
     def version(self) -> str:
         with _engine_call("asking the engine's version"):
             info = self.api.version()
-        platform = info.get("Platform", {}).get("Name") or "engine"
+        components = info.get("Components") or [{}]
+        platform = info.get("Platform", {}).get("Name") or components[0].get("Name") or "engine"
         return f"{platform} {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
