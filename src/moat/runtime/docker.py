@@ -63,6 +63,19 @@ def _engine_call(action: str) -> Iterator[None]:
         raise EngineError(f"{action} failed: {exc}", hint=_HOW_TO_START) from exc
 
 
+@contextmanager
+def _gone_is_fine(action: str, *fine_statuses: int) -> Iterator[None]:
+    """For removals: an object that is already gone (or going) is what we wanted."""
+    try:
+        yield
+    except NotFound:
+        return
+    except APIError as exc:
+        if exc.status_code in fine_statuses:
+            return
+        raise EngineError(f"{action} failed: {exc.explanation}") from exc
+
+
 class DockerRuntime:
     name = "docker"
 
@@ -154,12 +167,8 @@ class DockerRuntime:
             return str(network.id)
 
     def remove_network(self, name: str) -> None:
-        try:
+        with _gone_is_fine(f"removing network {name}"):
             self.api.remove_network(name)
-        except NotFound:
-            return
-        except APIError as exc:
-            raise EngineError(f"removing network {name} failed: {exc.explanation}") from exc
 
     # --- containers -------------------------------------------------------------------------------
 
@@ -277,49 +286,32 @@ class DockerRuntime:
             return int(self.api.wait(container_id)["StatusCode"])
 
     def stop_container(self, container_id: str, timeout: float) -> None:
-        try:
+        with _gone_is_fine("stopping a container"):
             self.api.stop(container_id, timeout=max(0, int(timeout)))
-        except NotFound:
-            return
-        except APIError as exc:
-            raise EngineError(f"stopping a container failed: {exc.explanation}") from exc
 
     def remove_container(self, container_id: str) -> None:
-        try:
+        # 409: its removal is already in progress
+        with _gone_is_fine(f"removing container {container_id[:12]}", 409):
             self.api.remove_container(container_id, v=True, force=True)
-        except NotFound:
-            return
-        except APIError as exc:
-            if exc.status_code == 409:  # removal already in progress
-                return
-            raise EngineError(f"removing container {container_id[:12]} failed: {exc.explanation}") from exc
 
     def find_labelled(self, labels: Mapping[str, str]) -> LabelledObjects:
-        filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
-        with _engine_call("listing moat's containers"):
-            containers = [c["Id"] for c in self.api.containers(all=True, filters=filters)]
-            networks = [n["Name"] for n in self.api.networks(filters=filters)]
-            volumes = [v["Name"] for v in (self.api.volumes(filters=filters).get("Volumes") or [])]
-        return LabelledObjects(containers, networks, volumes)
+        found = self._labelled([f"{k}={v}" if v else k for k, v in labels.items()])
+        by_kind = ([o.id for o in found if o.kind == kind] for kind in ("container", "network", "volume"))
+        return LabelledObjects(*by_kind)
 
     def remove_volume(self, name: str) -> None:
-        try:
+        with _gone_is_fine(f"removing volume {name}"):
             self.api.remove_volume(name, force=True)
-        except NotFound:
-            return
-        except APIError as exc:
-            raise EngineError(f"removing volume {name} failed: {exc.explanation}") from exc
 
     def disconnect(self, container_id: str, network: str) -> None:
-        try:
+        with _gone_is_fine(f"disconnecting a container from {network}"):
             self.api.disconnect_container_from_network(container_id, network, force=True)
-        except NotFound:
-            return
-        except APIError as exc:
-            raise EngineError(f"disconnecting a container from {network} failed: {exc.explanation}") from exc
 
     def objects_with_label(self, key: str) -> list[EngineObject]:
-        filters = {"label": [key]}
+        return self._labelled([key])
+
+    def _labelled(self, label_filters: list[str]) -> list[EngineObject]:
+        filters = {"label": label_filters}
         with _engine_call("listing moat's engine objects"):
             found = [EngineObject("container", c["Id"], c.get("Labels") or {})
                      for c in self.api.containers(all=True, filters=filters)]
@@ -337,12 +329,8 @@ class DockerRuntime:
                 for i in images]
 
     def remove_image(self, image_id: str) -> None:
-        try:
+        with _gone_is_fine(f"removing image {image_id[:19]}"):
             self.api.remove_image(image_id, force=False)
-        except NotFound:
-            return
-        except APIError as exc:
-            raise EngineError(f"removing image {image_id[:19]} failed: {exc.explanation}") from exc
 
     def version(self) -> str:
         with _engine_call("asking the engine's version"):
