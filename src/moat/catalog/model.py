@@ -46,6 +46,8 @@ class Versioned(_Frozen):
 
 class Runtime(Versioned):
     type: Literal["runtime"] = "runtime"
+    binary: str  # the program that must be on PATH for the sandbox runtime
+    package: str  # the Debian package that provides it there
     # Image used as the base when this is the only runtime declared; ``{version}`` is substituted.
     base_image: str
     # Dockerfile lines that install the runtime onto another base (when several runtimes are
@@ -58,6 +60,7 @@ class Runtime(Versioned):
 class Tool(Versioned):
     type: Literal["tool"] = "tool"
     apt: str  # the Debian package that provides the tool
+    binary: str | None = None  # the program it provides, when not named like the tool
 
 
 class Credential(_Frozen):
@@ -102,6 +105,14 @@ class Provisions(_Frozen):
     noun: str = "item"
 
 
+class HostRecipe(_Frozen):
+    """How the sandbox runtime runs a service from host binaries (see runtime/sandbox_services.py)."""
+
+    recipe: Literal["postgres", "mariadb", "redis", "ollama"]
+    binaries: tuple[str, ...]  # programs it needs, looked up on PATH (and in the package's own dirs)
+    package: str  # the Debian package to install when they are missing ("" when Debian has none)
+
+
 class Service(Versioned):
     type: Literal["service"] = "service"
     image: str  # repository; the tag is the version
@@ -114,6 +125,7 @@ class Service(Versioned):
     inject: tuple[str, ...]  # which MOAT_<PREFIX>_* variables the agent gets
     readiness: Probe
     provisions: Provisions | None = None
+    sandbox: HostRecipe | None = None  # None: the sandbox runtime cannot run this service
     min_memory_mb: int = 64
 
     @model_validator(mode="after")

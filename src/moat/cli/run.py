@@ -30,7 +30,9 @@ class RunCommand(click.Command):
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
               help="Set a variable for the agent (repeatable); KEY alone copies it from your environment.")
 @click.option("-n", "--name", help="A name for the run (default: moat.yaml's name, else a random one).")
-@click.option("--runtime", type=click.Choice(["docker"]), help="Where to run (default: docker).")
+@click.option("--runtime", type=click.Choice(["docker", "sandbox"]),
+              help="Where to run (default: moat.yaml's runtime, $MOAT_RUNTIME, else docker when an engine "
+                   "answers and the bubblewrap sandbox otherwise).")
 @click.option("-i", "--interactive/--no-interactive", default=None,
               help="Attach your terminal to the agent (default: moat.yaml's interactive).")
 @click.option("-d", "--detach", is_flag=True,
@@ -63,9 +65,12 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         raise UsageError("--json needs --dry-run (a real run streams the agent's output)")
     if detach and interactive:
         raise UsageError("-d and -i do not go together: a detached run has no terminal")
+    from moat.runtime import select
+
     catalog = load_catalog()
     config = load_config(workspace, catalog)
     require_supported(config)
+    runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     stat = workspace.stat()
     uid, gid = agent_identity((os.getuid(), os.getgid()), (stat.st_uid, stat.st_gid), os.environ)
     request = RunRequest(
@@ -81,17 +86,22 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     )
     plan = build_plan(config, request, catalog)
     if dry_run:
+        if note:
+            click.echo(f"moat: {note}", err=True)
         click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
         return 0
     from moat.run.lifecycle import Options, RunExecution
     from moat.run.report import reporter_for
     from moat.run.store import RunStore
-    from moat.runtime.docker import DockerRuntime
 
     if detach and plan.interactive:
         raise UsageError("moat.yaml sets interactive: true; a detached run has no terminal (use --no-interactive)")
-    execution = RunExecution(plan, DockerRuntime(), RunStore(), reporter_for(),
-                             Options(keep=keep, rebuild=rebuild))
+    store = RunStore()
+    reporter = reporter_for()
+    if note:
+        reporter.info(note)
+    execution = RunExecution(plan, select.make(plan.runtime, store.home, plan.image.uid, plan.image.gid), store,
+                             reporter, Options(keep=keep, rebuild=rebuild))
     code = execution.execute(detach=detach)
     if detach:
         click.echo(f"{plan.run_id} {plan.name}")

@@ -45,7 +45,6 @@ _FEATURES = (
     Feature(("devices",), lambda c: bool(c.devices), "serial devices are not built yet"),
     Feature(("clipboard",), lambda c: c.clipboard is True, "clipboard sharing is not built yet"),
     Feature(("runtime",), lambda c: c.runtime == "apple", "the Apple containers runtime is not built yet"),
-    Feature(("runtime",), lambda c: c.runtime == "sandbox", "the sandbox runtime is not built yet"),
     *(
         Feature((agent,), (lambda c, a=agent: bool(getattr(c, a).model_fields_set)),  # type: ignore[misc]
                 f"the {agent} agent integration is not built yet")

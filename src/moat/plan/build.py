@@ -26,7 +26,7 @@ from moat.services.contract import contract, generate_password
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-RUNTIMES = ("docker",)
+RUNTIMES = ("docker", "sandbox")
 DEFAULT_RUNTIME = "docker"
 FALLBACK_UID = 1000  # the agent's uid when nothing better than root is known
 

@@ -21,7 +21,7 @@ from moat.errors import EngineError, MoatError
 from moat.run.lifecycle import Options, RunExecution
 from moat.run.report import PlainReporter
 from moat.run.store import RunStore
-from moat.runtime.docker import DockerRuntime
+from moat.runtime import select
 
 STARTED = "started"
 SUPERVISOR_LOG = "supervisor.log"
@@ -74,7 +74,9 @@ def hand_off(execution: RunExecution) -> None:
 def _adopt(state: dict[str, Any]) -> RunExecution:
     store = RunStore(state["home"])
     options: Options = state["options"]
-    execution = RunExecution(state["plan"], DockerRuntime(), store, PlainReporter(sys.stderr), options)
+    plan = state["plan"]
+    runtime = select.make(plan.runtime, store.home, plan.image.uid, plan.image.gid)
+    execution = RunExecution(plan, runtime, store, PlainReporter(sys.stderr), options)
     execution.record = store.open(execution.plan.run_id, execution.masker)
     execution.created.services.update(state["services"])
     execution.created.agent = state["agent"]

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -213,8 +211,7 @@ class RunExecution:
             self.report.update(key, line)
 
         try:
-            self.runtime.build_image(image.tag, image.dockerfile, {LABEL_ROLE: ROLE_IMAGE}, on_line,
-                                     no_cache=self.options.rebuild)
+            self.runtime.build_image(image, {LABEL_ROLE: ROLE_IMAGE}, on_line, no_cache=self.options.rebuild)
         except MoatError as exc:
             self.report.finish(key, f"building agent image {image.tag}", ok=False)
             raise exc
@@ -371,19 +368,14 @@ class RunExecution:
         self.timings.setdefault("first_output", at - self.started)
 
     def _run_interactive(self, container_id: str) -> int:
-        """The docker CLI handles a terminal best (raw mode, resize, stdin); logs are read afterwards."""
-        cli = shutil.which("docker")
-        if cli is None:
-            raise EngineError("interactive runs need the docker command-line client on PATH",
-                              hint="Install the docker CLI, or run without -i.")
-        assert self.record is not None
-        self.record.update(state="running", started_at=now_iso())
+        """The terminal belongs to the agent; its log is read from the runtime afterwards."""
+        record = self.record_()
+        record.update(state="running", started_at=now_iso())
         self.timings["agent_started"] = time.monotonic() - self.started
-        subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False)
-        code = self.runtime.wait(container_id)
+        code = self.runtime.attach_terminal(container_id)
         for line in self.runtime.logs(container_id, timestamps=True).splitlines():
             stamp, _, text = line.partition(" ")
-            self.record.log("tty", text, ts=stamp)
+            record.log("tty", text, ts=stamp)
         return code
 
     # --- teardown ----------------------------------------------------------------------------------
@@ -415,7 +407,7 @@ class RunExecution:
         """Sidecars write the host cache as root; give what they wrote to the user running moat,
         so `moat cache clean` (and the user) can remove it without privileges."""
         uid, gid = os.getuid(), os.getgid()
-        if uid == 0:
+        if uid == 0 or not self.runtime.writes_as_root:
             return
         for spec in self.plan.services:
             container_id = self.created.services.get(spec.name)

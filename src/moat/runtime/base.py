@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from moat.errors import EngineError
+from moat.plan.model import ImageSpec
 
 
 class ContainerNotRunning(EngineError):
@@ -95,15 +96,16 @@ ProgressCallback = Callable[[str], None]
 
 class Runtime(Protocol):
     name: str
+    writes_as_root: bool  # service processes write host files as root (not as the invoking user)
 
     def ping(self) -> None:
         """Raise ``EngineError`` (with how to start one) when the engine does not answer."""
 
     def image_exists(self, ref: str) -> bool: ...
 
-    def build_image(self, tag: str, dockerfile: str, labels: Mapping[str, str],
-                    on_line: ProgressCallback, no_cache: bool = False) -> None:
-        """Build from a Dockerfile alone; ``no_cache`` re-runs every step (``--rebuild``)."""
+    def build_image(self, image: ImageSpec, labels: Mapping[str, str], on_line: ProgressCallback,
+                    no_cache: bool = False) -> None:
+        """Make the agent's image (or check the host has its tools); ``no_cache``: ``--rebuild``."""
 
     def pull_image(self, ref: str, on_progress: ProgressCallback) -> None: ...
 
@@ -131,6 +133,9 @@ class Runtime(Protocol):
         """Output as it is produced; attach before start so nothing is missed."""
 
     def wait(self, container_id: str) -> int: ...
+
+    def attach_terminal(self, container_id: str) -> int:
+        """Start the container with this process's terminal attached; its exit code."""
 
     def stop_container(self, container_id: str, timeout: float) -> None: ...
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +20,7 @@ from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
 from moat.errors import EngineError
+from moat.plan.model import ImageSpec
 from moat.runtime.base import (
     ContainerNotRunning,
     ContainerSpec,
@@ -78,6 +81,7 @@ def _gone_is_fine(action: str, *fine_statuses: int) -> Iterator[None]:
 
 class DockerRuntime:
     name = "docker"
+    writes_as_root = True
 
     def __init__(self, client: Any | None = None) -> None:
         if client is None:
@@ -111,8 +115,9 @@ class DockerRuntime:
             raise EngineError(f"inspecting image {ref} failed: {exc.explanation}") from exc
         return True
 
-    def build_image(self, tag: str, dockerfile: str, labels: Mapping[str, str],
-                    on_line: ProgressCallback, no_cache: bool = False) -> None:
+    def build_image(self, image: ImageSpec, labels: Mapping[str, str], on_line: ProgressCallback,
+                    no_cache: bool = False) -> None:
+        tag, dockerfile = image.tag, image.dockerfile
         recent: list[str] = []
         with _engine_call(f"building image {tag}"):
             events = self.api.build(
@@ -280,6 +285,15 @@ class DockerRuntime:
                     yield OutputChunk("stderr", err)
 
         return chunks()
+
+    def attach_terminal(self, container_id: str) -> int:
+        # The docker CLI handles a terminal best (raw mode, resizes, stdin).
+        cli = shutil.which("docker")
+        if cli is None:
+            raise EngineError("interactive runs need the docker command-line client on PATH",
+                              hint="Install the docker CLI, or run without -i.")
+        subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False)
+        return self.wait(container_id)
 
     def wait(self, container_id: str) -> int:
         with _engine_call("waiting for the agent"):

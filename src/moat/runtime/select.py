@@ -1,0 +1,59 @@
+"""Which runtime a run uses, and every runtime a cleanup should look at."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from moat.constants import ENV_RUNTIME
+from moat.errors import EngineError, UsageError
+from moat.runtime.base import Runtime
+
+RUNTIMES = ("docker", "sandbox")
+PING_TIMEOUT = 3  # seconds: deciding must not hang on an engine that does not answer
+
+
+def docker_answers() -> bool:
+    import docker  # noqa: PLC0415 — the SDK loads only where an engine is wanted
+    from docker.errors import DockerException  # noqa: PLC0415
+
+    try:
+        client = docker.from_env(timeout=PING_TIMEOUT)
+        client.ping()
+    except (DockerException, OSError):
+        return False
+    return True
+
+
+def choose(requested: str | None, configured: str, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """(runtime, a note for the user when it was chosen automatically)."""
+    explicit = requested or configured or env.get(ENV_RUNTIME, "")
+    if explicit:
+        if explicit not in RUNTIMES:
+            raise UsageError(f"unknown runtime {explicit!r}: available: {', '.join(RUNTIMES)}")
+        return explicit, None
+    if docker_answers():
+        return "docker", None
+    return "sandbox", "no container engine answers: using the sandbox runtime (bubblewrap)"
+
+
+def make(name: str, home: Path, uid: int | None = None, gid: int | None = None) -> Runtime:
+    if name == "sandbox":
+        from moat.runtime.sandbox import SandboxRuntime  # noqa: PLC0415
+
+        return SandboxRuntime(home, uid, gid)
+    from moat.runtime.docker import DockerRuntime  # noqa: PLC0415
+
+    return DockerRuntime()
+
+
+def available(home: Path) -> list[Runtime]:
+    """Every runtime that may hold something of moat's: the sandbox always, docker when it answers."""
+    found = [make("sandbox", home)]
+    if docker_answers():
+        try:
+            found.append(make("docker", home))
+        except EngineError:
+            pass
+    return found
+
