@@ -8,13 +8,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= /tmp/moat-demo
 
-.PHONY: install engine test unit lint demo bench clean-engine help
+.PHONY: install engine sandbox test unit lint demo bench clean-engine help
 
 help:
 	@echo "make demo    run the multi-service example for real (postgres + mysql + redis)"
 	@echo "make test    lint, type-check, and run unit, integration and end-to-end tests"
 	@echo "make unit    unit tests only (no engine)"
 	@echo "make engine  start a local Docker engine if none answers and build the test images"
+	@echo "make sandbox install the host programs the sandbox runtime uses (bubblewrap, postgres, mariadb, redis)"
 	@echo "make bench   start-up benchmarks against peers"
 
 # The virtualenv is rebuilt only when pyproject.toml changes.
@@ -29,6 +30,10 @@ install: $(STAMP)
 engine:
 	bash engine/ensure.sh
 
+# Host programs for the sandbox runtime (bubblewrap; postgres, mariadb and redis servers).
+sandbox:
+	bash engine/sandbox-deps.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -36,10 +41,13 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit -q
 
-test: install engine lint
+test: install engine sandbox lint
 	$(BIN)/pytest tests -q
 
-demo: install engine
+# With an engine, the demo runs in containers (on the locally built images); where none can be
+# started, moat chooses its sandbox runtime by itself and runs the same example from host programs.
+demo: install sandbox
+	bash engine/ensure.sh || echo "demo: no container engine could be started; moat will use its sandbox"
 	$(BIN)/python engine/localize.py examples/multi-service $(DEMO_DIR)
 	$(BIN)/moat run $(DEMO_DIR)
 

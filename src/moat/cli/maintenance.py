@@ -36,21 +36,23 @@ def clean(dry_run: bool, force: bool) -> None:
     from moat.run.registry import Registry
     from moat.run.report import human_bytes
     from moat.run.store import RunStore
-    from moat.runtime.docker import DockerRuntime
+    from moat.runtime import select
 
-    runtime = DockerRuntime()
-    runtime.ping()
-    found = reaper.find(runtime, Registry(RunStore()), finished=True, images=True)
-    if found.empty:
+    store = RunStore()
+    registry = Registry(store)
+    work = [(rt, reaper.find(rt, registry, finished=True, images=True)) for rt in select.available(store.home)]
+    work = [(rt, found) for rt, found in work if not found.empty]
+    if not work:
         click.echo("Nothing to clean.")
         return
-    for obj, why in found.objects:
-        click.echo(f"{obj.kind:<9} {obj.id[:40]:<40} {why}")
-    for image in found.images:
-        name = image.tags[0] if image.tags else image.id[:19]
-        click.echo(f"{'image':<9} {name:<40} unused ({human_bytes(image.size)})")
-    for run in found.orphaned_runs:
-        click.echo(f"{'record':<9} {run.id:<40} marked failed: its moat process is gone")
+    for runtime, found in work:
+        for obj, why in found.objects:
+            click.echo(f"{runtime.name:<8} {obj.kind:<9} {obj.id[:40]:<40} {why}")
+        for image in found.images:
+            name = image.tags[0] if image.tags else image.id[:19]
+            click.echo(f"{runtime.name:<8} {'image':<9} {name:<40} unused ({human_bytes(image.size)})")
+        for run in found.orphaned_runs:
+            click.echo(f"{runtime.name:<8} {'record':<9} {run.id:<40} marked failed: its moat process is gone")
     if dry_run:
         click.echo("(dry run: nothing removed)")
         return
@@ -58,10 +60,13 @@ def clean(dry_run: bool, force: bool) -> None:
         if not sys.stdin.isatty():
             raise UsageError("add -f to clean without a terminal to confirm on (or --dry-run to look)")
         click.confirm("Remove these?", abort=True)
-    problems = reaper.remove(runtime, found)
-    for problem in problems:
-        click.echo(f"could not remove: {problem}", err=True)
-    click.echo(f"removed {len(found.objects) + len(found.images) - len(problems)} objects")
+    removed = 0
+    for runtime, found in work:
+        problems = reaper.remove(runtime, found)
+        for problem in problems:
+            click.echo(f"could not remove: {problem}", err=True)
+        removed += len(found.objects) + len(found.images) - len(problems)
+    click.echo(f"removed {removed} objects")
 
 
 @click.command()
@@ -74,6 +79,7 @@ def status(as_json: bool) -> None:
     from moat.run.registry import Registry
     from moat.run.report import human_bytes
     from moat.run.store import RunStore
+    from moat.runtime import select
     from moat.runtime.docker import DockerRuntime, engine_address
 
     store = RunStore()
@@ -87,13 +93,22 @@ def status(as_json: bool) -> None:
         "disk": {"runs_bytes": _du(store.runs), "cache_bytes": _du(store.home / "cache"), "images_bytes": None},
         "orphans": None,
     }
+    sandbox = select.make("sandbox", store.home)
+    try:
+        sandbox.ping()
+        report["sandbox"] = {"available": True, "version": sandbox.version(), "error": None}
+    except EngineError as exc:
+        report["sandbox"] = {"available": False, "version": None, "error": exc.message}
+    orphans = reaper.find(sandbox, registry, finished=False, images=False)
+    report["orphans"] = {"objects": len(orphans.objects), "runs": len(orphans.orphaned_runs)}
     try:
         runtime = DockerRuntime()
         runtime.ping()
         report["engine"].update(answers=True, version=runtime.version())
         report["disk"]["images_bytes"] = sum(i.size for i in runtime.images(AGENT_IMAGE_REPO))
         found = reaper.find(runtime, registry, finished=False, images=False)
-        report["orphans"] = {"objects": len(found.objects), "runs": len(found.orphaned_runs)}
+        report["orphans"]["objects"] += len(found.objects)
+        report["orphans"]["runs"] = len({r.id for r in [*orphans.orphaned_runs, *found.orphaned_runs]})
     except EngineError as exc:
         report["engine"]["error"] = exc.message
     if as_json:
@@ -102,6 +117,8 @@ def status(as_json: bool) -> None:
     engine = report["engine"]
     answer = engine["version"] if engine["answers"] else f"not answering ({engine['error']})"
     click.echo(f"engine     {engine['address']}: {answer}")
+    sandbox_info = report["sandbox"]
+    click.echo(f"sandbox    {sandbox_info['version'] if sandbox_info['available'] else sandbox_info['error']}")
     click.echo(f"home       {report['home']}")
     click.echo(f"runs       {len(report['active_runs'])} active, {report['runs_recorded']} recorded")
     for run in report["active_runs"]:

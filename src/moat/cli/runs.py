@@ -125,10 +125,8 @@ def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> N
                          f" (its services: {', '.join(names) or 'none'})")
     saved = info.directory / SERVICE_LOGS_DIR / f"{service}.log"
     container = next((s.get("container_id") for s in info.metadata["services"] if s.get("name") == service), None)
-    if info.active and container:
-        from moat.runtime.docker import DockerRuntime
-
-        runtime = DockerRuntime()
+    runtime = _runtime_of(info) if info.active and container else None
+    if runtime is not None and runtime.name == "docker":
         if follow:
             for chunk in runtime.api.logs(container, stream=True, follow=True, timestamps=True,
                                           tail=lines if lines is not None else "all"):
@@ -136,6 +134,8 @@ def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> N
                 sys.stdout.flush()
             return
         text = runtime.logs(container, tail=lines, timestamps=True)
+    elif runtime is not None:
+        text = runtime.logs(container, tail=lines)
     elif saved.exists():
         text = saved.read_text(errors="replace")
         if lines is not None:
@@ -145,17 +145,12 @@ def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> N
     click.echo(text, nl=False)
 
 
-def _engine() -> Any:
-    """The engine, or None where none answers (stopping a live run needs only its pid)."""
-    from moat.errors import EngineError
-    from moat.runtime.docker import DockerRuntime
+def _runtime_of(info: Any) -> Any:
+    """The runtime the run used, or None where it is not available (a live run needs only its pid)."""
+    from moat.run.store import moat_home
+    from moat.runtime import select
 
-    try:
-        runtime = DockerRuntime()
-        runtime.ping()
-    except EngineError:
-        return None
-    return runtime
+    return select.for_run(info.metadata, moat_home())
 
 
 @click.command()
@@ -167,9 +162,8 @@ def stop(runs: tuple[str, ...], timeout: float) -> None:
 
     registry = _registry()
     targets = [registry.resolve(r) for r in runs] if runs else [registry.latest(active=True)]
-    runtime = _engine()
     for info in targets:
-        click.echo(control.stop(registry, info, runtime, timeout))
+        click.echo(control.stop(registry, info, _runtime_of(info), timeout))
 
 
 @click.command()
@@ -186,8 +180,8 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     if running and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in running)
         raise UsageError(f"still running: {names}; stop it first (`moat stop`) or use -f")
-    runtime = _engine()
     for info in targets:
+        runtime = _runtime_of(info)
         if info.active:
             click.echo(control.stop(registry, info, runtime, 60.0))
         if runtime is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,9 +52,18 @@ def available(home: Path) -> list[Runtime]:
     """Every runtime that may hold something of moat's: the sandbox always, docker when it answers."""
     found = [make("sandbox", home)]
     if docker_answers():
-        try:
+        with contextlib.suppress(EngineError):
             found.append(make("docker", home))
-        except EngineError:
-            pass
     return found
+
+
+def for_run(metadata: Mapping[str, object], home: Path) -> Runtime | None:
+    """The runtime a recorded run used, or None when it is not available here."""
+    name = str(metadata.get("runtime") or "docker")
+    if name == "docker" and not docker_answers():
+        return None
+    try:
+        return make(name, home)
+    except EngineError:
+        return None
 
