@@ -43,7 +43,7 @@ from moat.runtime.base import (
     OutputChunk,
     ProgressCallback,
 )
-from moat.runtime.sandbox_services import prepare
+from moat.runtime.sandbox_services import find_binary, prepare
 
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 # Top-level host entries the agent does not get read-only: they are replaced or private.
@@ -256,11 +256,19 @@ class SandboxRuntime:
             name = spec.labels.get(LABEL_SERVICE, spec.name)
             raise EngineError(f"the sandbox runtime cannot run {name}: it has no host program to run it with",
                               hint=f"Use --runtime docker for {name}.")
+        for program in service.sandbox.binaries:  # before anything is created: a missing one is an error
+            find_binary(program, service.sandbox)
         run_id = spec.labels.get(LABEL_RUN_ID, "run")
         data = private_dir(self.runs / run_id / "sandbox" / spec.labels[LABEL_SERVICE])
         short = Path(tempfile.mkdtemp(prefix=f"moat-{container_id[:8]}-"))  # Unix sockets need short paths
-        host = prepare(service.sandbox, data, short, spec.env, spec.command, service.port, spec.binds)
-        return {"data": str(data), "short": str(short), "log": str(data.parent / f"{service_name(spec)}.log"),
+        try:
+            host = prepare(service.sandbox, data, short, spec.env, spec.command, service.port, spec.binds)
+        except BaseException:
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(short, ignore_errors=True)
+            raise
+        # The log lives in the data directory: teardown saves it to the run's services/ before removal.
+        return {"data": str(data), "short": str(short), "log": str(data / "service.log"),
                 "host": {"setup": [[list(s.command), s.stdin] for s in host.setup], "server": list(host.server),
                          "env": host.env, "secret_files": {str(k): v for k, v in host.secret_files.items()},
                          "scratch": [str(p) for p in host.scratch]}}
@@ -377,10 +385,9 @@ class SandboxRuntime:
         if not self.state(record["id"]).running:
             raise ContainerNotRunning(f"{record['name']} is not running")
         hosts = self._dir(record["network"]) / "hosts"
+        # Only there to give the command the run's hosts file: the host's files stay as they are.
         sandbox = ["bwrap", "--unshare-user", "--uid", str(self.uid), "--gid", str(self.gid), "--ro-bind", "/", "/",
-                   "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",  # noqa: S108 — inside the sandbox
-                   "--ro-bind", str(hosts), "/etc/hosts",
-                   "--die-with-parent", "--"]
+                   "--dev", "/dev", "--proc", "/proc", "--ro-bind", str(hosts), "/etc/hosts", "--die-with-parent", "--"]
         return [*self._enter(record["network"]), *sandbox, *command]
 
     def _exec_env(self, record: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -391,8 +398,8 @@ class SandboxRuntime:
         done = subprocess.run(self._exec_argv(record, command), env=self._exec_env(record, env),
                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
         output = (done.stdout + done.stderr).decode(errors="replace")
-        if done.returncode == 127 and "No such file" in output:
-            output += "\nexecutable file not found"
+        if "bwrap: execvp" in output:  # said the way container engines say it
+            return ExecResult(127, f"{output.strip()}: executable file not found in $PATH")
         return ExecResult(done.returncode, output)
 
     def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream:
@@ -441,6 +448,9 @@ class SandboxRuntime:
         for key in ("data", "short"):
             if record.get(key):
                 shutil.rmtree(record[key], ignore_errors=True)
+        if record.get("data"):
+            with contextlib.suppress(OSError):
+                Path(record["data"]).parent.rmdir()  # the run's sandbox/ directory, once empty
         for path in record.get("host", {}).get("scratch", []):
             Path(path).unlink(missing_ok=True)
         (self.root / record["network"] / f"{container_id}.json").unlink(missing_ok=True)
@@ -462,9 +472,5 @@ class SandboxRuntime:
 
     def remove_volume(self, name: str) -> None:
         return None
-
-
-def service_name(spec: ContainerSpec) -> str:
-    return spec.labels.get(LABEL_SERVICE, spec.name)
 
 

@@ -53,8 +53,6 @@ def find_binary(name: str, recipe: HostRecipe) -> str:
 
 def prepare(recipe: HostRecipe, data: Path, short_dir: Path, env: Mapping[str, str],
             command: tuple[str, ...] | None, port: int, binds: Mapping[str, tuple[str, str]]) -> HostService:
-    for name in recipe.binaries:
-        find_binary(name, recipe)
     builders = {"postgres": _postgres, "mariadb": _mariadb, "redis": _redis, "ollama": _ollama}
     return builders[recipe.recipe](recipe, data, short_dir, env, command, port, binds)
 

@@ -1,0 +1,251 @@
+"""The sandbox runtime, end to end: the same examples, real servers from Debian packages, isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moat.runtime.sandbox import SandboxRuntime, _alive
+from moat.runtime.sandbox_services import find_binary
+from tests.conftest import IN_CI
+from tests.helpers import EXAMPLES, ROOT, log_records, run_moat, runs, start_moat, wait_for
+
+pytestmark = pytest.mark.sandbox
+
+SERVICE_PROGRAMS = ("initdb", "postgres", "psql", "mariadb-install-db", "mariadbd", "mysql", "redis-server",
+                    "redis-cli")
+STANDIN = ROOT / "engine" / "images" / "ollama-standin" / "ollama.py"
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> SandboxRuntime:
+    runtime = SandboxRuntime(tmp_path_factory.mktemp("sandbox-check"))
+    try:
+        runtime.ping()
+        from moat.catalog import load_catalog
+
+        recipe = load_catalog().service("postgres").sandbox  # type: ignore[union-attr]
+        for program in SERVICE_PROGRAMS:
+            find_binary(program, recipe)  # type: ignore[arg-type]
+    except Exception as exc:  # any missing piece is reported the same way
+        if IN_CI:
+            pytest.fail(f"CI=true and the sandbox tests cannot run: {exc}; run `make sandbox`", pytrace=False)
+        pytest.skip(f"the sandbox runtime cannot run here ({exc}); run `make sandbox`")
+    return runtime
+
+
+def copy_example(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(EXAMPLES / name, target)
+    return target
+
+
+def sandbox_processes(home: Path) -> list[int]:
+    """Live processes of this MOAT_HOME's sandboxes: recorded ones (holders, services, agents), and any
+    whose command line names the home (a server that outlived its record)."""
+    found = [int(r["pid"]) for r in SandboxRuntime(home)._records() if r.get("pid") and _alive(r)]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(home).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def assert_nothing_left(home: Path) -> None:
+    assert sandbox_processes(home) == []
+    assert not any((home / "sandbox").glob("*/*.json")) if (home / "sandbox").exists() else True
+    for run in runs(home):
+        assert not (home / "runs" / run["id"] / "sandbox").exists() or not any(
+            (home / "runs" / run["id"] / "sandbox").iterdir())
+
+
+@pytest.mark.parametrize(("example", "expected"), [
+    ("service-postgres", ["rows in notes: 3", "1 | first note", "(db notes)"]),
+    ("service-mysql", ["rows in tasks: 2", "1\twrite tests"]),
+    ("service-redis", ["greeting: hello from the agent", "queue length: 3"]),
+    ("multi-service", ["postgres: 3 (sum of visits)", "mysql: 42 (6*7)", "redis: 5 (counter)"]),
+])
+def test_examples_run_unchanged_in_the_sandbox(sandbox: SandboxRuntime, moat_home: Path, tmp_path: Path,
+                                               example: str, expected: list[str]) -> None:
+    result = run_moat(["run", "--runtime", "sandbox", str(copy_example(example, tmp_path))])
+    assert result.code == 0, result.output
+    for text in expected:
+        assert text in result.stdout
+    [run] = runs(moat_home)
+    assert run["runtime"] == "sandbox" and run["state"] == "exited"
+    assert_nothing_left(moat_home)
+
+
+def test_exit_code_identity_and_workspace_files(sandbox: SandboxRuntime, moat_home: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "sh", "-c",
+                       "pwd; echo made > made.txt; echo oops >&2; exit 9"])
+    assert result.code == 9, result.output
+    assert result.stdout.strip() == "/workspace"
+    made = workspace / "made.txt"
+    assert made.read_text() == "made\n"
+    assert (made.stat().st_uid, made.stat().st_gid) == (os.getuid(), os.getgid())
+    [run] = runs(moat_home)
+    streams = {(r["stream"], r["line"]) for r in log_records(moat_home, run["id"]) if r["stream"] != "moat"}
+    assert streams == {("stdout", "/workspace"), ("stderr", "oops")}
+
+
+@pytest.fixture
+def host_listener() -> Iterator[int]:
+    """A TCP listener on the host's loopback that answers 'host' to whoever connects."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"host")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_isolation(sandbox: SandboxRuntime, moat_home: Path, tmp_path: Path, host_listener: int) -> None:
+    with socket.create_connection(("127.0.0.1", host_listener), timeout=2) as conn:
+        assert conn.recv(4) == b"host"  # the listener works from outside the sandbox
+    probe = f"""
+import os, socket
+def connect(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__ + ":" + str(exc.errno)
+def write(path):
+    try:
+        open(path, "w").write("x")
+        return "written"
+    except OSError as exc:
+        return type(exc).__name__
+print("host-loopback", connect("127.0.0.1", {host_listener}))
+print("outside", connect("192.0.2.1", 80))
+print("etc", write("/etc/moat-sandbox-test"))
+print("home", write(os.path.expanduser("~root") + "/moat-sandbox-test"))
+print("host-tmp", write("/tmp/moat-sandbox-test"))
+print("workspace", write("/workspace/ok.txt"))
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+print("pids", len(pids))
+host_moat = ("moat.cli" + ".main").encode()  # moat itself runs on the host, outside the sandbox
+print("sees-moat", any(host_moat in open(f"/proc/{{p}}/cmdline", "rb").read() for p in pids))
+"""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "python3", "-c", probe])
+    assert result.code == 0, result.output
+    seen = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert seen["host-loopback"] == "ConnectionRefusedError:111"  # its own loopback: nothing listens
+    assert seen["outside"] == "OSError:101"  # ENETUNREACH: no route out at all
+    assert seen["etc"] == "OSError" and seen["home"] in ("OSError", "PermissionError")
+    assert seen["host-tmp"] == "written" and not Path("/tmp/moat-sandbox-test").exists()  # a private /tmp
+    assert seen["workspace"] == "written" and (workspace / "ok.txt").exists()
+    assert int(seen["pids"]) < 10 and seen["sees-moat"] == "False"
+    assert not Path("/etc/moat-sandbox-test").exists()
+
+
+def test_missing_tools_and_programs_name_their_packages(sandbox: SandboxRuntime, moat_home: Path,
+                                                        tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "moat.yaml").write_text("dependencies: [bats]\n")
+    if shutil.which("bats"):
+        pytest.skip("bats is installed on this host")
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "true"])
+    assert result.code == 1
+    assert "`bats` (Debian package bats)" in result.stderr and "apt-get install bats" in result.stderr
+    (workspace / "moat.yaml").write_text("dependencies: [ollama]\n")
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}  # no ollama anywhere
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "true"], env=env)
+    assert result.code == 1
+    assert "`ollama` is missing" in result.stderr and "ollama.com" in result.stderr
+    assert_nothing_left(moat_home)
+
+
+def test_provisioning_and_the_host_cache(sandbox: SandboxRuntime, moat_home: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ollama").symlink_to(STANDIN)  # the clearly named stand-in plays `ollama` here
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "moat.yaml").write_text(
+        "dependencies: [ollama]\nservices:\n  ollama:\n    models: [tiny:1b]\n"
+        "    env: {STANDIN_PULL_SECONDS: '1', STANDIN_PULL_BYTES: '1000000'}\n")
+    # The agent reaches the service by its name, as in a container.
+    ask = "import os, urllib.request; print(urllib.request.urlopen(os.environ['MOAT_OLLAMA_URL'] + '/api/tags').read())"
+    first = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "python3", "-c", ask], env=env)
+    assert first.code == 0, first.output
+    assert "model tiny:1b pulled" in first.stderr
+    assert '"name":"tiny:1b"' in first.stdout
+    assert (moat_home / "cache/ollama/models/manifests/registry.ollama.ai/library/tiny/1b").is_file()
+    second = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "true"], env=env)
+    assert second.code == 0 and "model tiny:1b cached" in second.stderr
+    later = max(runs(moat_home), key=lambda r: r["created_at"])
+    assert later["timings"]["provision:ollama"] < 1.0
+    assert_nothing_left(moat_home)
+
+
+def test_sigkill_then_clean_reaps_sandbox_processes(sandbox: SandboxRuntime, moat_home: Path,
+                                                    tmp_path: Path) -> None:
+    workspace = copy_example("service-redis", tmp_path)
+    proc = start_moat(["run", "--runtime", "sandbox", str(workspace), "--", "sleep", "300"])
+    run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+    wait_for(lambda: json.loads((moat_home / "runs" / run_id / "metadata.json").read_text())["state"] == "running",
+             what="the agent")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert sandbox_processes(moat_home), "SIGKILL leaves the sandbox's processes behind until reaped"
+    listed = json.loads(run_moat(["list", "--json"]).stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [(run_id, "orphaned")]
+    clean = run_moat(["clean", "-f"])
+    assert clean.code == 0, clean.output
+    wait_for(lambda: not sandbox_processes(moat_home), timeout=15, what="the processes to end")
+    assert_nothing_left(moat_home)
+
+
+def test_without_an_engine_moat_chooses_the_sandbox_and_says_so(sandbox: SandboxRuntime, moat_home: Path,
+                                                                 tmp_path: Path) -> None:
+    result = run_moat(["run", str(copy_example("service-redis", tmp_path))],
+                      env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert result.code == 0, result.output
+    assert "no container engine answers: using the sandbox runtime" in result.stderr
+    assert runs(moat_home)[0]["runtime"] == "sandbox"
+
+
+def test_ctrl_c_during_the_agent_tears_down(sandbox: SandboxRuntime, moat_home: Path, tmp_path: Path) -> None:
+    proc = start_moat(["run", "--runtime", "sandbox", str(copy_example("multi-service", tmp_path)),
+                       "--", "sleep", "300"])
+    run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+    wait_for(lambda: json.loads((moat_home / "runs" / run_id / "metadata.json").read_text())["state"] == "running",
+             timeout=90, what="the agent")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert_nothing_left(moat_home)
