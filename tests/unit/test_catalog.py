@@ -155,7 +155,8 @@ def test_aliases_point_at_real_entries() -> None:
 
 def test_catalog_rejects_a_default_outside_its_versions() -> None:
     with pytest.raises(ValidationError, match="default"):
-        Runtime(description="x", versions=("1", "2"), default="3", base_image="x:{version}", install=("RUN x",))
+        Runtime(description="x", versions=("1", "2"), default="3", base_image="x:{version}", install=("RUN x",),
+                binary="x", package="x")
 
 
 def test_catalog_rejects_a_name_in_two_sections() -> None:
