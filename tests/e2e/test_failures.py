@@ -85,7 +85,8 @@ def test_missing_image_says_which_and_how_to_override(engine: DockerRuntime, moa
 
 def test_no_engine_is_a_clear_error(moat_home: Path, tmp_path: Path) -> None:
     workspace = write_workspace(tmp_path / "ws", "name: x\n")
-    result = run_moat(["run", str(workspace), "--", "true"],
+    # Docker asked for by name (without it, moat would choose its sandbox).
+    result = run_moat(["run", "--runtime", "docker", str(workspace), "--", "true"],
                       env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert result.code == 1
     assert "no container engine answers" in result.stderr

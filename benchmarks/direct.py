@@ -1,0 +1,104 @@
+"""Two contenders written directly against the Docker SDK, in this process.
+
+- the *floor*: the three services started in parallel and polled every 25 ms with protocol-level
+  checks from the host (TCP connect + handshake, no ``docker exec``), then the agent: about the
+  fastest this job can be done here;
+- the *reference algorithm* of the Go tool: services started and waited one after another with an
+  exec probe every second, then the agent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.common import AGENT_IMAGE, AGENT_LINE, SERVICES, Service, wait_answering
+
+FLOOR_INTERVAL = 0.025
+REFERENCE_INTERVAL = 1.0
+TIMEOUT = 120.0
+
+
+def _start_service(client: Any, service: Service, network: str, suffix: str) -> Any:
+    return client.containers.run(service.image, list(service.command) if service.command else None,
+                                 name=f"bench-{service.name}-{suffix}", network=network, hostname=service.name,
+                                 environment=service.env, detach=True, labels={"moat-bench": suffix})
+
+
+def _address(container: Any, network: str) -> str:
+    container.reload()
+    return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
+def _run_agent(client: Any, network: str, suffix: str, started: float) -> float:
+    """Start the trivial agent; seconds from ``started`` to its first output."""
+    agent = client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network,
+                                     name=f"bench-agent-{suffix}", labels={"moat-bench": suffix})
+    stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
+    agent.start()
+    first = None
+    for _ in stream:
+        first = first or time.monotonic() - started
+    agent.wait()
+    assert first is not None, "the agent printed nothing"
+    return first
+
+
+def _cleanup(client: Any, suffix: str, network: Any) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"moat-bench={suffix}"}):
+        container.remove(force=True, v=True)
+    network.remove()
+
+
+def _measure(client: Any, bring_up: Callable[[Any, str, str], None]) -> dict[str, float]:
+    suffix = uuid.uuid4().hex[:10]
+    started = time.monotonic()
+    network = client.networks.create(f"bench-{suffix}", driver="bridge")
+    try:
+        bring_up(client, network.name, suffix)
+        ready = time.monotonic() - started
+        first = _run_agent(client, network.name, suffix, started)
+    finally:
+        _cleanup(client, suffix, network)
+    return {"ready": ready, "first_output": first, "total": time.monotonic() - started}
+
+
+def _floor_up(client: Any, network: str, suffix: str) -> None:
+    errors: list[BaseException] = []
+
+    def one(service: Service) -> None:
+        try:
+            container = _start_service(client, service, network, suffix)
+            wait_answering(service.name, _address(container, network), service.port, FLOOR_INTERVAL,
+                           time.monotonic() + TIMEOUT)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in SERVICES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _reference_up(client: Any, network: str, suffix: str) -> None:
+    for service in SERVICES:
+        container = _start_service(client, service, network, suffix)
+        deadline = time.monotonic() + TIMEOUT
+        while container.exec_run(list(service.exec_probe)).exit_code != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service.name} was not ready")
+            time.sleep(REFERENCE_INTERVAL)
+
+
+def floor(client: Any) -> dict[str, float]:
+    return _measure(client, _floor_up)
+
+
+def reference(client: Any) -> dict[str, float]:
+    return _measure(client, _reference_up)

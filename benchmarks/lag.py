@@ -1,0 +1,65 @@
+"""Readiness lag: how long after a service first answers does moat notice it?
+
+While a ``moat run`` starts, a watcher polls each of its sidecars from the host every 5 ms with a
+protocol-level check; the lag is moat's "ready" event time minus the first time the service answered.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import answers
+
+POLL = 0.005
+
+
+class Watcher:
+    def __init__(self, client: Any, home: Path) -> None:
+        self.client = client
+        self.home = home
+        self.first: dict[str, float] = {}  # service → wall time it first answered
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        targets: dict[str, tuple[str, int]] = {}
+        ports = {"postgres": 5432, "mysql": 3306, "redis": 6379}
+        while not self._stop.is_set():
+            if len(targets) < len(ports):
+                for container in self.client.containers.list(filters={"label": "moat.role=service"}):
+                    name = container.labels.get("moat.service")
+                    if name in ports and name not in targets:
+                        networks = container.attrs["NetworkSettings"]["Networks"]
+                        address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
+                        if address:
+                            targets[name] = (address, ports[name])
+            for name, (address, port) in targets.items():
+                if name not in self.first and answers(name, address, port, timeout=0.05):
+                    self.first[name] = time.time()
+            time.sleep(POLL)
+
+
+def lags(home: Path, first: dict[str, float]) -> dict[str, float]:
+    """Seconds between each service answering and moat's "<name> ready" event, from logs.jsonl."""
+    result = {}
+    for log in home.glob("runs/*/logs.jsonl"):
+        for line in log.read_text().splitlines():
+            record: dict[str, Any] = json.loads(line)
+            words = record["line"].split()
+            if record["stream"] == "moat" and len(words) > 1 and words[1] == "ready" and words[0] in first:
+                noticed = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+                result[words[0]] = noticed - first[words[0]]
+    return result
