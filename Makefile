@@ -16,7 +16,7 @@ help:
 	@echo "make unit    unit tests only (no engine)"
 	@echo "make engine  start a local Docker engine if none answers and build the test images"
 	@echo "make sandbox install the host programs the sandbox runtime uses (bubblewrap, postgres, mariadb, redis)"
-	@echo "make bench   start-up benchmarks against peers"
+	@echo "make bench   start-up benchmarks: moat against docker-compose, testcontainers and the floor; sandbox against docker"
 
 # The virtualenv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -51,8 +51,11 @@ demo: install sandbox
 	$(BIN)/python engine/localize.py examples/multi-service $(DEMO_DIR)
 	$(BIN)/moat run $(DEMO_DIR)
 
-bench: install engine
-	$(BIN)/python benchmarks/startup.py
+# Peers (docker-compose 1.29.2, testcontainers) go into their own virtualenvs under benchmarks/.peers.
+bench: install engine sandbox
+	bash benchmarks/peers.sh
+	$(BIN)/python benchmarks/startup.py --json benchmarks/last-startup.json
+	$(BIN)/python benchmarks/runtimes.py --json benchmarks/last-runtimes.json
 
 clean-engine:
 	bash engine/stop.sh
