@@ -173,7 +173,7 @@ class RunExecution:
         self._reaper.start()
         self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
         self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
-        futures: list[Future[None]] = [self._workers.submit(self._ensure_agent_image)]
+        futures: list[Future[None]] = [self._workers.submit(self._prepare_agent)]
         futures += [self._workers.submit(self._start_service, s) for s in plan.services]
         pending = set(futures)
         while pending:
@@ -181,7 +181,7 @@ class RunExecution:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             for future in done:
                 error = future.exception()
-                if error is not None:
+                if error is not None and not isinstance(error, Aborted):
                     self.abort.set()
                     raise error
         self.timings["services_ready"] = time.monotonic() - self.started
@@ -193,6 +193,13 @@ class RunExecution:
             problems = [exc.message]
         for problem in problems:
             self._event(f"reaping an orphaned run's leftovers: {problem}")
+
+    def _prepare_agent(self) -> None:
+        """The agent's image, then its container, created (not started) while the services start."""
+        self._ensure_agent_image()
+        if self.abort.is_set():
+            raise Aborted
+        self.create_agent()
 
     def _ensure_agent_image(self) -> None:
         image = self.plan.image
@@ -324,6 +331,8 @@ class RunExecution:
         return code
 
     def create_agent(self) -> str:
+        if self.created.agent is not None:
+            return self.created.agent  # created ahead, while the services started
         plan = self.plan
         tty = plan.interactive and sys.stdin.isatty() and sys.stdout.isatty()
         spec = ContainerSpec(

@@ -9,6 +9,7 @@ milliseconds up to a few hundred.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -42,17 +43,22 @@ class Ready:
 
 
 class _PortGate:
+    """A TCP connect from the host: tells when the port opens, and whether the host sees it at all."""
+
     def __init__(self, address: str, port: int) -> None:
         self.target = (address, port)
         self.open = False
+        self.trusted = True  # refusals so far: the host reaches the container and the port is shut
 
     def check(self) -> bool:
         if not self.open:
             try:
                 with socket.create_connection(self.target, timeout=0.05):
                     self.open = True
-            except OSError:
+            except ConnectionRefusedError:
                 pass
+            except OSError:
+                self.trusted = False  # timeouts or no route: the host's view cannot be relied on
         return self.open
 
 
@@ -63,7 +69,9 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
     address = runtime.container_address(container_id, network)
     gate = _PortGate(address, spec.port) if address else None
     interval = FIRST_INTERVAL
-    next_probe = start
+    # With a gate the host can trust, the first exec waits for the port to open: execs in a
+    # container that is still initialising cost it CPU and cannot succeed yet.
+    next_probe = start if gate is None else start + FALLBACK_INTERVAL
     probes = 0
     last: ExecResult | None = None
     while True:
@@ -81,7 +89,7 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
                 return Ready(clock() - start, probes)
             if _probe_missing(last):
                 raise _cannot_check(spec, last, masker)
-            if gate is not None and not gate.open:
+            if gate is not None and not gate.open and gate.trusted:
                 wait = FALLBACK_INTERVAL
             else:
                 wait = interval
@@ -89,7 +97,12 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
             next_probe = clock() + wait
         now = clock()
         if now >= deadline:
+            if last is None:  # the port never opened: one check, so the report can show what it says
+                with contextlib.suppress(MoatError):
+                    last = runtime.exec(container_id, spec.probe.command, spec.probe.env)
             raise _timed_out(runtime, container_id, spec, now - start, last, masker)
+        if gate is not None and not gate.trusted and next_probe - now > interval:
+            next_probe = now + interval  # the gate is blind here: plain adaptive probing
         pause = next_probe - now
         if gate is not None and not gate.open:
             pause = min(pause, GATE_INTERVAL)
