@@ -37,6 +37,7 @@ def hand_off(execution: RunExecution) -> None:
         "home": execution.store.home,
         "services": dict(execution.created.services),
         "agent": agent,
+        "agent_held": execution.agent_held,
         "network": execution.created.network,
         "timings": dict(execution.timings),
         "elapsed": time.monotonic() - execution.started,
@@ -80,6 +81,7 @@ def _adopt(state: dict[str, Any]) -> RunExecution:
     execution.record = store.open(execution.plan.run_id, execution.masker)
     execution.created.services.update(state["services"])
     execution.created.agent = state["agent"]
+    execution.agent_held = state["agent_held"]
     execution.created.network = state["network"]
     execution.timings.update(state["timings"])
     execution.started = time.monotonic() - state["elapsed"]

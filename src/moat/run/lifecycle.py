@@ -50,6 +50,9 @@ from moat.services.readiness import Aborted, wait_ready
 STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
 WORKER_GRACE = 15.0  # seconds teardown waits for start-up threads to notice the abort
 REAPER_GRACE = 10.0  # seconds teardown waits for the orphan reaper
+# Waits for one line on stdin, then runs the agent's command with stdin from /dev/null (as a
+# container without -i has it). No line (stdin closed) means the run ended before the agent's turn.
+HOLD_WRAPPER = ("sh", "-c", 'read -r _ || exit 125; exec "$0" "$@" </dev/null')
 
 
 @dataclass
@@ -88,6 +91,7 @@ class RunExecution:
         self._cache_holds = contextlib.ExitStack()
         self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
         self._reaper: threading.Thread | None = None
+        self.agent_held = False  # its container runs, waiting for the go line (see create_agent)
 
     # --- the whole run -----------------------------------------------------------------------------
 
@@ -335,12 +339,15 @@ class RunExecution:
             return self.created.agent  # created ahead, while the services started
         plan = self.plan
         tty = plan.interactive and sys.stdin.isatty() and sys.stdout.isatty()
+        # A held agent is started while the services start, blocked on one line of stdin: starting a
+        # container costs a few hundred milliseconds, which are then off the run's critical path.
+        held = self.runtime.can_hold and not plan.interactive
         spec = ContainerSpec(
             name=self._agent_name(),
             image=plan.image.tag,
             labels=self._labels(ROLE_AGENT),
             network=plan.network,
-            command=plan.command,
+            command=(*HOLD_WRAPPER, *plan.command) if held else plan.command,
             env=plan.env,
             working_dir=WORKSPACE_MOUNT,
             binds={str(plan.workspace): (WORKSPACE_MOUNT, "rw")},
@@ -349,12 +356,15 @@ class RunExecution:
             dns=plan.limits.dns,
             ulimits=plan.limits.ulimits,
             tty=tty,
-            stdin_open=plan.interactive,
+            stdin_open=plan.interactive or held,
             init=True,
         )
         container_id = self.runtime.create_container(spec)
         self.created.agent = container_id
         self.record_().update(agent={"container_name": spec.name, "container_id": container_id})
+        if held:
+            self.runtime.start_container(container_id)
+            self.agent_held = True
         return container_id
 
     def _start_agent(self, container_id: str, *, echo: bool, started: Callable[[], None] | None = None) -> int:
@@ -362,7 +372,10 @@ class RunExecution:
         record = self.record_()
         self._event(f"agent starting: {' '.join(self.plan.command)}")
         chunks = self.runtime.attach(container_id)  # attached before start: no line is missed
-        self.runtime.start_container(container_id)
+        if self.agent_held:
+            self.runtime.release(container_id)
+        else:
+            self.runtime.start_container(container_id)
         record.update(state="running", started_at=now_iso())
         self.timings["agent_started"] = time.monotonic() - self.started
         if started is not None:

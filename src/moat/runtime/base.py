@@ -97,6 +97,7 @@ ProgressCallback = Callable[[str], None]
 class Runtime(Protocol):
     name: str
     writes_as_root: bool  # service processes write host files as root (not as the invoking user)
+    can_hold: bool  # a started container can wait for ``release`` (worth it where starting is slow)
 
     def ping(self) -> None:
         """Raise ``EngineError`` (with how to start one) when the engine does not answer."""
@@ -133,6 +134,9 @@ class Runtime(Protocol):
         """Output as it is produced; attach before start so nothing is missed."""
 
     def wait(self, container_id: str) -> int: ...
+
+    def release(self, container_id: str) -> None:
+        """Let a held container go on: write its go line."""
 
     def attach_terminal(self, container_id: str) -> int:
         """Start the container with this process's terminal attached; its exit code."""

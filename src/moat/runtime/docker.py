@@ -82,6 +82,7 @@ def _gone_is_fine(action: str, *fine_statuses: int) -> Iterator[None]:
 class DockerRuntime:
     name = "docker"
     writes_as_root = True
+    can_hold = True
 
     def __init__(self, client: Any | None = None) -> None:
         if client is None:
@@ -285,6 +286,15 @@ class DockerRuntime:
                     yield OutputChunk("stderr", err)
 
         return chunks()
+
+    def release(self, container_id: str) -> None:
+        with _engine_call("starting the agent"):
+            sock = self.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+            try:
+                raw = getattr(sock, "_sock", sock)
+                raw.sendall(b"go\n")
+            finally:
+                sock.close()
 
     def attach_terminal(self, container_id: str) -> int:
         # The docker CLI handles a terminal best (raw mode, resizes, stdin).

@@ -75,6 +75,7 @@ def _signal_group(record: Mapping[str, Any], signum: int) -> None:
 class SandboxRuntime:
     name = "sandbox"
     writes_as_root = False
+    can_hold = False  # starting a sandbox takes milliseconds
 
     def __init__(self, home: Path, uid: int | None = None, gid: int | None = None) -> None:
         self.root = home / "sandbox"
@@ -355,6 +356,9 @@ class SandboxRuntime:
                     yield OutputChunk(key.data, data)
 
         return chunks()
+
+    def release(self, container_id: str) -> None:
+        self.start_container(container_id)
 
     def attach_terminal(self, container_id: str) -> int:
         self.start_container(container_id)
