@@ -92,6 +92,8 @@ class RunExecution:
         self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
         self._reaper: threading.Thread | None = None
         self.agent_held = False  # its container runs, waiting for the go line (see create_agent)
+        self._services_started = threading.Event()  # every service's container is started
+        self._started_by: set[str] = set()  # worker threads whose service has been counted
 
     # --- the whole run -----------------------------------------------------------------------------
 
@@ -178,6 +180,8 @@ class RunExecution:
         self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
         self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
         futures: list[Future[None]] = [self._workers.submit(self._prepare_agent)]
+        if not plan.services:
+            self._services_started.set()
         futures += [self._workers.submit(self._start_service, s) for s in plan.services]
         pending = set(futures)
         while pending:
@@ -201,8 +205,10 @@ class RunExecution:
     def _prepare_agent(self) -> None:
         """The agent's image, then its container, created (not started) while the services start."""
         self._ensure_agent_image()
-        if self.abort.is_set():
-            raise Aborted
+        # The engine starts containers one network operation at a time: the services go first.
+        while not self._services_started.wait(0.1):
+            if self.abort.is_set():
+                raise Aborted
         self.create_agent()
 
     def _ensure_agent_image(self) -> None:
@@ -236,7 +242,10 @@ class RunExecution:
     def _start_service(self, spec: ServiceSpec) -> None:
         """One service, start to finish: image, container, readiness, then its provisioning."""
         try:
-            container_id = self._bring_up(spec)
+            try:
+                container_id = self._bring_up(spec)
+            finally:
+                self._service_container_started()
             if container_id and spec.provision:
                 started = time.monotonic()
                 Provisioner(self.runtime, container_id, spec, self.cache, self.report, self.record_(),
@@ -244,6 +253,16 @@ class RunExecution:
                 self.timings[f"provision:{spec.name}"] = time.monotonic() - started
         except Aborted:
             return  # another step failed first; its error is the one to report
+
+    def _service_container_started(self) -> None:
+        """Counts each service once (the first call for it wins; later ones are no-ops)."""
+        with self.created.lock:
+            name = threading.current_thread().name
+            if name in self._started_by:
+                return
+            self._started_by.add(name)
+            if len(self._started_by) >= len(self.plan.services):
+                self._services_started.set()
 
     def _bring_up(self, spec: ServiceSpec) -> str | None:
         """Start the service and wait until it answers; its container id, once it is ready."""
@@ -265,6 +284,7 @@ class RunExecution:
             if self.abort.is_set():
                 raise Aborted
             self.runtime.start_container(container_id)
+            self._service_container_started()
             if not spec.wait:
                 self.report.finish(key, f"{spec.name} started (not waiting: wait: false)")
                 return None

@@ -27,6 +27,8 @@ def process_alive(pid: int, host: str | None) -> bool:
     """Whether ``pid`` on ``host`` is still a moat process (a reused pid does not count)."""
     if host and host != socket.gethostname():
         return True  # another machine's run: assume alive, never touch it
+    if pid == os.getpid():
+        return True
     if pid <= 0:
         return False
     try:

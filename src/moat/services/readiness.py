@@ -10,6 +10,7 @@ milliseconds up to a few hundred.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ FIRST_INTERVAL = 0.025
 MAX_INTERVAL = 0.4
 GROWTH = 1.5
 GATE_INTERVAL = 0.01  # a TCP connect attempt costs microseconds
-FALLBACK_INTERVAL = 1.0  # probes while the gate is closed, in case the host's view is wrong
+STATE_INTERVAL = 0.5  # while a trusted gate sees the port shut: is the container still running?
 LOG_LINES = 20
 
 
@@ -69,9 +70,10 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
     address = runtime.container_address(container_id, network)
     gate = _PortGate(address, spec.port) if address else None
     interval = FIRST_INTERVAL
-    # With a gate the host can trust, the first exec waits for the port to open: execs in a
-    # container that is still initialising cost it CPU and cannot succeed yet.
-    next_probe = start if gate is None else start + FALLBACK_INTERVAL
+    # With a gate the host can trust, no exec runs until the port opens: the probe connects to that
+    # same port, so it cannot succeed before, and each exec costs CPU a starting service needs.
+    next_probe = start if gate is None else math.inf
+    next_state = start + STATE_INTERVAL
     probes = 0
     last: ExecResult | None = None
     while True:
@@ -89,12 +91,13 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
                 return Ready(clock() - start, probes)
             if _probe_missing(last):
                 raise _cannot_check(spec, last, masker)
-            if gate is not None and not gate.open and gate.trusted:
-                wait = FALLBACK_INTERVAL
-            else:
-                wait = interval
-                interval = min(interval * GROWTH, MAX_INTERVAL)
-            next_probe = clock() + wait
+            next_probe = clock() + interval
+            interval = min(interval * GROWTH, MAX_INTERVAL)
+        elif gate is not None and now >= next_state:
+            # An exec would notice a container that exited; without execs, its state must be asked.
+            next_state = now + STATE_INTERVAL
+            if not runtime.state(container_id).running:
+                raise _exited(runtime, container_id, spec, clock() - start, last, masker)
         now = clock()
         if now >= deadline:
             if last is None:  # the port never opened: one check, so the report can show what it says
@@ -102,7 +105,7 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
                     last = runtime.exec(container_id, spec.probe.command, spec.probe.env)
             raise _timed_out(runtime, container_id, spec, now - start, last, masker)
         if gate is not None and not gate.trusted and next_probe - now > interval:
-            next_probe = now + interval  # the gate is blind here: plain adaptive probing
+            next_probe = now + interval  # the gate cannot see the port from here: plain adaptive probing
         pause = next_probe - now
         if gate is not None and not gate.open:
             pause = min(pause, GATE_INTERVAL)
