@@ -92,7 +92,8 @@ def test_readiness_waits_for_an_authenticated_answer(scope: tuple[DockerRuntime,
         probe = ProbeSpec(("redis-cli", "-h", "redis", "PING"), {"REDISCLI_AUTH": password}, "PONG")
         return ServiceSpec(name="redis", version="7", image="moat-test/redis:latest", image_overridden=True,
                            container_name="x", port=6379, env={}, command=None, probe=probe, wait=True,
-                           ready_timeout=timeout, memory_mb=None, cache_path=None, provision=None, agent_env={})
+                           ready_timeout=timeout, memory_mb=None, tmpfs=(), cache_path=None, provision=None,
+                           agent_env={})
 
     ready = wait_ready(runtime, cid, service("s3cret", 30), network, threading.Event(), Masker(frozenset()))
     assert ready.seconds < 30 and ready.probes >= 1

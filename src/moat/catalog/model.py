@@ -126,6 +126,9 @@ class Service(Versioned):
     readiness: Probe
     provisions: Provisions | None = None
     sandbox: HostRecipe | None = None  # None: the sandbox runtime cannot run this service
+    # Where the service keeps its data. A sidecar's data is thrown away with it, so by default these
+    # are in memory (tmpfs): no disk I/O while it initialises (postgres starts in half the time).
+    data_paths: tuple[str, ...] = ()
     min_memory_mb: int = 64
 
     @model_validator(mode="after")

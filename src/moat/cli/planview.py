@@ -40,6 +40,8 @@ def render_plan(plan: Plan) -> str:
         out.append(f"    container  {service.container_name}  host {service.name}  port {service.port}")
         if service.memory_mb:
             out.append(f"    memory     {service.memory_mb} MB")
+        if service.tmpfs:
+            out.append(f"    in memory  {', '.join(service.tmpfs)}  (storage: memory)")
         out.append(f"    env        {_pairs(mask.mapping(service.env))}")
         if service.command:
             out.append(f"    command    {shlex.join(mask.text(a) for a in service.command)}")

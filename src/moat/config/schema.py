@@ -118,6 +118,9 @@ class ServiceOverride(Section):
     wait: bool = True
     memory: int | None = Field(None, gt=0)  # MB
     ready_timeout: float = Field(60, gt=0, le=3600, allow_inf_nan=False)  # seconds
+    # memory: the service's data directories are tmpfs (fast; the data counts toward ``memory``);
+    # disk: an anonymous volume, as the image declares (for data larger than memory allows).
+    storage: Literal["memory", "disk"] = "memory"
     provision_timeout: float = Field(1800, gt=0, le=86400, allow_inf_nan=False)  # seconds, per item
 
 

@@ -167,6 +167,7 @@ def _service_spec(config: Config, name: str, version: str, run_id: str, catalog:
         wait=override.wait if override else True,
         ready_timeout=override.ready_timeout if override else 60,
         memory_mb=override.memory if override else None,
+        tmpfs=service.data_paths if (override.storage if override else "memory") == "memory" else (),
         cache_path=service.provisions.cache_path if service.provisions else None,
         provision=provision,
         agent_env=terms.agent_env,

@@ -74,6 +74,7 @@ class ServiceSpec:
     wait: bool
     ready_timeout: float
     memory_mb: int | None
+    tmpfs: tuple[str, ...]  # data directories kept in memory
     cache_path: str | None  # where the service's host cache is mounted (catalog), if it has one
     provision: ProvisionSpec | None
     agent_env: Mapping[str, str]  # the MOAT_<PREFIX>_* variables it gives the agent
@@ -157,6 +158,7 @@ def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:
             "timeout_seconds": service.ready_timeout,
         },
         "memory_mb": service.memory_mb,
+        "tmpfs": list(service.tmpfs),
         "cache_path": service.cache_path,
         "provision": None if provision is None else {
             "key": provision.key,

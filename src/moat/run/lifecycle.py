@@ -337,6 +337,7 @@ class RunExecution:
             hostname=spec.name,
             aliases=(spec.name,),
             memory_mb=spec.memory_mb,
+            tmpfs=spec.tmpfs,
             binds={str(self.cache.service_dir(spec.name)): (spec.cache_path, "rw")} if spec.cache_path else {},
         )
 

@@ -46,6 +46,7 @@ class ContainerSpec:
     aliases: tuple[str, ...] = ()  # names it answers to on the network
     working_dir: str | None = None
     binds: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # host path → (target, "rw"|"ro")
+    tmpfs: tuple[str, ...] = ()  # directories in memory
     memory_mb: int | None = None
     cpus: float | None = None
     dns: tuple[str, ...] = ()

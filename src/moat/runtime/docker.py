@@ -188,6 +188,7 @@ class DockerRuntime:
             dns=list(spec.dns) or None,
             ulimits=[Ulimit(name=n, soft=s, hard=h) for n, (s, h) in spec.ulimits.items()] or None,
             init=spec.init or None,
+            tmpfs={path: "rw" for path in spec.tmpfs} or None,
         )
         networking = api.create_networking_config(
             {spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)}

@@ -70,9 +70,10 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
     address = runtime.container_address(container_id, network)
     gate = _PortGate(address, spec.port) if address else None
     interval = FIRST_INTERVAL
-    # With a gate the host can trust, no exec runs until the port opens: the probe connects to that
-    # same port, so it cannot succeed before, and each exec costs CPU a starting service needs.
-    next_probe = start if gate is None else math.inf
+    # The first check runs at once (it also finds an image that lacks the probe's program). After
+    # that, with a gate the host can trust, no exec runs until the port opens: the probe connects
+    # to that same port, so it cannot succeed before, and each exec costs CPU a starting service needs.
+    next_probe = start
     next_state = start + STATE_INTERVAL
     probes = 0
     last: ExecResult | None = None
@@ -91,8 +92,11 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
                 return Ready(clock() - start, probes)
             if _probe_missing(last):
                 raise _cannot_check(spec, last, masker)
-            next_probe = clock() + interval
-            interval = min(interval * GROWTH, MAX_INTERVAL)
+            if gate is not None and gate.trusted and not gate.open:
+                next_probe = math.inf  # until the gate opens
+            else:
+                next_probe = clock() + interval
+                interval = min(interval * GROWTH, MAX_INTERVAL)
         elif gate is not None and now >= next_state:
             # An exec would notice a container that exited; without execs, its state must be asked.
             next_state = now + STATE_INTERVAL
