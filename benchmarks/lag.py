@@ -35,20 +35,28 @@ class Watcher:
         self._thread.join()
 
     def _watch(self) -> None:
-        targets: dict[str, tuple[str, int]] = {}
+        """Find each sidecar as it appears; then one thread per service polls it tightly."""
         ports = {"postgres": 5432, "mysql": 3306, "redis": 6379}
+        pollers: dict[str, threading.Thread] = {}
+        while not self._stop.is_set() and len(pollers) < len(ports):
+            for container in self.client.containers.list(filters={"label": "moat.role=service"}):
+                name = container.labels.get("moat.service")
+                if name in ports and name not in pollers:
+                    networks = container.attrs["NetworkSettings"]["Networks"]
+                    address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
+                    if address:
+                        pollers[name] = threading.Thread(target=self._poll, args=(name, address, ports[name]),
+                                                         daemon=True)
+                        pollers[name].start()
+            time.sleep(POLL)
+        for poller in pollers.values():
+            poller.join()
+
+    def _poll(self, name: str, address: str, port: int) -> None:
         while not self._stop.is_set():
-            if len(targets) < len(ports):
-                for container in self.client.containers.list(filters={"label": "moat.role=service"}):
-                    name = container.labels.get("moat.service")
-                    if name in ports and name not in targets:
-                        networks = container.attrs["NetworkSettings"]["Networks"]
-                        address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
-                        if address:
-                            targets[name] = (address, ports[name])
-            for name, (address, port) in targets.items():
-                if name not in self.first and answers(name, address, port, timeout=0.05):
-                    self.first[name] = time.time()
+            if answers(name, address, port, timeout=0.05):
+                self.first[name] = time.time()
+                return
             time.sleep(POLL)
 
 
