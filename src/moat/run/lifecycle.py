@@ -40,16 +40,15 @@ from moat.run import reaper
 from moat.run.output import relay
 from moat.run.registry import Registry
 from moat.run.report import Reporter
-from moat.run.signals import Interrupted, interrupts_deferred, interrupts_raise
-from moat.run.store import SERVICE_LOGS_DIR, RunRecord, RunStore
+from moat.run.signals import Interrupted, interrupts_raise
+from moat.run.store import RunRecord, RunStore
+from moat.run.teardown import teardown
 from moat.runtime.base import ContainerSpec, Runtime
 from moat.services.cache import HostCache
 from moat.services.provision import Provisioner
 from moat.services.readiness import Aborted, wait_ready
 
 STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
-WORKER_GRACE = 15.0  # seconds teardown waits for start-up threads to notice the abort
-REAPER_GRACE = 10.0  # seconds teardown waits for the orphan reaper
 # Waits for one line on stdin, then runs the agent's command with stdin from /dev/null (as a
 # container without -i has it). No line (stdin closed) means the run ended before the agent's turn.
 HOLD_WRAPPER = ("sh", "-c", 'read -r _ || exit 125; exec "$0" "$@" </dev/null')
@@ -85,12 +84,12 @@ class RunExecution:
         self.record: RunRecord | None = None
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
-        self._workers: ThreadPoolExecutor | None = None
+        self.workers: ThreadPoolExecutor | None = None
         self.cache = HostCache(store.home)
         # Shared "in use" locks on host caches, held until teardown has removed the sidecars.
-        self._cache_holds = contextlib.ExitStack()
+        self.cache_holds = contextlib.ExitStack()
         self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
-        self._reaper: threading.Thread | None = None
+        self.reaper: threading.Thread | None = None
         self.agent_held = False  # its container runs, waiting for the go line (see create_agent)
         self._services_started = threading.Event()  # every service's container is started
         self._started_by: set[str] = set()  # worker threads whose service has been counted
@@ -110,7 +109,7 @@ class RunExecution:
             image=plan.image.tag, network=plan.network, command=list(plan.command),
             services=[{"name": s.name, "image": s.image, "container_name": s.container_name}
                       for s in plan.services],
-            agent={"container_name": self._agent_name()}, detached=detach,
+            agent={"container_name": self.agent_name()}, detached=detach,
         )
         record.write_file("Dockerfile", plan.image.dockerfile)
         self._event(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
@@ -136,7 +135,7 @@ class RunExecution:
         with self.created.lock:
             for spec in self.plan.services:
                 if spec.cache_path:
-                    self._cache_holds.enter_context(self.cache.in_use(spec.name))
+                    self.cache_holds.enter_context(self.cache.in_use(spec.name))
 
         def body() -> int:
             assert self.created.agent is not None
@@ -175,14 +174,14 @@ class RunExecution:
         plan = self.plan
         self.runtime.ping()
         # What crashed runs left behind is reaped alongside this run's start, never delaying it.
-        self._reaper = threading.Thread(target=self._reap_orphans, name="reaper", daemon=True)
-        self._reaper.start()
+        self.reaper = threading.Thread(target=self._reap_orphans, name="reaper", daemon=True)
+        self.reaper.start()
         self.created.network = self.runtime.create_network(plan.network, self._labels(ROLE_NETWORK))
-        self._workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
-        futures: list[Future[None]] = [self._workers.submit(self._prepare_agent)]
+        self.workers = ThreadPoolExecutor(max_workers=len(plan.services) + 1, thread_name_prefix="moat")
+        futures: list[Future[None]] = [self.workers.submit(self._prepare_agent)]
         if not plan.services:
             self._services_started.set()
-        futures += [self._workers.submit(self._start_service, s) for s in plan.services]
+        futures += [self.workers.submit(self._start_service, s) for s in plan.services]
         pending = set(futures)
         while pending:
             # A short timeout keeps the main thread responsive to signals.
@@ -276,7 +275,7 @@ class RunExecution:
             self.report.update(key, "starting")
             if spec.cache_path:
                 with self.created.lock:
-                    self._cache_holds.enter_context(self.cache.in_use(spec.name))
+                    self.cache_holds.enter_context(self.cache.in_use(spec.name))
             container_id = self.runtime.create_container(self._service_container(spec))
             with self.created.lock:
                 self.created.services[spec.name] = container_id
@@ -343,7 +342,7 @@ class RunExecution:
 
     # --- phase 2: the agent ------------------------------------------------------------------------
 
-    def _agent_name(self) -> str:
+    def agent_name(self) -> str:
         return f"{AGENT_CONTAINER_PREFIX}{self.plan.run_id}"
 
     def _run_agent(self) -> int:
@@ -364,7 +363,7 @@ class RunExecution:
         # container costs a few hundred milliseconds, which are then off the run's critical path.
         held = self.runtime.can_hold and not plan.interactive
         spec = ContainerSpec(
-            name=self._agent_name(),
+            name=self.agent_name(),
             image=plan.image.tag,
             labels=self._labels(ROLE_AGENT),
             network=plan.network,
@@ -424,80 +423,7 @@ class RunExecution:
     # --- teardown ----------------------------------------------------------------------------------
 
     def _teardown(self, outcome: BaseException | None) -> None:
-        """Remove everything this run created. Signals are deferred, never obeyed, until done."""
-
-        def notice(_signum: int) -> None:
-            self.report.warn("still cleaning up; moat will exit when the run's containers are removed")
-
-        with interrupts_deferred(notice):
-            self.abort.set()
-            self.report.pause()
-            if self._workers is not None:
-                self._workers.shutdown(wait=False, cancel_futures=True)
-                self._join_workers()
-            self._return_cache_files()
-            problems = self._remove_created()
-            problems += self._sweep()
-            self._cache_holds.close()
-            if self._reaper is not None:
-                self._reaper.join(REAPER_GRACE)  # let it finish what it started
-        for problem in problems:
-            self.report.warn(problem)
-        if problems and outcome is None:
-            self.report.warn(f"run {self.plan.run_id} left engine objects behind; `moat clean` removes them")
-
-    def _return_cache_files(self) -> None:
-        """Sidecars write the host cache as root; give what they wrote to the user running moat,
-        so `moat cache clean` (and the user) can remove it without privileges."""
-        uid, gid = os.getuid(), os.getgid()
-        if uid == 0 or not self.runtime.writes_as_root:
-            return
-        for spec in self.plan.services:
-            container_id = self.created.services.get(spec.name)
-            if spec.cache_path and container_id:
-                with contextlib.suppress(MoatError):
-                    self.runtime.exec(container_id, ("chown", "-R", f"{uid}:{gid}", spec.cache_path), {})
-
-    def _join_workers(self) -> None:
-        deadline = time.monotonic() + WORKER_GRACE
-        for thread in threading.enumerate():
-            if thread.name.startswith("moat") and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _remove_created(self) -> list[str]:
-        problems: list[str] = []
-        assert self.record is not None
-        with self.created.lock:
-            services = dict(self.created.services)
-        for name, container_id in services.items():
-            try:
-                self.record.write_file(f"{SERVICE_LOGS_DIR}/{name}.log",
-                                       self.runtime.logs(container_id, timestamps=True))
-            except MoatError as exc:
-                problems.append(f"could not save {name}'s log: {exc.message}")
-        # Containers go in parallel: each removal waits for its process to stop.
-        targets = list(services.values())
-        if self.created.agent and not self.options.keep:
-            targets.append(self.created.agent)
-        problems += _parallel(self.runtime.remove_container, targets)
-        if self.created.agent and self.options.keep and self.created.network:
-            problems += _parallel(lambda cid: self.runtime.disconnect(cid, self.plan.network), [self.created.agent])
-            self.report.info(f"kept the agent container {self._agent_name()} (--keep)")
-        if self.created.network:
-            problems += _parallel(self.runtime.remove_network, [self.plan.network])
-        return problems
-
-    def _sweep(self) -> list[str]:
-        """Anything labelled with this run's id that is still there (e.g. created as a signal hit)."""
-        try:
-            left = self.runtime.find_labelled({LABEL_RUN_ID: self.plan.run_id})
-        except MoatError as exc:
-            return [f"could not check for leftovers: {exc.message}"]
-        containers = [c for c in left.containers if not (self.options.keep and c == self.created.agent)]
-        problems = _parallel(self.runtime.remove_container, containers)
-        problems += _parallel(self.runtime.remove_network, left.networks)
-        problems += _parallel(self.runtime.remove_volume, left.volumes)
-        return problems
+        teardown(self, outcome)
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -513,16 +439,3 @@ class RunExecution:
         if self.record is not None:
             self.record.log("moat", message)
 
-
-def _parallel(action: Callable[[str], None], items: list[str]) -> list[str]:
-    """Run ``action`` on each item concurrently; return the failures as messages."""
-    if not items:
-        return []
-    problems: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="teardown") as pool:
-        futures = {pool.submit(action, item): item for item in items}
-        for future, item in futures.items():
-            error = future.exception()
-            if error is not None:
-                problems.append(f"could not remove {item}: {getattr(error, 'message', error)}")
-    return problems
