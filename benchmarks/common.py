@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 PASSWORD = "benchpassword42"
 AGENT_IMAGE = "debian:bookworm-slim"
@@ -73,3 +74,20 @@ def wait_answering(service: str, address: str, port: int, interval: float, deadl
             return time.time()
         time.sleep(interval)
     raise TimeoutError(f"{service} did not answer at {address}:{port}")
+
+
+def run_agent(client: Any, started: float, network: str | None = None, **create: Any) -> float:
+    """Start the trivial agent (docker SDK ``client``); seconds from ``started`` to its first output."""
+    agent = client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network, **create)
+    try:
+        stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
+        agent.start()
+        first = None
+        for _ in stream:
+            first = first or time.monotonic() - started
+        agent.wait()
+    finally:
+        agent.remove(force=True)
+    if first is None:
+        raise RuntimeError("the agent printed nothing")
+    return first

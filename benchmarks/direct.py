@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import AGENT_IMAGE, AGENT_LINE, SERVICES, Service, wait_answering
+from benchmarks.common import SERVICES, Service, run_agent, wait_answering
 
 FLOOR_INTERVAL = 0.025
 REFERENCE_INTERVAL = 1.0
@@ -33,20 +33,6 @@ def _address(container: Any, network: str) -> str:
     return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def _run_agent(client: Any, network: str, suffix: str, started: float) -> float:
-    """Start the trivial agent; seconds from ``started`` to its first output."""
-    agent = client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network,
-                                     name=f"bench-agent-{suffix}", labels={"moat-bench": suffix})
-    stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
-    agent.start()
-    first = None
-    for _ in stream:
-        first = first or time.monotonic() - started
-    agent.wait()
-    assert first is not None, "the agent printed nothing"
-    return first
-
-
 def _cleanup(client: Any, suffix: str, network: Any) -> None:
     for container in client.containers.list(all=True, filters={"label": f"moat-bench={suffix}"}):
         container.remove(force=True, v=True)
@@ -60,7 +46,7 @@ def _measure(client: Any, bring_up: Callable[[Any, str, str], None]) -> dict[str
     try:
         bring_up(client, network.name, suffix)
         ready = time.monotonic() - started
-        first = _run_agent(client, network.name, suffix, started)
+        first = run_agent(client, started, network.name, name=f"bench-agent-{suffix}", labels={"moat-bench": suffix})
     finally:
         _cleanup(client, suffix, network)
     return {"ready": ready, "first_output": first, "total": time.monotonic() - started}

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # its reaper image cannot be pulled here
 
 import docker
-from benchmarks.common import AGENT_IMAGE, AGENT_LINE, PASSWORD
+from benchmarks.common import PASSWORD, run_agent
 from testcontainers.mysql import MySqlContainer
 from testcontainers.postgres import PostgresContainer
 from testcontainers.redis import RedisContainer
@@ -35,15 +35,7 @@ def main() -> None:
         for container in containers:  # as its users write it: one after another, each waited for
             container.start()
         ready = time.monotonic() - started
-        client = docker.from_env()
-        agent = client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE])
-        stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
-        agent.start()
-        first = None
-        for _ in stream:
-            first = first or time.monotonic() - started
-        agent.wait()
-        agent.remove(force=True)
+        first = run_agent(docker.from_env(), started)
     finally:
         for container in containers:
             with contextlib.suppress(Exception):  # best effort: a container that never started

@@ -210,7 +210,7 @@ def _as_user(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", f"--groups={docker_gid}", "--"]
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="switching users needs root (CI runs as root)")
+@pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root")
 def test_an_unprivileged_user_owns_and_can_clean_the_cache(engine: DockerRuntime, tmp_path: Path) -> None:
     uid = 1000
     home = tmp_path / "user-home"

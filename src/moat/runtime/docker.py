@@ -67,6 +67,25 @@ def _engine_call(action: str) -> Iterator[None]:
 
 
 @contextmanager
+def _in_container(action: str) -> Iterator[None]:
+    """For operations inside a container: one that has stopped (or gone) says so as such."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.status_code in {404, 409}:
+            raise ContainerNotRunning(f"container is not running: {exc.explanation}") from None
+        raise EngineError(f"{action} failed: {exc.explanation}") from exc
+
+
+def _demuxed(stream: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[OutputChunk]:
+    for out, err in stream:
+        if out:
+            yield OutputChunk("stdout", out)
+        if err:
+            yield OutputChunk("stderr", err)
+
+
+@contextmanager
 def _gone_is_fine(action: str, *fine_statuses: int) -> Iterator[None]:
     """For removals: an object that is already gone (or going) is what we wanted."""
     try:
@@ -220,41 +239,31 @@ class DockerRuntime:
         return address or None
 
     def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult:
-        try:
-            created = self.api.exec_create(container_id, list(command), environment=dict(env),
-                                           stdout=True, stderr=True)
-            output = self.api.exec_start(created["Id"])
-            code = self.api.exec_inspect(created["Id"]).get("ExitCode")
-        except APIError as exc:
-            if exc.status_code in {404, 409}:
-                raise ContainerNotRunning(f"container is not running: {exc.explanation}") from None
-            raise EngineError(f"running a check in the container failed: {exc.explanation}") from exc
+        with _in_container("running a command in the container"):
+            exec_id = self._exec_create(container_id, command, env)
+            output = self.api.exec_start(exec_id)
+            code = self._exit_code(exec_id)
         text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-        return ExecResult(code if code is not None else -1, text)
+        return ExecResult(code, text)
 
     def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream:
-        try:
-            exec_id = self.api.exec_create(container_id, list(command), environment=dict(env),
-                                           stdout=True, stderr=True)["Id"]
+        with _in_container("running a command in the container"):
+            exec_id = self._exec_create(container_id, command, env)
             stream = self.api.exec_start(exec_id, stream=True, demux=True)
-        except APIError as exc:
-            if exc.status_code in {404, 409}:
-                raise ContainerNotRunning(f"container is not running: {exc.explanation}") from None
-            raise EngineError(f"running a command in the container failed: {exc.explanation}") from exc
-
-        def chunks() -> Iterator[OutputChunk]:
-            for out, err in stream:
-                if out:
-                    yield OutputChunk("stdout", out)
-                if err:
-                    yield OutputChunk("stderr", err)
 
         def exit_code() -> int:
             with _engine_call("reading a command's exit code"):
-                code = self.api.exec_inspect(exec_id).get("ExitCode")
-            return int(code) if code is not None else -1
+                return self._exit_code(exec_id)
 
-        return ExecStream(chunks(), exit_code)
+        return ExecStream(_demuxed(stream), exit_code)
+
+    def _exec_create(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> str:
+        created = self.api.exec_create(container_id, list(command), environment=dict(env), stdout=True, stderr=True)
+        return str(created["Id"])
+
+    def _exit_code(self, exec_id: str) -> int:
+        code = self.api.exec_inspect(exec_id).get("ExitCode")
+        return int(code) if code is not None else -1
 
     def state(self, container_id: str) -> ContainerState:
         with _engine_call("inspecting a container"):
@@ -278,15 +287,7 @@ class DockerRuntime:
         # starts, or its first lines are lost.
         with _engine_call("attaching to the agent"):
             stream = self.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-
-        def chunks() -> Iterator[OutputChunk]:
-            for out, err in stream:
-                if out:
-                    yield OutputChunk("stdout", out)
-                if err:
-                    yield OutputChunk("stderr", err)
-
-        return chunks()
+        return _demuxed(stream)
 
     def release(self, container_id: str) -> None:
         with _engine_call("starting the agent"):
