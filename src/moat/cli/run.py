@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from moat.constants import RUNTIMES
 from moat.errors import UsageError
 
 COMMAND_META = "moat.command"
@@ -30,7 +31,7 @@ class RunCommand(click.Command):
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
               help="Set a variable for the agent (repeatable); KEY alone copies it from your environment.")
 @click.option("-n", "--name", help="A name for the run (default: moat.yaml's name, else a random one).")
-@click.option("--runtime", type=click.Choice(["docker", "sandbox"]),
+@click.option("--runtime", type=click.Choice(RUNTIMES),
               help="Where to run (default: moat.yaml's runtime, $MOAT_RUNTIME, else docker when an engine "
                    "answers and the bubblewrap sandbox otherwise).")
 @click.option("-i", "--interactive/--no-interactive", default=None,

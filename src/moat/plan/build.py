@@ -17,6 +17,7 @@ from moat.constants import (
     CONTAINER_PREFIX,
     ENV_RUNTIME,
     NETWORK_PREFIX,
+    RUNTIMES,
 )
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan import dockerfile
@@ -26,7 +27,6 @@ from moat.services.contract import contract, generate_password
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-RUNTIMES = ("docker", "sandbox")
 DEFAULT_RUNTIME = "docker"
 FALLBACK_UID = 1000  # the agent's uid when nothing better than root is known
 

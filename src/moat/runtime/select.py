@@ -6,11 +6,10 @@ import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from moat.constants import ENV_RUNTIME
+from moat.constants import ENV_RUNTIME, RUNTIMES
 from moat.errors import EngineError, UsageError
 from moat.runtime.base import Runtime
 
-RUNTIMES = ("docker", "sandbox")
 PING_TIMEOUT = 3  # seconds: deciding must not hang on an engine that does not answer
 
 
