@@ -233,3 +233,51 @@ def test_sigint_during_the_image_build_tears_down(engine: DockerRuntime, moat_ho
     # The engine cancelled the build when moat hung up: no intermediate build container lingers.
     wait_for(lambda: {c["Id"] for c in engine.api.containers(all=True)} <= containers_before, timeout=30,
              what="the build's intermediate containers to go")
+
+
+def test_another_moat_home_never_reaps_a_detached_run(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    run_id, _ = detach(write_workspace(tmp_path / "ws", REDIS), "sh", "-c", "sleep 4; echo still-here")
+    other = tmp_path / "other-home"
+    result = run_moat(["run", str(write_workspace(tmp_path / "b", "name: b\n")), "--", "true"],
+                      env={"MOAT_HOME": str(other)})
+    assert result.code == 0, result.output
+    assert run_moat(["clean", "-f"], env={"MOAT_HOME": str(other)}).code == 0
+    final = wait_ended(moat_home, run_id)
+    assert (final["state"], final["exit_code"]) == ("exited", 0), final
+    assert [r["line"] for r in log_records(moat_home, run_id) if r["stream"] == "stdout"] == ["still-here"]
+
+
+def test_keep_after_a_failure_leaves_nothing(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    # A redis image standing in for postgres: the run fails before the agent's turn.
+    config = "dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/redis:latest\n"
+    result = run_moat(["run", "--keep", str(write_workspace(tmp_path / "ws", config)), "--", "true"])
+    assert result.code == 1
+    assert left_for(engine, runs(moat_home)[0]["id"]) == []
+
+
+def test_an_interrupted_agent_gets_sigterm_first(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: grace\n")
+    script = "trap 'echo got-TERM > /workspace/term; exit 0' TERM INT; while :; do sleep 0.1; done"
+    proc = start_moat(["run", str(workspace), "--", "sh", "-c", script])
+    run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
+    wait_for(lambda: metadata(moat_home, run_id)["state"] == "running", what="the agent")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert (workspace / "term").read_text() == "got-TERM\n"
+    assert left_for(engine, run_id) == []
+
+
+def test_unusable_moat_home_and_repeated_destroy_are_usage_errors(engine: DockerRuntime, moat_home: Path,
+                                                                  tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: twice\n")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = run_moat(["run", str(workspace), "--", "true"], env={"MOAT_HOME": str(not_a_dir)})
+    assert result.code == 2 and "cannot keep runs in" in result.stderr and "internal error" not in result.stderr
+    assert run_moat(["run", str(workspace), "--", "true"]).code == 0
+    run_id = runs(moat_home)[0]["id"]
+    destroyed = run_moat(["destroy", run_id, "twice"])  # its id and its name: the same run
+    assert destroyed.code == 0, destroyed.output
+    assert destroyed.stdout.count("destroyed") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -248,4 +249,42 @@ def test_ctrl_c_during_the_agent_tears_down(sandbox: SandboxRuntime, moat_home: 
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
+    assert_nothing_left(moat_home)
+
+
+def test_secrets_stay_off_disk_and_off_command_lines(sandbox: SandboxRuntime, moat_home: Path,
+                                                     tmp_path: Path) -> None:
+    workspace = copy_example("service-redis", tmp_path)
+    proc = start_moat(["run", "--runtime", "sandbox", str(workspace), "--", "sh", "-c",
+                       'echo "pw=$MOAT_REDIS_PASSWORD"; sleep 30'])
+    assert proc.stdout is not None
+    password = proc.stdout.readline().strip().removeprefix("pw=")
+    try:
+        assert len(password) == 32
+        for path in (moat_home / "sandbox").rglob("*"):
+            if path.is_file():
+                assert password not in path.read_text(errors="replace"), f"password in {path}"
+        for pid in sandbox_processes(moat_home):
+            with contextlib.suppress(OSError):
+                assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), f"password in pid {pid}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert_nothing_left(moat_home)
+
+
+def test_mysql_user_gets_its_database_and_a_missing_command_exits_127(sandbox: SandboxRuntime, moat_home: Path,
+                                                                      tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "moat.yaml").write_text(
+        "dependencies: [mysql, mysql-client]\nservices:\n  mysql:\n    env:\n"
+        "      MYSQL_DATABASE: app\n      MYSQL_USER: bob\n      MYSQL_PASSWORD: bobs-password\n")
+    script = ('MYSQL_PWD=bobs-password mysql -h mysql -u bob -N -e "create table t (a int); '
+              'insert into t values (7); select a from t" app')
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "sh", "-c", script])
+    assert result.code == 0, result.output
+    assert result.stdout.strip() == "7"
+    missing = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "no-such-command-here"])
+    assert missing.code == 127
     assert_nothing_left(moat_home)

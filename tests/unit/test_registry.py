@@ -108,3 +108,26 @@ def test_a_reused_pid_that_is_not_moat_does_not_keep_a_run_alive(tmp_path: Path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_metadata_stays_valid_whatever_a_password_equals(tmp_path: Path) -> None:
+    """Masking is for free text only: a password equal to a name, a number or the host leaves them be."""
+    from moat.plan.model import Masker
+
+    store = RunStore(tmp_path / "home")
+    masker = Masker(frozenset({"postgres", "1", socket.gethostname(), "s3cret-value"}))
+    record = store.create("run_abcdef012345", masker, name="postgres", command=["echo", "s3cret-value", "1"],
+                          services=[{"name": "postgres"}])
+    record.update(exit_code=1, error="failed with s3cret-value inside")
+    saved = json.loads((record.dir / "metadata.json").read_text())
+    assert saved["name"] == "postgres" and saved["services"] == [{"name": "postgres"}]
+    assert saved["exit_code"] == 1 and saved["host"] == socket.gethostname()
+    assert saved["command"] == ["echo", "****", "****"]  # free text: masked (a short one as a whole word)
+    assert saved["error"] == "failed with **** inside"
+
+
+def test_short_secrets_are_masked_only_as_whole_words() -> None:
+    from moat.plan.model import Masker
+
+    masker = Masker(frozenset({"pw", "a-long-secret"}))
+    assert masker.text("pwd=pw; url=x:pw@h; a-long-secretX") == "pwd=****; url=x:****@h; ****X"

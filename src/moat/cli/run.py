@@ -104,6 +104,6 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     execution = RunExecution(plan, select.make(plan.runtime, store.home, plan.image.uid, plan.image.gid), store,
                              reporter, Options(keep=keep, rebuild=rebuild))
     code = execution.execute(detach=detach)
-    if detach:
+    if detach and execution.handed_off:
         click.echo(f"{plan.run_id} {plan.name}")
     return code

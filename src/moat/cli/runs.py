@@ -175,7 +175,7 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     from moat.run import control
 
     registry = _registry()
-    targets = [registry.resolve(r) for r in runs]
+    targets = list({t.id: t for t in (registry.resolve(r) for r in runs)}.values())  # each run once
     running = [t for t in targets if t.active]
     if running and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in running)

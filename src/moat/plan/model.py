@@ -8,6 +8,7 @@ rendering through ``Masker``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,18 +173,29 @@ def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:
 
 
 class Masker:
-    """Replaces every secret with ``****``: raw, percent-encoded (as in URLs) and JSON-escaped."""
+    """Replaces every secret with ``****``: raw, percent-encoded (as in URLs) and JSON-escaped.
+
+    A short secret (a user's ``POSTGRES_PASSWORD: pw``) is masked only where it stands as a word
+    of its own: masking every "pw" inside "pwd" would garble the text and protect nothing.
+    """
+
+    WHOLE_WORD_BELOW = 6
 
     def __init__(self, secrets: frozenset[str]) -> None:
         present = [s for s in secrets if s]
         forms = {*present, *(quote(s, safe="") for s in present), *(json.dumps(s)[1:-1] for s in present)}
         # Longest first, so a secret containing another is masked whole.
-        self._forms = sorted(forms, key=len, reverse=True)
+        ordered = sorted(forms, key=len, reverse=True)
+        self._forms = [f for f in ordered if len(f) >= self.WHOLE_WORD_BELOW]
+        short = [f for f in ordered if len(f) < self.WHOLE_WORD_BELOW]
+        self._short = re.compile("|".join(rf"(?<![\w]){re.escape(f)}(?![\w])" for f in short)) if short else None
 
     def text(self, value: str) -> str:
         for form in self._forms:
             if form in value:
                 value = value.replace(form, MASK)
+        if self._short is not None:
+            value = self._short.sub(MASK, value)
         return value
 
     def mapping(self, values: Mapping[str, str]) -> dict[str, str]:

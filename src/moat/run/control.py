@@ -9,6 +9,7 @@ import time
 
 from moat.constants import LABEL_RUN_ID
 from moat.errors import MoatError
+from moat.ownership import same_host
 from moat.run import reaper
 from moat.run.registry import Registry, RunInfo
 from moat.runtime.base import Runtime
@@ -18,6 +19,8 @@ POLL = 0.1
 
 def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: float) -> str:
     """Ask the run's owner to stop (SIGTERM) and wait until it has torn down; reap an orphan here."""
+    if not same_host(info.metadata.get("host")):
+        raise MoatError(f"{info.id} ({info.name}) belongs to a moat on {info.metadata.get('host')}: stop it there")
     if not info.active:
         if info.state == "orphaned" and runtime is not None:
             reaper.remove(runtime, reaper.find(runtime, registry, finished=False, images=False, only_run=info.id))

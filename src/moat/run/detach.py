@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import subprocess
 import sys
 import time
@@ -21,16 +22,19 @@ from moat.errors import EngineError, MoatError
 from moat.run.lifecycle import Options, RunExecution
 from moat.run.report import PlainReporter
 from moat.run.store import RunStore
-from moat.runtime import select
+from moat.runtime import select as runtimes
 
 STARTED = "started"
+HANDOFF_TIMEOUT = 120.0  # seconds for the supervisor to take over before the run is given up
 SUPERVISOR_LOG = "supervisor.log"
 
 
 def hand_off(execution: RunExecution) -> None:
     """Create the agent, start the supervisor, and return once it reports the agent started."""
     record = execution.record_()
-    agent = execution.create_agent()
+    # A runtime that holds a started agent hands it over started; otherwise the supervisor creates it
+    # (so the agent's environment never has to leave the supervisor's memory).
+    agent = execution.create_agent() if execution.runtime.can_hold else None
     state = {
         "plan": execution.plan,
         "options": execution.options,
@@ -55,7 +59,8 @@ def hand_off(execution: RunExecution) -> None:
     try:
         supervisor.stdin.write(pickle.dumps(state))
         supervisor.stdin.close()
-        answer = supervisor.stdout.readline().decode(errors="replace").strip()
+        ready, _, _ = select.select([supervisor.stdout], [], [], HANDOFF_TIMEOUT)
+        answer = supervisor.stdout.readline().decode(errors="replace").strip() if ready else ""
     except BaseException:
         # Interrupted (or broken) before the supervisor took over: it must not outlive us, since the
         # teardown that follows is ours.
@@ -63,6 +68,7 @@ def hand_off(execution: RunExecution) -> None:
         supervisor.wait()
         raise
     if answer != STARTED:
+        supervisor.kill()
         supervisor.wait()
         log = (record.dir / SUPERVISOR_LOG).read_text(errors="replace").strip().splitlines()[-10:]
         raise EngineError(
@@ -76,7 +82,7 @@ def _adopt(state: dict[str, Any]) -> RunExecution:
     store = RunStore(state["home"])
     options: Options = state["options"]
     plan = state["plan"]
-    runtime = select.make(plan.runtime, store.home, plan.image.uid, plan.image.gid)
+    runtime = runtimes.make(plan.runtime, store.home, plan.image.uid, plan.image.gid)
     execution = RunExecution(plan, runtime, store, PlainReporter(sys.stderr), options)
     execution.record = store.open(execution.plan.run_id, execution.masker)
     execution.created.services.update(state["services"])

@@ -11,8 +11,6 @@ log and removes every container and network the run created, then sweeps by labe
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import sys
 import threading
 import time
@@ -22,8 +20,6 @@ from dataclasses import dataclass, field
 
 from moat.constants import (
     AGENT_CONTAINER_PREFIX,
-    LABEL_OWNER_HOST,
-    LABEL_OWNER_PID,
     LABEL_ROLE,
     LABEL_RUN_ID,
     LABEL_SERVICE,
@@ -35,6 +31,7 @@ from moat.constants import (
 )
 from moat.errors import EngineError, MoatError
 from moat.files import now_iso
+from moat.ownership import owner_labels, owner_metadata
 from moat.plan.model import Plan, ServiceSpec
 from moat.run import reaper
 from moat.run.output import relay
@@ -48,7 +45,6 @@ from moat.services.cache import HostCache
 from moat.services.provision import Provisioner
 from moat.services.readiness import Aborted, wait_ready
 
-STOP_TIMEOUT = 5.0  # seconds an agent gets to exit after SIGTERM before it is killed
 # Waits for one line on stdin, then runs the agent's command with stdin from /dev/null (as a
 # container without -i has it). No line (stdin closed) means the run ended before the agent's turn.
 HOLD_WRAPPER = ("sh", "-c", 'read -r _ || exit 125; exec "$0" "$@" </dev/null')
@@ -91,6 +87,7 @@ class RunExecution:
         self.handed_off = False  # a supervisor owns the run now (detached): no teardown here
         self.reaper: threading.Thread | None = None
         self.agent_held = False  # its container runs, waiting for the go line (see create_agent)
+        self.agent_released = False  # the agent's command has been let run
         self._services_started = threading.Event()  # every service's container is started
         self._started_by: set[str] = set()  # worker threads whose service has been counted
 
@@ -131,15 +128,14 @@ class RunExecution:
     def supervise(self, acknowledge: Callable[[], None]) -> int:
         """In the supervisor of a detached run: start the agent, record it, then tear the run down."""
         record = self.record_()
-        record.update(pid=os.getpid())
+        record.update(**owner_metadata())
         with self.created.lock:
             for spec in self.plan.services:
                 if spec.cache_path:
                     self.cache_holds.enter_context(self.cache.in_use(spec.name))
 
         def body() -> int:
-            assert self.created.agent is not None
-            return self._start_agent(self.created.agent, echo=False, started=acknowledge)
+            return self._start_agent(self.create_agent(), echo=False, started=acknowledge)
 
         return self._guarded(body)
 
@@ -202,8 +198,10 @@ class RunExecution:
             self._event(f"reaping an orphaned run's leftovers: {problem}")
 
     def _prepare_agent(self) -> None:
-        """The agent's image, then its container, created (not started) while the services start."""
+        """The agent's image; then, where starting a container is slow, the agent held started."""
         self._ensure_agent_image()
+        if not self.runtime.can_hold or self.plan.interactive:
+            return  # created when its turn comes (in a detached run, by the supervisor)
         # The engine starts containers one network operation at a time: the services go first.
         while not self._services_started.wait(0.1):
             if self.abort.is_set():
@@ -227,7 +225,8 @@ class RunExecution:
             self.report.update(key, line)
 
         try:
-            self.runtime.build_image(image, {LABEL_ROLE: ROLE_IMAGE}, on_line, no_cache=self.options.rebuild)
+            self._abortable(lambda: self.runtime.build_image(image, {LABEL_ROLE: ROLE_IMAGE}, on_line,
+                                                             no_cache=self.options.rebuild))
         except MoatError as exc:
             self.report.finish(key, f"building agent image {image.tag}", ok=False)
             raise exc
@@ -237,6 +236,30 @@ class RunExecution:
         self.timings["image_build"] = time.monotonic() - started
         self.report.finish(key, f"built agent image {image.tag} in {time.monotonic() - started:.1f}s")
         self._event(f"built agent image {image.tag}")
+
+    def _abortable(self, work: Callable[[], None]) -> None:
+        """Do ``work`` in a daemon thread and wait for it, or for the run to be aborted.
+
+        A build can be silent for minutes (one long apt-get): teardown must not wait for its next
+        line, nor the process's exit for its end. The engine cancels a build whose client is gone.
+        """
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # handed to the waiting thread
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="abortable", daemon=True).start()
+        while not done.wait(0.1):
+            if self.abort.is_set():
+                raise Aborted
+        if errors:
+            raise errors[0]
 
     def _start_service(self, spec: ServiceSpec) -> None:
         """One service, start to finish: image, container, readiness, then its provisioning."""
@@ -392,6 +415,7 @@ class RunExecution:
         record = self.record_()
         self._event(f"agent starting: {' '.join(self.plan.command)}")
         chunks = self.runtime.attach(container_id)  # attached before start: no line is missed
+        self.agent_released = True
         if self.agent_held:
             self.runtime.release(container_id)
         else:
@@ -412,6 +436,7 @@ class RunExecution:
     def _run_interactive(self, container_id: str) -> int:
         """The terminal belongs to the agent; its log is read from the runtime afterwards."""
         record = self.record_()
+        self.agent_released = True
         record.update(state="running", started_at=now_iso())
         self.timings["agent_started"] = time.monotonic() - self.started
         code = self.runtime.attach_terminal(container_id)
@@ -428,12 +453,7 @@ class RunExecution:
     # --- helpers -----------------------------------------------------------------------------------
 
     def _labels(self, role: str) -> dict[str, str]:
-        return {
-            LABEL_RUN_ID: self.plan.run_id,
-            LABEL_ROLE: role,
-            LABEL_OWNER_PID: str(os.getpid()),
-            LABEL_OWNER_HOST: socket.gethostname(),
-        }
+        return {LABEL_RUN_ID: self.plan.run_id, LABEL_ROLE: role, **owner_labels(self.store.home)}
 
     def _event(self, message: str) -> None:
         if self.record is not None:

@@ -12,10 +12,18 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 
-from moat.constants import AGENT_IMAGE_REPO, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN_ID
+from moat.constants import (
+    AGENT_IMAGE_REPO,
+    LABEL_HOME,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_START,
+    LABEL_RUN_ID,
+)
 from moat.errors import MoatError
 from moat.files import now_iso, write_private
-from moat.run.registry import ACTIVE_STATES, Registry, RunInfo, process_alive
+from moat.ownership import home_id, process_alive
+from moat.run.registry import ACTIVE_STATES, Registry, RunInfo
 from moat.run.store import METADATA
 from moat.runtime.base import EngineObject, ImageInfo, Runtime
 
@@ -36,6 +44,7 @@ class Leftovers:
 def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
          only_run: str | None = None) -> Leftovers:
     runs = {r.id: r for r in registry.all() if only_run in (None, r.id)}
+    home = home_id(registry.store.home)
     found = Leftovers()
     orphaned: dict[str, RunInfo] = {}
     for obj in runtime.objects_with_label(LABEL_RUN_ID):
@@ -44,8 +53,11 @@ def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
             continue
         run = runs.get(run_id)
         if run is None:
+            if obj.labels.get(LABEL_HOME) != home:
+                continue  # another MOAT_HOME's (another user's, a test's): not ours to judge
             pid = obj.labels.get(LABEL_OWNER_PID, "")
-            if pid.isdigit() and process_alive(int(pid), obj.labels.get(LABEL_OWNER_HOST)):
+            if pid.isdigit() and process_alive(int(pid), obj.labels.get(LABEL_OWNER_HOST),
+                                               obj.labels.get(LABEL_OWNER_START)):
                 continue  # its owner is alive (e.g. a cache-clean helper at work)
             found.objects.append((obj, f"run {run_id} has no record"))
         elif run.active:
@@ -57,7 +69,7 @@ def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
             found.objects.append((obj, f"run {run_id} has finished ({run.recorded_state})"))
     # Orphaned runs with nothing left on the engine still need their record settled.
     for run in runs.values():
-        if run.orphaned:
+        if run.orphaned and run.metadata.get("runtime", runtime.name) == runtime.name:
             orphaned.setdefault(run.id, run)
     found.orphaned_runs = list(orphaned.values())
     found.objects.sort(key=lambda item: _ORDER[item[0].kind])

@@ -8,9 +8,7 @@ it (its ``pid`` on its ``host``) is alive: a run whose owner died (SIGKILL, a cr
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,32 +16,10 @@ from typing import Any
 
 from moat.constants import RUN_ID_PREFIX
 from moat.errors import UsageError
+from moat.ownership import process_alive
 from moat.run.store import METADATA, RunStore
 
 ACTIVE_STATES = frozenset({"created", "starting", "running"})
-
-
-def process_alive(pid: int, host: str | None) -> bool:
-    """Whether ``pid`` on ``host`` is still a moat process (a reused pid does not count)."""
-    if host and host != socket.gethostname():
-        return True  # another machine's run: assume alive, never touch it
-    if pid == os.getpid():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, owned by someone else
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            return b"moat" in cmdline.read_bytes()
-        except OSError:
-            return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -65,7 +41,8 @@ class RunInfo:
 
     @property
     def owner_alive(self) -> bool:
-        return process_alive(int(self.metadata.get("pid") or 0), self.metadata.get("host"))
+        meta = self.metadata
+        return process_alive(int(meta.get("pid") or 0), meta.get("host"), meta.get("pid_start"))
 
     @property
     def tearing_down(self) -> bool:

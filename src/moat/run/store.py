@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from moat.constants import ENV_HOME
+from moat.errors import UsageError
 from moat.files import now_iso, private_dir, write_private
+from moat.ownership import owner_metadata
 from moat.plan.model import Masker
 
 METADATA = "metadata.json"
 LOGS = "logs.jsonl"
 SERVICE_LOGS_DIR = "services"
 METADATA_SCHEMA = 1
+FREE_TEXT = ("command", "error")  # the metadata fields whose text comes from the user or the world
 
 
 def moat_home(env: Mapping[str, str] | None = None) -> Path:
@@ -56,8 +58,16 @@ class RunRecord:
             self._save()
 
     def _save(self) -> None:
-        text = self.masker.text(json.dumps(self.metadata, indent=2, sort_keys=True))
-        write_private(self.dir / METADATA, text + "\n")
+        # Only the free-text fields can carry a secret; masking the whole document would also hit
+        # moat's own fields whenever a user's password happens to equal one (a name, a number).
+        record = dict(self.metadata)
+        for key in FREE_TEXT:
+            value = record.get(key)
+            if isinstance(value, str):
+                record[key] = self.masker.text(value)
+            elif isinstance(value, list):
+                record[key] = [self.masker.text(v) if isinstance(v, str) else v for v in value]
+        write_private(self.dir / METADATA, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def log(self, stream: str, line: str, ts: str | None = None, **extra: Any) -> None:
         """Append one line of output (or one of moat's own events) to logs.jsonl."""
@@ -88,15 +98,18 @@ class RunStore:
         self.runs = self.home / "runs"
 
     def create(self, run_id: str, masker: Masker, **metadata: Any) -> RunRecord:
-        private_dir(self.home)
-        directory = private_dir(self.runs / run_id)
+        try:
+            private_dir(self.home)
+            directory = private_dir(self.runs / run_id)
+        except OSError as exc:
+            raise UsageError(f"cannot keep runs in {self.home}: {exc.strerror or exc}",
+                             hint=f"Point {ENV_HOME} at a directory you can write (default ~/.moat).") from None
         record = RunRecord(directory, {
             "schema": METADATA_SCHEMA,
             "id": run_id,
             "state": "created",
             "created_at": now_iso(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
+            **owner_metadata(),
             "services": [],
             **metadata,
         }, masker)

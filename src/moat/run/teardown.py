@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 WORKER_GRACE = 15.0  # seconds teardown waits for start-up threads to notice the abort
 REAPER_GRACE = 10.0  # seconds teardown waits for the orphan reaper
+AGENT_STOP_GRACE = 5.0  # seconds an interrupted agent gets between SIGTERM and SIGKILL
 
 
 def teardown(run: RunExecution, outcome: BaseException | None) -> None:
@@ -80,15 +81,21 @@ def _remove_created(run: RunExecution) -> list[str]:
             record.write_file(f"{SERVICE_LOGS_DIR}/{name}.log", run.runtime.logs(container_id, timestamps=True))
         except MoatError as exc:
             problems.append(f"could not save {name}'s log: {exc.message}")
+    # --keep keeps an agent that ran; one that never got its turn (held, or not started) goes.
+    keep = run.options.keep and run.agent_released
+    if created.agent and run.agent_released:
+        # SIGTERM first, as `docker stop` does: an agent may want to save its work.
+        with contextlib.suppress(MoatError):
+            run.runtime.stop_container(created.agent, AGENT_STOP_GRACE)
     # Containers go in parallel: each removal waits for its process to stop.
     targets = list(services.values())
-    keep = run.options.keep
     if created.agent and not keep:
         targets.append(created.agent)
     problems += _parallel(run.runtime.remove_container, targets)
     if created.agent and keep and created.network:
         problems += _parallel(lambda cid: run.runtime.disconnect(cid, run.plan.network), [created.agent])
-        run.report.info(f"kept the agent container {run.agent_name()} (--keep)")
+        if run.runtime.name == "docker":
+            run.report.info(f"kept the agent container {run.agent_name()} (--keep)")
     if created.network:
         problems += _parallel(run.runtime.remove_network, [run.plan.network])
     return problems
@@ -100,7 +107,8 @@ def _sweep(run: RunExecution) -> list[str]:
         left = run.runtime.find_labelled({LABEL_RUN_ID: run.plan.run_id})
     except MoatError as exc:
         return [f"could not check for leftovers: {exc.message}"]
-    containers = [c for c in left.containers if not (run.options.keep and c == run.created.agent)]
+    kept = run.options.keep and run.agent_released
+    containers = [c for c in left.containers if not (kept and c == run.created.agent)]
     problems = _parallel(run.runtime.remove_container, containers)
     problems += _parallel(run.runtime.remove_network, left.networks)
     problems += _parallel(run.runtime.remove_volume, left.volumes)

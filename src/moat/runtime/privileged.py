@@ -7,6 +7,7 @@ from pathlib import Path
 
 from moat.constants import LABEL_ROLE, LABEL_RUN_ID
 from moat.errors import EngineError
+from moat.ownership import owner_labels
 from moat.runtime.base import ContainerSpec
 from moat.runtime.docker import DockerRuntime
 
@@ -15,7 +16,7 @@ CANDIDATE_IMAGES = ("debian:bookworm-slim", "busybox:latest", "alpine:latest")
 MOUNT = "/moat-cache"
 
 
-def remove_as_root(paths: list[Path], root: Path) -> None:
+def remove_as_root(paths: list[Path], root: Path, home: Path) -> None:
     runtime = DockerRuntime()
     image = next((i for i in CANDIDATE_IMAGES if runtime.image_exists(i)), None)
     if image is None:
@@ -27,7 +28,7 @@ def remove_as_root(paths: list[Path], root: Path) -> None:
     spec = ContainerSpec(
         name=f"moat-cache-clean-{uuid.uuid4().hex[:12]}",
         image=image,
-        labels={LABEL_RUN_ID: "cache-clean", LABEL_ROLE: "cache-clean"},
+        labels={LABEL_RUN_ID: "cache-clean", LABEL_ROLE: "cache-clean", **owner_labels(home)},
         network="none",
         command=("rm", "-rf", "--", *targets),
         binds={str(root): (MOUNT, "rw")},

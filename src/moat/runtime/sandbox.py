@@ -30,6 +30,7 @@ from moat.catalog import load_catalog
 from moat.constants import LABEL_ROLE, LABEL_RUN_ID, LABEL_SERVICE, ROLE_AGENT, WORKSPACE_MOUNT
 from moat.errors import EngineError
 from moat.files import private_dir, write_private
+from moat.ownership import process_start
 from moat.plan.model import ImageSpec
 from moat.runtime.base import (
     ContainerNotRunning,
@@ -51,18 +52,9 @@ _NOT_SHARED = {"proc", "dev", "tmp", "run", "sys", "workspace", "lost+found"}
 INSTALL_HINT = "Install Debian's bubblewrap (sudo apt-get install bubblewrap util-linux), or use --runtime docker."
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid``: with the pid, it names one process (pids are reused)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _alive(record: Mapping[str, Any]) -> bool:
     pid = record.get("pid")
-    return pid is not None and _start_time(int(pid)) == record.get("start_time")
+    return pid is not None and process_start(int(pid)) == record.get("start_time")
 
 
 def _signal_group(record: Mapping[str, Any], signum: int) -> None:
@@ -85,6 +77,7 @@ class SandboxRuntime:
         self.gid = gid if gid else (os.getgid() or 1000)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._hosts_lock = threading.Lock()
+        self._private: dict[str, dict[str, Any]] = {}  # per container: what must never reach the disk
 
     # --- records -------------------------------------------------------------------------------------
 
@@ -193,8 +186,14 @@ class SandboxRuntime:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         os.close(write)
-        with os.fdopen(read) as info:
-            text = info.read()
+        try:
+            with os.fdopen(read) as info:
+                text = info.read()
+        except BaseException:  # interrupted before it is recorded: nothing else could find it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
+            raise
         if not text:
             error = holder.stderr.read().decode(errors="replace") if holder.stderr else ""
             raise EngineError(f"could not create the sandbox network: {error.strip()}", hint=INSTALL_HINT)
@@ -204,8 +203,8 @@ class SandboxRuntime:
         write_private(self._dir(name) / "hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n")
         self._write(name, "network", {
             "kind": "network", "id": name, "labels": dict(labels),
-            "pid": child, "start_time": _start_time(child),
-            "bwrap_pid": holder.pid, "bwrap_start_time": _start_time(holder.pid),
+            "pid": child, "start_time": process_start(child),
+            "bwrap_pid": holder.pid, "bwrap_start_time": process_start(holder.pid),
         })
         return name
 
@@ -239,9 +238,13 @@ class SandboxRuntime:
 
     def create_container(self, spec: ContainerSpec) -> str:
         container_id = uuid.uuid4().hex
+        # Environments (passwords) stay in this process's memory: records on disk never hold them.
+        self._private[container_id] = {"env": dict(spec.env)}
         record: dict[str, Any] = {
             "kind": "container", "id": container_id, "name": spec.name, "network": spec.network,
-            "labels": dict(spec.labels), "env": dict(spec.env), "command": list(spec.command or ()),
+            "labels": dict(spec.labels),
+            # A service's command may carry its password (redis): only the agent's is recorded.
+            "command": list(spec.command or ()) if spec.labels.get(LABEL_ROLE) == ROLE_AGENT else [],
             "binds": {k: list(v) for k, v in spec.binds.items()}, "working_dir": spec.working_dir,
             "interactive": spec.stdin_open, "pid": None, "start_time": None,
         }
@@ -268,10 +271,11 @@ class SandboxRuntime:
             shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(short, ignore_errors=True)
             raise
+        self._private[container_id].update(host_env=host.env, secret_files=host.secret_files,
+                                           server_stdin=host.server_stdin)
         # The log lives in the data directory: teardown saves it to the run's services/ before removal.
         return {"data": str(data), "short": str(short), "log": str(data / "service.log"),
                 "host": {"setup": [[list(s.command), s.stdin] for s in host.setup], "server": list(host.server),
-                         "env": host.env, "secret_files": {str(k): v for k, v in host.secret_files.items()},
                          "scratch": [str(p) for p in host.scratch]}}
 
     def start_container(self, container_id: str) -> None:
@@ -283,26 +287,35 @@ class SandboxRuntime:
 
     def _start_service(self, record: dict[str, Any]) -> None:
         host = record["host"]
+        private = self._private[record["id"]]
         enter = self._enter(record["network"])
-        env = {**os.environ, **record["env"], **host["env"]}
+        env = self._exec_env(record, {})
         log = open(record["log"], "ab")  # noqa: SIM115 — handed to the server process
         try:
-            for path, text in host["secret_files"].items():
+            for path, text in private["secret_files"].items():
                 write_private(Path(path), text)
             for command, stdin in host["setup"]:
                 step = subprocess.run([*enter, *command], input=(stdin or "").encode(), env=env, stdout=log,
                                       stderr=subprocess.STDOUT, check=False)
                 if step.returncode != 0:
+                    log.flush()
+                    tail = "\n".join(f"    | {line}" for line in self.logs(record["id"], tail=15).splitlines())
                     raise EngineError(f"setting up {record['name']} failed: `{' '.join(command[:2])}` exited with "
-                                      f"{step.returncode}; its output is in {record['log']}")
+                                      f"{step.returncode}; its output:\n{tail}",
+                                      hint=f"Check services.{record['labels'].get(LABEL_SERVICE)}.env in moat.yaml.")
         finally:
-            for path in host["secret_files"]:
+            for path in private["secret_files"]:
                 Path(path).unlink(missing_ok=True)
-        server = subprocess.Popen([*enter, *host["server"]], env=env, stdin=subprocess.DEVNULL, stdout=log,
+        stdin = private.get("server_stdin")
+        server = subprocess.Popen([*enter, *host["server"]], env=env,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
+        if stdin and server.stdin is not None:  # configuration that must not appear on a command line
+            server.stdin.write(stdin.encode())
+            server.stdin.close()
         log.close()
         self._procs[record["id"]] = server
-        record.update(pid=server.pid, start_time=_start_time(server.pid))
+        record.update(pid=server.pid, start_time=process_start(server.pid))
         self._write(record["network"], record["id"], record)
 
     def _agent_command(self, record: dict[str, Any]) -> list[str]:
@@ -322,21 +335,24 @@ class SandboxRuntime:
                  "--tmpfs", "/run", "--ro-bind", str(hosts), "/etc/hosts"]
         if workspace:
             argv += ["--bind", workspace, WORKSPACE_MOUNT]
-        argv += ["--chdir", record["working_dir"] or "/", "--clearenv"]
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": "/tmp",  # noqa: S108
-               "TERM": os.environ.get("TERM", "dumb"), "LANG": os.environ.get("LANG", "C.UTF-8"),
-               **record["env"]}
-        for key, value in env.items():
-            argv += ["--setenv", key, value]
-        return [*self._enter(record["network"]), *argv, "--", *record["command"]]
+        argv += ["--chdir", record["working_dir"] or "/"]
+        # Through a shell's exec, a command that does not exist exits 127, as in a container.
+        return [*self._enter(record["network"]), *argv, "--", "/bin/sh", "-c", 'exec "$0" "$@"', *record["command"]]
+
+    def _agent_env(self, record: dict[str, Any]) -> dict[str, str]:
+        """Passed through the process environment: a command line is readable by every local user."""
+        return {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": "/tmp",  # noqa: S108
+                "TERM": os.environ.get("TERM", "dumb"), "LANG": os.environ.get("LANG", "C.UTF-8"),
+                **self._private.get(record["id"], {}).get("env", {})}
 
     def _start_agent(self, record: dict[str, Any]) -> None:
         interactive = record["interactive"]
         pipes = None if interactive else subprocess.PIPE
-        agent = subprocess.Popen(self._agent_command(record), stdin=None if interactive else subprocess.DEVNULL,
+        agent = subprocess.Popen(self._agent_command(record), env=self._agent_env(record),
+                                 stdin=None if interactive else subprocess.DEVNULL,
                                  stdout=pipes, stderr=pipes, start_new_session=not interactive)
         self._procs[record["id"]] = agent
-        record.update(pid=agent.pid, start_time=_start_time(agent.pid))
+        record.update(pid=agent.pid, start_time=process_start(agent.pid))
         self._write(record["network"], record["id"], record)
 
     def attach(self, container_id: str) -> Iterator[OutputChunk]:
@@ -395,7 +411,8 @@ class SandboxRuntime:
         return [*self._enter(record["network"]), *sandbox, *command]
 
     def _exec_env(self, record: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
-        return {**os.environ, **record["env"], **record.get("host", {}).get("env", {}), **env}
+        private = self._private.get(record["id"], {})
+        return {**os.environ, **private.get("env", {}), **private.get("host_env", {}), **env}
 
     def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult:
         record = self._container(container_id)

@@ -32,6 +32,7 @@ class HostService:
     env: dict[str, str]  # for the server and every command run "in" the service (probes, pulls)
     secret_files: dict[Path, str] = field(default_factory=dict)  # written 0600 for setup only
     scratch: list[Path] = field(default_factory=list)  # paths outside the data dir to remove
+    server_stdin: str | None = None  # given to the server on stdin (e.g. a password), not its argv
 
 
 def find_binary(name: str, recipe: HostRecipe) -> str:
@@ -97,6 +98,9 @@ def _mariadb(recipe: HostRecipe, data: Path, short: Path, env: Mapping[str, str]
     if env.get("MYSQL_USER") and env.get("MYSQL_PASSWORD"):
         sql.append(f"CREATE USER IF NOT EXISTS '{_sql(env['MYSQL_USER'])}'@'%' IDENTIFIED BY"
                    f" '{_sql(env['MYSQL_PASSWORD'])}';")
+        if env.get("MYSQL_DATABASE"):  # as the official image does
+            database = env["MYSQL_DATABASE"].replace("`", "``")
+            sql.append(f"GRANT ALL ON `{database}`.* TO '{_sql(env['MYSQL_USER'])}'@'%';")
     sql.append("FLUSH PRIVILEGES;")
     datadir = data / "mysql"
     setup_file = data / ".setup.sql"
@@ -113,10 +117,17 @@ def _mariadb(recipe: HostRecipe, data: Path, short: Path, env: Mapping[str, str]
 def _redis(recipe: HostRecipe, data: Path, _short: Path, _env: object, command: tuple[str, ...] | None,
            port: int, _binds: object) -> HostService:
     args = list(command[1:]) if command and command[0] == "redis-server" else list(command or ())
-    server = (find_binary("redis-server", recipe), *args, "--bind", LOOPBACK, "--port", str(port),
+    # The password goes in through a configuration read from stdin ("-"): a host's process list
+    # shows every command line to every local user.
+    config = []
+    while "--requirepass" in args:
+        at = args.index("--requirepass")
+        config.append(f"requirepass {args[at + 1]}" if at + 1 < len(args) else "")
+        del args[at:at + 2]
+    server = (find_binary("redis-server", recipe), "-", *args, "--bind", LOOPBACK, "--port", str(port),
               "--dir", str(data), "--save", "", "--appendonly", "no", "--protected-mode", "no",
               "--daemonize", "no")
-    return HostService([], server, {})
+    return HostService([], server, {}, server_stdin="\n".join(config) + "\n")
 
 
 def _ollama(recipe: HostRecipe, data: Path, _short: Path, _env: object, _command: object, port: int,

@@ -89,7 +89,7 @@ def remove(cache: HostCache, removal: Removal) -> None:
             for item in removal.items:
                 if cache.item_locked(removal.service, item):
                     raise CacheError(f"{removal.service}: {item} is being pulled by a running run; try again later")
-            _delete(removal.paths, cache.root / removal.service)
+            _delete(removal.paths, cache.root / removal.service, cache.root.parent)
     except CacheBusy:
         raise CacheError(
             f"the {removal.service} cache is in use by a running run",
@@ -98,7 +98,7 @@ def remove(cache: HostCache, removal: Removal) -> None:
     cache.forget(removal.service, removal.items or None)
 
 
-def _delete(paths: list[Path], root: Path) -> None:
+def _delete(paths: list[Path], root: Path, home: Path) -> None:
     blocked = []
     for path in paths:
         try:
@@ -109,7 +109,7 @@ def _delete(paths: list[Path], root: Path) -> None:
         except PermissionError:
             blocked.append(path)
     if blocked:
-        _delete_with_engine(blocked, root)
+        _delete_with_engine(blocked, root, home)
     _prune_empty(root / "models" / "manifests")
 
 
@@ -123,8 +123,8 @@ def _prune_empty(top: Path) -> None:
             continue
 
 
-def _delete_with_engine(paths: list[Path], root: Path) -> None:
+def _delete_with_engine(paths: list[Path], root: Path, home: Path) -> None:
     """Files a sidecar wrote as root (e.g. a pull interrupted before moat could hand them back)."""
     from moat.runtime.privileged import remove_as_root  # noqa: PLC0415 — the docker SDK only when needed
 
-    remove_as_root(paths, root)
+    remove_as_root(paths, root, home)
