@@ -13,8 +13,23 @@ def now_iso() -> str:
 
 
 def private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
+    """``path`` as a directory; each one created here (the missing parents too) is 0700, whatever
+    the umask. A directory that already exists keeps its mode: it is not ours to change."""
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # made by someone else meanwhile
+        directory.chmod(0o700)
     return path
 
 

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from moat.catalog import Service
-from moat.services.contract import (
+from moat.plan.contract import (
     PASSWORD_LENGTH,
     Contract,
     build_url,

@@ -20,8 +20,8 @@ def list_(as_json: bool) -> None:
     from moat.catalog import load_catalog
     from moat.run.report import human_bytes
     from moat.run.store import moat_home
-    from moat.services.cache import HostCache
-    from moat.services.cache_admin import list_entries
+    from moat.cache import HostCache
+    from moat.cache.admin import list_entries
 
     entries = list_entries(HostCache(moat_home()), load_catalog())
     if as_json:
@@ -47,8 +47,10 @@ def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
     from moat.errors import UsageError
     from moat.run.report import human_bytes
     from moat.run.store import moat_home
-    from moat.services.cache import HostCache
-    from moat.services.cache_admin import cached_services, plan_removal, remove
+    from moat.cache import HostCache
+    from moat.cache.admin import cached_services, plan_removal, remove
+    from moat.cli.prompt import confirm_or_stop
+    from moat.runtime.privileged import remove_as_root
 
     catalog = load_catalog()
     host_cache = HostCache(moat_home())
@@ -66,8 +68,8 @@ def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
     if not force:
         if not sys.stdin.isatty():
             raise UsageError(f"would remove {summary}; add -f to do it without a terminal to confirm on")
-        click.confirm(f"Remove {summary}?", abort=True)
+        confirm_or_stop(f"Remove {summary}?")
     for removal in removals:
-        remove(host_cache, removal)
+        remove(host_cache, removal, lambda paths, root: remove_as_root(paths, root, moat_home()))
         click.echo(f"removed {removal.service}: {', '.join(removal.items) if removal.items else 'everything'}"
                    f" ({human_bytes(removal.size)})")

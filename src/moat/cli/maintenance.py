@@ -59,7 +59,7 @@ def clean(dry_run: bool, force: bool) -> None:
     if not force:
         if not sys.stdin.isatty():
             raise UsageError("add -f to clean without a terminal to confirm on (or --dry-run to look)")
-        click.confirm("Remove these?", abort=True)
+        confirm_or_stop("Remove these?")
     removed = 0
     for runtime, found in work:
         problems = reaper.remove(runtime, found)

@@ -11,24 +11,63 @@ from pathlib import Path
 from moat.catalog import Catalog, DepType
 from moat.config.load import Config
 from moat.constants import (
+    AGENT_CONTAINER_PREFIX,
     AGENT_ENV_RUN_ID,
     AGENT_ENV_RUN_NAME,
     AGENT_IMAGE_REPO,
     CONTAINER_PREFIX,
     ENV_RUNTIME,
+    LABEL_HOME,
+    LABEL_ROLE,
+    LABEL_RUN_ID,
+    LABEL_SERVICE,
     NETWORK_PREFIX,
+    ROLE_AGENT,
+    ROLE_SERVICE,
     RUNTIMES,
+    WORKSPACE_MOUNT,
 )
 from moat.errors import ConfigError, Located, UsageError
+from moat.masking import credential_values
+from moat.ownership import home_id
 from moat.plan import dockerfile
+from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
+from moat.plan.contract import contract, generate_password
+from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
-from moat.services.contract import contract, generate_password
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_NAME = re.compile(r"^[^=\x00-\x1f\x7f]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME = 128
 DEFAULT_RUNTIME = "docker"
-FALLBACK_UID = 1000  # the agent's uid when nothing better than root is known
+DEFAULT_COMMAND = ("bash",)  # no command given and none in moat.yaml: a shell, as the Go tool does
+
+
+@dataclass(frozen=True)
+class RuntimeTraits:
+    """What a runtime's way of running containers means for the plan."""
+
+    # Starting a container is slow (≈0.3 s on Docker): start the agent's while the services start,
+    # held until its turn.
+    holds_agent: bool
+    # Sidecars write bind-mounted host files as root: what they write in the host cache is handed
+    # back to the invoking user afterwards.
+    sidecars_write_as_root: bool
+    # An agent running as uid 0 is confined (a container without capabilities). The sandbox shows
+    # the agent the host's own files, which root owns: there uid 0 is never an option.
+    contains_root: bool
+    # Signals a terminal sends (Ctrl-C) reach an interactive agent directly, not through moat: the
+    # sandbox's agent shares moat's terminal, while Docker's CLI puts it in raw mode.
+    terminal_signals_reach_agent: bool
+
+
+TRAITS = {
+    "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
+                            terminal_signals_reach_agent=False),
+    "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
+                             terminal_signals_reach_agent=True),
+}
 
 
 @dataclass(frozen=True)
@@ -41,27 +80,12 @@ class RunRequest:
     name: str | None = None
     runtime: str | None = None
     interactive: bool | None = None
-    uid: int = FALLBACK_UID
-    gid: int = FALLBACK_UID
+    identity: Identity = Identity(1000, 1000)  # who the agent is (plan.identity.agent_identity)
+    invoker: tuple[int, int] = (1000, 1000)  # the uid and gid moat runs as
+    home: Path = Path("/nonexistent/moat-home")  # MOAT_HOME
+    scratch_root: Path = Path("/tmp")  # noqa: S108 — where per-run private directories go
+    stdin_is_terminal: bool = False  # decides whether the default shell is interactive
     host_env: Mapping[str, str] = field(default_factory=dict)
-
-
-def agent_identity(invoker: tuple[int, int], workspace_owner: tuple[int, int],
-                   host_env: Mapping[str, str]) -> tuple[int, int]:
-    """The uid/gid the agent runs as: the invoking user's, so workspace files stay theirs.
-
-    The agent never runs as root: under sudo the real user is used, and a root invoker falls back
-    to the workspace's owner (or a plain uid when the workspace is root's too).
-    """
-    uid, gid = invoker
-    if uid != 0:
-        return uid, gid
-    sudo_uid, sudo_gid = host_env.get("SUDO_UID", ""), host_env.get("SUDO_GID", "")
-    if sudo_uid.isdigit() and sudo_gid.isdigit() and int(sudo_uid) != 0:
-        return int(sudo_uid), int(sudo_gid)
-    if workspace_owner[0] != 0:
-        return workspace_owner
-    return FALLBACK_UID, FALLBACK_UID
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str) -> str:
@@ -78,22 +102,34 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     run_id = run_id or new_run_id()
     name = _run_name(request.name, model.name)
     runtime = _runtime(request, model.runtime)
+    traits = TRAITS[runtime]
+    identity = request.identity
+    if identity.root and not traits.contains_root:
+        raise UsageError(
+            f"the {runtime} runtime will not run the agent as root, and {request.workspace} belongs to root",
+            hint="The agent runs as the workspace's owner. Give the workspace to a user"
+                 f" (chown -R USER {request.workspace}), or use --runtime docker, which runs it as root"
+                 " without any capability inside a container.")
+    labels = {LABEL_RUN_ID: run_id, LABEL_HOME: home_id(request.home)}
+    network = f"{NETWORK_PREFIX}{run_id}"
+    scratch = request.scratch_root / f"moat-{run_id}"
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
-    inputs = dockerfile.ImageInputs(base, config.dependencies, request.uid, request.gid)
+    inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid)
     text = dockerfile.render(inputs, catalog)
     # Services run in their own images: only what is built into the agent image names its tag.
     specs = sorted(d.spec for d in config.dependencies if d.type is not DepType.SERVICE)
-    image = ImageSpec(image_tag(specs, text), base, text, tuple(specs), request.uid, request.gid)
+    image = ImageSpec(image_tag(specs, text), base, text, tuple(specs), identity.uid, identity.gid)
 
     services: list[ServiceSpec] = []
     secrets: set[str] = set()
     for dep in config.dependencies:
         if dep.type is not DepType.SERVICE:
             continue
-        spec, service_secrets = _service_spec(config, dep.name, dep.version or "", run_id, catalog,
-                                              new_password)
-        services.append(spec)
+        service_spec, service_secrets = _service_spec(
+            config, dep.name, dep.version or "", catalog, new_password,
+            _Pod(run_id, network, labels, scratch, request.home, traits, request.invoker))
+        services.append(service_spec)
         secrets |= service_secrets
 
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name}
@@ -109,17 +145,45 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         ])
     env.update(model.env)
     env.update(_cli_env(request, injected))
+    secrets |= credential_values(env)
 
+    interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
     if not command:
-        raise UsageError(
-            "nothing to run: give a command after '--' (moat run -- bash) or set command: in moat.yaml"
-        )
+        command = DEFAULT_COMMAND
+        if request.interactive is None and not model.interactive:
+            interactive = request.stdin_is_terminal
     limits = Limits(
         memory_mb=model.container.memory or None,
         cpus=model.container.cpus or None,
         dns=tuple(model.container.dns),
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
+    )
+    held = traits.holds_agent and not interactive
+    agent = ContainerSpec(
+        role="agent",
+        name=f"{AGENT_CONTAINER_PREFIX}{run_id}",
+        image=image.tag,
+        labels={**labels, LABEL_ROLE: ROLE_AGENT},
+        network=network,
+        command=(*HOLD_WRAPPER, *command) if held else tuple(command),
+        env=env,
+        working_dir=WORKSPACE_MOUNT,
+        mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),),
+        user=identity.user,
+        # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
+        # workspace) this leaves it owning root's files in /workspace and nothing more.
+        cap_drop=("ALL",),
+        no_new_privileges=True,
+        memory_mb=limits.memory_mb,
+        cpus=limits.cpus,
+        dns=limits.dns,
+        ulimits=limits.ulimits,
+        tty=interactive,
+        stdin_open=interactive or held,
+        init=True,
+        held=held,
+        scratch=str(scratch / "agent"),
     )
     return Plan(
         run_id=run_id,
@@ -127,19 +191,38 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         workspace=request.workspace,
         config_file=config.file,
         runtime=runtime,
-        network=f"{NETWORK_PREFIX}{run_id}",
+        network=network,
         image=image,
         services=tuple(services),
-        env=env,
         command=tuple(command),
-        interactive=model.interactive if request.interactive is None else request.interactive,
+        agent=agent,
+        identity=identity,
+        home=request.home,
+        scratch=scratch,
+        labels=labels,
+        interactive=interactive,
+        # While an interactive sandbox agent runs, Ctrl-C is the terminal's, delivered to it directly.
+        agent_gets_terminal_signals=interactive and traits.terminal_signals_reach_agent,
         limits=limits,
         secrets=frozenset(secrets),
     )
 
 
-def _service_spec(config: Config, name: str, version: str, run_id: str, catalog: Catalog,
-                  new_password: Callable[[], str]) -> tuple[ServiceSpec, frozenset[str]]:
+@dataclass(frozen=True)
+class _Pod:
+    """What every container of the run shares."""
+
+    run_id: str
+    network: str
+    labels: Mapping[str, str]
+    scratch: Path
+    home: Path
+    traits: RuntimeTraits
+    invoker: tuple[int, int]
+
+
+def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new_password: Callable[[], str],
+                  pod: _Pod) -> tuple[ServiceSpec, frozenset[str]]:
     service = catalog.service(name)
     assert service is not None
     override = config.model.services.get(name)
@@ -154,32 +237,52 @@ def _service_spec(config: Config, name: str, version: str, run_id: str, catalog:
             recipe=service.provisions,
         )
     image_override = override.image if override else None
+    image = image_override or f"{service.image}:{version}"
+    cache_path = service.provisions.cache_path if service.provisions else None
+    storage = override.storage if override else "memory"
+    mounts = (Mount(str(pod.home / "cache" / name), cache_path, create=True),) if cache_path else ()
+    container = ContainerSpec(
+        role="service",
+        name=f"{CONTAINER_PREFIX}{name}-{pod.run_id}",
+        image=image,
+        labels={**pod.labels, LABEL_ROLE: ROLE_SERVICE, LABEL_SERVICE: name},
+        network=pod.network,
+        command=terms.command,
+        env=terms.container_env,
+        service=name,
+        hostname=name,
+        aliases=(name,),
+        mounts=mounts,
+        tmpfs=service.data_paths if storage == "memory" else (),
+        memory_mb=override.memory if override else None,
+        scratch=str(pod.scratch / name),
+    )
     spec = ServiceSpec(
         name=name,
         version=version,
-        image=image_override or f"{service.image}:{version}",
+        image=image,
         image_overridden=bool(image_override),
-        container_name=f"{CONTAINER_PREFIX}{name}-{run_id}",
         port=service.port,
-        env=terms.container_env,
-        command=terms.command,
+        container=container,
         probe=ProbeSpec(terms.probe_command, terms.probe_env, service.readiness.expect),
         wait=override.wait if override else True,
         ready_timeout=override.ready_timeout if override else 60,
-        memory_mb=override.memory if override else None,
-        tmpfs=service.data_paths if (override.storage if override else "memory") == "memory" else (),
-        cache_path=service.provisions.cache_path if service.provisions else None,
+        cache_path=cache_path,
+        hand_back_cache=bool(cache_path) and pod.traits.sidecars_write_as_root and pod.invoker[0] != 0,
         provision=provision,
         agent_env=terms.agent_env,
     )
-    return spec, terms.secrets
+    # Every value of a credential variable is a secret, whoever chose it (MYSQL_PASSWORD in
+    # services.mysql.env is the user's, not the catalog's).
+    return spec, terms.secrets | frozenset(credential_values(terms.container_env))
 
 
 def _run_name(cli_name: str | None, config_name: str | None) -> str:
+    """The run's name: any text a person would give it (engine object names use the run id)."""
     if cli_name is not None:
-        if not _RUN_NAME.fullmatch(cli_name):
+        if not cli_name.strip() or len(cli_name) > MAX_NAME or _CONTROL.search(cli_name):
             raise UsageError(
-                f"invalid --name {cli_name!r}: use letters, digits, '.', '-' and '_' (at most 63)"
+                f"invalid --name {cli_name!r}: give 1 to {MAX_NAME} characters without control characters"
             )
         return cli_name
     return config_name or random_name()
@@ -197,11 +300,13 @@ def _cli_env(request: RunRequest, injected: set[str]) -> dict[str, str]:
     for item in request.env:
         key, sep, value = item.partition("=")
         if not _ENV_NAME.fullmatch(key):
-            raise UsageError(f"invalid -e {item!r}: expected KEY=VALUE with KEY a variable name")
+            raise UsageError(f"invalid -e {item.split('=')[0]!r}: expected KEY=VALUE with KEY a variable name")
         if not sep:
             if key not in request.host_env:
                 raise UsageError(f"-e {key}: no '=VALUE' given and {key} is not set in your environment")
             value = request.host_env[key]
+        if _CONTROL.search(value):
+            raise UsageError(f"-e {key}: the value contains a control character; values must be a single line")
         if key in injected:
             raise UsageError(f"-e {key}: {key} is set by moat for the agent; choose another name")
         out[key] = value

@@ -72,9 +72,12 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
 
 
 def _user_lines(uid: int, gid: int) -> list[str]:
-    # The agent runs as the invoking user's uid/gid so files it writes in the workspace are theirs.
+    # The agent runs as the workspace owner's uid/gid so files it writes in the workspace are theirs.
     # Base images may already own that uid or gid (node's "node" is 1000): the user is replaced,
     # an existing group is reused.
+    if uid == 0:
+        # A root-owned workspace: root without capabilities (see plan.identity); its home is root's.
+        return [f"RUN mkdir -p {WORKSPACE_MOUNT}", "ENV HOME=/root", f"USER 0:{gid}", f"WORKDIR {WORKSPACE_MOUNT}"]
     return [
         f"RUN set -e; existing=$(getent passwd {uid} | cut -d: -f1); "
         f'if [ -n "$existing" ]; then userdel "$existing"; fi; '

@@ -7,16 +7,15 @@ rendering through ``Masker``.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from moat.catalog.model import Provisions
-from moat.constants import MASK
+from moat.masking import Masker
+from moat.plan.containers import ContainerSpec
+from moat.plan.identity import Identity
 
 
 @dataclass(frozen=True)
@@ -63,22 +62,41 @@ class ProvisionSpec:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    name: str  # also its hostname on the run network
+    name: str  # also its hostname in the run's pod
     version: str
     image: str  # full reference, e.g. postgres:17 or the user's override
     image_overridden: bool
-    container_name: str
     port: int
-    env: Mapping[str, str]  # the container's environment
-    command: tuple[str, ...] | None  # None keeps the image's own
+    container: ContainerSpec  # the sidecar, exactly as it will be created
     probe: ProbeSpec
     wait: bool
     ready_timeout: float
-    memory_mb: int | None
-    tmpfs: tuple[str, ...]  # data directories kept in memory
     cache_path: str | None  # where the service's host cache is mounted (catalog), if it has one
+    # The sidecar writes the host cache as root: hand what it wrote back to the invoking user.
+    hand_back_cache: bool
     provision: ProvisionSpec | None
     agent_env: Mapping[str, str]  # the MOAT_<PREFIX>_* variables it gives the agent
+
+    @property
+    def container_name(self) -> str:
+        return self.container.name
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The container's environment."""
+        return self.container.env
+
+    @property
+    def command(self) -> tuple[str, ...] | None:
+        return self.container.command
+
+    @property
+    def memory_mb(self) -> int | None:
+        return self.container.memory_mb
+
+    @property
+    def tmpfs(self) -> tuple[str, ...]:
+        return self.container.tmpfs
 
 
 @dataclass(frozen=True)
@@ -99,11 +117,21 @@ class Plan:
     network: str
     image: ImageSpec
     services: tuple[ServiceSpec, ...]
-    env: Mapping[str, str]  # the agent's environment
-    command: tuple[str, ...]
+    command: tuple[str, ...]  # the agent's command, as given (its container may wrap it: see ``held``)
+    agent: ContainerSpec  # the agent's container, exactly as it will be created
+    identity: Identity  # who the agent is (see plan.identity)
+    home: Path  # MOAT_HOME: the run store and the host cache
+    scratch: Path  # private per-run host directory (the sandbox keeps its services' files there)
+    labels: Mapping[str, str]  # on every engine object of the run (owner labels are added at creation)
     interactive: bool
+    agent_gets_terminal_signals: bool  # SIGINT/SIGQUIT from the terminal reach the agent without moat
     limits: Limits
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The agent's environment."""
+        return self.agent.env
 
     def masker(self) -> Masker:
         return Masker(self.secrets)
@@ -130,6 +158,8 @@ class Plan:
             "env": mask.mapping(self.env),
             "command": [mask.text(a) for a in self.command],
             "interactive": self.interactive,
+            "identity": {"uid": self.identity.uid, "gid": self.identity.gid},
+            "agent": self.agent.to_dict(mask),
             "limits": {
                 "memory_mb": self.limits.memory_mb,
                 "cpus": self.limits.cpus,
@@ -169,34 +199,5 @@ def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:
             "timeout_seconds": provision.timeout,
         },
         "agent_env": mask.mapping(service.agent_env),
+        "container": service.container.to_dict(mask),
     }
-
-
-class Masker:
-    """Replaces every secret with ``****``: raw, percent-encoded (as in URLs) and JSON-escaped.
-
-    A short secret (a user's ``POSTGRES_PASSWORD: pw``) is masked only where it stands as a word
-    of its own: masking every "pw" inside "pwd" would garble the text and protect nothing.
-    """
-
-    WHOLE_WORD_BELOW = 6
-
-    def __init__(self, secrets: frozenset[str]) -> None:
-        present = [s for s in secrets if s]
-        forms = {*present, *(quote(s, safe="") for s in present), *(json.dumps(s)[1:-1] for s in present)}
-        # Longest first, so a secret containing another is masked whole.
-        ordered = sorted(forms, key=len, reverse=True)
-        self._forms = [f for f in ordered if len(f) >= self.WHOLE_WORD_BELOW]
-        short = [f for f in ordered if len(f) < self.WHOLE_WORD_BELOW]
-        self._short = re.compile("|".join(rf"(?<![\w]){re.escape(f)}(?![\w])" for f in short)) if short else None
-
-    def text(self, value: str) -> str:
-        for form in self._forms:
-            if form in value:
-                value = value.replace(form, MASK)
-        if self._short is not None:
-            value = self._short.sub(MASK, value)
-        return value
-
-    def mapping(self, values: Mapping[str, str]) -> dict[str, str]:
-        return {k: self.text(v) for k, v in values.items()}

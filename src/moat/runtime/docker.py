@@ -1,7 +1,9 @@
 """The Docker runtime: the ``Runtime`` protocol over the Docker Engine API (docker SDK).
 
-Works with any engine speaking that API: Docker, or Podman's API socket (``DOCKER_HOST``). All engine
-errors are translated here, in one place, into ``EngineError`` values with something to do.
+Works with any engine speaking that API: Docker, or Podman's API socket (``DOCKER_HOST``). Every SDK
+call, and every stream it returns, goes through ``_engine`` / ``_streamed``: the one place where the
+SDK's exceptions become moat's (``NotFound``, ``ContainerNotRunning``, ``EngineGone``,
+``EngineError``). Nothing else in moat imports the SDK.
 """
 
 from __future__ import annotations
@@ -9,28 +11,35 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import NotFound as SdkNotFound
 from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
 from moat.errors import EngineError
-from moat.plan.model import ImageSpec
+from moat.plan.containers import ContainerSpec
+from moat.plan.model import ImageSpec, Plan
 from moat.runtime.base import (
     ContainerNotRunning,
-    ContainerSpec,
     ContainerState,
+    EngineGone,
     EngineObject,
     ExecResult,
     ExecStream,
     ImageInfo,
     LabelledObjects,
+    NotFound,
     OutputChunk,
+    ProgramNotFound,
     ProgressCallback,
 )
 
@@ -38,43 +47,81 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Builds run apt-get, pip and npm: the host network reaches what the host reaches, even where the
 # engine's bridge has no outside route (e.g. dockerd --iptables=false).
 BUILD_NETWORK = os.environ.get("MOAT_BUILD_NETWORK", "host")
+RELEASE_TIMEOUT = 10.0  # seconds to deliver a held agent's go line
 
-_HOW_TO_START = (
+HOW_TO_START = (
     "Start Docker (e.g. `sudo systemctl start docker`, or open Docker Desktop), point DOCKER_HOST at a"
     " running engine or Podman socket (`podman system service`), or, in moat's own repository, run"
     " `make engine`."
 )
+_GONE_HINT = ("The container engine stopped answering (was it stopped or restarted?). Once it answers again,"
+              " `moat clean` removes what this run left.")
+
+T = TypeVar("T")
 
 
 def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
-@contextmanager
-def _engine_call(action: str) -> Iterator[None]:
-    """Translate engine failures into one error type that says what moat was doing."""
-    try:
-        yield
-    except APIError as exc:
-        explanation = exc.explanation or str(exc)
-        if isinstance(explanation, bytes):
-            explanation = explanation.decode(errors="replace")
-        raise EngineError(f"{action} failed: {explanation}") from exc
-    except DockerException as exc:
-        raise EngineError(f"{action} failed: {exc}", hint=_HOW_TO_START) from exc
-    except OSError as exc:  # a dropped socket mid-call
-        raise EngineError(f"{action} failed: {exc}", hint=_HOW_TO_START) from exc
+def _explanation(exc: APIError) -> str:
+    text = exc.explanation or str(exc)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _translate(exc: BaseException, action: str) -> EngineError | None:
+    """The moat error for an SDK (or transport) failure; None for anything else."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, SdkNotFound | ImageNotFound):
+        return NotFound(f"{action} failed: {_explanation(exc)}")
+    if isinstance(exc, APIError):
+        explanation = _explanation(exc)
+        if exc.status_code == 409 and "is not running" in explanation:
+            return ContainerNotRunning(f"{action} failed: {explanation}")
+        return EngineError(f"{action} failed: {explanation}")
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
+                  | ConnectionError | socket.timeout):
+        return EngineGone(f"{action} failed: the container engine at {engine_address()} stopped answering"
+                          f" ({type(exc).__name__})", hint=_GONE_HINT)
+    if isinstance(exc, DockerException | requests.exceptions.RequestException | OSError):
+        return EngineError(f"{action} failed: {exc}", hint=HOW_TO_START)
+    return None
 
 
 @contextmanager
-def _in_container(action: str) -> Iterator[None]:
-    """For operations inside a container: one that has stopped (or gone) says so as such."""
+def _engine(action: str) -> Iterator[None]:
+    """Translate whatever the SDK raises into one of moat's engine errors that says what moat was doing."""
     try:
         yield
-    except APIError as exc:
-        if exc.status_code in {404, 409}:
-            raise ContainerNotRunning(f"container is not running: {exc.explanation}") from None
-        raise EngineError(f"{action} failed: {exc.explanation}") from exc
+    except Exception as exc:
+        translated = _translate(exc, action)
+        if translated is None:
+            raise
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def _streamed(items: Iterator[T], action: str) -> Iterator[T]:
+    """An SDK stream whose reading fails only with moat's errors (a dockerd restart mid-run says so)."""
+    with _engine(action):
+        yield from items
+
+
+@contextmanager
+def _gone_is_fine(action: str) -> Iterator[None]:
+    """For removals: an object that is already gone (or going) is what we wanted."""
+    try:
+        with _engine(action):
+            yield
+    except NotFound:
+        return
+    except EngineError as exc:
+        if isinstance(exc.__cause__, APIError) and exc.__cause__.status_code == 409 \
+                and "in progress" in _explanation(exc.__cause__):
+            return  # its removal is already under way
+        raise
 
 
 def _demuxed(stream: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[OutputChunk]:
@@ -85,91 +132,99 @@ def _demuxed(stream: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[Ou
             yield OutputChunk("stderr", err)
 
 
-@contextmanager
-def _gone_is_fine(action: str, *fine_statuses: int) -> Iterator[None]:
-    """For removals: an object that is already gone (or going) is what we wanted."""
+def _missing_program(command: tuple[str, ...], code: int, output: str) -> ProgramNotFound | None:
+    """Docker and Podman both say so in the exec's output, with exit 126 or 127."""
+    lowered = output.lower()
+    if code in (126, 127) and ("executable file not found" in lowered
+                               or ("not found in $path" in lowered)
+                               or ("no such file or directory" in lowered and "exec" in lowered)):
+        return ProgramNotFound(command[0], output.strip().splitlines()[-1] if output.strip() else "")
+    return None
+
+
+def _created(text: str | int | None) -> float:
+    if isinstance(text, int):
+        return float(text)
     try:
-        yield
-    except NotFound:
-        return
-    except APIError as exc:
-        if exc.status_code in fine_statuses:
-            return
-        raise EngineError(f"{action} failed: {exc.explanation}") from exc
+        return datetime.fromisoformat(str(text)[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0
 
 
 class DockerRuntime:
     name = "docker"
-    writes_as_root = True
-    can_hold = True
 
     def __init__(self, client: Any | None = None) -> None:
         if client is None:
-            try:
+            with _engine(f"connecting to the container engine at {engine_address()}"):
                 client = docker.from_env(max_pool_size=32)
-            except DockerException as exc:
-                raise EngineError(
-                    f"no container engine answers at {engine_address()}: {exc}", hint=_HOW_TO_START
-                ) from None
         self.client = client
         self.api = client.api
 
-    # --- engine ----------------------------------------------------------------------------------
+    def _call(self, action: str, call: Callable[[], T]) -> T:
+        with _engine(action):
+            return call()
+
+    # --- the engine ------------------------------------------------------------------------------
 
     def ping(self) -> None:
         try:
             self.api.ping()
-        except (DockerException, OSError) as exc:
-            raise EngineError(
-                f"no container engine answers at {engine_address()}: {exc}", hint=_HOW_TO_START
-            ) from None
+        except Exception as exc:
+            if _translate(exc, "ping") is None:
+                raise
+            raise EngineError(f"no container engine answers at {engine_address()}: {exc}",
+                              hint=HOW_TO_START) from None
+
+    def version(self) -> str:
+        info = self._call("asking the engine's version", self.api.version)
+        components = info.get("Components") or [{}]
+        platform = info.get("Platform", {}).get("Name") or components[0].get("Name") or "engine"
+        return f"{platform} {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
+
+    def caveats(self, plan: Plan) -> list[str]:
+        return []  # it runs each service's own image, with every limit enforced
 
     # --- images ----------------------------------------------------------------------------------
 
     def image_exists(self, ref: str) -> bool:
         try:
-            self.api.inspect_image(ref)
-        except (ImageNotFound, NotFound):
+            self._call(f"inspecting image {ref}", lambda: self.api.inspect_image(ref))
+        except NotFound:
             return False
-        except APIError as exc:
-            raise EngineError(f"inspecting image {ref} failed: {exc.explanation}") from exc
         return True
 
     def build_image(self, image: ImageSpec, labels: Mapping[str, str], on_line: ProgressCallback,
                     no_cache: bool = False) -> None:
         tag, dockerfile = image.tag, image.dockerfile
         recent: list[str] = []
-        with _engine_call(f"building image {tag}"):
-            events = self.api.build(
-                fileobj=io.BytesIO(dockerfile.encode()),
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                labels=dict(labels),
-                network_mode=BUILD_NETWORK,
-                nocache=no_cache,
-            )
-            for event in events:
-                if "error" in event:
-                    detail = event.get("errorDetail", {}).get("message") or event["error"]
-                    tail = "\n".join(f"    {line}" for line in recent[-15:])
-                    raise EngineError(
-                        f"building the agent image {tag} failed: {detail.strip()}\n  last build output:\n{tail}",
-                        hint="Check the dependencies in moat.yaml (a pip:/npm: package name or version?)"
-                        " and the build log in the run directory.",
-                    )
-                text = event.get("stream") or event.get("status") or ""
-                for line in text.splitlines():
-                    if line.strip():
-                        recent.append(line.rstrip())
-                        on_line(line.rstrip())
+        events = self._call(f"building image {tag}", lambda: self.api.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True, decode=True,
+            labels=dict(labels), network_mode=BUILD_NETWORK, nocache=no_cache))
+        for event in _streamed(events, f"building image {tag}"):
+            if "error" in event:
+                detail = event.get("errorDetail", {}).get("message") or event["error"]
+                tail = "\n".join(f"    {line}" for line in recent[-15:])
+                raise EngineError(
+                    f"building the agent image {tag} failed: {detail.strip()}\n  last build output:\n{tail}",
+                    hint="Check the dependencies in moat.yaml (a pip:/npm: package name or version?)"
+                    " and the build log in the run directory.",
+                )
+            text = event.get("stream") or event.get("status") or ""
+            for line in text.splitlines():
+                if line.strip():
+                    recent.append(line.rstrip())
+                    del recent[:-15]
+                    on_line(line.rstrip())
 
     def pull_image(self, ref: str, on_progress: ProgressCallback) -> None:
         repository, tag = parse_repository_tag(ref)
         layers: dict[str, tuple[int, int]] = {}
+        action = f"pulling image {ref}"
         try:
-            for event in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            events = self._call(action, lambda: self.api.pull(repository, tag=tag or "latest", stream=True,
+                                                              decode=True))
+            for event in _streamed(events, action):
                 if "error" in event:
                     raise EngineError(str(event["error"]))
                 detail = event.get("progressDetail") or {}
@@ -180,46 +235,68 @@ class DockerRuntime:
                     on_progress(f"{done / 1e6:.0f}/{total / 1e6:.0f} MB")
                 elif event.get("status", "").startswith(("Digest", "Status")):
                     on_progress(event["status"])
-        except (APIError, DockerException, EngineError) as exc:
-            message = getattr(exc, "explanation", None) or str(exc)
+        except EngineGone:
+            raise
+        except EngineError as exc:
+            message = exc.message.removeprefix(f"{action} failed: ")
             raise EngineError(f"could not pull image {ref}: {message}") from None
+
+    def images(self, repository: str) -> list[ImageInfo]:
+        def listing() -> tuple[list[dict[str, Any]], set[str]]:
+            return self.api.images(name=repository), {c.get("ImageID") for c in self.api.containers(all=True)}
+
+        images, used = self._call("listing images", listing)
+        return [ImageInfo(i["Id"], tuple(i.get("RepoTags") or ()), int(i.get("Size") or 0), i["Id"] in used,
+                          dict(i.get("Labels") or {}), _created(i.get("Created"))) for i in images]
+
+    def remove_image(self, image_id: str) -> None:
+        with _gone_is_fine(f"removing image {image_id[:19]}"):
+            self.api.remove_image(image_id, force=False)
 
     # --- networks ---------------------------------------------------------------------------------
 
-    def create_network(self, name: str, labels: Mapping[str, str]) -> str:
-        with _engine_call(f"creating network {name}"):
-            network = self.client.networks.create(name, driver="bridge", labels=dict(labels), check_duplicate=True)
-            return str(network.id)
+    def create_network(self, name: str, labels: Mapping[str, str], scratch: str) -> str:
+        network = self._call(f"creating network {name}", lambda: self.client.networks.create(
+            name, driver="bridge", labels=dict(labels), check_duplicate=True))
+        return str(network.id)
 
     def remove_network(self, name: str) -> None:
         with _gone_is_fine(f"removing network {name}"):
             self.api.remove_network(name)
 
+    def disconnect(self, container_id: str, network: str) -> None:
+        with _gone_is_fine(f"disconnecting a container from {network}"):
+            self.api.disconnect_container_from_network(container_id, network, force=True)
+
     # --- containers -------------------------------------------------------------------------------
 
-    def create_container(self, spec: ContainerSpec) -> str:
+    def create_container(self, spec: ContainerSpec, labels: Mapping[str, str]) -> str:
         api = self.api
-        host_config = api.create_host_config(
-            binds={src: {"bind": dst, "mode": mode} for src, (dst, mode) in spec.binds.items()} or None,
-            mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
-            memswap_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
-            nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
-            dns=list(spec.dns) or None,
-            ulimits=[Ulimit(name=n, soft=s, hard=h) for n, (s, h) in spec.ulimits.items()] or None,
-            init=spec.init or None,
-            tmpfs={path: "rw" for path in spec.tmpfs} or None,
-        )
-        networking = api.create_networking_config(
-            {spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)}
-        )
-        with _engine_call(f"creating container {spec.name}"):
+
+        def create() -> str:
+            host_config = api.create_host_config(
+                binds={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts}
+                or None,
+                mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
+                memswap_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                dns=list(spec.dns) or None,
+                ulimits=[Ulimit(name=n, soft=s, hard=h) for n, (s, h) in spec.ulimits.items()] or None,
+                init=spec.init or None,
+                tmpfs={path: "rw" for path in spec.tmpfs} or None,
+                cap_drop=list(spec.cap_drop) or None,
+                security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
+            )
+            networking = api.create_networking_config(
+                {spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)})
             created = api.create_container(
                 image=spec.image,
                 command=list(spec.command) if spec.command else None,
                 name=spec.name,
                 hostname=spec.hostname,
+                user=spec.user or "",
                 environment=dict(spec.env),
-                labels=dict(spec.labels),
+                labels={**spec.labels, **labels},
                 working_dir=spec.working_dir,
                 tty=spec.tty,
                 stdin_open=spec.stdin_open,
@@ -228,46 +305,39 @@ class DockerRuntime:
             )
             return str(created["Id"])
 
+        return self._call(f"creating container {spec.name}", create)
+
     def start_container(self, container_id: str) -> None:
-        with _engine_call("starting a container"):
-            self.api.start(container_id)
+        self._call("starting a container", lambda: self.api.start(container_id))
 
-    def container_address(self, container_id: str, network: str) -> str | None:
-        with _engine_call("inspecting a container"):
-            info = self.api.inspect_container(container_id)
-        address = (info.get("NetworkSettings", {}).get("Networks", {}).get(network) or {}).get("IPAddress")
-        return address or None
+    def release(self, container_id: str) -> None:
+        def write_go() -> None:
+            sock = self.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+            try:
+                raw = getattr(sock, "_sock", sock)
+                raw.settimeout(RELEASE_TIMEOUT)  # a container gone meanwhile must not hang the run
+                raw.sendall(b"go\n")
+            finally:
+                sock.close()
 
-    def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult:
-        with _in_container("running a command in the container"):
-            exec_id = self._exec_create(container_id, command, env)
-            output = self.api.exec_start(exec_id)
-            code = self._exit_code(exec_id)
-        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-        return ExecResult(code, text)
+        self._call("starting the agent", write_go)
 
-    def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream:
-        with _in_container("running a command in the container"):
-            exec_id = self._exec_create(container_id, command, env)
-            stream = self.api.exec_start(exec_id, stream=True, demux=True)
+    def signal(self, container_id: str, signum: int) -> None:
+        try:
+            self._call("signalling a container", lambda: self.api.kill(container_id, signal=signum))
+        except (NotFound, ContainerNotRunning):
+            return
 
-        def exit_code() -> int:
-            with _engine_call("reading a command's exit code"):
-                return self._exit_code(exec_id)
+    def stop_container(self, container_id: str, timeout: float) -> None:
+        with _gone_is_fine("stopping a container"):
+            self.api.stop(container_id, timeout=max(0, int(timeout)))
 
-        return ExecStream(_demuxed(stream), exit_code)
-
-    def _exec_create(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> str:
-        created = self.api.exec_create(container_id, list(command), environment=dict(env), stdout=True, stderr=True)
-        return str(created["Id"])
-
-    def _exit_code(self, exec_id: str) -> int:
-        code = self.api.exec_inspect(exec_id).get("ExitCode")
-        return int(code) if code is not None else -1
+    def remove_container(self, container_id: str) -> None:
+        with _gone_is_fine(f"removing container {container_id[:12]}"):
+            self.api.remove_container(container_id, v=True, force=True)
 
     def state(self, container_id: str) -> ContainerState:
-        with _engine_call("inspecting a container"):
-            state = self.api.inspect_container(container_id)["State"]
+        state = self._call("inspecting a container", lambda: self.api.inspect_container(container_id))["State"]
         running = bool(state.get("Running"))
         return ContainerState(
             running=running,
@@ -276,27 +346,16 @@ class DockerRuntime:
             oom_killed=bool(state.get("OOMKilled")),
         )
 
-    def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str:
-        with _engine_call("reading container logs"):
-            data = self.api.logs(container_id, stdout=True, stderr=True, timestamps=timestamps,
-                                 tail=tail if tail is not None else "all")
-        return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    def wait(self, container_id: str) -> int:
+        return int(self._call("waiting for the agent", lambda: self.api.wait(container_id, timeout=None))
+                   ["StatusCode"])
 
     def attach(self, container_id: str) -> Iterator[OutputChunk]:
-        # Not a generator function: the attach request must be made now, before the container
-        # starts, or its first lines are lost.
-        with _engine_call("attaching to the agent"):
-            stream = self.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        return _demuxed(stream)
-
-    def release(self, container_id: str) -> None:
-        with _engine_call("starting the agent"):
-            sock = self.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-            try:
-                raw = getattr(sock, "_sock", sock)
-                raw.sendall(b"go\n")
-            finally:
-                sock.close()
+        # The attach request is made now, before the container starts, or its first lines are lost;
+        # only the reading is lazy.
+        stream = self._call("attaching to the agent", lambda: self.api.attach(
+            container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True))
+        return _streamed(_demuxed(stream), "reading the agent's output")
 
     def attach_terminal(self, container_id: str) -> int:
         # The docker CLI handles a terminal best (raw mode, resizes, stdin).
@@ -307,60 +366,100 @@ class DockerRuntime:
         subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False)
         return self.wait(container_id)
 
-    def wait(self, container_id: str) -> int:
-        with _engine_call("waiting for the agent"):
-            return int(self.api.wait(container_id)["StatusCode"])
+    def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str:
+        data = self._call("reading container logs", lambda: self.api.logs(
+            container_id, stdout=True, stderr=True, timestamps=timestamps, tail=tail if tail is not None else "all"))
+        return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
-    def stop_container(self, container_id: str, timeout: float) -> None:
-        with _gone_is_fine("stopping a container"):
-            self.api.stop(container_id, timeout=max(0, int(timeout)))
+    def follow_logs(self, container_id: str, tail: int | None = None) -> Iterator[str]:
+        stream = self._call("following container logs", lambda: self.api.logs(
+            container_id, stream=True, follow=True, timestamps=True, tail=tail if tail is not None else "all"))
+        pending = b""
+        for chunk in _streamed(stream, "following container logs"):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            yield from (line.decode(errors="replace") for line in lines)
+        if pending:
+            yield pending.decode(errors="replace")
 
-    def remove_container(self, container_id: str) -> None:
-        # 409: its removal is already in progress
-        with _gone_is_fine(f"removing container {container_id[:12]}", 409):
-            self.api.remove_container(container_id, v=True, force=True)
+    def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult:
+        def run() -> tuple[int, str]:
+            exec_id = self._exec_create(container_id, command, env)
+            output = self.api.exec_start(exec_id)
+            text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+            return self._exit_code(exec_id), text
+
+        code, text = self._in_container("running a command in the container", run)
+        missing = _missing_program(command, code, text)
+        if missing is not None:
+            raise missing
+        return ExecResult(code, text)
+
+    def exec_stream(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecStream:
+        def start() -> tuple[str, Any]:
+            exec_id = self._exec_create(container_id, command, env)
+            return exec_id, self.api.exec_start(exec_id, stream=True, demux=True)
+
+        exec_id, stream = self._in_container("running a command in the container", start)
+
+        def exit_code() -> int:
+            return self._call("reading a command's exit code", lambda: self._exit_code(exec_id))
+
+        return ExecStream(_streamed(_demuxed(stream), "reading a command's output"), exit_code)
+
+    def _in_container(self, action: str, call: Callable[[], T]) -> T:
+        """For operations inside a container: one that has stopped (or gone) says so as such."""
+        try:
+            return self._call(action, call)
+        except NotFound as exc:
+            raise ContainerNotRunning(f"the container is gone: {exc.message}") from None
+        except EngineError as exc:
+            if isinstance(exc.__cause__, APIError) and exc.__cause__.status_code == 409:
+                raise ContainerNotRunning(f"the container is not running: {exc.message}") from None
+            raise
+
+    def _exec_create(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> str:
+        created = self.api.exec_create(container_id, list(command), environment=dict(env), stdout=True, stderr=True)
+        return str(created["Id"])
+
+    def _exit_code(self, exec_id: str) -> int:
+        code = self.api.exec_inspect(exec_id).get("ExitCode")
+        return int(code) if code is not None else -1
+
+    def container_address(self, container_id: str, network: str) -> str | None:
+        info = self._call("inspecting a container", lambda: self.api.inspect_container(container_id))
+        address = (info.get("NetworkSettings", {}).get("Networks", {}).get(network) or {}).get("IPAddress")
+        return address or None
+
+    def container_env(self, container_id: str) -> dict[str, str]:
+        info = self._call("inspecting a container", lambda: self.api.inspect_container(container_id))
+        pairs = (item.partition("=") for item in (info.get("Config", {}).get("Env") or []))
+        return {key: value for key, _, value in pairs}
+
+    # --- everything labelled ----------------------------------------------------------------------
 
     def find_labelled(self, labels: Mapping[str, str]) -> LabelledObjects:
         found = self._labelled([f"{k}={v}" if v else k for k, v in labels.items()])
         by_kind = ([o.id for o in found if o.kind == kind] for kind in ("container", "network", "volume"))
         return LabelledObjects(*by_kind)
 
-    def remove_volume(self, name: str) -> None:
-        with _gone_is_fine(f"removing volume {name}"):
-            self.api.remove_volume(name, force=True)
-
-    def disconnect(self, container_id: str, network: str) -> None:
-        with _gone_is_fine(f"disconnecting a container from {network}"):
-            self.api.disconnect_container_from_network(container_id, network, force=True)
-
     def objects_with_label(self, key: str) -> list[EngineObject]:
         return self._labelled([key])
 
     def _labelled(self, label_filters: list[str]) -> list[EngineObject]:
         filters = {"label": label_filters}
-        with _engine_call("listing moat's engine objects"):
+
+        def listing() -> list[EngineObject]:
             found = [EngineObject("container", c["Id"], c.get("Labels") or {})
                      for c in self.api.containers(all=True, filters=filters)]
             found += [EngineObject("network", n["Name"], n.get("Labels") or {})
                       for n in self.api.networks(filters=filters)]
             found += [EngineObject("volume", v["Name"], v.get("Labels") or {})
                       for v in (self.api.volumes(filters=filters).get("Volumes") or [])]
-        return found
+            return found
 
-    def images(self, repository: str) -> list[ImageInfo]:
-        with _engine_call("listing images"):
-            images = self.api.images(name=repository)
-            used = {c.get("ImageID") for c in self.api.containers(all=True)}
-        return [ImageInfo(i["Id"], tuple(i.get("RepoTags") or ()), int(i.get("Size") or 0), i["Id"] in used)
-                for i in images]
+        return self._call("listing moat's engine objects", listing)
 
-    def remove_image(self, image_id: str) -> None:
-        with _gone_is_fine(f"removing image {image_id[:19]}"):
-            self.api.remove_image(image_id, force=False)
-
-    def version(self) -> str:
-        with _engine_call("asking the engine's version"):
-            info = self.api.version()
-        components = info.get("Components") or [{}]
-        platform = info.get("Platform", {}).get("Name") or components[0].get("Name") or "engine"
-        return f"{platform} {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
+    def remove_volume(self, name: str) -> None:
+        with _gone_is_fine(f"removing volume {name}"):
+            self.api.remove_volume(name, force=True)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moat.cache.host import CacheBusy, HostCache
+from moat.cache.layouts import LAYOUTS, normalize
 from moat.catalog import Catalog
 from moat.errors import MoatError, UsageError
-from moat.services.cache import CacheBusy, HostCache
-from moat.services.layouts import LAYOUTS, normalize
 from moat.suggest import did_you_mean
+
+# Removes root-owned files under a root (a sidecar wrote them) through the container engine.
+RootRemover = Callable[[list[Path], Path], None]
 
 
 class CacheError(MoatError):
@@ -82,14 +86,13 @@ def plan_removal(cache: HostCache, catalog: Catalog, service: str, items: list[s
     return Removal(service, names, layout.removal(set(names)), sum(present[n].size for n in names))
 
 
-def remove(cache: HostCache, removal: Removal) -> None:
-    """Delete the planned files, unless a running run has this cache mounted."""
+def remove(cache: HostCache, removal: Removal, remove_as_root: RootRemover) -> None:
+    """Delete the planned files, unless a running run has this cache mounted or is pulling into it."""
     try:
         with cache.exclusive(removal.service):
-            for item in removal.items:
-                if cache.item_locked(removal.service, item):
-                    raise CacheError(f"{removal.service}: {item} is being pulled by a running run; try again later")
-            _delete(removal.paths, cache.root / removal.service, cache.root.parent)
+            if cache.being_pulled(removal.service):
+                raise CacheError(f"{removal.service}: a running run is pulling into this cache; try again later")
+            _delete(removal.paths, cache.root / removal.service, remove_as_root)
     except CacheBusy:
         raise CacheError(
             f"the {removal.service} cache is in use by a running run",
@@ -98,7 +101,7 @@ def remove(cache: HostCache, removal: Removal) -> None:
     cache.forget(removal.service, removal.items or None)
 
 
-def _delete(paths: list[Path], root: Path, home: Path) -> None:
+def _delete(paths: list[Path], root: Path, remove_as_root: RootRemover) -> None:
     blocked = []
     for path in paths:
         try:
@@ -109,7 +112,8 @@ def _delete(paths: list[Path], root: Path, home: Path) -> None:
         except PermissionError:
             blocked.append(path)
     if blocked:
-        _delete_with_engine(blocked, root, home)
+        # Files a sidecar wrote as root (e.g. a pull interrupted before moat could hand them back).
+        remove_as_root(blocked, root)
     _prune_empty(root / "models" / "manifests")
 
 
@@ -121,10 +125,3 @@ def _prune_empty(top: Path) -> None:
             directory.rmdir()
         except OSError:
             continue
-
-
-def _delete_with_engine(paths: list[Path], root: Path, home: Path) -> None:
-    """Files a sidecar wrote as root (e.g. a pull interrupted before moat could hand them back)."""
-    from moat.runtime.privileged import remove_as_root  # noqa: PLC0415 — the docker SDK only when needed
-
-    remove_as_root(paths, root, home)

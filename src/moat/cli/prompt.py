@@ -1,0 +1,14 @@
+"""Asking the user before removing things: "no" is a decision (exit 1), not an interruption (130)."""
+
+from __future__ import annotations
+
+import click
+
+EXIT_DECLINED = 1
+
+
+def confirm_or_stop(question: str) -> None:
+    """Ask; on "no", say nothing was removed and exit 1. Ctrl-C at the prompt stays 130."""
+    if not click.confirm(question, default=False):
+        click.echo("Nothing removed.", err=True)
+        raise click.exceptions.Exit(EXIT_DECLINED)
