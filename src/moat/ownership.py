@@ -74,3 +74,36 @@ def process_alive(pid: int, host: str | None, start: str | None = None) -> bool:
         return b"moat" in cmdline.read_bytes()
     except OSError:
         return True  # no /proc to ask: the pid exists
+
+
+def signal_process(pid: int, start: str | None, signum: int) -> bool:
+    """Send ``signum`` to the process ``pid`` only if it is still the one that started at ``start``.
+
+    The process is pinned first (a pidfd), then its start time is checked, then the pidfd is
+    signalled: a pid reused in between can never receive it. False when the process is gone (or
+    is not that process any more).
+    """
+    import signal as signals  # noqa: PLC0415
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfds here (old kernel): check and signal as closely as possible
+        if start is not None and process_start(pid) != start:
+            return False
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        if start is not None and process_start(pid) != start:
+            return False
+        try:
+            signals.pidfd_send_signal(fd, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        os.close(fd)

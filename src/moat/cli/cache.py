@@ -17,11 +17,11 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(as_json: bool) -> None:
     """Every cached item: service, item, size and when it was last used."""
+    from moat.cache import HostCache
+    from moat.cache.admin import list_entries
     from moat.catalog import load_catalog
     from moat.run.report import human_bytes
     from moat.run.store import moat_home
-    from moat.cache import HostCache
-    from moat.cache.admin import list_entries
 
     entries = list_entries(HostCache(moat_home()), load_catalog())
     if as_json:
@@ -43,13 +43,13 @@ def list_(as_json: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
     """Remove cached items: everything, one SERVICE's cache, or single --item NAMEs of it."""
+    from moat.cache import HostCache
+    from moat.cache.admin import cached_services, plan_removal, remove
     from moat.catalog import load_catalog
+    from moat.cli.prompt import confirm_or_stop
     from moat.errors import UsageError
     from moat.run.report import human_bytes
     from moat.run.store import moat_home
-    from moat.cache import HostCache
-    from moat.cache.admin import cached_services, plan_removal, remove
-    from moat.cli.prompt import confirm_or_stop
     from moat.runtime.privileged import remove_as_root
 
     catalog = load_catalog()

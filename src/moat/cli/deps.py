@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from moat.catalog.model import DepType
+
+if TYPE_CHECKING:
+    from moat.catalog import Catalog
 
 _TYPES = [t.value for t in DepType]
 
@@ -44,21 +47,36 @@ def info(name: str, as_json: bool) -> None:
     """What NAME is, its versions and, for a service, what it gives the agent."""
     from moat.catalog import load_catalog
     from moat.catalog.describe import details
-    from moat.errors import UsageError
-    from moat.suggest import did_you_mean
 
     catalog = load_catalog()
-    key = name.removesuffix(":")
-    entry: Any = catalog.get(key) or catalog.dynamic(key)
-    if entry is None:
-        hint = catalog.alias_for(key)
-        suggestion = f" — did you mean '{hint}'?" if hint else did_you_mean(key, catalog.names())
-        raise UsageError(f"unknown dependency '{name}'{suggestion} (`moat deps list` shows them all)")
+    key, entry = _lookup(name, catalog)
     data = details(key, entry)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     _print_details(data)
+
+
+def _lookup(name: str, catalog: Catalog) -> tuple[str, Any]:
+    """NAME's catalog entry; ``pip:`` or ``pip:requests`` names the package manager. As ``moat run``
+    does, a dependency of the Go moat that this one lacks is named as such, not as unknown."""
+    from moat.catalog.deps import unknown_message
+    from moat.errors import UsageError
+
+    prefix, colon, _ = name.partition(":")
+    if colon:
+        manager = catalog.dynamic(prefix)
+        if manager is not None:
+            return prefix, manager
+        supported = ", ".join(f"{p}:" for p in sorted(catalog.data.dynamic))
+        if prefix in catalog.data.not_yet_dynamic:
+            raise UsageError(f"the '{prefix}:' dependencies of the Go moat are not supported yet;"
+                             f" supported prefixes: {supported}")
+        raise UsageError(f"unknown dependency prefix '{prefix}:'; supported prefixes: {supported}")
+    entry = catalog.get(name)
+    if entry is None:
+        raise UsageError(unknown_message(name, catalog))
+    return name, entry
 
 
 def _print_details(data: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import click
 
 from moat import __version__
 from moat.errors import EXIT_RUNTIME, MoatError
+from moat.masking import scrub
 
 # name → (module:attribute, one-line help). Importing a command only when it runs keeps
 # `moat --help` and `moat deps list` from paying for pydantic, docker or rich.
@@ -61,6 +62,10 @@ def _verbose(argv: list[str]) -> bool:
     return "-v" in head or "--verbose" in head
 
 
+def _traceback() -> None:
+    sys.stderr.write(scrub(traceback.format_exc()))
+
+
 def main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose(args)
@@ -79,14 +84,16 @@ def main(argv: list[str] | None = None) -> Any:
         return 130
     except MoatError as exc:
         if verbose:
-            traceback.print_exc()
-        click.echo(f"moat: {exc.render()}", err=True)
+            _traceback()
+        # Every error passes the masks of the runs this process executed: a message built from a
+        # service's output or a user's value never shows a password.
+        click.echo(f"moat: {scrub(exc.render())}", err=True)
         return exc.exit_code
     except Exception as exc:
         if verbose:
-            traceback.print_exc()
+            _traceback()
         click.echo(
-            f"moat: internal error: {type(exc).__name__}: {exc}\n"
+            f"moat: internal error: {type(exc).__name__}: {scrub(str(exc))}\n"
             "This is a bug in moat. Run again with -v for the traceback and please report it.",
             err=True,
         )

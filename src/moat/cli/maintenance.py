@@ -26,11 +26,16 @@ def _du(path: Path) -> int:
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
-def clean(dry_run: bool, force: bool) -> None:
-    """Remove what runs left on the engine: orphans, finished runs' containers, unused agent images.
+@click.option("--images", "all_images", is_flag=True,
+              help="Also remove agent images built by other MOAT_HOMEs, and recent ones (any image no "
+                   "container uses and no active run names).")
+def clean(dry_run: bool, force: bool, all_images: bool) -> None:
+    """Remove what runs left on the engine: orphans, finished runs' containers, and agent images no
+    run of this MOAT_HOME uses (built here, unused, older than an hour).
 
-    Never touches a run that is being created or is running.
+    Never touches a run that is being created or is running, nor an image one of them names.
     """
+    from moat.cli.prompt import confirm_or_stop
     from moat.errors import UsageError
     from moat.run import reaper
     from moat.run.registry import Registry
@@ -40,7 +45,8 @@ def clean(dry_run: bool, force: bool) -> None:
 
     store = RunStore()
     registry = Registry(store)
-    work = [(rt, reaper.find(rt, registry, finished=True, images=True)) for rt in select.available(store.home)]
+    images: reaper.Images = "all" if all_images else "own"
+    work = [(rt, reaper.find(rt, registry, finished=True, images=images)) for rt in select.available(store.home)]
     work = [(rt, found) for rt, found in work if not found.empty]
     if not work:
         click.echo("Nothing to clean.")
@@ -99,14 +105,14 @@ def status(as_json: bool) -> None:
         report["sandbox"] = {"available": True, "version": sandbox.version(), "error": None}
     except EngineError as exc:
         report["sandbox"] = {"available": False, "version": None, "error": exc.message}
-    orphans = reaper.find(sandbox, registry, finished=False, images=False)
+    orphans = reaper.find(sandbox, registry, finished=False)
     report["orphans"] = {"objects": len(orphans.objects), "runs": len(orphans.orphaned_runs)}
     try:
         runtime = DockerRuntime()
         runtime.ping()
         report["engine"].update(answers=True, version=runtime.version())
         report["disk"]["images_bytes"] = sum(i.size for i in runtime.images(AGENT_IMAGE_REPO))
-        found = reaper.find(runtime, registry, finished=False, images=False)
+        found = reaper.find(runtime, registry, finished=False)
         report["orphans"]["objects"] += len(found.objects)
         report["orphans"]["runs"] = len({r.id for r in [*orphans.orphaned_runs, *found.orphaned_runs]})
     except EngineError as exc:

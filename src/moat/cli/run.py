@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,10 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     from moat.cli.planview import render_plan
     from moat.config.features import require_supported
     from moat.config.load import load_config
-    from moat.plan.build import RunRequest, agent_identity, build_plan
+    from moat.plan.build import RunRequest, build_plan
+    from moat.plan.identity import agent_identity
+    from moat.run.store import moat_home
+    from moat.runtime import select
 
     workspace = path.expanduser().resolve()
     if not workspace.is_dir():
@@ -66,14 +71,13 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         raise UsageError("--json needs --dry-run (a real run streams the agent's output)")
     if detach and interactive:
         raise UsageError("-d and -i do not go together: a detached run has no terminal")
-    from moat.runtime import select
 
     catalog = load_catalog()
     config = load_config(workspace, catalog)
     require_supported(config)
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     stat = workspace.stat()
-    uid, gid = agent_identity((os.getuid(), os.getgid()), (stat.st_uid, stat.st_gid), os.environ)
+    invoker = (os.getuid(), os.getgid())
     request = RunRequest(
         workspace=workspace,
         command=ctx.meta.get(COMMAND_META, ()),
@@ -81,8 +85,11 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         name=name,
         runtime=runtime,
         interactive=interactive,
-        uid=uid,
-        gid=gid,
+        identity=agent_identity(invoker, (stat.st_uid, stat.st_gid)),
+        invoker=invoker,
+        home=moat_home(),
+        scratch_root=Path(tempfile.gettempdir()),
+        stdin_is_terminal=sys.stdin.isatty() and sys.stdout.isatty() and not detach,
         host_env=dict(os.environ),
     )
     plan = build_plan(config, request, catalog)
@@ -91,19 +98,19 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
             click.echo(f"moat: {note}", err=True)
         click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
         return 0
-    from moat.run.lifecycle import Options, RunExecution
+    from moat.run.execution import Options, Run
     from moat.run.report import reporter_for
     from moat.run.store import RunStore
 
     if detach and plan.interactive:
         raise UsageError("moat.yaml sets interactive: true; a detached run has no terminal (use --no-interactive)")
-    store = RunStore()
     reporter = reporter_for()
     if note:
         reporter.info(note)
-    execution = RunExecution(plan, select.make(plan.runtime, store.home, plan.image.uid, plan.image.gid), store,
-                             reporter, Options(keep=keep, rebuild=rebuild))
-    code = execution.execute(detach=detach)
-    if detach and execution.handed_off:
+    run_ = Run(plan, select.make(plan.runtime, plan.home, plan.identity), RunStore(plan.home), reporter,
+               Options(keep=keep, rebuild=rebuild))
+    outcome = run_.execute(detach=detach)
+    if outcome.handed_off:
         click.echo(f"{plan.run_id} {plan.name}")
-    return code
+        return 0
+    return outcome.exit_code if outcome.exit_code is not None else 1

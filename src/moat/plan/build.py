@@ -80,9 +80,9 @@ class RunRequest:
     name: str | None = None
     runtime: str | None = None
     interactive: bool | None = None
-    identity: Identity = Identity(1000, 1000)  # who the agent is (plan.identity.agent_identity)
+    identity: Identity = field(default_factory=lambda: Identity(1000, 1000))  # plan.identity.agent_identity
     invoker: tuple[int, int] = (1000, 1000)  # the uid and gid moat runs as
-    home: Path = Path("/nonexistent/moat-home")  # MOAT_HOME
+    home: Path = field(default_factory=lambda: Path("/nonexistent/moat-home"))  # MOAT_HOME
     scratch_root: Path = Path("/tmp")  # noqa: S108 — where per-run private directories go
     stdin_is_terminal: bool = False  # decides whether the default shell is interactive
     host_env: Mapping[str, str] = field(default_factory=dict)
@@ -179,7 +179,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         cpus=limits.cpus,
         dns=limits.dns,
         ulimits=limits.ulimits,
-        tty=interactive,
+        tty=interactive and request.stdin_is_terminal,
         stdin_open=interactive or held,
         init=True,
         held=held,

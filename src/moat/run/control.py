@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import time
 
 from moat.constants import LABEL_RUN_ID
 from moat.errors import MoatError
-from moat.ownership import same_host
+from moat.ownership import same_host, signal_process
 from moat.run import reaper
 from moat.run.registry import Registry, RunInfo
 from moat.runtime.base import Runtime
@@ -23,12 +21,12 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
         raise MoatError(f"{info.id} ({info.name}) belongs to a moat on {info.metadata.get('host')}: stop it there")
     if not info.active:
         if info.state == "orphaned" and runtime is not None:
-            reaper.remove(runtime, reaper.find(runtime, registry, finished=False, images=False, only_run=info.id))
+            reaper.remove(runtime, reaper.find(runtime, registry, finished=False, only_run=info.id))
             return f"{info.id} ({info.name}): its moat process was gone; removed what it left"
         return f"{info.id} ({info.name}) is not running ({info.state})"
     pid = int(info.metadata["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    # Pinned by a pidfd and checked against its start time: a reused pid never gets the SIGTERM.
+    signal_process(pid, info.metadata.get("pid_start"), signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = registry.get(info.id)

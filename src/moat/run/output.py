@@ -1,67 +1,119 @@
-"""The agent's output: shown live on the terminal as bytes arrive, recorded in logs.jsonl line by line."""
+"""The agent's output: shown live on the terminal as bytes arrive, recorded in logs.jsonl line by line.
+
+For the record, ``\\r`` ends a line as ``\\n`` does (a progress bar redrawing itself 40,000 times is
+40,000 short lines, not one huge one), and a line longer than ``MAX_LINE`` bytes is recorded in
+pieces marked ``"cut": true``. Splitting looks only at new bytes, so its cost is linear in the output
+whatever its shape.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from moat.files import now_iso
-from moat.run.store import RunRecord
 from moat.runtime.base import OutputChunk
 
+MAX_LINE = 64 * 1024  # bytes
 _FDS = {"stdout": 1, "stderr": 2}
+_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class LineSink(Protocol):
+    def log(self, stream: str, line: str, ts: str | None = None, **extra: object) -> None: ...
+
+
+def _utf8_cut(data: bytes | bytearray | memoryview, limit: int) -> int:
+    """A cut position at or below ``limit`` that does not split a UTF-8 character."""
+    cut = limit
+    while cut > limit - 4 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > 0 else limit
 
 
 class LineSplitter:
-    """Bytes in, complete lines out (a partial line waits for its end, or for ``flush``)."""
+    """Bytes in, complete lines out: ``(text, cut)`` pairs, ``cut`` for a piece of an over-long line."""
 
-    def __init__(self) -> None:
-        self._pending = b""
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._pending = bytearray()
+        self._after_cr = False  # the last chunk ended in \r: a \n starting the next one ends nothing
 
-    def feed(self, data: bytes) -> list[str]:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
+    def feed(self, data: bytes) -> list[tuple[str, bool]]:
+        if self._after_cr and data.startswith(b"\n"):
+            data = data[1:]
+        self._after_cr = data.endswith(b"\r")
+        pieces = _BREAK.split(data)
+        out: list[tuple[str, bool]] = []
+        for piece in pieces[:-1]:
+            self._pending += piece
+            out += self._cut_long()
+            out.append((self._pending.decode(errors="replace"), False))
+            self._pending.clear()
+        self._pending += pieces[-1]
+        out += self._cut_long()
+        return out
 
-    def flush(self) -> list[str]:
-        rest, self._pending = self._pending, b""
-        return [rest.decode(errors="replace")] if rest else []
+    def _cut_long(self) -> list[tuple[str, bool]]:
+        out = []
+        start, pending = 0, self._pending
+        while len(pending) - start > self.max_line:
+            cut = start + _utf8_cut(memoryview(pending)[start:], self.max_line)
+            out.append((bytes(pending[start:cut]).decode(errors="replace"), True))
+            start = cut
+        if start:
+            del pending[:start]  # once: the cost stays linear however large the chunk
+        return out
+
+    def flush(self) -> list[tuple[str, bool]]:
+        rest = self._pending.decode(errors="replace")
+        self._pending.clear()
+        return [(rest, False)] if rest else []
 
 
 def _write_all(fd: int, data: bytes) -> bool:
-    """Write to the terminal; False once the reader has gone (a closed pipe must not stop the run)."""
+    """Write to the terminal; False once it is gone (a closed pipe or a hung-up terminal must not
+    stop the run: the agent goes on, and its output is still recorded)."""
     view = memoryview(data)
     while view:
         try:
             written = os.write(fd, view)
-        except BrokenPipeError:
-            return False
         except InterruptedError:
             continue
+        except OSError:  # EPIPE, or EIO from a terminal that was closed
+            return False
         view = view[written:]
     return True
 
 
-def relay(chunks: Iterable[OutputChunk], record: RunRecord, on_first_line: Callable[[float], None],
-          echo: bool = True) -> None:
+def relay(chunks: Iterable[OutputChunk], record: LineSink, on_first_line: Callable[[float], None],
+          echo: bool = True, now: Callable[[], str] | None = None) -> None:
     """Copy each chunk to our own stdout/stderr and each complete line, timestamped, to the record."""
+    from moat.files import now_iso  # noqa: PLC0415 — keeps this module's import light
+
+    stamp_now = now or now_iso
     splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
     alive = {"stdout": echo, "stderr": echo}
     first = True
+
+    def write(stream: str, lines: list[tuple[str, bool]], stamp: str | None) -> None:
+        nonlocal first
+        if lines and first:
+            first = False
+            on_first_line(time.monotonic())
+        for text, cut in lines:
+            if cut:
+                record.log(stream, text, ts=stamp, cut=True)
+            else:
+                record.log(stream, text, ts=stamp)
+
     for chunk in chunks:
         if alive[chunk.stream]:
             alive[chunk.stream] = _write_all(_FDS[chunk.stream], chunk.data)
         lines = splitters[chunk.stream].feed(chunk.data)
-        if lines and first:
-            first = False
-            on_first_line(time.monotonic())
-        stamp = now_iso()
-        for line in lines:
-            record.log(chunk.stream, line, ts=stamp)
+        if lines:
+            write(chunk.stream, lines, stamp_now())
     for stream, splitter in splitters.items():
-        for line in splitter.flush():
-            if first:
-                first = False
-                on_first_line(time.monotonic())
-            record.log(stream, line)
+        write(stream, splitter.flush(), None)

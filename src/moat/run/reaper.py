@@ -4,13 +4,20 @@ An engine object carrying ``moat.run-id`` belongs to:
 - an *active* run (being created or running, its owner alive): never touched;
 - an *orphaned* run (its owner died) or a run whose record is gone: always fair game;
 - a *finished* run (e.g. an agent container kept with ``--keep``): removed by ``moat clean`` only.
+
+Agent images (``moat/run:*``) are shared by every run with the same dependencies. ``moat clean``
+removes one only when no container uses it, no active run of this MOAT_HOME names it (one may be
+about to start it), it was built by this MOAT_HOME, and it is older than ``IMAGE_GRACE``;
+``--images`` drops the last two conditions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from moat.constants import (
     AGENT_IMAGE_REPO,
@@ -28,6 +35,8 @@ from moat.run.store import METADATA
 from moat.runtime.base import EngineObject, ImageInfo, Runtime
 
 _ORDER = {"container": 0, "network": 1, "volume": 2}  # containers first: they hold the others
+IMAGE_GRACE = 3600.0  # seconds: a younger image may belong to a run that has not recorded it yet
+Images = Literal["none", "own", "all"]
 
 
 @dataclass
@@ -41,8 +50,8 @@ class Leftovers:
         return not (self.objects or self.images or self.orphaned_runs)
 
 
-def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
-         only_run: str | None = None) -> Leftovers:
+def find(runtime: Runtime, registry: Registry, *, finished: bool, images: Images = "none",
+         only_run: str | None = None, now: float | None = None) -> Leftovers:
     runs = {r.id: r for r in registry.all() if only_run in (None, r.id)}
     home = home_id(registry.store.home)
     found = Leftovers()
@@ -73,9 +82,21 @@ def find(runtime: Runtime, registry: Registry, *, finished: bool, images: bool,
             orphaned.setdefault(run.id, run)
     found.orphaned_runs = list(orphaned.values())
     found.objects.sort(key=lambda item: _ORDER[item[0].kind])
-    if images:
-        found.images = [i for i in runtime.images(AGENT_IMAGE_REPO) if not i.in_use]
+    if images != "none":
+        found.images = _unused_images(runtime, registry, home, images, time.time() if now is None else now)
     return found
+
+
+def _unused_images(runtime: Runtime, registry: Registry, home: str, which: Images, now: float) -> list[ImageInfo]:
+    wanted = {str(r.metadata.get("image")) for r in registry.all() if r.active}
+    unused = []
+    for image in runtime.images(AGENT_IMAGE_REPO):
+        if image.in_use or wanted & set(image.tags):
+            continue
+        if which == "own" and (image.labels.get(LABEL_HOME) != home or now - image.created < IMAGE_GRACE):
+            continue
+        unused.append(image)
+    return unused
 
 
 def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
@@ -110,4 +131,4 @@ def settle_orphan(run: RunInfo) -> None:
 
 def reap_orphans(runtime: Runtime, registry: Registry) -> list[str]:
     """What a new ``moat run`` does first: remove what crashed runs left (never finished runs')."""
-    return remove(runtime, find(runtime, registry, finished=False, images=False))
+    return remove(runtime, find(runtime, registry, finished=False))

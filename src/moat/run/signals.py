@@ -1,24 +1,47 @@
-"""SIGINT and SIGTERM as one exit path.
+"""One signal state machine per run, installed once, from before the first resource to after the last
+cleanup: there is no moment with default handlers.
 
-While a run works, both signals raise ``Interrupted`` in the main thread, so the ``finally`` that tears
-the run down always runs. While it tears down, further signals are noted, not obeyed: a second Ctrl-C
-must not leave half the run behind.
+SIGINT, SIGTERM, SIGHUP and SIGQUIT mean, by phase:
+
+- ``starting`` (image, services, provisioning): cancel. The run stops at its next safe point and
+  tears down; the exit code is 128 + the signal.
+- ``handing-off`` (``run -d`` passing the run to its supervisor): cancel, before the commit;
+  ``handed-off``: after it, passed on to the supervisor, which owns the run from then on.
+- ``agent``: forwarded to the agent (as ``docker run`` does); a second one, or the agent ignoring a
+  SIGTERM/SIGHUP for ``STOP_GRACE`` seconds, stops it. An interactive agent that shares moat's
+  terminal gets the terminal's SIGINT/SIGQUIT directly: moat leaves those to it.
+- ``teardown``: noted and reported; the cleanup finishes. Only a user who insists (a third signal,
+  e.g. with an engine that stopped answering) makes moat give up waiting; `moat clean` then finishes.
+
+Handlers only record the signal; a dispatcher thread acts on it, so no engine call or exception
+ever starts inside a signal handler, in the middle of whatever the main thread was doing.
 """
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+# SIGQUIT (Ctrl-\\) too: its default action would end moat with nothing torn down.
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+STOP_GRACE = 10.0  # seconds an agent may take to honour a forwarded SIGTERM/SIGHUP before it is stopped
+ABANDON_AFTER = 3  # signals during teardown after which moat stops waiting for it (`moat clean` finishes)
+
+STARTING = "starting"
+HANDING_OFF = "handing-off"  # before the supervisor's commit: a signal cancels the hand-off
+HANDED_OFF = "handed-off"  # after it: signals are passed on to the supervisor
+AGENT = "agent"
+TEARDOWN = "teardown"
 
 
 class Interrupted(BaseException):
-    """The run was asked to stop by a signal."""
+    """The run was asked to stop by a signal (raised at a safe point, never in a handler)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -29,36 +52,137 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
-@contextmanager
-def _handlers(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; callers there get default behaviour
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in HANDLED}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+@dataclass
+class AgentTarget:
+    """How the agent phase receives signals: deliver one, or stop the agent."""
+
+    deliver: Callable[[int], None]
+    stop: Callable[[], None]
+    gets_terminal_signals: bool = False  # interactive, sharing moat's terminal
 
 
-@contextmanager
-def interrupts_raise() -> Iterator[None]:
-    def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(signum)
+@dataclass
+class RunSignals:
+    """Install with ``install()`` (main thread), move through phases, ``uninstall()`` at the very end."""
 
-    with _handlers(raise_interrupted):
-        yield
+    on_notice: Callable[[str], None] = lambda _message: None
+    # Teardown is stuck (an engine that does not answer) and the user insists: leave now.
+    on_abandon: Callable[[], None] = lambda: None
+    phase: str = STARTING
+    teardown_signals: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled_by: int | None = None
+    forwarded: list[int] = field(default_factory=list)
+    _queue: queue.SimpleQueue[int | None] = field(default_factory=queue.SimpleQueue)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _agent: AgentTarget | None = None
+    _handoff: Callable[[int], None] | None = None
+    _previous: dict[int, Any] = field(default_factory=dict)
+    _dispatcher: threading.Thread | None = None
+    _stop_timer: threading.Timer | None = None
 
+    # --- installation ----------------------------------------------------------------------------
 
-@contextmanager
-def interrupts_deferred(notice: Callable[[int], None]) -> Iterator[list[int]]:
-    """Record signals instead of acting on them; yields the list of those received."""
-    received: list[int] = []
+    def install(self) -> RunSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in HANDLED:
+                self._previous[signum] = signal.signal(signum, self._handler)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="signals", daemon=True)
+        self._dispatcher.start()
+        return self
 
-    def note(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        notice(signum)
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        self._queue.put(None)
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
 
-    with _handlers(note):
-        yield received
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        # SimpleQueue.put is reentrant: safe in a handler, whatever the main thread was doing.
+        self._queue.put(signum)
+
+    def deliver(self, signum: int) -> None:
+        """Act on a signal as if it had arrived (for tests, and for signals relayed by a parent)."""
+        self._queue.put(signum)
+
+    # --- phases ----------------------------------------------------------------------------------
+
+    def enter(self, phase: str, *, agent: AgentTarget | None = None,
+              handoff: Callable[[int], None] | None = None) -> None:
+        with self._lock:
+            self.phase = phase
+            self._agent = agent
+            self._handoff = handoff
+            if phase != AGENT and self._stop_timer is not None:
+                self._stop_timer.cancel()
+                self._stop_timer = None
+
+    def advance(self, phase: str, *, agent: AgentTarget | None = None,
+                handoff: Callable[[int], None] | None = None) -> None:
+        """Enter ``phase`` unless the run was cancelled first: then raise ``Interrupted``. Atomic with
+        respect to signals: one that arrives before belongs to the old phase, after to the new."""
+        with self._lock:
+            if self.cancel.is_set() and self.cancelled_by is not None:
+                raise Interrupted(self.cancelled_by)
+            self.phase = phase
+            self._agent = agent
+            self._handoff = handoff
+
+    def checkpoint(self) -> None:
+        """A safe point: raise ``Interrupted`` if the run was cancelled."""
+        if self.cancel.is_set() and self.cancelled_by is not None:
+            raise Interrupted(self.cancelled_by)
+
+    # --- acting on signals -----------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            signum = self._queue.get()
+            if signum is None:
+                return
+            try:
+                self._act(signum)
+            except Exception as exc:  # a failed forward must not end signal handling
+                self.on_notice(f"could not pass {signal.Signals(signum).name} on: {exc}")
+
+    def _act(self, signum: int) -> None:
+        with self._lock:
+            phase, agent, handoff = self.phase, self._agent, self._handoff
+            if phase in (STARTING, HANDING_OFF):
+                # Under the lock: whoever moves the run to its next phase sees the cancel first.
+                if self.cancelled_by is None:
+                    self.cancelled_by = signum
+                self.cancel.set()
+        if phase == TEARDOWN:
+            self.teardown_signals += 1
+            if self.teardown_signals >= ABANDON_AFTER:
+                self.on_abandon()
+                return
+            self.on_notice("still cleaning up; moat exits when everything the run started is removed"
+                           f" (press Ctrl-C {ABANDON_AFTER - self.teardown_signals} more times to give up waiting)")
+            return
+        if phase == AGENT and agent is not None:
+            self._to_agent(signum, agent)
+            return
+        if phase in (HANDING_OFF, HANDED_OFF) and handoff is not None:
+            handoff(signum)
+
+    def _to_agent(self, signum: int, agent: AgentTarget) -> None:
+        if agent.gets_terminal_signals and signum in TERMINAL:
+            return  # the terminal delivered it to the agent already
+        first = not self.forwarded
+        self.forwarded.append(signum)
+        if not first and signum != signal.SIGQUIT:
+            self.on_notice(f"{signal.Signals(signum).name} again: stopping the agent")
+            agent.stop()
+            return
+        agent.deliver(signum)
+        if signum in (signal.SIGTERM, signal.SIGHUP):
+            # Asked to end (moat stop, a closed terminal): an agent that ignores it is stopped.
+            timer = threading.Timer(STOP_GRACE, agent.stop)
+            timer.daemon = True
+            with self._lock:
+                self._stop_timer = timer
+            timer.start()

@@ -64,6 +64,17 @@ def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
+def answers(timeout: float) -> bool:
+    """Whether an engine answers a ping within ``timeout`` seconds."""
+    try:
+        docker.from_env(timeout=timeout).ping()
+    except Exception as exc:
+        if _translate(exc, "ping") is None:
+            raise
+        return False
+    return True
+
+
 def _explanation(exc: APIError) -> str:
     text = exc.explanation or str(exc)
     return text.decode(errors="replace") if isinstance(text, bytes) else str(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 from moat.constants import LABEL_ROLE, LABEL_RUN_ID
 from moat.errors import EngineError
 from moat.ownership import owner_labels
-from moat.runtime.base import ContainerSpec
+from moat.plan.containers import ContainerSpec, Mount
 from moat.runtime.docker import DockerRuntime
 
 # Any small image present locally will do; these are tried in order.
@@ -26,14 +26,15 @@ def remove_as_root(paths: list[Path], root: Path, home: Path) -> None:
         )
     targets = tuple(f"{MOUNT}/{p.relative_to(root)}" for p in paths)
     spec = ContainerSpec(
+        role="service",
         name=f"moat-cache-clean-{uuid.uuid4().hex[:12]}",
         image=image,
-        labels={LABEL_RUN_ID: "cache-clean", LABEL_ROLE: "cache-clean", **owner_labels(home)},
+        labels={LABEL_RUN_ID: "cache-clean", LABEL_ROLE: "cache-clean"},
         network="none",
         command=("rm", "-rf", "--", *targets),
-        binds={str(root): (MOUNT, "rw")},
+        mounts=(Mount(str(root), MOUNT),),
     )
-    container = runtime.create_container(spec)
+    container = runtime.create_container(spec, owner_labels(home))
     try:
         runtime.start_container(container)
         code = runtime.wait(container)

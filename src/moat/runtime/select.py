@@ -8,21 +8,16 @@ from pathlib import Path
 
 from moat.constants import ENV_RUNTIME, RUNTIMES
 from moat.errors import EngineError, UsageError
+from moat.plan.identity import Identity
 from moat.runtime.base import Runtime
 
 PING_TIMEOUT = 3  # seconds: deciding must not hang on an engine that does not answer
 
 
 def docker_answers() -> bool:
-    import docker  # noqa: PLC0415 — the SDK loads only where an engine is wanted
-    from docker.errors import DockerException  # noqa: PLC0415
+    from moat.runtime.docker import answers  # noqa: PLC0415 — the SDK loads only where an engine is wanted
 
-    try:
-        client = docker.from_env(timeout=PING_TIMEOUT)
-        client.ping()
-    except (DockerException, OSError):
-        return False
-    return True
+    return answers(PING_TIMEOUT)
 
 
 def choose(requested: str | None, configured: str, env: Mapping[str, str]) -> tuple[str, str | None]:
@@ -37,11 +32,13 @@ def choose(requested: str | None, configured: str, env: Mapping[str, str]) -> tu
     return "sandbox", "no container engine answers: using the sandbox runtime (bubblewrap)"
 
 
-def make(name: str, home: Path, uid: int | None = None, gid: int | None = None) -> Runtime:
+def make(name: str, home: Path, identity: Identity | None = None) -> Runtime:
+    """The runtime called ``name``; ``identity`` is who a run's processes act as (the sandbox runs
+    them as that user; None: whoever runs moat, enough to inspect and reap)."""
     if name == "sandbox":
         from moat.runtime.sandbox import SandboxRuntime  # noqa: PLC0415
 
-        return SandboxRuntime(home, uid, gid)
+        return SandboxRuntime(home, identity)
     from moat.runtime.docker import DockerRuntime  # noqa: PLC0415
 
     return DockerRuntime()

@@ -2,8 +2,10 @@
 
 Each item is a single argument of the catalog's command (``ollama pull {item}``), never part of a
 shell string, and was validated before anything started. An item already in the cache is skipped.
-Otherwise the item's lock is taken (waiting, if another run is pulling it, and then usually finding
-it cached) and the command runs with its progress shown and its deadline enforced.
+Otherwise the cache's pull lock is taken (waiting, if another run is pulling into the same cache,
+and then often finding the item cached) and the command runs with its progress shown and its
+deadline enforced. What happens is told through ``ProvisionEvents``: this module knows nothing of
+how a run reports or records.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+from moat.cache import HostCache, LockAborted, LockTimeout
+from moat.cache.layouts import normalize
 from moat.errors import MoatError
-from moat.plan.model import Masker, ProvisionSpec, ServiceSpec
-from moat.run.report import Reporter
-from moat.run.store import RunRecord
+from moat.masking import Masker
+from moat.plan.contract import fill_all
+from moat.plan.model import ProvisionSpec, ServiceSpec
 from moat.runtime.base import ContainerNotRunning, OutputChunk, Runtime
-from moat.services.cache import HostCache, LockAborted, LockTimeout
-from moat.services.contract import fill_all
-from moat.services.layouts import normalize
 from moat.services.readiness import Aborted
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -42,6 +44,21 @@ class Outcome:
     seconds: float
 
 
+class ProvisionEvents(Protocol):
+    """Where provisioning says what it does: live status for the user, lines for the run's record."""
+
+    def task(self, key: str, label: str) -> None: ...
+
+    def update(self, key: str, text: str) -> None: ...
+
+    def progress(self, key: str, completed: int, total: int) -> None: ...
+
+    def finish(self, key: str, message: str, ok: bool = True) -> None: ...
+
+    def log(self, message: str, **fields: Any) -> None:
+        """One line for the run's record."""
+
+
 def parse_bytes(text: str) -> int:
     number, unit = re.fullmatch(r"([0-9.]+) ?([kKMGT]?B)", text.strip()).groups()  # type: ignore[union-attr]
     return int(float(number) * _UNITS[unit.upper()])
@@ -49,15 +66,14 @@ def parse_bytes(text: str) -> int:
 
 class Provisioner:
     def __init__(self, runtime: Runtime, container_id: str, service: ServiceSpec, cache: HostCache,
-                 report: Reporter, record: RunRecord, abort: threading.Event, masker: Masker) -> None:
+                 events: ProvisionEvents, abort: threading.Event, masker: Masker) -> None:
         assert service.provision is not None
         self.runtime = runtime
         self.container_id = container_id
         self.service = service
         self.spec: ProvisionSpec = service.provision
         self.cache = cache
-        self.report = report
-        self.record = record
+        self.events = events
         self.abort = abort
         self.masker = masker
 
@@ -91,25 +107,27 @@ class Provisioner:
         if name in present:
             return self._done(item, "cached", started, pulled=False)
         key = self._key(item)
-        self.report.task(key, f"{self.service.name}: {noun} {item}")
+        self.events.task(key, f"{self.service.name}: {noun} {item}")
 
         def waiting() -> None:
-            message = f"waiting for another run that is pulling {item}"
-            self.report.update(key, message)
+            message = f"waiting for another run that is pulling into the {self.service.name} cache"
+            self.events.update(key, message)
             self._log(item, f"{noun} {item}: {message}")
 
         try:
-            with self.cache.item_lock(self.service.name, item, deadline, self.abort, waiting):
+            # One puller per cache: two models may share blobs, and two servers must never write
+            # the same blob at once.
+            with self.cache.pulling(self.service.name, deadline, self.abort, waiting):
                 if name in self.present():  # another run pulled it while we waited
                     return self._done(item, "pulled by another run", started, pulled=False)
                 self._pull(item, key, deadline)
         except LockAborted:
             raise Aborted from None
         except LockTimeout:
-            self.report.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
+            self.events.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
             raise self._timeout(item, "waiting for another run to finish pulling it") from None
         except (ProvisionError, Aborted):
-            self.report.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
+            self.events.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
             raise
         return self._done(item, "pulled", started, pulled=True)
 
@@ -121,7 +139,7 @@ class Provisioner:
         if status != "cached":
             message += f" in {seconds:.1f}s"
         key = self._key(item)
-        self.report.finish(key, message)
+        self.events.finish(key, message)
         self._log(item, message)
         return Outcome(item, status, seconds)
 
@@ -140,7 +158,7 @@ class Provisioner:
             match = pattern.search(text) if pattern else None
             if match:
                 done, total = parse_bytes(match["done"]), parse_bytes(match["total"])
-                self.report.progress(key, done, total)
+                self.events.progress(key, done, total)
                 if time.monotonic() - last_logged >= LOG_PROGRESS_EVERY:
                     last_logged = time.monotonic()
                     self._log(item, f"{item}: {done}/{total} bytes")
@@ -204,4 +222,4 @@ class Provisioner:
         )
 
     def _log(self, item: str, message: str) -> None:
-        self.record.log("moat", message, service=self.service.name, item=item)
+        self.events.log(message, service=self.service.name, item=item)

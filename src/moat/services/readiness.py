@@ -1,10 +1,16 @@
-"""Waiting until a service really answers.
+"""Waiting until a service really answers: small checks, composed, against one deadline.
 
-The check that decides is the catalog's authenticated probe, run inside the sidecar. Running it is
-not free (each exec spawns processes in a container that is busy starting), so a cheap TCP connect
-from the host, where the host can reach the run network, tells us the moment the port opens and
-triggers a probe at once. Without that gate, probes run at an adaptive interval from tens of
-milliseconds up to a few hundred.
+- ``ExecProbe``: the catalog's authenticated check, run inside the sidecar. It decides. Running it is
+  not free (each exec spawns processes in a container that is busy starting), so it runs once at
+  once (which also finds an image that lacks its program), then at an adaptive interval — or, where
+  a trusted ``PortGate`` watches the port, only when the port opens.
+- ``PortGate``: a TCP connect from the host every few milliseconds, where the host can reach the
+  run's network. It tells the moment the port opens, and wakes the probe.
+- ``StateWatch``: while nothing else would notice, asks whether the container still runs, so a
+  sidecar that exits fails the wait at once, not at its deadline.
+
+``wait_ready`` runs whichever check is due, sleeping on the abort event until the next one is: the
+clock and the sleep are injected, so every timing rule is tested without waiting.
 """
 
 from __future__ import annotations
@@ -14,19 +20,23 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from moat.errors import MoatError
-from moat.plan.model import Masker, ServiceSpec
-from moat.runtime.base import ContainerNotRunning, ExecResult, Runtime
+from moat.masking import Masker
+from moat.plan.model import ServiceSpec
+from moat.runtime.base import ContainerNotRunning, ExecResult, ProgramNotFound, Runtime
 
 FIRST_INTERVAL = 0.025
 MAX_INTERVAL = 0.4
 GROWTH = 1.5
 GATE_INTERVAL = 0.01  # a TCP connect attempt costs microseconds
-STATE_INTERVAL = 0.5  # while a trusted gate sees the port shut: is the container still running?
+STATE_INTERVAL = 0.5  # how often to ask whether the container still runs
 LOG_LINES = 20
+
+Clock = Callable[[], float]
 
 
 class ReadinessError(MoatError):
@@ -34,7 +44,11 @@ class ReadinessError(MoatError):
 
 
 class Aborted(Exception):
-    """Another part of the run failed; stop waiting."""
+    """Another part of the run failed (or it was cancelled); stop waiting."""
+
+
+class Exited(Exception):
+    """The container stopped while we waited."""
 
 
 @dataclass(frozen=True)
@@ -43,93 +57,157 @@ class Ready:
     probes: int
 
 
-class _PortGate:
+class Check(Protocol):
+    def due(self) -> float:
+        """When it next wants to run (clock time; ``math.inf``: not until woken)."""
+
+    def run(self, now: float) -> bool:
+        """Run it; True when the service is ready. Raises ``Exited`` when the container stopped."""
+
+
+class PortGate:
     """A TCP connect from the host: tells when the port opens, and whether the host sees it at all."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, on_open: Callable[[], None],
+                 connect: Callable[[tuple[str, int], float], object] = socket.create_connection) -> None:
         self.target = (address, port)
         self.open = False
         self.trusted = True  # refusals so far: the host reaches the container and the port is shut
+        self._on_open = on_open
+        self._connect = connect
+        self._next = -math.inf
 
-    def check(self) -> bool:
-        if not self.open:
-            try:
-                with socket.create_connection(self.target, timeout=0.05):
-                    self.open = True
-            except ConnectionRefusedError:
-                pass
-            except OSError:
-                self.trusted = False  # timeouts or no route: the host's view cannot be relied on
-        return self.open
+    def due(self) -> float:
+        return math.inf if self.open or not self.trusted else self._next
+
+    def run(self, now: float) -> bool:
+        self._next = now + GATE_INTERVAL
+        try:
+            conn = self._connect(self.target, 0.05)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            self.trusted = False  # timeouts or no route: the host's view cannot be relied on
+            self._on_open()  # the probe must go back to its own schedule
+            return False
+        close = getattr(conn, "close", None)
+        if close is not None:
+            close()
+        self.open = True
+        self._on_open()
+        return False
 
 
-def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: str, abort: threading.Event,
-               masker: Masker, clock: Callable[[], float] = time.monotonic) -> Ready:
-    start = clock()
-    deadline = start + spec.ready_timeout
-    address = runtime.container_address(container_id, network)
-    gate = _PortGate(address, spec.port) if address else None
-    interval = FIRST_INTERVAL
-    # The first check runs at once (it also finds an image that lacks the probe's program). After
-    # that, with a gate the host can trust, no exec runs until the port opens: the probe connects
-    # to that same port, so it cannot succeed before, and each exec costs CPU a starting service needs.
-    next_probe = start
-    next_state = start + STATE_INTERVAL
-    probes = 0
-    last: ExecResult | None = None
+class ExecProbe:
+    """The catalog's authenticated check, inside the sidecar."""
+
+    def __init__(self, runtime: Runtime, container_id: str, spec: ServiceSpec, start: float) -> None:
+        self.runtime = runtime
+        self.container_id = container_id
+        self.spec = spec
+        self.probes = 0
+        self.last: ExecResult | None = None
+        self.gated: Callable[[], bool] = lambda: False  # whether a trusted gate sees the port shut
+        self._next = start
+        self._interval = FIRST_INTERVAL
+
+    def wake(self, now: float) -> None:
+        self._next = min(self._next, now)
+
+    def due(self) -> float:
+        return self._next
+
+    def run(self, now: float) -> bool:
+        self.probes += 1
+        try:
+            self.last = self.runtime.exec(self.container_id, self.spec.probe.command, self.spec.probe.env)
+        except ContainerNotRunning:
+            raise Exited from None
+        expect = self.spec.probe.expect
+        if self.last.exit_code == 0 and (expect is None or expect in self.last.output):
+            return True
+        if self.gated():
+            # The probe connects to the port the gate watches: it cannot succeed before it opens,
+            # and each exec costs CPU a starting service needs.
+            self._next = math.inf
+        else:
+            self._next = now + self._interval
+            self._interval = min(self._interval * GROWTH, MAX_INTERVAL)
+        return False
+
+
+class StateWatch:
+    """Asks the engine whether the container still runs (where no exec would notice its exit)."""
+
+    def __init__(self, runtime: Runtime, container_id: str, start: float) -> None:
+        self.runtime = runtime
+        self.container_id = container_id
+        self._next = start + STATE_INTERVAL
+
+    def due(self) -> float:
+        return self._next
+
+    def run(self, now: float) -> bool:
+        self._next = now + STATE_INTERVAL
+        if not self.runtime.state(self.container_id).running:
+            raise Exited
+        return False
+
+
+def wait_for(checks: Sequence[Check], deadline: float, abort: threading.Event, clock: Clock = time.monotonic,
+             sleep: Callable[[float], object] | None = None) -> bool:
+    """Run each check when due until one says ready (True) or the deadline passes (False).
+
+    Raises ``Aborted`` when ``abort`` is set, and whatever a check raises.
+    """
+    pause = sleep or abort.wait
     while True:
         if abort.is_set():
             raise Aborted
         now = clock()
-        gate_opened = gate is not None and not gate.open and gate.check()
-        if now >= next_probe or gate_opened:
-            probes += 1
-            try:
-                last = runtime.exec(container_id, spec.probe.command, spec.probe.env)
-            except ContainerNotRunning:
-                raise _exited(runtime, container_id, spec, clock() - start, last, masker) from None
-            if _passed(last, spec.probe.expect):
-                return Ready(clock() - start, probes)
-            if _probe_missing(last):
-                raise _cannot_check(spec, last, masker)
-            if gate is not None and gate.trusted and not gate.open:
-                next_probe = math.inf  # until the gate opens
-            else:
-                next_probe = clock() + interval
-                interval = min(interval * GROWTH, MAX_INTERVAL)
-        elif gate is not None and now >= next_state:
-            # An exec would notice a container that exited; without execs, its state must be asked.
-            next_state = now + STATE_INTERVAL
-            if not runtime.state(container_id).running:
-                raise _exited(runtime, container_id, spec, clock() - start, last, masker)
+        for check in checks:
+            if check.due() <= now and check.run(now):
+                return True
         now = clock()
         if now >= deadline:
-            if last is None:  # the port never opened: one check, so the report can show what it says
-                with contextlib.suppress(MoatError):
-                    last = runtime.exec(container_id, spec.probe.command, spec.probe.env)
-            raise _timed_out(runtime, container_id, spec, now - start, last, masker)
-        if gate is not None and not gate.trusted and next_probe - now > interval:
-            next_probe = now + interval  # the gate cannot see the port from here: plain adaptive probing
-        pause = next_probe - now
-        if gate is not None and not gate.open:
-            pause = min(pause, GATE_INTERVAL)
-        abort.wait(max(0.0, min(pause, deadline - now)))
+            return False
+        wake = min([deadline, *(check.due() for check in checks)])
+        pause(max(0.0, wake - now))
 
 
-def _passed(result: ExecResult, expect: str | None) -> bool:
-    return result.exit_code == 0 and (expect is None or expect in result.output)
+def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: str, abort: threading.Event,
+               masker: Masker, clock: Clock = time.monotonic, sleep: Callable[[float], object] | None = None,
+               connect: Callable[[tuple[str, int], float], object] = socket.create_connection) -> Ready:
+    """Wait until ``spec``'s probe passes in ``container_id``; ``ReadinessError`` says why it did not."""
+    start = clock()
+    probe = ExecProbe(runtime, container_id, spec, start)
+    checks: list[Check] = [probe]
+    address = runtime.container_address(container_id, network)
+    if address:
+        gate = PortGate(address, spec.port, lambda: probe.wake(clock()), connect)
+        probe.gated = lambda: gate.trusted and not gate.open
+        checks += [gate, StateWatch(runtime, container_id, start)]
+    else:
+        checks.append(StateWatch(runtime, container_id, start))
+    try:
+        if wait_for(checks, start + spec.ready_timeout, abort, clock, sleep):
+            return Ready(clock() - start, probe.probes)
+    except ProgramNotFound as missing:
+        raise _cannot_check(spec, missing, masker) from None
+    except Exited:
+        raise _exited(runtime, container_id, spec, clock() - start, probe.last, masker) from None
+    if probe.last is None or probe.probes <= 1:
+        # The port never opened after the first check: one more, so the report shows what it says now.
+        with contextlib.suppress(MoatError, Exited):
+            probe.run(clock())
+    raise _timed_out(runtime, container_id, spec, clock() - start, probe.last, masker)
 
 
-def _probe_missing(result: ExecResult) -> bool:
-    """The image lacks the probe's program (an image override that is not the official image)."""
-    return result.exit_code in (126, 127) and "executable file not found" in result.output
-
-
-def _cannot_check(spec: ServiceSpec, last: ExecResult, masker: Masker) -> ReadinessError:
+def _cannot_check(spec: ServiceSpec, missing: ProgramNotFound, masker: Masker) -> ReadinessError:
     program = spec.probe.command[0]
     return ReadinessError(
         f"cannot tell when {spec.name} is ready: its image {spec.image} has no `{program}`, which the"
-        f" readiness check runs\n{_describe_probe(spec, last, masker)}",
+        f" readiness check runs\n  ({masker.text(missing.message)})",
         hint=f"Use an image of {spec.name} that provides `{program}` (the official image does) in"
              f" services.{spec.name}.image, or set services.{spec.name}.wait: false.",
     )

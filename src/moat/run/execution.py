@@ -1,0 +1,248 @@
+"""A run from its record's creation to its last cleanup: the phases in order, one signal machine, one
+scope, and a teardown that always runs.
+
+    record ─► startup (network, image, services) ─► agent (or hand-off to a supervisor) ─► teardown
+
+Each phase gets only what it needs; what they share is the plan (data), the pod (what exists, in
+the scope), the events (what is said) and the signal machine (what the user asked for).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moat import masking
+from moat.cache import HostCache
+from moat.errors import MoatError
+from moat.files import now_iso
+from moat.masking import Masker
+from moat.ownership import owner_labels
+from moat.plan.model import Plan
+from moat.run import reaper
+from moat.run.agent import AgentRun
+from moat.run.events import RunEvents
+from moat.run.pod import AgentState, CacheHolds, Pod, Remover
+from moat.run.registry import Registry
+from moat.run.report import Reporter
+from moat.run.scope import Scope
+from moat.run.signals import TEARDOWN, Interrupted, RunSignals
+from moat.run.startup import Started, Startup
+from moat.run.store import RunRecord, RunStore
+from moat.run.teardown import close
+from moat.run.timeline import Timeline
+from moat.runtime.base import Runtime
+
+REAPER_GRACE = 10.0  # seconds teardown waits for the orphan reaper
+
+
+@dataclass(frozen=True)
+class Options:
+    keep: bool = False  # keep the agent container after it exits
+    rebuild: bool = False
+
+
+@dataclass
+class Outcome:
+    """How the run ended, as recorded."""
+
+    state: str  # exited | interrupted | failed
+    exit_code: int | None = None
+    error: str | None = None
+    handed_off: bool = False
+
+
+class Run:
+    """One run, executed in this process (``execute``) or adopted by a supervisor (``supervisor.py``)."""
+
+    def __init__(self, plan: Plan, runtime: Runtime, store: RunStore, reporter: Reporter,
+                 options: Options | None = None) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.store = store
+        self.reporter = reporter
+        self.options = options or Options()
+        self.masker = Masker(plan.secrets)
+        masking.register(self.masker)
+        self.signals = RunSignals(on_notice=self._notice, on_abandon=self._abandon)
+        self.timeline = Timeline()
+        self.agent_state = AgentState(keep=self.options.keep)
+        self.holds = CacheHolds(HostCache(plan.home))
+        self.record: RunRecord | None = None
+        self.events: RunEvents | None = None
+        self.scope: Scope | None = None
+        self.pod: Pod | None = None
+        self._reaper: threading.Thread | None = None
+
+    # --- the whole run ---------------------------------------------------------------------------
+
+    def execute(self, *, detach: bool = False) -> Outcome:
+        """Run the plan. Returns how it ended (the agent's exit code, or 128+signal); raises
+        ``MoatError`` on failure, after teardown."""
+        self.signals.install()
+        try:
+            record = self._create_record(detach)
+            self._open(record)
+            return self._guarded(lambda: self._body(detach))
+        finally:
+            self.signals.uninstall()
+            self.reporter.pause()
+
+    def _create_record(self, detach: bool) -> RunRecord:
+        plan = self.plan
+        record = self.store.create(
+            plan.run_id, self.masker, on_failure=self._record_failed,
+            name=plan.name, workspace=str(plan.workspace), runtime=plan.runtime,
+            config_file=str(plan.config_file) if plan.config_file else None,
+            image=plan.image.tag, network=plan.network, command=list(plan.command),
+            services=[{"name": s.name, "image": s.image, "container_name": s.container_name}
+                      for s in plan.services],
+            agent={"container_name": plan.agent.name}, detached=detach,
+            identity={"uid": plan.identity.uid, "gid": plan.identity.gid},
+        )
+        try:
+            record.write_file("Dockerfile", plan.image.dockerfile)
+        except MoatError as exc:
+            self._record_failed(exc.message)
+        return record
+
+    def _open(self, record: RunRecord) -> None:
+        """The run's record, events, scope and pod (a supervisor calls it with the record it reopened)."""
+        self.record = record
+        self.events = RunEvents(self.reporter, record, self.masker)
+        self.scope = Scope(remove=Remover(self.plan, self.runtime, record, self.holds, self.agent_state))
+        self.pod = Pod(self.plan, self.runtime, self.scope, owner_labels(self.plan.home), self.holds)
+
+    def _body(self, detach: bool) -> Outcome:
+        plan, events = self.plan, self._events()
+        events.log(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
+        events.info(f"run {plan.name} ({plan.run_id})")
+        for caveat in self.runtime.caveats(plan):
+            events.warn_and_log(caveat)
+        self._record().update(state="starting")
+        self._reap_orphans()
+        started = Startup(plan, self._pod(), events, self.signals, self.holds.cache, self.timeline, self.masker,
+                          rebuild=self.options.rebuild).run()
+        self.signals.checkpoint()
+        if detach:
+            from moat.run.handoff import hand_off  # noqa: PLC0415 — only detached runs need it
+
+            hand_off(self, started)
+            return Outcome("handed-off", handed_off=True)
+        return self.run_agent(started, echo=True)
+
+    def run_agent(self, started: Started, *, echo: bool, on_started: Any = None) -> Outcome:
+        events = self._events()
+        if echo:
+            events.pause()
+        result = AgentRun(self.plan, self._pod(), events, self.signals, self.agent_state, self.timeline,
+                          self.masker).run(started.agent, echo=echo, started=on_started)
+        if result.signals:
+            names = ", ".join(signal.Signals(s).name for s in result.signals)
+            events.log(f"the agent was sent {names} and exited with code {result.exit_code}")
+            return Outcome("interrupted", result.exit_code)
+        return Outcome("exited", result.exit_code)
+
+    def _guarded(self, body: Callable[[], Outcome]) -> Outcome:
+        """Run ``body``; record how it ended; always tear down (unless a supervisor owns the run now)."""
+        record = self._record()
+        outcome = Outcome("failed")
+        error: BaseException | None = None
+        try:
+            outcome = body()
+            return outcome
+        except Interrupted as exc:
+            self._events().log(f"interrupted by {exc}: tearing down")
+            outcome = Outcome("interrupted", exc.exit_code)
+            return outcome
+        except MoatError as exc:
+            error = exc
+            outcome = Outcome("failed", error=self.masker.text(exc.message))
+            raise
+        except BaseException as exc:  # a bug: still tear down, and say what happened
+            error = exc
+            outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if not outcome.handed_off:
+                fields: dict[str, Any] = {"state": outcome.state}
+                if outcome.exit_code is not None:
+                    fields["exit_code"] = outcome.exit_code
+                if outcome.error is not None:
+                    fields["error"] = outcome.error
+                record.update(**fields)
+                self.teardown(error)
+            record.close()
+
+    def teardown(self, error: BaseException | None = None) -> None:
+        """Remove everything the run created; every step runs; what failed is said and recorded."""
+        self.signals.enter(TEARDOWN)
+        events, record = self._events(), self._record()
+        events.pause()
+        problems = close(self._scope(), events)
+        self.holds.release_all()
+        if self._reaper is not None:
+            self._reaper.join(REAPER_GRACE)  # let it finish what it started
+        fields: dict[str, Any] = {"ended_at": now_iso(), "timings": self.timeline.marks()}
+        if problems:
+            fields["teardown_problems"] = [self.masker.text(p) for p in problems]
+            if error is None:
+                events.warn(f"run {self.plan.run_id} left things behind; `moat clean` removes them")
+        if record.failure is not None:
+            fields["record_problem"] = record.failure
+        record.update(**fields)
+
+    def _reap_orphans(self) -> None:
+        """What crashed runs left behind is reaped alongside this run's start, never delaying it."""
+        runtime, registry, events = self.runtime, Registry(self.store), self._events()
+
+        def reap() -> None:
+            try:
+                problems = reaper.reap_orphans(runtime, registry)
+            except MoatError as exc:
+                problems = [exc.message]
+            for problem in problems:
+                events.log(f"reaping an orphaned run's leftovers: {problem}")
+
+        self._reaper = threading.Thread(target=reap, name="reaper", daemon=True)
+        self._reaper.start()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _notice(self, message: str) -> None:
+        if self.events is not None:
+            self.events.warn(message)
+        else:
+            self.reporter.warn(message)
+
+    def _abandon(self) -> None:
+        """The user insists on leaving during a teardown that does not finish (an engine that stopped
+        answering): go now; the run is orphaned, and `moat clean` finishes its teardown later."""
+        sys.stderr.write(f"moat: leaving without finishing the teardown of {self.plan.run_id};"
+                         " `moat clean` removes what is left\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    def _record_failed(self, message: str) -> None:
+        self.reporter.warn(self.masker.text(message))
+
+    def _record(self) -> RunRecord:
+        assert self.record is not None, "the run is recorded before anything starts"
+        return self.record
+
+    def _events(self) -> RunEvents:
+        assert self.events is not None
+        return self.events
+
+    def _scope(self) -> Scope:
+        assert self.scope is not None
+        return self.scope
+
+    def _pod(self) -> Pod:
+        assert self.pod is not None
+        return self.pod

@@ -1,0 +1,210 @@
+"""The run's engine objects: each one registered in the run's scope the moment it exists, and how
+each one goes away.
+
+``Pod`` creates (network, containers, cache holds) through the runtime and registers what it made;
+``Remover`` is the scope's one way to remove a resource, in this process or in a detached run's
+supervisor (it works from the resource's plain record alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moat.cache import HostCache
+from moat.constants import LABEL_RUN_ID
+from moat.errors import MoatError
+from moat.files import private_dir
+from moat.plan.containers import ContainerSpec
+from moat.plan.model import Plan
+from moat.run.scope import Resource, Scope
+from moat.run.store import SERVICE_LOGS_DIR, RunRecord
+from moat.runtime.base import Runtime
+
+AGENT_STOP_GRACE = 5.0  # seconds an ending agent gets between SIGTERM and SIGKILL
+CACHE_HOLD_TIMEOUT = 30.0  # seconds to wait for `moat cache clean` to finish with a cache
+
+NETWORK = "network"
+CONTAINER = "container"
+CACHE_HOLD = "cache-hold"
+SWEEP = "sweep"
+
+
+class TeardownProblem(MoatError):
+    """One or more steps of removing a resource failed (each is said)."""
+
+
+@dataclass
+class AgentState:
+    """What teardown must know about the agent: whether it ever ran, and whether to keep it."""
+
+    keep: bool = False
+    released: set[str] = field(default_factory=set)  # container ids whose command was let run
+
+    def ran(self, container_id: str) -> bool:
+        return container_id in self.released
+
+
+class Pod:
+    """Creates the run's engine objects and registers each in the scope as it comes into being."""
+
+    def __init__(self, plan: Plan, runtime: Runtime, scope: Scope, owner_labels: Mapping[str, str],
+                 holds: CacheHolds) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.scope = scope
+        self.owner_labels = dict(owner_labels)
+        self.holds = holds
+        # Everything else lives inside the sweep: it runs last and removes by label whatever a
+        # creation that failed half-way left behind.
+        self.sweep = scope.add(Resource(SWEEP, plan.run_id, "leftovers labelled with this run"))
+        self.network: Resource | None = None
+
+    def create_network(self) -> None:
+        plan = self.plan
+        self.runtime.create_network(plan.network, {**plan.labels, **self.owner_labels}, str(plan.scratch))
+        self.network = self.scope.add(Resource(NETWORK, plan.network, f"network {plan.network}"), [self.sweep])
+
+    def hold_cache(self, service: str, abort: threading.Event) -> Resource:
+        """The shared in-use lock on a service's host cache, for as long as its sidecar has it."""
+        self.holds.take(service, abort)
+        return self.scope.add(Resource(CACHE_HOLD, service, f"{service}'s cache", local=True), [self.sweep])
+
+    def create_container(self, spec: ContainerSpec, inside: tuple[Resource, ...] = ()) -> str:
+        for mount in spec.mounts:
+            if mount.create:
+                private_dir(Path(mount.source))
+        container_id = self.runtime.create_container(spec, self.owner_labels)
+        attrs = [("role", spec.role), ("name", spec.name)]
+        if spec.service:
+            attrs.append(("service", spec.service))
+        parents = [self.sweep, *inside]
+        if self.network is not None:
+            parents.append(self.network)
+        self.scope.add(Resource(CONTAINER, container_id, spec.name, tuple(attrs)), parents)
+        return container_id
+
+
+class CacheHolds:
+    """The in-use locks this process holds on host caches (never handed over: another process
+    takes its own)."""
+
+    def __init__(self, cache: HostCache) -> None:
+        self.cache = cache
+        self._stack = contextlib.ExitStack()
+        self._held: dict[str, contextlib.ExitStack] = {}
+        self._lock = threading.Lock()
+
+    def take(self, service: str, abort: threading.Event) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.cache.in_use(service, time.monotonic() + CACHE_HOLD_TIMEOUT, abort))
+        with self._lock:
+            self._held[service] = stack
+
+    def release(self, service: str) -> None:
+        with self._lock:
+            stack = self._held.pop(service, None)
+        if stack is not None:
+            stack.close()
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held), {}
+        for service in held:
+            self.release(service)
+
+
+class Remover:
+    """How each kind of resource goes away (the scope calls it, children before parents)."""
+
+    def __init__(self, plan: Plan, runtime: Runtime, record: RunRecord, holds: CacheHolds,
+                 agent: AgentState) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.record = record
+        self.holds = holds
+        self.agent = agent
+        self.kept: str | None = None  # the agent container kept with --keep
+
+    def __call__(self, resource: Resource) -> None:
+        if resource.kind == CONTAINER:
+            self._container(resource)
+        elif resource.kind == NETWORK:
+            self.runtime.remove_network(resource.id)
+        elif resource.kind == CACHE_HOLD:
+            self.holds.release(resource.id)
+        elif resource.kind == SWEEP:
+            self._sweep()
+        else:
+            raise TeardownProblem(f"moat does not know how to remove a {resource.kind}")
+
+    def _container(self, resource: Resource) -> None:
+        problems: list[str] = []
+        container_id = resource.id
+        if resource.attr("role") == "service":
+            service = resource.attr("service")
+            try:
+                self.record.write_file(f"{SERVICE_LOGS_DIR}/{service}.log",
+                                       self.runtime.logs(container_id, timestamps=True))
+            except MoatError as exc:
+                problems.append(f"could not save {service}'s log: {exc.message}")
+            problems += self._hand_back_cache(service, container_id)
+        elif self.agent.ran(container_id):
+            # SIGTERM first, as `docker stop` does: an agent may want to save its work.
+            try:
+                self.runtime.stop_container(container_id, AGENT_STOP_GRACE)
+            except MoatError as exc:
+                problems.append(f"could not stop the agent: {exc.message}")
+            if self.agent.keep:
+                self.kept = container_id
+                # Off the run's network, which goes next; the container itself stays for the user.
+                self.runtime.disconnect(container_id, self.plan.network)
+                return
+        try:
+            self.runtime.remove_container(container_id)
+        except MoatError as exc:
+            problems.append(f"could not remove {resource.label()}: {exc.message}")
+        if problems:
+            raise TeardownProblem("; ".join(problems))
+
+    def _hand_back_cache(self, service: str, container_id: str) -> list[str]:
+        """The sidecar wrote the host cache as root: give what it wrote to the user running moat, so
+        `moat cache clean` (and the user) can remove it without privileges."""
+        spec = next((s for s in self.plan.services if s.name == service), None)
+        if spec is None or not spec.hand_back_cache or spec.cache_path is None:
+            return []
+        uid, gid = os.getuid(), os.getgid()
+        try:
+            self.runtime.exec(container_id, ("chown", "-R", f"{uid}:{gid}", spec.cache_path), {})
+        except MoatError as exc:
+            return [f"could not give {service}'s cache files back to you: {exc.message}"]
+        return []
+
+    def _sweep(self) -> None:
+        """Anything labelled with this run that is still there (a creation cut short by a signal)."""
+        left = self.runtime.find_labelled({LABEL_RUN_ID: self.plan.run_id})
+        problems = []
+        for container in left.containers:
+            if container == self.kept:
+                continue
+            try:
+                self.runtime.remove_container(container)
+            except MoatError as exc:
+                problems.append(exc.message)
+        for network in left.networks:
+            try:
+                self.runtime.remove_network(network)
+            except MoatError as exc:
+                problems.append(exc.message)
+        for volume in left.volumes:
+            try:
+                self.runtime.remove_volume(volume)
+            except MoatError as exc:
+                problems.append(exc.message)
+        if problems:
+            raise TeardownProblem("; ".join(problems))

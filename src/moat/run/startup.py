@@ -1,0 +1,278 @@
+"""Phase 1 of a run: the pod's network, then the agent's image and every service, in parallel.
+
+    network ─┬─ agent image (build if missing) ─ (held agent: created and started, waiting) ─┐
+             └─ each service: image → container → start → ready → provision ─────────────────┴─► agent
+
+The first failure stops the others; a cancel (a signal) stops everything at the next safe point.
+Each worker checks the abort flag before every engine call that creates something, and whatever it
+creates is in the run's scope the moment it exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from moat.cache import HostCache, LockAborted, LockTimeout
+from moat.constants import LABEL_ROLE, ROLE_IMAGE
+from moat.errors import EngineError, MoatError
+from moat.masking import Masker
+from moat.plan.model import Plan, ServiceSpec
+from moat.run.events import RunEvents
+from moat.run.pod import Pod
+from moat.run.scope import Resource
+from moat.run.signals import RunSignals
+from moat.run.timeline import Timeline
+from moat.runtime.base import Runtime
+from moat.services.provision import Provisioner
+from moat.services.readiness import Aborted, wait_ready
+
+POLL = 0.1  # seconds: how often the main thread looks at signals and the held agent
+AGENT_WATCH = 0.5  # seconds between looks at a held agent's state
+
+
+class AgentExitedEarly(EngineError):
+    """The held agent's container stopped before its turn."""
+
+
+@dataclass
+class Started:
+    services: dict[str, str] = field(default_factory=dict)  # service name → container id
+    agent: str | None = None  # the held agent's container, when the plan holds it
+
+
+class Startup:
+    def __init__(self, plan: Plan, pod: Pod, events: RunEvents, signals: RunSignals, cache: HostCache,
+                 timeline: Timeline, masker: Masker, rebuild: bool = False) -> None:
+        self.plan = plan
+        self.pod = pod
+        self.runtime: Runtime = pod.runtime
+        self.events = events
+        self.signals = signals
+        self.cache = cache
+        self.timeline = timeline
+        self.masker = masker
+        self.rebuild = rebuild
+        self.abort = threading.Event()
+        self.started = Started()
+        self._lock = threading.Lock()
+        self._containers_started = threading.Event()  # every service's container has been started
+        self._counted: set[str] = set()
+
+    def run(self) -> Started:
+        """Everything up and ready, or an error (``Interrupted`` when cancelled). Whatever exists is
+        in the scope either way: the caller's teardown removes it."""
+        self.signals.checkpoint()
+        self.runtime.ping()
+        self.signals.checkpoint()
+        self.pod.create_network()
+        self.timeline.mark("network")
+        if not self.plan.services:
+            self._containers_started.set()
+        workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 1, thread_name_prefix="moat-start")
+        try:
+            futures: list[Future[None]] = [workers.submit(self._agent)]
+            futures += [workers.submit(self._service, spec) for spec in self.plan.services]
+            self._wait(futures)
+        finally:
+            self.abort.set()  # no-op on success; on failure, stops what is still running
+            # Every creation under way finishes (and is in the scope) before teardown starts.
+            workers.shutdown(wait=True, cancel_futures=True)
+        self.timeline.mark("services_ready")
+        return self.started
+
+    def _wait(self, futures: list[Future[None]]) -> None:
+        pending = set(futures)
+        next_watch = time.monotonic() + AGENT_WATCH
+        while pending:
+            done, pending = wait(pending, timeout=POLL, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None and not isinstance(error, Aborted):
+                    raise error
+            if self.signals.cancel.is_set():
+                self.abort.set()
+                self.signals.checkpoint()
+            if self.started.agent and time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + AGENT_WATCH
+                self.check_agent()
+
+    def check_agent(self) -> None:
+        """A held agent that stopped before its turn (a bad ulimit, `docker kill`) ends the run now."""
+        agent = self.started.agent
+        if agent is None:
+            return
+        state = self.runtime.state(agent)
+        if state.running:
+            return
+        tail = self.runtime.logs(agent, tail=10).strip()
+        shown = "\n".join(f"    | {self.masker.text(line)}" for line in tail.splitlines()) or "    (no output)"
+        raise AgentExitedEarly(
+            f"the agent's container stopped (exit {state.exit_code}) before its turn; its output:\n{shown}",
+            hint="Check container.ulimits, container.memory and the command in moat.yaml; `docker logs` is"
+                 " gone with the container, but its output is shown above.")
+
+    # --- the agent's image, and the agent held ready -----------------------------------------------
+
+    def _agent(self) -> None:
+        self._ensure_agent_image()
+        if not self.plan.agent.held:
+            return  # created when its turn comes (in a detached run, by the supervisor)
+        # The engine starts containers one network operation at a time: the services go first.
+        while not self._containers_started.wait(POLL):
+            if self.abort.is_set():
+                raise Aborted
+        if self.abort.is_set():
+            raise Aborted
+        agent = self.pod.create_container(self.plan.agent)
+        self.events.record.update(agent={"container_name": self.plan.agent.name, "container_id": agent})
+        if self.abort.is_set():
+            raise Aborted
+        self.runtime.start_container(agent)
+        self.started.agent = agent
+        self.timeline.mark("agent_held")
+
+    def _ensure_agent_image(self) -> None:
+        image = self.plan.image
+        if not self.rebuild and self.runtime.image_exists(image.tag):
+            self.events.log(f"agent image {image.tag} is up to date")
+            return
+        started = time.monotonic()
+        key = "image"
+        self.events.task(key, f"building agent image {image.tag}")
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            if self.abort.is_set():
+                raise Aborted
+            lines.append(line)
+            self.events.update(key, line)
+
+        try:
+            self._abortable(lambda: self.runtime.build_image(
+                image, {**self.plan.labels, LABEL_ROLE: ROLE_IMAGE}, on_line, no_cache=self.rebuild))
+        except MoatError:
+            self.events.finish(key, f"building agent image {image.tag}", ok=False)
+            raise
+        finally:
+            try:
+                self.events.record.write_file("build.log", "\n".join(lines) + "\n")
+            except MoatError as exc:
+                self.events.log(f"could not save the build log: {exc.message}")
+        self.timeline.mark("image_built")
+        self.events.finish(key, f"built agent image {image.tag} in {time.monotonic() - started:.1f}s")
+        self.events.log(f"built agent image {image.tag}")
+
+    def _abortable(self, work: Callable[[], None]) -> None:
+        """Do ``work`` in a daemon thread and wait for it, or for the run to be aborted.
+
+        A build can be silent for minutes (one long apt-get): teardown must not wait for its next
+        line, nor the process's exit for its end. The engine cancels a build whose client is gone.
+        """
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # handed to the waiting thread
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="abortable", daemon=True).start()
+        while not done.wait(POLL):
+            if self.abort.is_set():
+                raise Aborted
+        if errors:
+            raise errors[0]
+
+    # --- services ----------------------------------------------------------------------------------
+
+    def _service(self, spec: ServiceSpec) -> None:
+        """One service, start to finish: image, container, readiness, then its provisioning."""
+        try:
+            try:
+                container_id = self._bring_up(spec)
+            finally:
+                self._count_started(spec.name)
+            if container_id and spec.provision:
+                started = time.monotonic()
+                Provisioner(self.runtime, container_id, spec, self.cache, self.events, self.abort,
+                            self.masker).run()
+                self.timeline.add(f"provision:{spec.name}", time.monotonic() - started)
+        except (Aborted, LockAborted):
+            return  # another step failed first (or the run was cancelled); its error is the one to report
+
+    def _count_started(self, name: str) -> None:
+        with self._lock:
+            self._counted.add(name)
+            if len(self._counted) >= len(self.plan.services):
+                self._containers_started.set()
+
+    def _bring_up(self, spec: ServiceSpec) -> str | None:
+        """Start the service and wait until it answers; its container id, once it is ready."""
+        started = time.monotonic()
+        key = f"service:{spec.name}"
+        self.events.task(key, f"{spec.name}")
+        try:
+            self._ensure_service_image(spec, key)
+            if self.abort.is_set():
+                raise Aborted
+            self.events.update(key, "starting")
+            inside: tuple[Resource, ...] = ()
+            if spec.cache_path:
+                try:
+                    inside = (self.pod.hold_cache(spec.name, self.abort),)
+                except LockTimeout:
+                    raise MoatError(f"{spec.name}: its host cache is being cleaned (`moat cache clean`)",
+                                    hint="Wait for the cleaning to finish, then run again.") from None
+            if self.abort.is_set():
+                raise Aborted
+            container_id = self.pod.create_container(spec.container, inside)
+            with self._lock:
+                self.started.services[spec.name] = container_id
+            self.events.record.update_service(spec.name, container_id=container_id)
+            if self.abort.is_set():
+                raise Aborted
+            self.runtime.start_container(container_id)
+            self._count_started(spec.name)
+            if not spec.wait:
+                self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
+                return None
+            self.events.update(key, "waiting until it answers")
+            ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker)
+        except (Aborted, LockAborted):
+            self.events.finish(key, f"{spec.name}: stopped", ok=False)
+            raise
+        except MoatError:
+            self.events.finish(key, f"{spec.name} did not become ready", ok=False)
+            raise
+        total = time.monotonic() - started
+        self.timeline.add(f"ready:{spec.name}", total)
+        self.events.record.update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes)
+        self.events.finish(key, f"{spec.name} ready in {total:.2f}s")
+        self.events.log(f"{spec.name} ready in {total:.3f}s after {ready.probes} checks")
+        return container_id
+
+    def _ensure_service_image(self, spec: ServiceSpec, key: str) -> None:
+        if self.runtime.image_exists(spec.image):
+            return
+        self.events.update(key, f"pulling {spec.image}")
+
+        def progress(text: str) -> None:
+            if self.abort.is_set():
+                raise Aborted
+            self.events.update(key, f"pulling {spec.image}: {text}")
+
+        try:
+            self.runtime.pull_image(spec.image, progress)
+        except EngineError as exc:
+            raise EngineError(
+                f"{spec.name}: {exc.message}",
+                hint=f"Check the image name and your registry access, or set services.{spec.name}.image"
+                     " in moat.yaml to an image you have.",
+            ) from None
