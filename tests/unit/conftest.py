@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 
@@ -17,11 +18,36 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "moat-unit-hypothesis")
 
 @pytest.fixture(autouse=True)
 def _isolated_moat_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Nothing a test does may touch the real ~/.moat, and the host's MOAT_RUNTIME must not leak in."""
+    """Nothing a test does may touch the real ~/.moat, and the host's MOAT_RUNTIME must not leak in.
+
+    MOAT_RUNTIME is docker, so that the CLI plans without asking whether an engine answers."""
     home = tmp_path_factory.mktemp("moat-home")
     monkeypatch.setenv("MOAT_HOME", str(home))
-    monkeypatch.delenv("MOAT_RUNTIME", raising=False)
+    monkeypatch.setenv("MOAT_RUNTIME", "docker")
     return home
+
+
+class EngineTouched(AssertionError):
+    """A unit test reached for a container engine."""
+
+
+@pytest.fixture(autouse=True)
+def _no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier never touches an engine: no Unix socket connection (the Docker socket), no
+    automatic runtime choice (which pings one). A test that means to exercise the choice patches
+    ``docker_answers`` itself."""
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        if self.family == socket.AF_UNIX:
+            raise EngineTouched(f"a unit test connected to the Unix socket {address!r}")
+        real_connect(self, address)  # type: ignore[arg-type]
+
+    def no_ping() -> bool:
+        raise EngineTouched("a unit test asked whether a container engine answers; pass --runtime")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr("moat.runtime.select.docker_answers", no_ping)
 
 
 @pytest.fixture(scope="session")

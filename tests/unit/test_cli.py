@@ -86,7 +86,7 @@ def test_deps_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(out)
     by_name = {r["name"]: r for r in rows}
     assert by_name["python"] == {"name": "python", "type": "runtime", "default": "3.11",
-                                 "versions": ["3.10", "3.11", "3.12", "3.13", "3.14"],
+                                 "versions": ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14"],
                                  "description": by_name["python"]["description"]}
     assert by_name["go"]["versions"] == [] and by_name["go"]["default"] == "1.25"
     assert by_name["pip:"]["type"] == "dynamic"
@@ -194,10 +194,26 @@ def test_dry_run_json(capsys: pytest.CaptureFixture[str], workspace: Path) -> No
 
 def test_dry_run_bare_e_copies_the_host_variable(capsys: pytest.CaptureFixture[str], workspace: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOAT_TEST_TOKEN", "from-host")
-    code, out, _ = moat(capsys, "run", str(workspace), "--dry-run", "--json", "-e", "MOAT_TEST_TOKEN", "--", "x")
+    monkeypatch.setenv("MOAT_TEST_SETTING", "from-host")
+    code, out, _ = moat(capsys, "run", str(workspace), "--dry-run", "--json", "-e", "MOAT_TEST_SETTING", "--", "x")
     assert code == 0
-    assert json.loads(out)["env"]["MOAT_TEST_TOKEN"] == "from-host"
+    assert json.loads(out)["env"]["MOAT_TEST_SETTING"] == "from-host"
+
+
+def test_credential_variables_are_masked_wherever_they_come_from(capsys: pytest.CaptureFixture[str],
+                                                                   workspace: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Passwords the catalog does not generate: a second MySQL user's, the agent's own API token.
+    write(workspace, "dependencies: [mysql]\nservices:\n  mysql:\n    env:\n      MYSQL_USER: bob\n"
+                     "      MYSQL_PASSWORD: bobs-secret-pw\nenv:\n  API_TOKEN: tok-1234567890\n")
+    monkeypatch.setenv("GH_TOKEN", "ghp_fromthehostenv")
+    for extra in ([], ["--json"]):
+        code, out, err = moat(capsys, "run", str(workspace), "--dry-run", *extra, "-e", "GH_TOKEN",
+                              "-e", "DB_PASSWORD=cli-given-pw", "--", "true")
+        assert code == 0, err
+        for secret in ("bobs-secret-pw", "tok-1234567890", "ghp_fromthehostenv", "cli-given-pw"):
+            assert secret not in out
+        assert "bob" in out  # a user name is not a secret
 
 
 def test_dry_run_uses_the_config_command(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
@@ -265,7 +281,7 @@ def test_dry_run_masks_passwords(capsys: pytest.CaptureFixture[str], workspace: 
         assert secret not in out + err
     assert MASK in out
     if as_json:
-        assert json.loads(out)["env"]["MOAT_REDIS_URL"] == f"redis://:{MASK}@redis:6379"
+        assert json.loads(out)["env"]["MOAT_REDIS_URL"] == f"redis://default:{MASK}@redis:6379"
 
 
 def test_dry_run_output_has_nothing_shaped_like_a_password(capsys: pytest.CaptureFixture[str],
@@ -331,11 +347,10 @@ def test_unsupported_feature_exits_2(capsys: pytest.CaptureFixture[str], workspa
 @pytest.mark.parametrize(
     ("config", "args", "fragment"),
     [
-        ("", ["--dry-run"], "nothing to run"),
         ("", ["--json", "--", "true"], "--json needs --dry-run"),
         ("", ["--dry-run", "-e", "MOAT_RUN_ID=x", "--", "true"], "MOAT_RUN_ID is set by moat"),
         ("", ["--dry-run", "-e", "NOT_SET_ANYWHERE_42", "--", "true"], "is not set in your environment"),
-        ("", ["--dry-run", "--name", "bad name", "--", "true"], "invalid --name"),
+        ("", ["--dry-run", "--name", "bad\tname", "--", "true"], "invalid --name"),
         ("dependencies: [postgres]\nenv: {MOAT_POSTGRES_URL: x}\n", ["--dry-run", "--", "true"], "set by moat"),
         ("dependencies: [ollama]\nservices:\n  ollama:\n    models: ['x; rm -rf /']\n", ["--dry-run", "--", "true"],
          "invalid model name 'x; rm -rf /'"),

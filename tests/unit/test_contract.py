@@ -109,7 +109,7 @@ def test_redis_defaults() -> None:
         "MOAT_REDIS_HOST": "redis",
         "MOAT_REDIS_PORT": "6379",
         "MOAT_REDIS_PASSWORD": PW,
-        "MOAT_REDIS_URL": f"redis://:{PW}@redis:6379",
+        "MOAT_REDIS_URL": f"redis://default:{PW}@redis:6379",
     }
     assert result.command == ("redis-server", "--requirepass", PW)
 

@@ -12,7 +12,8 @@ import pytest
 from moat.cli.planview import render_plan
 from moat.constants import MASK
 from moat.errors import EXIT_USAGE, ConfigError, UsageError
-from moat.plan.build import FALLBACK_UID, RunRequest, agent_identity, build_plan, image_tag
+from moat.plan.build import RunRequest, build_plan, image_tag
+from moat.plan.identity import Identity, agent_identity
 from moat.plan.names import new_run_id, random_name
 from tests.unit.support import (
     AWKWARD_PASSWORD,
@@ -74,10 +75,19 @@ def test_name_defaults_to_adjective_animal() -> None:
     assert plan.env["MOAT_RUN_NAME"] == plan.name
 
 
-@pytest.mark.parametrize("bad", ["", "-x", "has space", "semi;colon", "a" * 64, "ünï"])
+@pytest.mark.parametrize("bad", ["", "  ", "a" * 129, "tab\there", "bell\x07"])
 def test_invalid_cli_name(bad: str) -> None:
     with pytest.raises(UsageError, match="invalid --name"):
         plan_for("", name=bad)
+
+
+@pytest.mark.parametrize("name", ["has space", "semi;colon", "ünï", "-x", "a" * 128])
+def test_names_people_give_are_accepted_and_never_reach_engine_object_names(name: str) -> None:
+    # The Go tool accepts any name: engine objects are named after the run id, never the name.
+    plan = plan_for("dependencies: [redis]\n", name=name)
+    assert plan.name == name and plan.env["MOAT_RUN_NAME"] == name
+    names = [plan.network, plan.agent.name, *(s.container.name for s in plan.services)]
+    assert all(re.fullmatch(r"[a-z0-9_-]+", n) for n in names), names
 
 
 def test_cli_name_with_a_trailing_newline_is_rejected() -> None:
@@ -142,7 +152,8 @@ def test_tag_differs_when_dependencies_differ(one: str, other: str) -> None:
 
 
 def test_tag_differs_for_another_uid() -> None:
-    assert plan_for("", uid=1000, gid=1000).image.tag != plan_for("", uid=1001, gid=1001).image.tag
+    one, other = plan_for("", identity=Identity(1000, 1000)), plan_for("", identity=Identity(1001, 1001))
+    assert one.image.tag != other.image.tag
 
 
 @pytest.mark.parametrize(
@@ -198,7 +209,7 @@ def test_dockerfile_pip_and_npm_installs_are_quoted_words() -> None:
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
-    plan = plan_for("dependencies: [node]\n", uid=1234, gid=2345)
+    plan = plan_for("dependencies: [node]\n", identity=Identity(1234, 2345))
     dockerfile = plan.image.dockerfile
     assert "useradd" in dockerfile and "-u 1234 -g 2345" in dockerfile
     assert dockerfile.rstrip().splitlines()[-2:] == ["USER 1234:2345", "WORKDIR /workspace"]
@@ -302,7 +313,7 @@ def test_bare_e_for_an_unset_variable_is_an_error() -> None:
         plan_for("", env=("TOKEN",), host_env={})
 
 
-@pytest.mark.parametrize("item", ["=x", "1A=x", "A-B=x", " A=x", ""])
+@pytest.mark.parametrize("item", ["=x", " A=x", "", "A B=x", "A\tB=x"])
 def test_malformed_e_is_an_error(item: str) -> None:
     with pytest.raises(UsageError, match="invalid -e"):
         plan_for("", env=(item,))
@@ -342,10 +353,15 @@ def test_command_from_config() -> None:
     assert plan_for("command: [npm, start]\n", command=()).command == ("npm", "start")
 
 
-def test_no_command_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="nothing to run") as info:
-        plan_for("", command=())
-    assert info.value.exit_code == EXIT_USAGE
+def test_no_command_runs_bash_interactive_on_a_terminal() -> None:
+    # As the Go tool does: no command given and none in moat.yaml is a shell.
+    on_terminal = plan_for("", command=(), stdin_is_terminal=True)
+    assert on_terminal.command == ("bash",) and on_terminal.interactive is True
+    assert on_terminal.agent.tty and not on_terminal.agent.held
+    piped = plan_for("", command=(), stdin_is_terminal=False)
+    assert piped.command == ("bash",) and piped.interactive is False
+    assert piped.agent.command == ("sh", "-c", 'read -r _ || exit 125; exec "$0" "$@" </dev/null', "bash")
+    assert plan_for("", command=(), interactive=False, stdin_is_terminal=True).interactive is False
 
 
 def test_runtime_choice() -> None:
@@ -436,7 +452,7 @@ def test_to_dict_masks_every_password() -> None:
     _assert_nothing_leaks(dumped, passwords.issued)
     assert data["env"]["MOAT_POSTGRES_PASSWORD"] == MASK
     assert data["env"]["MOAT_POSTGRES_URL"] == f"postgresql://postgres:{MASK}@postgres:5432/postgres"
-    assert data["env"]["MOAT_REDIS_URL"] == f"redis://:{MASK}@redis:6379"
+    assert data["env"]["MOAT_REDIS_URL"] == f"redis://default:{MASK}@redis:6379"
     redis = next(s for s in data["services"] if s["name"] == "redis")
     assert redis["command"] == ["redis-server", "--requirepass", MASK]
     assert redis["readiness"]["env"]["REDISCLI_AUTH"] == MASK
@@ -471,30 +487,44 @@ def test_awkward_user_passwords_are_masked_in_every_form() -> None:
     for output in (dumped, text):
         _assert_nothing_leaks(output, [AWKWARD_PASSWORD])
     assert f"postgresql://al%20ice:{MASK}@postgres:5432/al%20ice" in dumped
-    assert f"redis://:{MASK}@redis:6379" in text
+    assert f"redis://default:{MASK}@redis:6379" in text
 
 
 # --- agent identity ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("invoker", "owner", "host_env", "expected"),
+    ("invoker", "owner", "expected"),
     [
-        ((1000, 1000), (0, 0), {}, (1000, 1000)),  # a normal user runs as themself
-        ((1234, 50), (1000, 1000), {"SUDO_UID": "1", "SUDO_GID": "1"}, (1234, 50)),  # sudo only matters for root
-        ((0, 0), (1000, 1000), {"SUDO_UID": "1500", "SUDO_GID": "1600"}, (1500, 1600)),  # the real user under sudo
-        ((0, 0), (1000, 1001), {}, (1000, 1001)),  # root: the workspace's owner
-        ((0, 0), (1000, 1001), {"SUDO_UID": "0", "SUDO_GID": "0"}, (1000, 1001)),  # sudo from root is still root
-        ((0, 0), (1000, 1001), {"SUDO_UID": "x", "SUDO_GID": "1"}, (1000, 1001)),  # garbage is ignored
-        ((0, 0), (1000, 1001), {"SUDO_UID": "1500"}, (1000, 1001)),  # half a sudo is ignored
-        ((0, 0), (0, 0), {}, (FALLBACK_UID, FALLBACK_UID)),  # never root
+        ((1000, 1000), (0, 0), (1000, 1000)),  # a user who is not root runs as themself
+        ((1234, 50), (1000, 1000), (1234, 50)),
+        ((0, 0), (1000, 1001), (1000, 1001)),  # root (CI, sudo): the workspace's owner
+        ((0, 0), (0, 0), (0, 0)),  # a root-owned workspace: root, confined (see below)
     ],
 )
-def test_agent_identity(invoker: tuple[int, int], owner: tuple[int, int], host_env: dict[str, str],
-                        expected: tuple[int, int]) -> None:
-    uid, gid = agent_identity(invoker, owner, host_env)
-    assert (uid, gid) == expected
-    assert uid != 0
+def test_agent_identity(invoker: tuple[int, int], owner: tuple[int, int], expected: tuple[int, int]) -> None:
+    identity = agent_identity(invoker, owner)
+    assert (identity.uid, identity.gid) == expected
+
+
+def test_a_root_agent_has_no_capabilities_and_cannot_gain_any() -> None:
+    plan = plan_for("", identity=Identity(0, 0))
+    assert plan.agent.user == "0:0"
+    assert plan.agent.cap_drop == ("ALL",) and plan.agent.no_new_privileges
+    lines = plan.image.dockerfile.rstrip().splitlines()
+    assert "useradd" not in plan.image.dockerfile
+    assert lines[-3:] == ["ENV HOME=/root", "USER 0:0", "WORKDIR /workspace"]
+
+
+def test_every_agent_drops_capabilities() -> None:
+    plan = plan_for("", identity=Identity(1000, 1000))
+    assert plan.agent.user == "1000:1000" and plan.agent.cap_drop == ("ALL",) and plan.agent.no_new_privileges
+
+
+def test_the_sandbox_never_runs_a_root_agent() -> None:
+    with pytest.raises(UsageError, match="will not run the agent as root") as info:
+        plan_for("", identity=Identity(0, 0), runtime="sandbox")
+    assert "chown" in (info.value.hint or "") and "--runtime docker" in (info.value.hint or "")
 
 
 def test_plan_records_workspace_and_config_file() -> None:

@@ -39,6 +39,10 @@ class TeardownProblem(MoatError):
     """One or more steps of removing a resource failed (each is said)."""
 
 
+def _text(exc: Exception) -> str:
+    return str(getattr(exc, "message", None) or getattr(exc, "strerror", None) or exc)
+
+
 @dataclass
 class AgentState:
     """What teardown must know about the agent: whether it ever ran, and whether to keep it."""
@@ -151,8 +155,8 @@ class Remover:
             try:
                 self.record.write_file(f"{SERVICE_LOGS_DIR}/{service}.log",
                                        self.runtime.logs(container_id, timestamps=True))
-            except MoatError as exc:
-                problems.append(f"could not save {service}'s log: {exc.message}")
+            except Exception as exc:  # whatever it was, the container must still go
+                problems.append(f"could not save {service}'s log: {_text(exc)}")
             problems += self._hand_back_cache(service, container_id)
         elif self.agent.ran(container_id):
             # SIGTERM first, as `docker stop` does: an agent may want to save its work.
