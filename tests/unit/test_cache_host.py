@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import stat
 import threading
 import time
@@ -53,9 +52,9 @@ def test_only_one_run_pulls_into_a_cache_at_a_time(tmp_path: Path, other) -> Non
     cache = HostCache(tmp_path)
     waited: list[bool] = []
     started = time.monotonic()
-    with pytest.raises(LockTimeout):
-        with cache.pulling("ollama", time.monotonic() + 0.3, threading.Event(), lambda: waited.append(True)):
-            pass
+    pulling = cache.pulling("ollama", time.monotonic() + 0.3, threading.Event(), lambda: waited.append(True))
+    with pytest.raises(LockTimeout), pulling:
+        pass
     assert waited == [True] and 0.3 <= time.monotonic() - started < 2
     assert cache.being_pulled("ollama")
 
@@ -65,9 +64,8 @@ def test_waiting_for_the_pull_lock_honours_abort(tmp_path: Path, other) -> None:
     abort = threading.Event()
     threading.Timer(0.2, abort.set).start()
     started = time.monotonic()
-    with pytest.raises(LockAborted):
-        with HostCache(tmp_path).pulling("ollama", time.monotonic() + 30, abort, lambda: None):
-            pass
+    with pytest.raises(LockAborted), HostCache(tmp_path).pulling("ollama", time.monotonic() + 30, abort, lambda: None):
+        pass
     assert time.monotonic() - started < 2
 
 
@@ -75,17 +73,15 @@ def test_a_run_waiting_for_a_cache_being_cleaned_never_blocks_forever(tmp_path: 
     # `moat cache clean` holds the cache exclusively: a starting run polls, with a deadline and abort.
     other("exclusive")
     started = time.monotonic()
-    with pytest.raises(LockTimeout):
-        with HostCache(tmp_path).in_use("ollama", time.monotonic() + 0.3):
-            pass
+    with pytest.raises(LockTimeout), HostCache(tmp_path).in_use("ollama", time.monotonic() + 0.3):
+        pass
     assert time.monotonic() - started < 2
 
 
 def test_clean_is_refused_while_a_run_uses_the_cache(tmp_path: Path, other) -> None:  # type: ignore[no-untyped-def]
     other("in-use")
-    with pytest.raises(CacheBusy):
-        with HostCache(tmp_path).exclusive("ollama"):
-            pass
+    with pytest.raises(CacheBusy), HostCache(tmp_path).exclusive("ollama"):
+        pass
     # Two runs share it.
     with HostCache(tmp_path).in_use("ollama", time.monotonic() + 1):
         pass
