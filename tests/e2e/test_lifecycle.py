@@ -255,17 +255,37 @@ def test_keep_after_a_failure_leaves_nothing(engine: DockerRuntime, moat_home: P
     assert left_for(engine, runs(moat_home)[0]["id"]) == []
 
 
-def test_an_interrupted_agent_gets_sigterm_first(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
-    workspace = write_workspace(tmp_path / "ws", "name: grace\n")
-    script = "trap 'echo got-TERM > /workspace/term; exit 0' TERM INT; while :; do sleep 0.1; done"
+@pytest.mark.parametrize(("signum", "word", "code"), [(signal.SIGINT, "INT", 3), (signal.SIGTERM, "TERM", 4)])
+def test_a_signal_to_moat_reaches_the_agent_as_itself(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
+                                                      signum: int, word: str, code: int) -> None:
+    # Told apart: the agent says which signal it got, and exits with a code of its own.
+    workspace = write_workspace(tmp_path / "ws", "name: forward\n")
+    script = ("trap 'echo got-INT > /workspace/got; exit 3' INT; trap 'echo got-TERM > /workspace/got; exit 4' TERM;"
+              " echo ready; while :; do sleep 0.1; done")
     proc = start_moat(["run", str(workspace), "--", "sh", "-c", script])
-    run_id = wait_for(lambda: runs(moat_home) and runs(moat_home)[0]["id"], what="the run")
-    wait_for(lambda: metadata(moat_home, run_id)["state"] == "running", what="the agent")
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    run_id = runs(moat_home)[0]["id"]
+    proc.send_signal(signum)
     proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert (workspace / "term").read_text() == "got-TERM\n"
+    assert (workspace / "got").read_text() == f"got-{word}\n"
+    assert proc.returncode == code  # the agent's own answer is moat's exit code
+    meta = metadata(moat_home, run_id)
+    assert (meta["state"], meta["exit_code"]) == ("interrupted", code)
+    assert left_for(engine, run_id) == []
+
+
+def test_an_agent_that_ignores_sigterm_is_stopped_after_the_grace(engine: DockerRuntime, moat_home: Path,
+                                                                  tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: stubborn\n")
+    proc = start_moat(["run", str(workspace), "--", "sh", "-c", "trap '' TERM INT; echo ready; while :; do sleep 0.1; done"])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    run_id = runs(moat_home)[0]["id"]
+    started = time.monotonic()
+    stopped = run_moat(["stop", run_id])
+    assert stopped.code == 0, stopped.output
+    proc.communicate(timeout=60)
+    assert proc.returncode == 137  # SIGKILL after the SIGTERM it ignored
+    assert 10 <= time.monotonic() - started < 25  # SIGTERM, 10 s to honour it, then SIGKILL
     assert left_for(engine, run_id) == []
 
 

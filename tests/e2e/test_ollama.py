@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from moat.runtime.docker import DockerRuntime
+from tests.conftest import skip_or_fail
 from tests.helpers import log_records, moat_command, run_moat, runs, start_moat, wait_for, write_workspace
 
 pytestmark = pytest.mark.engine
@@ -210,8 +211,9 @@ def _as_user(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", f"--groups={docker_gid}", "--"]
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root")
 def test_an_unprivileged_user_owns_and_can_clean_the_cache(engine: DockerRuntime, tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        skip_or_fail("switching to another user needs root")
     uid = 1000
     home = tmp_path / "user-home"
     home.mkdir()

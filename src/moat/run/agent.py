@@ -8,6 +8,7 @@ Signals reach the agent through the run's signal machine (forwarded, then a stop
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class AgentRun:
         target = AgentTarget(
             deliver=lambda signum: self.runtime.signal(container_id, signum),
             stop=lambda: self.runtime.stop_container(container_id, AGENT_STOP_GRACE),
+            kill=lambda: self.runtime.signal(container_id, signal.SIGKILL),
             gets_terminal_signals=self.plan.agent_gets_terminal_signals,
         )
         self.events.log(f"agent starting: {' '.join(self.plan.command)}")

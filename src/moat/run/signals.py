@@ -54,10 +54,12 @@ class Interrupted(BaseException):
 
 @dataclass
 class AgentTarget:
-    """How the agent phase receives signals: deliver one, or stop the agent."""
+    """How the agent phase receives signals: deliver one, stop the agent (SIGTERM, a grace, SIGKILL),
+    or kill it (it already had its SIGTERM)."""
 
     deliver: Callable[[int], None]
     stop: Callable[[], None]
+    kill: Callable[[], None] | None = None
     gets_terminal_signals: bool = False  # interactive, sharing moat's terminal
 
 
@@ -181,7 +183,7 @@ class RunSignals:
         agent.deliver(signum)
         if signum in (signal.SIGTERM, signal.SIGHUP):
             # Asked to end (moat stop, a closed terminal): an agent that ignores it is stopped.
-            timer = threading.Timer(STOP_GRACE, agent.stop)
+            timer = threading.Timer(STOP_GRACE, agent.kill or agent.stop)
             timer.daemon = True
             with self._lock:
                 self._stop_timer = timer

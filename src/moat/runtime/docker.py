@@ -167,8 +167,13 @@ class DockerRuntime:
 
     def __init__(self, client: Any | None = None) -> None:
         if client is None:
-            with _engine(f"connecting to the container engine at {engine_address()}"):
+            try:
                 client = docker.from_env(max_pool_size=32)
+            except Exception as exc:
+                if _translate(exc, "connecting") is None:
+                    raise
+                raise EngineError(f"no container engine answers at {engine_address()}: {exc}",
+                                  hint=HOW_TO_START) from None
         self.client = client
         self.api = client.api
 
