@@ -29,7 +29,7 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
 @pytest.mark.parametrize(
     ("name", "versions", "default", "base_image"),
     [
-        ("python", ("3.10", "3.11", "3.12", "3.13", "3.14"), "3.11", "python:{version}-slim"),
+        ("python", ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14"), "3.11", "python:{version}-slim"),
         ("node", ("18", "20", "22", "24"), "22", "node:{version}-slim"),
         ("go", (), "1.25", "golang:{version}"),  # no allow-list: any well-formed version
     ],

@@ -153,8 +153,8 @@ def test_image_override_must_be_an_image_reference() -> None:
 
 
 def test_env_values_must_be_strings_and_names_variables() -> None:
-    error = config_error(svc("postgres", "env:\n  GOOD: 1\n  9BAD: x\n  NESTED: {a: b}"))
-    assert {p.dotted for p in error.problems} == {"services.postgres.env.9BAD", "services.postgres.env.NESTED"}
+    error = config_error(svc("postgres", "env:\n  GOOD: 1\n  9-GOOD: x\n  BAD=X: x\n  NESTED: {a: b}"))
+    assert {p.dotted for p in error.problems} == {"services.postgres.env.BAD=X", "services.postgres.env.NESTED"}
 
 
 @pytest.mark.parametrize("variable", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB"])

@@ -271,8 +271,10 @@ def test_memory_wrong_type_message() -> None:
          "services.postgres.ready_timeout", "must be greater than 0"),
         ("runtime: podman\n", "runtime", "expected one of 'docker', 'apple', 'sandbox', got 'podman'"),
         ("network:\n  policy: strik\n", "network.policy", "did you mean 'strict'?"),
-        ("name: '-bad'\n", "name", "got '-bad'"),
-        ("env: {1BAD: x}\n", "env.1BAD", "invalid key '1BAD': expected a variable name"),
+        ("name: ''\n", "name", "expected a name (not empty, without control characters), got ''"),
+        ("name: \"a\\tb\"\n", "name", "got 'a\\tb'"),
+        ("env: {A=B: x}\n", "env.A=B", "invalid key 'A=B': expected a variable name (not empty, without '='"),
+        ("env: {'': x}\n", "env.", "invalid key '': expected a variable name"),
         ("env: {A: [1]}\n", "env.A", "expected a string, got a list"),
         ("dependencies: postgres\n", "dependencies", "expected a list, got 'postgres'"),
         ("mounts: ['a:b:c:d']\n", "mounts[0]", "must read SOURCE:TARGET"),
@@ -305,11 +307,11 @@ def test_several_problems_are_all_reported_sorted_by_line() -> None:
         "  cpus: lots\n"                  # 6  wrong type
         "frobnicate: 1\n"                 # 7  unknown key
         "env:\n"                          # 8
-        "  9X: y\n"                       # 9  bad variable name
+        "  X=Y: y\n"                      # 9  bad variable name
     )
     error = config_error(text)
     assert [p.line for p in error.problems] == [4, 6, 7, 9]
-    assert [p.dotted for p in error.problems] == ["dependencies[1]", "container.cpus", "frobnicate", "env.9X"]
+    assert [p.dotted for p in error.problems] == ["dependencies[1]", "container.cpus", "frobnicate", "env.X=Y"]
     rendered = error.render()
     assert rendered.startswith("moat.yaml: 4 problems found")
     positions = [rendered.index(p.dotted + ":") for p in error.problems]

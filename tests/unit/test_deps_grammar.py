@@ -88,7 +88,7 @@ def test_allow_list_error_text() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("python@3.9", "available: 3.10, 3.11, 3.12, 3.13, 3.14; omit the version for the default, 3.11"),
+        ("python@3.8", "available: 3.9, 3.10, 3.11, 3.12, 3.13, 3.14; omit the version for the default, 3.11"),
         ("python@3.1", "invalid version '3.1' for python"),
         ("node@16", "available: 18, 20, 22, 24; omit the version for the default, 22"),
         ("mysql@5.7", "available: 8, 9; omit the version for the default, 8"),

@@ -38,6 +38,10 @@ UNSUPPORTED = [
     ("gemini: {sync_logs: true}\n", "gemini"),
     ("kiro: {sync_logs: true}\n", "kiro"),
     ("pi: {provider: anthropic}\n", "pi"),
+    ("codex: {shared_sessions: true}\n", "codex"),
+    ("copilot: {context: long_context, reasoning_effort: high}\n", "copilot"),
+    ("dependencies: [redis]\nservices:\n  redis:\n    env: {REDIS_PASSWORD: op://vault/redis/pw}\n",
+     "services.redis.env.REDIS_PASSWORD"),
 ]
 
 

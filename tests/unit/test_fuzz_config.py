@@ -2,8 +2,10 @@
 
 Two sources of documents: random key/value trees (keys drawn from the schema's own field names, the
 catalog's names and junk) dumped as YAML, and random text mutations of valid files (deleted,
-inserted and swapped characters, duplicated or dropped lines, indentation changes, swapped tokens).
-Each goes through parse_config → require_supported → build_plan → to_dict / render_plan.
+inserted and swapped characters, duplicated or dropped lines, indentation changes, swapped tokens,
+hostile values and %YAML directives). Each goes through parse_config → require_supported →
+build_plan → to_dict / render_plan. A config-only property holds the load itself to a Config or a
+ConfigError (``moat run --dry-run`` exits 0 or 2) with everything loaded printable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from moat.cli.planview import render_plan
 from moat.config.features import require_supported
 from moat.config.load import parse_config
 from moat.config.schema import MoatConfig
-from moat.errors import ConfigError, MoatError
+from moat.errors import ConfigError, MoatError, UnsupportedFeatureError
 from moat.plan.build import RunRequest, build_plan
 from tests.unit.support import CATALOG, FULL_REFERENCE, PASSWORD_SHAPE, RUNNABLE
 
@@ -216,18 +218,29 @@ SEEDS = [
     "dependencies: [node, 'npm:@scope/pkg@1.2', mysql]\nservices:\n  mysql:\n    env:\n      MYSQL_DATABASE: shop\n"
     "    ready_timeout: 30\ncontainer:\n  memory: 1024\n  ulimits:\n    nofile: {soft: 1024, hard: 2048}\n",
 ]
+# Values that once escaped as "internal error" (or reached a runtime): escapes YAML turns into a lone
+# surrogate or NUL, control characters, integers past Python's 4300-digit print limit, overflowing
+# floats, secret references.
+HOSTILE_VALUES = ['"\\ud800"', '"a\\udfffb"', '"\\0"', '"pw\\nlogfile /some/path\\n"', '"\\x1b[31m"', '"\\t"',
+                  '"\\x85"', "0x" + "f" * 5000, "9" * 4400, "-" + "7" * 120, "1e300", "-1e300", "1e-300", ".nan",
+                  ".inf", "9223372036854775808", "op://vault/item/field", "ssm://p", "env://HOME", "''", "~"]
+DIRECTIVES = ["%YAML 1.3\n---\n", "%YAML 1.1\n---\n", "%YAML 1.2\n---\n", "%YAML 2.0\n---\n", "%YAML 1\n---\n",
+              "%YAML 1.2\n%YAML 1.2\n---\n", "%TAG !x! tag:x,2000:\n---\n", "%FOO bar\n---\n", "%YAML 1.3\n"]
 INSERTS = [":", "-", " ", "  ", "\n", "[", "]", "{", "}", ",", "'", '"', "#", "@", "&", "*", "!", "|", ">", "%", "?",
            "\t", "\\", "x", "0", "é", "\x00", "\x7f", "\u2028", "~", "<<"]
 TOKENS = [*SCHEMA_KEYS[:40], *SERVICE_NAMES, *ENTRY_NAMES, "null", "true", "-1", "0", "1.10", "[]", "{}", "''",
           "x; rm -rf /", "$(id)", "strict", "apple"]
 
 
+TEXT_OPS = ["delete", "insert", "swap", "dup_line", "drop_line", "indent", "dedent", "token", "truncate"]
+HOSTILE_OPS = ["value", "directive"]
+
+
 @st.composite
-def mutated_documents(draw: st.DrawFn) -> str:
+def mutated_documents(draw: st.DrawFn, ops: list[str] = TEXT_OPS + HOSTILE_OPS) -> str:
     text = draw(st.sampled_from(SEEDS))
     for _ in range(draw(st.integers(min_value=1, max_value=6))):
-        op = draw(st.sampled_from(["delete", "insert", "swap", "dup_line", "drop_line", "indent", "dedent",
-                                   "token", "truncate"]))
+        op = draw(st.sampled_from(ops))
         if not text:
             break
         pos = draw(st.integers(min_value=0, max_value=len(text) - 1))
@@ -260,6 +273,13 @@ def mutated_documents(draw: st.DrawFn) -> str:
                 text = "\n".join(lines)
         elif op == "truncate":
             text = text[:pos]
+        elif op == "value":  # a hostile value in place of the one on this line (or as a list item)
+            head, colon, _ = lines[line_no].partition(": ")
+            hostile = draw(st.sampled_from(HOSTILE_VALUES))
+            lines[line_no] = f"{head}: {hostile}" if colon else f"{head} [{hostile}]"
+            text = "\n".join(lines)
+        elif op == "directive":
+            text = draw(st.sampled_from(DIRECTIVES)) + text
     return text
 
 
@@ -277,6 +297,36 @@ def test_mutated_documents_end_in_a_plan_or_a_moat_error() -> None:
     assert outcomes["config_error"] >= 200, outcomes
 
 
+def loads_or_config_error(text: str) -> str:
+    """The load alone: a Config (every value printable) or a ConfigError; nothing else, ever."""
+    try:
+        config = parse_config(text, CATALOG, file=Path("/fuzz/moat.yaml"))
+    except ConfigError as error:
+        assert error.problems
+        error.render().encode("utf-8")  # the CLI prints it
+        return "config_error"
+    try:
+        require_supported(config)
+    except UnsupportedFeatureError as error:
+        error.render().encode("utf-8")
+    # What loaded must print: no lone surrogate, no integer Python refuses to print.
+    json.dumps(config.model.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+    return "config"
+
+
+def test_hostile_mutations_load_or_end_in_a_config_error() -> None:
+    outcomes: Counter[str] = Counter()
+
+    @settings(FUZZ_SETTINGS, max_examples=MUTATED_EXAMPLES)
+    @given(mutated_documents(TEXT_OPS + HOSTILE_OPS * 4))
+    def check(text: str) -> None:
+        outcomes[loads_or_config_error(text)] += 1
+
+    check()
+    assert outcomes["config"] >= 50, outcomes
+    assert outcomes["config_error"] >= 200, outcomes
+
+
 # --- the seeds themselves, and known escapes ---------------------------------------------------
 
 
@@ -290,7 +340,16 @@ def test_seeds_are_what_the_mutations_start_from(seed: int) -> None:
     "dependencies: [postgres]\nservices:\n  postgres: &pg\n    <<: *pg\n",
     "env: " + "[" * 1000 + "]" * 1000 + "\n",
     "network:\n  rules:\n    - api.github.com: [null]\n",
+    'env: {A: "\\ud800"}\n',
+    "%YAML 1.3\n---\nname: x\n",
+    "container:\n  memory: 0x" + "f" * 5000 + "\n",
+    "container:\n  cpus: 1e300\n",
+    'command: ["a\\0b"]\n',
+    "dependencies: [redis]\nservices:\n  redis:\n    env: {REDIS_PASSWORD: \"pw\\nlogfile /x\"}\n",
 ])
 def test_former_escapes_end_in_a_config_error(text: str) -> None:
-    # Each of these once escaped the pipeline as RecursionError or AttributeError.
+    # Each of these once escaped the pipeline as RecursionError, AttributeError, UnicodeEncodeError,
+    # AssertionError (ruamel, on %YAML 1.3), ValueError (printing a 6000-digit integer) or, at run
+    # time, OverflowError; or reached a runtime that wrote it into a config file.
     assert run_pipeline(text) == "config_error"
+    assert loads_or_config_error(text) == "config_error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from difflib import SequenceMatcher
 
 import pytest
 
@@ -71,3 +72,29 @@ def test_suggestion_is_deterministic_across_orders() -> None:
     assert expected == "mysql"
     for order in (list(reversed(names)), sorted(names, key=len), names[1:] + names[:1]):
         assert closest("mysq", order) == expected
+
+
+def test_a_very_long_word_gets_no_suggestion_and_costs_nothing() -> None:
+    assert closest("postgres" * 1000, ["postgres"]) is None
+    assert closest("p" * 101, ["p" * 101]) is None  # not even an exact match is worth the time
+
+
+def _reference(word: str, candidates: list[str]) -> str | None:
+    """The suggestion as computed before the quick bounds: every candidate's full ratio."""
+    best: tuple[float, str] | None = None
+    for candidate in sorted(set(candidates)):
+        a, b = word.lower(), candidate.lower()
+        score = 2.0 if a == b else SequenceMatcher(None, a, b, autojunk=False).ratio()
+        if a != b and min(len(a), len(b)) >= 3 and (a.startswith(b) or b.startswith(a)):
+            score = max(score, 0.75)
+        if score >= 0.6 and (best is None or score > best[0]):
+            best = (score, candidate)
+    return best[1] if best else None
+
+
+def test_the_quick_bounds_change_no_suggestion() -> None:
+    names = CATALOG.names()
+    words = [*names, *(n[:-1] for n in names), *(n[1:] for n in names), *(n + "s" for n in names),
+             *(n[::-1] for n in names), "pg", "xyz", "pyhton", "gti", "olama", "ministak", "", "a", "postgresql-16"]
+    for word in words:
+        assert closest(word, names) == _reference(word, names), word

@@ -195,3 +195,23 @@ def test_control_character_is_located() -> None:
     assert len(error.problems) == 1
     assert (error.problems[0].line, error.problems[0].column) == (2, 12)
     assert "U+0000" in error.problems[0].message or "#x0000" in error.problems[0].message
+
+
+def test_each_merge_counts_as_work_even_when_it_adds_nothing() -> None:
+    # Merging an empty mapping built no value, so the count never moved: 10**10 merges, hours.
+    lines = ["z0: &z0 {}"] + [f"z{n}: &z{n} {{<<: [{', '.join([f'*z{n - 1}'] * 10)}]}}" for n in range(1, 11)]
+    found = problem("\n".join(lines) + "\n")
+    assert "document too large" in found.message and "merge keys" in found.message
+
+
+def test_yaml_1_1_booleans_read_as_booleans_under_a_1_1_directive() -> None:
+    data, _ = load_document("%YAML 1.1\n---\na: yes\nb: no\nc: on\nd: off\n")
+    assert data == {"a": True, "b": False, "c": True, "d": False}
+
+
+def test_nul_and_lone_surrogates_are_refused_where_they_are() -> None:
+    found = problem('a:\n  b: [x, "y\\0"]\n')
+    assert (found.path, found.line, found.column) == (("a", "b", 1), 2, 10)
+    assert found.message == "contains a NUL character (U+0000); remove it"
+    found = problem('"k\\udc00": 1\n')
+    assert found.message == "contains a lone surrogate escape (U+DC00), not a character; remove it"

@@ -19,6 +19,8 @@ from moat.suggest import closest
 _PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_RULE = "versions may only contain letters, digits, '.', '-' and '_'"
+# Past this many problems in one list, suggestions stop: nobody reads them, and each costs time.
+_SUGGEST_AT_MOST = 50
 
 
 class DependencyError(MoatError):
@@ -48,8 +50,8 @@ class Dependency:
         return f"{self.key}@{self.version}" if self.version else self.key
 
 
-def parse_dependency(text: object, catalog: Catalog) -> Dependency:
-    """Parse one entry of ``dependencies``."""
+def parse_dependency(text: object, catalog: Catalog, *, suggest: bool = True) -> Dependency:
+    """Parse one entry of ``dependencies`` (``suggest``: add a did-you-mean to an unknown name)."""
     if not isinstance(text, str):
         raise DependencyError(f"expected a string such as 'postgres@17', got {_describe(text)}")
     raw = text.strip()
@@ -59,18 +61,18 @@ def parse_dependency(text: object, catalog: Catalog) -> Dependency:
     if match:
         return _parse_dynamic(match.group(1), match.group(2), raw, catalog)
     name, sep, version = raw.partition("@")
-    return _parse_named(name, version if sep else None, raw, catalog)
+    return _parse_named(name, version if sep else None, raw, catalog, suggest)
 
 
-def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog) -> Dependency:
+def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, suggest: bool) -> Dependency:
     if not _NAME_RE.fullmatch(name):
         raise DependencyError(
             f"invalid dependency {raw!r}: a name may only contain letters, digits, '.', '-' and '_'"
-            + _suggestion(name, catalog)
+            + _suggestion(name, catalog, suggest)
         )
     entry = catalog.get(name)
     if entry is None:
-        raise DependencyError(_unknown_message(name, catalog))
+        raise DependencyError(unknown_message(name, catalog, suggest=suggest))
     if version is not None:
         _check_version_text(name, version)
     if isinstance(entry, Tool):
@@ -122,16 +124,19 @@ def _check_version_text(name: str, version: str) -> None:
         raise DependencyError(f"invalid version {version!r} for {name}: {_VERSION_RULE}")
 
 
-def _unknown_message(name: str, catalog: Catalog) -> str:
+def unknown_message(name: str, catalog: Catalog, *, suggest: bool = True) -> str:
+    """Why ``name`` is not a dependency: one the Go moat has that this one lacks, or no such name."""
     if catalog.is_not_yet_provided(name):
         return (
             f"'{name}' is a dependency of the Go moat that this moat does not provide yet;"
             " use a base_image that has it, or a pip:/npm: package"
         )
-    return f"unknown dependency '{name}'{_suggestion(name, catalog)} (`moat deps list` shows them all)"
+    return f"unknown dependency '{name}'{_suggestion(name, catalog, suggest)} (`moat deps list` shows them all)"
 
 
-def _suggestion(name: str, catalog: Catalog) -> str:
+def _suggestion(name: str, catalog: Catalog, suggest: bool) -> str:
+    if not suggest:
+        return ""
     match = catalog.alias_for(name) or closest(name, catalog.names())
     return f" — did you mean '{match}'?" if match else ""
 
@@ -156,7 +161,7 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
     resolved: list[Dependency] = []
     for index, item in enumerate(items):
         try:
-            dep = parse_dependency(item, catalog)
+            dep = parse_dependency(item, catalog, suggest=len(problems) < _SUGGEST_AT_MOST)
         except DependencyError as exc:
             problems[index] = exc.message
             continue

@@ -10,20 +10,49 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from moat.config.load import Config
-from moat.config.schema import MoatConfig
+from moat.config.schema import SECRET_SCHEMES, MoatConfig, is_secret_reference
 from moat.errors import UnsupportedFeatureError
+
+Where = tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Feature:
-    path: tuple[str, ...]
+    path: Where
     used: Callable[[MoatConfig], bool]
     why: str  # what the user loses if we went ahead
 
+    def found(self, model: MoatConfig) -> list[Where]:
+        return [self.path] if self.used(model) else []
 
-_FEATURES = (
+
+@dataclass(frozen=True)
+class ValuesFeature:
+    """A feature used by values rather than keys: each place it is used is reported on its own."""
+
+    places: Callable[[MoatConfig], list[Where]]
+    why: str
+
+    def found(self, model: MoatConfig) -> list[Where]:
+        return self.places(model)
+
+
+def _service_secret_references(model: MoatConfig) -> list[Where]:
+    return [("services", name, "env", key) for name, override in model.services.items()
+            for key, value in override.env.items() if is_secret_reference(value)]
+
+
+_SCHEMES = ", ".join(f"{s}://" for s in SECRET_SCHEMES)
+
+
+_FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("grants",), lambda c: bool(c.grants), "credential injection (grants) is not built yet"),
-    Feature(("secrets",), lambda c: bool(c.secrets), "secret references (op://, ssm://) are not resolved yet"),
+    Feature(("secrets",), lambda c: bool(c.secrets), f"secret references ({_SCHEMES}) are not resolved yet"),
+    # The Go tool would resolve nothing here either, but a reference must never become a literal
+    # password: refused until secrets are resolved.
+    ValuesFeature(_service_secret_references,
+                  f"secret references ({_SCHEMES}) are not resolved yet; the reference itself would become"
+                  " the value"),
     Feature(("network", "policy"), lambda c: c.network.policy == "strict",
             "network.policy: strict would not be enforced; the agent would have open network access"),
     Feature(("network", "rules"), lambda c: bool(c.network.rules), "per-host network rules are not enforced yet"),
@@ -53,9 +82,9 @@ _FEATURES = (
 )
 
 
-def unsupported(config: Config) -> list[tuple[tuple[str, ...], str]]:
+def unsupported(config: Config) -> list[tuple[Where, str]]:
     """Every feature the config uses that moat cannot honour yet, as (path, why)."""
-    return [(f.path, f.why) for f in _FEATURES if f.used(config.model)]
+    return [(path, f.why) for f in _FEATURES for path in f.found(config.model)]
 
 
 def require_supported(config: Config) -> None:

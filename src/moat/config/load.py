@@ -16,12 +16,14 @@ from moat.catalog.deps import Dependency
 from moat.config import checks
 from moat.config.problems import translate
 from moat.config.schema import MoatConfig
-from moat.config.yamldoc import Marks, YamlProblem, load_document
+from moat.config.yamldoc import MAX_SIZE, Marks, YamlProblem, load_document, too_large
 from moat.constants import CONFIG_FILENAMES
 from moat.errors import ConfigError, Located
 
 # A moat.yaml is a few kilobytes; refuse to parse something that is clearly not one.
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = MAX_SIZE
+# Past this many, more problems help nobody, and phrasing each (with its did-you-mean) costs time.
+MAX_PROBLEMS = 50
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def load_config(workspace: Path, catalog: Catalog) -> Config:
     except OSError as exc:
         raise ConfigError(file, [Located((), f"cannot read the file: {exc.strerror}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(file, [Located((), f"file is larger than {MAX_CONFIG_BYTES} bytes")])
+        raise ConfigError(file, [Located((), too_large())])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -81,14 +83,24 @@ def parse_config(text: str, catalog: Catalog, *, file: Path | None = None) -> Co
     try:
         model = MoatConfig.model_validate(data)
     except ValidationError as exc:
-        problems = translate(exc.errors(include_url=False), data, marks, MoatConfig)
+        errors = exc.errors(include_url=False)
+        problems = translate(errors[:MAX_PROBLEMS], data, marks, MoatConfig)
         problems += _locate(checks.check_raw(data, catalog), marks)
-        raise ConfigError(file, problems) from None
+        raise ConfigError(file, _at_most(problems, len(errors) - len(errors[:MAX_PROBLEMS]))) from None
     result = checks.check(model, catalog)
     problems = _locate(result.problems, marks)
     if problems:
-        raise ConfigError(file, problems)
+        raise ConfigError(file, _at_most(problems, 0))
     return Config(file, model, tuple(result.dependencies), result.provisions, marks)
+
+
+def _at_most(problems: list[Located], unphrased: int) -> list[Located]:
+    """The first problems in the file, and how many more there are."""
+    if len(problems) <= MAX_PROBLEMS and not unphrased:
+        return problems
+    shown = sorted(problems, key=lambda p: (p.line or 0, p.column or 0))[:MAX_PROBLEMS]
+    more = len(problems) - len(shown) + unphrased
+    return [*shown, Located((), f"{more} more problems not shown; fix these and run again")]
 
 
 def _locate(problems: list[checks.Problem], marks: Marks) -> list[Located]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from moat.config.schema import EXPECTED, PATTERN_RULES
+from moat.config.schema import EXPECTED, PATTERN_RULES, RANGES
 from moat.config.yamldoc import Marks, Path, YamlFloat, YamlInt
 from moat.errors import Located, dotted_path
 from moat.suggest import did_you_mean
@@ -33,6 +33,10 @@ _GENERIC_EXPECTED = {
 }
 
 
+# Longer values are cut short in messages: a line of 64 KiB helps nobody.
+_LONGEST = 60
+
+
 def describe(value: Any) -> str:
     """How a value read from YAML is named in a message."""
     if value is None:
@@ -44,6 +48,8 @@ def describe(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str):
+        if len(value) > _LONGEST:
+            return f"{value[:_LONGEST]!r}… ({len(value)} characters)"
         return repr(value)
     if isinstance(value, dict):
         return "a mapping"
@@ -154,9 +160,9 @@ def literal_options(annotation: Any) -> list[str]:
     return []
 
 
-def _expected_for(path: Path) -> str | None:
+def _expected_for(path: Path, phrases: dict[str, str] = EXPECTED) -> str | None:
     dotted = dotted_path(tuple(p for p in path if not isinstance(p, int)))
-    for pattern, phrase in EXPECTED.items():
+    for pattern, phrase in phrases.items():
         regex = "^" + re.escape(pattern).replace(r"\*", r"[^.]+") + "$"
         if re.match(regex, dotted):
             return phrase
@@ -194,7 +200,7 @@ def _message(kind: str, error: ErrorDetails, loc: tuple[int | str, ...], path: P
         if options:
             return f"unknown key '{key}'{did_you_mean(key, options)} (valid: {', '.join(options)})"
         key_rule = PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")), "a valid key")
-        return f"invalid key '{key}': expected {key_rule}"
+        return f"invalid key {key!r}: expected {key_rule}"
     if kind == "literal_error":
         options = literal_options(annotation_at(model, loc))
         hint = did_you_mean(value, options) if isinstance(value, str) else ""
@@ -208,7 +214,10 @@ def _message(kind: str, error: ErrorDetails, loc: tuple[int | str, ...], path: P
         words = {"greater_than": "greater than", "greater_than_equal": "at least",
                  "less_than": "less than", "less_than_equal": "at most"}[kind]
         limit = next(iter(bound.values()), "?")
-        return f"must be {words} {limit}, got {describe(value)}"
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        allowed = _expected_for(path, RANGES)
+        return f"must be {words} {limit}, got {describe(value)}" + (f" (allowed: {allowed})" if allowed else "")
     expected = _expected_for(path) or _GENERIC_EXPECTED.get(kind.split("_", maxsplit=1)[0])
     if expected:
         return f"expected {expected}, got {describe(value)}"

@@ -9,6 +9,7 @@ normalised to one shape before validation, so errors point at the user's key, no
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,9 +26,22 @@ from pydantic import (
 
 from moat.config.yamldoc import scalar_text
 
-ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# As the Go tool takes them: an env key is any string (yaml.v3 into map[string]string) and a name any
+# string. What no environment or terminal can hold safely is refused: an empty key, '=' in a key
+# (KEY=VALUE would split elsewhere), and control characters. Container-safe names derive from `name`.
+ENV_NAME_RE = r"^[^=\x00-\x1f\x7f-\x9f]+$"
 IMAGE_REF_RE = r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:]*(@sha256:[a-f0-9]{64})?$"
-RUN_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+RUN_NAME_RE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+
+# Realistic ranges, so a number that passes here does not overflow when a run starts.
+MAX_CPUS = 1024
+MIN_CPUS = 0.01  # Docker's smallest CPU limit; below it the limit would silently be none
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_INT64 = 2**63 - 1  # what the Go tool (and the kernel, for ulimits) can hold
+
+# The schemes of the Go tool's secret resolvers (internal/secrets: op, ssm, env). A value
+# "scheme://..." with one of these is a secret reference, not a literal.
+SECRET_SCHEMES = ("op", "ssm", "env")
 
 
 # What each string pattern means, for messages ("expected an absolute path, got 'data'").
@@ -48,13 +62,39 @@ def _to_text(value: Any) -> Any:
     return value if text is None else text
 
 
+def _single_line(value: str) -> str:
+    """Env values end up in server config files and command lines: one line, no control characters.
+    The message never shows the value (it may be a password)."""
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(f"contains a control character (U+{ord(char):04X}); values must be a single line")
+    return value
+
+
+def is_secret_reference(value: str) -> bool:
+    """``op://vault/item/field``, ``ssm://...``, ``env://VAR``: resolved by the Go tool, not literal."""
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme in SECRET_SCHEMES
+
+
+def _reference(value: str) -> str:
+    # The Go tool's own rule for secrets: a value without "scheme://" is refused at load.
+    scheme, sep, _ = value.partition("://")
+    if not sep or not scheme:
+        raise ValueError("expected a secret reference such as 'op://vault/item/field' (scheme://path)")
+    return value
+
+
 Text = Annotated[str, BeforeValidator(_to_text)]
-EnvName = Annotated[str, matching(ENV_NAME_RE, "a variable name (letters, digits and '_', not starting with a digit)")]
+EnvName = Annotated[str, matching(ENV_NAME_RE, "a variable name (not empty, without '=' or control characters)")]
+EnvValue = Annotated[str, BeforeValidator(_to_text), AfterValidator(_single_line)]
 ImageRef = Annotated[str, BeforeValidator(_to_text), matching(
     IMAGE_REF_RE, "an image reference such as 'postgres:17' or 'registry.example.com/team/pg:16'")]
 AbsolutePath = Annotated[str, matching(r"^/", "an absolute path (starting with /)")]
 LowerName = Annotated[str, matching(r"^[a-z0-9][a-z0-9_-]*$", "a name of lowercase letters, digits, '-' and '_'")]
-EnvMap = dict[EnvName, Text]
+EnvMap = dict[EnvName, EnvValue]
+SecretMap = dict[EnvName, Annotated[EnvValue, AfterValidator(_reference)]]
+Int64 = Annotated[int, Field(le=MAX_INT64)]
 
 
 class Section(BaseModel):
@@ -79,8 +119,8 @@ UlimitName = Literal[
 
 
 class Ulimit(Section):
-    soft: int = Field(ge=-1)
-    hard: int = Field(ge=-1)
+    soft: int = Field(ge=-1, le=MAX_INT64)
+    hard: int = Field(ge=-1, le=MAX_INT64)
 
     @model_validator(mode="after")
     def _ordered(self) -> Ulimit:
@@ -91,17 +131,25 @@ class Ulimit(Section):
         return self
 
 
+def _memory_floor(value: int) -> int:
+    if 0 < value < 128:
+        raise ValueError(f"must be 0 (no limit) or at least 128 MB, got {value}")
+    return value
+
+
+def _cpus_floor(value: float) -> float:
+    if 0 < value < MIN_CPUS:
+        raise ValueError(f"must be 0 (no limit) or at least {MIN_CPUS}, got {value:g}")
+    return value
+
+
 class ContainerConfig(Section):
-    memory: int = Field(0, ge=0)  # MB; 0 = the engine's default (no limit)
-    cpus: float = Field(0, ge=0, allow_inf_nan=False)  # 0 = no limit
+    # MB; 0 = the engine's default (no limit)
+    memory: Annotated[int, Field(ge=0, le=MAX_MEMORY_MB), AfterValidator(_memory_floor)] = 0
+    # 0 = no limit
+    cpus: Annotated[float, Field(ge=0, le=MAX_CPUS, allow_inf_nan=False), AfterValidator(_cpus_floor)] = 0
     dns: list[Text] = Field(default_factory=list)
     ulimits: dict[UlimitName, Ulimit] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _memory_floor(self) -> ContainerConfig:
-        if 0 < self.memory < 128:
-            raise ValueError(f"container.memory must be 0 (no limit) or at least 128 MB, got {self.memory}")
-        return self
 
 
 # --- services ----------------------------------------------------------------------------------
@@ -116,7 +164,7 @@ class ServiceOverride(Section):
     env: EnvMap = Field(default_factory=dict)
     image: ImageRef | None = None
     wait: bool = True
-    memory: int | None = Field(None, gt=0)  # MB
+    memory: int | None = Field(None, gt=0, le=MAX_MEMORY_MB)  # MB
     ready_timeout: float = Field(60, gt=0, le=3600, allow_inf_nan=False)  # seconds
     # memory: the service's data directories are tmpfs (fast; the data counts toward ``memory``);
     # disk: an anonymous volume, as the image declares (for data larger than memory allows).
@@ -230,7 +278,7 @@ class Device(Section):
 
     name: LowerName
     match: Match = Field(default_factory=Match)
-    baud: int = Field(0, ge=0)
+    baud: int = Field(0, ge=0, le=MAX_INT64)
     record: Literal["", "events", "full"] = ""
 
 
@@ -242,7 +290,7 @@ class SnapshotTriggers(Section):
     disable_git_commits: bool = False
     disable_builds: bool = False
     disable_idle: bool = False
-    idle_threshold_seconds: int = Field(30, ge=0)
+    idle_threshold_seconds: int = Field(30, ge=0, le=MAX_INT64)
 
 
 class SnapshotExclude(Section):
@@ -251,7 +299,7 @@ class SnapshotExclude(Section):
 
 
 class SnapshotRetention(Section):
-    max_count: int = Field(10, ge=0)
+    max_count: int = Field(10, ge=0, le=MAX_INT64)
     delete_initial: bool = False
 
 
@@ -337,8 +385,15 @@ class LogSyncingAgent(Section):
     mcp: dict[str, LocalMcpServer] = Field(default_factory=dict)
 
 
+class CodexConfig(LogSyncingAgent):
+    shared_sessions: bool = False  # mount the host's ~/.codex/sessions
+
+
 class CopilotConfig(Section):
     model: Text = ""
+    # The values the Go tool documents for `copilot --context` and `--reasoning-effort`.
+    context: Literal["", "default", "long_context"] = ""
+    reasoning_effort: Literal["", "none", "minimal", "low", "medium", "high", "xhigh", "max"] = ""
     experimental: bool = False
     autopilot: bool = False
 
@@ -355,14 +410,20 @@ class PiConfig(Section):
 # --- the file ----------------------------------------------------------------------------------
 
 
+def _empty_block(value: Any) -> Any:
+    """``postgres:`` with nothing under it means the defaults, as in the Go tool."""
+    return {} if value is None else value
+
+
+
 class MoatConfig(Section):
-    name: Annotated[Text, matching(RUN_NAME_RE, "letters, digits, '.', '-' and '_' (at most 63)")] | None = None
+    name: Annotated[Text, matching(RUN_NAME_RE, "a name (not empty, without control characters)")] | None = None
     agent: Text = ""
     version: Text = ""
     dependencies: list[Any] = Field(default_factory=list)  # parsed against the catalog
-    services: dict[str, ServiceOverride] = Field(default_factory=dict)
+    services: dict[str, Annotated[ServiceOverride, BeforeValidator(_empty_block)]] = Field(default_factory=dict)
     env: EnvMap = Field(default_factory=dict)
-    secrets: EnvMap = Field(default_factory=dict)
+    secrets: SecretMap = Field(default_factory=dict)
     grants: list[Text] = Field(default_factory=list)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     command: list[Text] | None = None
@@ -384,7 +445,7 @@ class MoatConfig(Section):
     language_servers: list[Literal["go", "typescript", "python"]] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
     claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
-    codex: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
+    codex: CodexConfig = Field(default_factory=CodexConfig)
     gemini: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
     kiro: LogSyncingAgent = Field(default_factory=LogSyncingAgent)
     copilot: CopilotConfig = Field(default_factory=CopilotConfig)
@@ -410,5 +471,18 @@ EXPECTED: dict[str, str] = {
     "services.*.wait": "true or false",
     "command": "a list of strings such as [\"npm\", \"start\"]",
     "ports.*": "a port number (1-65535)",
-    "network.host.*": "a port number (1-65535)",
+    "network.host": "a port number (1-65535)",
+}
+
+# The allowed range of each bounded number, in words, for "must be at most ..." errors.
+RANGES: dict[str, str] = {
+    "container.cpus": f"0 (no limit), or {MIN_CPUS} to {MAX_CPUS} CPUs",
+    "container.memory": f"0 (no limit), or 128 to {MAX_MEMORY_MB} megabytes (16 TiB)",
+    "services.*.memory": f"1 to {MAX_MEMORY_MB} megabytes (16 TiB)",
+    "services.*.ready_timeout": "more than 0 and at most 3600 seconds (one hour)",
+    "services.*.provision_timeout": "more than 0 and at most 86400 seconds (one day)",
+    "container.ulimits.*.soft": f"-1 (unlimited), or 0 to {MAX_INT64}",
+    "container.ulimits.*.hard": f"-1 (unlimited), or 0 to {MAX_INT64}",
+    "ports.*": "1 to 65535",
+    "network.host": "1 to 65535",
 }

@@ -1,0 +1,176 @@
+"""Real moat.yaml files of the Go tool load here as they load there (majorcontext/moat,
+internal/config/config.go), and what this moat cannot honour yet stops a run, saying so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moat.catalog.deps import parse_dependency
+from moat.cli.deps import deps
+from moat.config.features import require_supported, unsupported
+from moat.config.load import load_config
+from moat.config.schema import ServiceOverride
+from moat.errors import EXIT_USAGE, UnsupportedFeatureError, UsageError
+from tests.unit.support import CATALOG, config_error, only_problem, parse
+
+# --- agent blocks ----------------------------------------------------------------------------------
+
+
+def test_copilot_context_and_reasoning_effort_and_codex_shared_sessions_load() -> None:
+    config = parse("copilot:\n  context: long_context\n  reasoning_effort: xhigh\n"
+                   "codex:\n  shared_sessions: true\n  sync_logs: true\n")
+    assert config.model.copilot.context == "long_context"
+    assert config.model.copilot.reasoning_effort == "xhigh"
+    assert config.model.codex.shared_sessions is True
+    # Still not something this moat can run.
+    assert [".".join(path) for path, _ in unsupported(config)] == ["codex", "copilot"]
+    with pytest.raises(UnsupportedFeatureError, match="not supported yet: codex, copilot"):
+        require_supported(config)
+
+
+def test_copilot_values_are_the_documented_ones() -> None:
+    path, message, line, _ = only_problem("copilot:\n  reasoning_effort: hihg\n")
+    assert (path, line) == ("copilot.reasoning_effort", 2)
+    assert "did you mean 'high'?" in message
+    assert only_problem("copilot: {context: huge}\n")[0] == "copilot.context"
+
+
+# --- dependencies ----------------------------------------------------------------------------------
+
+
+def test_python_3_9_is_a_valid_version() -> None:
+    dep = parse_dependency("python@3.9", CATALOG)
+    assert (dep.name, dep.version) == ("python", "3.9")
+    assert parse("dependencies: [python@3.9]\n").dependencies[0].version == "3.9"
+
+
+# --- empty service blocks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", ["  postgres:\n", "  postgres: ~\n", "  postgres: {}\n"])
+def test_an_empty_service_block_means_the_defaults(block: str) -> None:
+    config = parse(f"dependencies: [postgres]\nservices:\n{block}")
+    assert config.model.services == {"postgres": ServiceOverride()}
+    assert config.provisions == {}
+
+
+def test_an_empty_services_key_means_no_overrides() -> None:
+    assert parse("dependencies: [postgres]\nservices:\n").model.services == {}
+
+
+def test_an_empty_service_block_is_still_checked_against_the_dependencies() -> None:
+    path, message, _, _ = only_problem("dependencies: [git]\nservices:\n  postgres:\n")
+    assert path == "services.postgres"
+    assert "not declared in dependencies" in message
+
+
+def test_an_empty_service_block_next_to_a_schema_error_adds_no_problem() -> None:
+    error = config_error("dependencies: [postgres]\nservices:\n  postgres:\nfrobnicate: 1\n")
+    assert [p.dotted for p in error.problems] == ["frobnicate"]
+
+
+# --- names and env keys ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bad name", "-bad", "my_project.v2", "проект", "x" * 200, "a/b"])
+def test_any_printable_name_loads(name: str) -> None:
+    assert parse(f"name: '{name}'\n").model.name == name
+
+
+@pytest.mark.parametrize(("text", "shown"), [("name: ''\n", "''"), ('name: "a\\tb"\n', "'a\\tb'"),
+                                             ('name: "a\\x1bb"\n', "'a\\x1bb'")])
+def test_an_empty_name_or_one_with_control_characters_is_refused(text: str, shown: str) -> None:
+    path, message, _, _ = only_problem(text)
+    assert path == "name"
+    assert message == f"expected a name (not empty, without control characters), got {shown}"
+
+
+@pytest.mark.parametrize("key", ["MY-VAR", "my.var", "1ST", "a b", "ÉTÉ", "_"])
+def test_env_keys_load_as_the_go_tool_takes_them(key: str) -> None:
+    text = f"env:\n  '{key}': x\ndependencies: [postgres]\nservices:\n  postgres:\n    env:\n      '{key}': y\n"
+    config = parse(text)
+    assert config.model.env == {key: "x"}
+    assert config.model.services["postgres"].env == {key: "y"}
+
+
+@pytest.mark.parametrize(("key", "path"), [("A=B", "env.A=B"), ("", "env."), ("=", "env.=")])
+def test_env_keys_that_no_environment_can_hold_are_refused(key: str, path: str) -> None:
+    dotted, message, line, _ = only_problem(f"env:\n  '{key}': x\n")
+    assert (dotted, line) == (path, 2)
+    assert message == f"invalid key {key!r}: expected a variable name (not empty, without '=' or control characters)"
+
+
+def test_secrets_must_be_references_as_in_the_go_tool() -> None:
+    path, message, _, _ = only_problem("secrets: {TOKEN: hunter2}\n")
+    assert path == "secrets.TOKEN"
+    assert message == "expected a secret reference such as 'op://vault/item/field' (scheme://path)"
+    assert "hunter2" not in config_error("secrets: {TOKEN: hunter2}\n").render()
+
+
+# --- secret references in services.<n>.env --------------------------------------------------------
+
+
+@pytest.mark.parametrize("reference", ["op://vault/pg/password", "ssm://prod/db/password", "env://PGPASSWORD"])
+def test_a_secret_reference_in_a_service_env_is_not_used_as_a_password(workspace: Path, reference: str) -> None:
+    (workspace / "moat.yaml").write_text(
+        "dependencies: [postgres]\nservices:\n  postgres:\n    env:\n      POSTGRES_USER: app\n"
+        f"      POSTGRES_PASSWORD: {reference}\n")
+    config = load_config(workspace, CATALOG)
+    with pytest.raises(UnsupportedFeatureError) as info:
+        require_supported(config)
+    error = info.value
+    assert error.exit_code == EXIT_USAGE
+    head, where = error.message.splitlines()[:2]
+    assert head == "not supported yet: services.postgres.env.POSTGRES_PASSWORD"
+    assert where.startswith("  services.postgres.env.POSTGRES_PASSWORD (moat.yaml:6): secret references")
+
+
+@pytest.mark.parametrize("text", [
+    "dependencies: [postgres]\nservices:\n  postgres:\n    env: {POSTGRES_PASSWORD: 'p@ss://word'}\n",
+    "dependencies: [ministack]\nservices:\n  ministack:\n    env: {ENDPOINT: 'https://example.com'}\n",
+    "env: {TOKEN: op://vault/item/field}\n",  # the Go tool passes top-level env values as they are
+])
+def test_values_that_are_not_secret_references_are_plain_values(text: str) -> None:
+    require_supported(parse(text))
+
+
+# --- moat deps info ---------------------------------------------------------------------------------
+
+
+def deps_info_error(name: str) -> UsageError:
+    result = CliRunner().invoke(deps, ["info", name])
+    assert isinstance(result.exception, UsageError), result.output
+    assert result.exception.exit_code == EXIT_USAGE
+    return result.exception
+
+
+@pytest.mark.parametrize("name", ["rust", "uv", "terraform", "gh"])
+def test_deps_info_names_a_go_dependency_not_provided_yet(name: str) -> None:
+    message = deps_info_error(name).message
+    assert message.startswith(f"'{name}' is a dependency of the Go moat that this moat does not provide yet")
+    assert "unknown" not in message
+    # The same words as moat run.
+    assert message == config_error(f"dependencies: [{name}]\n").problems[0].message
+
+
+@pytest.mark.parametrize("name", ["cargo:", "go:", "uv:ruff"])
+def test_deps_info_names_a_go_prefix_not_provided_yet(name: str) -> None:
+    prefix = name.partition(":")[0]
+    message = deps_info_error(name).message
+    assert message == (f"the '{prefix}:' dependencies of the Go moat are not supported yet;"
+                       " supported prefixes: npm:, pip:")
+
+
+def test_deps_info_still_calls_an_unknown_name_unknown() -> None:
+    assert deps_info_error("postgress").message.startswith("unknown dependency 'postgress' — did you mean 'postgres'?")
+    assert deps_info_error("brew:").message.startswith("unknown dependency prefix 'brew:'")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("pip:requests", "dynamic"), ("npm:", "dynamic"), ("python", "runtime")])
+def test_deps_info_describes_what_exists(name: str, kind: str) -> None:
+    result = CliRunner().invoke(deps, ["info", name, "--json"])
+    assert result.exit_code == 0, result.output
+    assert f'"type": "{kind}"' in result.output
