@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -91,10 +92,12 @@ def _pull_window(home: Path, run: dict[str, Any], item: str) -> tuple[str, str]:
     return start, end
 
 
-def test_concurrent_runs_pull_different_models_in_parallel(engine: DockerRuntime, moat_home: Path,
-                                                           tmp_path: Path) -> None:
-    a = ollama_workspace(tmp_path / "a", ["alpha:1b"], seconds=4)
-    b = ollama_workspace(tmp_path / "b", ["beta:1b"], seconds=4)
+def test_concurrent_runs_pull_into_one_cache_one_at_a_time(engine: DockerRuntime, moat_home: Path,
+                                                            tmp_path: Path) -> None:
+    # Two models may share blobs: two servers writing one blob at once would corrupt it. So runs that
+    # share a cache pull one after the other, and the one that waits says so.
+    a = ollama_workspace(tmp_path / "a", ["alpha:1b"], seconds=3)
+    b = ollama_workspace(tmp_path / "b", ["beta:1b"], seconds=3)
     procs = [start_moat(["run", str(w), "--", "true"]) for w in (a, b)]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -104,7 +107,13 @@ def test_concurrent_runs_pull_different_models_in_parallel(engine: DockerRuntime
             if any(item in r["line"] for r in provision_events(moat_home, run["id"])):
                 windows[item] = _pull_window(moat_home, run, item)
     (a_start, a_end), (b_start, b_end) = windows["alpha:1b"], windows["beta:1b"]
-    assert a_start < b_end and b_start < a_end, windows  # the pulls overlapped in time
+    assert a_end <= b_start or b_end <= a_start, windows  # never at the same time
+    waited = [line for _, err in outputs for line in err.splitlines() if "waiting for another run" in line]
+    assert waited and "pulling into the ollama cache" in waited[0]
+    # Every blob is whole: its name is the digest of its content.
+    blobs = moat_home / "cache" / "ollama" / "models" / "blobs"
+    for blob in blobs.iterdir():
+        assert blob.name == "sha256-" + hashlib.sha256(blob.read_bytes()).hexdigest()
 
 
 def test_item_timeout_is_reported_and_leaves_nothing(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def _emit(records: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> None:
-    from moat.errors import UsageError
+    from moat.errors import MoatError, UsageError
     from moat.run.store import SERVICE_LOGS_DIR
     from moat.suggest import did_you_mean
 
@@ -126,22 +126,26 @@ def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> N
     saved = info.directory / SERVICE_LOGS_DIR / f"{service}.log"
     container = next((s.get("container_id") for s in info.metadata["services"] if s.get("name") == service), None)
     runtime = _runtime_of(info) if info.active and container else None
-    if runtime is not None and runtime.name == "docker":
+    if runtime is not None:
+        # A live service's log comes from the engine unmasked: its passwords are read back from the
+        # environment it was given, and masked as the saved log is.
+        from moat.masking import Masker, credential_values
+
+        try:
+            masker = Masker(credential_values(runtime.container_env(container)))
+        except MoatError:
+            masker = Masker()
         if follow:
-            for chunk in runtime.api.logs(container, stream=True, follow=True, timestamps=True,
-                                          tail=lines if lines is not None else "all"):
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
+            for line in runtime.follow_logs(container, tail=lines):
+                click.echo(masker.text(line))
             return
-        text = runtime.logs(container, tail=lines, timestamps=True)
-    elif runtime is not None:
-        text = runtime.logs(container, tail=lines)
-    elif saved.exists():
-        text = saved.read_text(errors="replace")
-        if lines is not None:
-            text = "\n".join(text.splitlines()[-lines:]) + "\n" if lines else ""
-    else:
+        click.echo(masker.text(runtime.logs(container, tail=lines, timestamps=True)), nl=False)
+        return
+    if not saved.exists():
         raise UsageError(f"no log was saved for {service} in run {info.id}")
+    text = saved.read_text(errors="replace")
+    if lines is not None:
+        text = "\n".join(text.splitlines()[-lines:]) + "\n" if lines else ""
     click.echo(text, nl=False)
 
 

@@ -47,6 +47,8 @@ class Outcome:
 class ProvisionEvents(Protocol):
     """Where provisioning says what it does: live status for the user, lines for the run's record."""
 
+    def info(self, message: str) -> None: ...
+
     def task(self, key: str, label: str) -> None: ...
 
     def update(self, key: str, text: str) -> None: ...
@@ -112,6 +114,7 @@ class Provisioner:
         def waiting() -> None:
             message = f"waiting for another run that is pulling into the {self.service.name} cache"
             self.events.update(key, message)
+            self.events.info(f"{self.service.name}: {noun} {item}: {message}")
             self._log(item, f"{noun} {item}: {message}")
 
         try:

@@ -196,11 +196,12 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
         raise _cannot_check(spec, missing, masker) from None
     except Exited:
         raise _exited(runtime, container_id, spec, clock() - start, probe.last, masker) from None
+    waited = clock() - start
     if probe.last is None or probe.probes <= 1:
         # The port never opened after the first check: one more, so the report shows what it says now.
         with contextlib.suppress(MoatError, Exited):
             probe.run(clock())
-    raise _timed_out(runtime, container_id, spec, clock() - start, probe.last, masker)
+    raise _timed_out(runtime, container_id, spec, waited, probe.last, masker)
 
 
 def _cannot_check(spec: ServiceSpec, missing: ProgramNotFound, masker: Masker) -> ReadinessError:
