@@ -7,3 +7,5 @@ r SET greeting "hello from the agent" >/dev/null
 r RPUSH queue a b c >/dev/null
 echo "greeting: $(r GET greeting)"
 echo "queue length: $(r LLEN queue)"
+# The URL works as-is with every client (redis://default:PASSWORD@redis:6379).
+echo "by url: $(redis-cli --no-auth-warning -u "$MOAT_REDIS_URL" PING)"

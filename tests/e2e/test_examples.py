@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.helpers import WORKSPACE_UID, log_records, only_run, run_moat, write_workspace
 
 pytestmark = pytest.mark.engine
@@ -42,6 +43,7 @@ def test_redis_example_authenticates(engine: object, moat_home: Path, example: C
     assert result.code == 0, result.output
     assert "greeting: hello from the agent" in result.stdout
     assert "queue length: 3" in result.stdout
+    assert "by url: PONG" in result.stdout  # redis-cli -u "$MOAT_REDIS_URL" authenticates
 
 
 def test_multi_service_example_uses_all_three(engine: object, moat_home: Path,
@@ -101,6 +103,27 @@ def test_agent_runs_unprivileged_and_its_files_belong_to_the_workspace_user(
     made = workspace / "made-by-agent.txt"
     assert made.read_text() == "written\n"
     assert (made.stat().st_uid, made.stat().st_gid) == (int(uid), int(gid))
+
+
+def test_a_root_owned_private_workspace_is_usable_by_a_root_agent_without_capabilities(
+        engine: object, moat_home: Path, tmp_path: Path) -> None:
+    # A CI job as root: `mktemp -d` gives a 0700 root-owned workspace. The agent used to run as uid
+    # 1000 there and get "Permission denied"; it now runs as the owner (root) with no capability.
+    if os.getuid() != 0:
+        skip_or_fail("a root-owned workspace needs root")
+    workspace = tmp_path / "private"
+    workspace.mkdir(mode=0o700)
+    (workspace / "input.txt").write_text("from the user\n")
+    script = ("id -u; cat input.txt; echo out > output.txt; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status;"
+              " chown 1234 output.txt 2>/dev/null && echo chown-worked || echo chown-refused")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", script])
+    assert result.code == 0, result.output
+    lines = result.stdout.split("\n")
+    assert lines[0] == "0" and lines[1] == "from the user"
+    assert "CapEff:\t0000000000000000" in lines and "NoNewPrivs:\t1" in lines
+    assert "chown-refused" in lines  # root without CAP_CHOWN: it owns root's files and nothing more
+    made = workspace / "output.txt"
+    assert made.read_text() == "out\n" and (made.stat().st_uid, made.stat().st_gid) == (0, 0)
 
 
 def test_secrets_never_reach_the_run_directory(engine: object, moat_home: Path,

@@ -171,15 +171,16 @@ def test_clean_never_touches_a_running_run(engine: DockerRuntime, moat_home: Pat
     assert left_for(engine, run_id) == []
 
 
-def test_four_concurrent_detached_runs_keep_to_themselves(engine: DockerRuntime, moat_home: Path,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [4, 8])
+def test_concurrent_detached_runs_keep_to_themselves(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
+                                                     count: int) -> None:
     script = ('export REDISCLI_AUTH="$MOAT_REDIS_PASSWORD";'
               'redis-cli -h "$MOAT_REDIS_HOST" SET who "$MOAT_RUN_NAME" >/dev/null;'
               'for i in 1 2 3; do echo "$MOAT_RUN_NAME $i"; sleep 0.3; done;'
               'echo "$MOAT_RUN_NAME sees $(redis-cli -h "$MOAT_REDIS_HOST" GET who)"')
     config = REDIS.replace("[redis]", "[redis, redis-cli]")
     procs = [start_moat(["run", "-d", "-n", f"conc-{i}", str(write_workspace(tmp_path / f"ws{i}", config)),
-                         "--", "sh", "-c", script]) for i in range(4)]
+                         "--", "sh", "-c", script]) for i in range(count)]
     ids = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)

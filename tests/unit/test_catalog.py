@@ -70,7 +70,7 @@ SERVICES = {
     "mysql": ("mysql", ("8", "9"), "8", 3306, ("HOST", "PORT", "USER", "DB", "PASSWORD", "URL"),
               "mysql://{user}:{password}@{host}:{port}/{db}"),
     "redis": ("redis", ("6", "7"), "7", 6379, ("HOST", "PORT", "PASSWORD", "URL"),
-              "redis://:{password}@{host}:{port}"),
+              "redis://default:{password}@{host}:{port}"),
     "ollama": ("ollama/ollama", ("0.16.3", "0.17.7", "0.18.0", "0.18.1"), "0.18.1", 11434,
                ("HOST", "PORT", "URL"), "http://{host}:{port}"),
     "ministack": ("ministackorg/ministack", (), "1.3", 4566, ("HOST", "PORT", "URL"), "http://{host}:{port}"),
