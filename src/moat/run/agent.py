@@ -21,7 +21,7 @@ from moat.run.events import RunEvents
 from moat.run.output import relay
 from moat.run.pod import AGENT_STOP_GRACE, AgentState, Pod
 from moat.run.signals import AGENT, AgentTarget, RunSignals
-from moat.run.startup import AgentExitedEarly
+from moat.run.startup import still_waiting
 from moat.run.timeline import Timeline
 from moat.runtime.base import OutputChunk, Runtime
 
@@ -78,11 +78,11 @@ class AgentRun:
     def _piped(self, container_id: str, held: bool, target: AgentTarget, echo: bool,
                started: Callable[[], None] | None) -> int:
         if held:
-            self._still_waiting(container_id)
+            still_waiting(self.runtime, container_id, self.masker)
         reader = _Reader(lambda: self.runtime.attach(container_id), self.events, self.timeline, echo)
         reader.start()
         if not reader.attached.wait(ATTACH_TIMEOUT):
-            self._still_waiting(container_id)
+            still_waiting(self.runtime, container_id, self.masker)
             raise EngineError(f"the engine did not attach to the agent within {ATTACH_TIMEOUT:g}s")
         reader.raise_error()
         # From here on, a signal is the agent's: the phase changes atomically, or the run was
@@ -100,17 +100,6 @@ class AgentRun:
         reader.finish(DRAIN)
         reader.raise_error()
         return code
-
-    def _still_waiting(self, container_id: str) -> None:
-        """A held agent must still be waiting for its go line: attaching to a stopped container would
-        wait for it to start again, forever."""
-        state = self.runtime.state(container_id)
-        if not state.running:
-            tail = self.runtime.logs(container_id, tail=10).strip()
-            shown = "\n".join(f"    | {self.masker.text(line)}" for line in tail.splitlines()) or "    (no output)"
-            raise AgentExitedEarly(
-                f"the agent's container stopped (exit {state.exit_code}) before its turn; its output:\n{shown}",
-                hint="Check container.ulimits, container.memory and the command in moat.yaml.")
 
     def _interactive(self, container_id: str, target: AgentTarget) -> int:
         """The terminal belongs to the agent; its log is read from the runtime afterwards."""

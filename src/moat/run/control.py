@@ -24,17 +24,24 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
             reaper.remove(runtime, reaper.find(runtime, registry, finished=False, only_run=info.id))
             return f"{info.id} ({info.name}): its moat process was gone; removed what it left"
         return f"{info.id} ({info.name}) is not running ({info.state})"
-    pid = int(info.metadata["pid"])
-    # Pinned by a pidfd and checked against its start time: a reused pid never gets the SIGTERM.
-    signal_process(pid, info.metadata.get("pid_start"), signal.SIGTERM)
+    # The owner may change while we wait (a detached run's foreground hands it to its supervisor):
+    # whoever owns the run gets the SIGTERM, pinned by a pidfd and checked against its start time so
+    # that a reused pid never gets it.
+    signalled: set[tuple[int, str | None]] = set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = registry.get(info.id)
-        if current is None or not current.active:
-            return f"stopped {info.id} ({info.name})"
+    current: RunInfo | None = info
+    while current is not None and current.active:
+        owner = (int(current.metadata.get("pid") or 0), current.metadata.get("pid_start"))
+        if owner not in signalled and owner[0] > 0:
+            signalled.add(owner)
+            signal_process(owner[0], owner[1], signal.SIGTERM)
+        if time.monotonic() >= deadline:
+            raise MoatError(f"{info.id} ({info.name}) did not stop within {timeout:g}s (moat pid {owner[0]})",
+                            hint="Its teardown may be slow: `moat list` shows when it ends; `moat clean` reaps"
+                                 " leftovers.")
         time.sleep(POLL)
-    raise MoatError(f"{info.id} ({info.name}) did not stop within {timeout:g}s (moat pid {pid})",
-                    hint="Its teardown may be slow: `moat list` shows when it ends; `moat clean` reaps leftovers.")
+        current = registry.get(info.id)
+    return f"stopped {info.id} ({info.name})"
 
 
 def remove_engine_objects(runtime: Runtime, run_id: str) -> None:

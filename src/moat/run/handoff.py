@@ -71,10 +71,11 @@ def hand_off(run: Run, started: Started) -> None:
     committed = False
 
     def on_signal(signum: int) -> None:
-        if committed and supervisor is not None and supervisor.poll() is None:
+        # Only ever called once the run is the supervisor's (the HANDED_OFF phase).
+        if supervisor is not None and supervisor.poll() is None:
             supervisor.send_signal(signum)  # a child we started: its pid cannot have been reused
 
-    run.signals.advance(HANDING_OFF, handoff=on_signal)
+    run.signals.advance(HANDING_OFF)
     log_fd = os.open(record.dir / SUPERVISOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         supervisor = subprocess.Popen(

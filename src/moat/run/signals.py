@@ -168,7 +168,7 @@ class RunSignals:
         if phase == AGENT and agent is not None:
             self._to_agent(signum, agent)
             return
-        if phase in (HANDING_OFF, HANDED_OFF) and handoff is not None:
+        if phase == HANDED_OFF and handoff is not None:
             handoff(signum)
 
     def _to_agent(self, signum: int, agent: AgentTarget) -> None:

@@ -38,6 +38,19 @@ class AgentExitedEarly(EngineError):
     """The held agent's container stopped before its turn."""
 
 
+def still_waiting(runtime: Runtime, agent: str, masker: Masker) -> None:
+    """A held agent must still be waiting for its go line (a bad ulimit, `docker kill`, an init that
+    cannot start would otherwise leave the run waiting for an agent that is gone)."""
+    state = runtime.state(agent)
+    if state.running:
+        return
+    tail = runtime.logs(agent, tail=10).strip()
+    shown = "\n".join(f"    | {masker.text(line)}" for line in tail.splitlines()) or "    (no output)"
+    raise AgentExitedEarly(
+        f"the agent's container stopped (exit {state.exit_code}) before its turn; its output:\n{shown}",
+        hint="Check container.ulimits, container.memory and the command in moat.yaml.")
+
+
 @dataclass
 class Started:
     services: dict[str, str] = field(default_factory=dict)  # service name → container id
@@ -102,18 +115,8 @@ class Startup:
 
     def check_agent(self) -> None:
         """A held agent that stopped before its turn (a bad ulimit, `docker kill`) ends the run now."""
-        agent = self.started.agent
-        if agent is None:
-            return
-        state = self.runtime.state(agent)
-        if state.running:
-            return
-        tail = self.runtime.logs(agent, tail=10).strip()
-        shown = "\n".join(f"    | {self.masker.text(line)}" for line in tail.splitlines()) or "    (no output)"
-        raise AgentExitedEarly(
-            f"the agent's container stopped (exit {state.exit_code}) before its turn; its output:\n{shown}",
-            hint="Check container.ulimits, container.memory and the command in moat.yaml; `docker logs` is"
-                 " gone with the container, but its output is shown above.")
+        if self.started.agent is not None:
+            still_waiting(self.runtime, self.started.agent, self.masker)
 
     # --- the agent's image, and the agent held ready -----------------------------------------------
 

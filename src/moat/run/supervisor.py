@@ -20,6 +20,7 @@ from moat.run.execution import Outcome, Run
 from moat.run.handoff import COMMIT, READY, STARTED, unpack
 from moat.run.pod import NETWORK
 from moat.run.report import PlainReporter
+from moat.run.signals import HANDLED
 from moat.run.store import RunStore
 from moat.run.timeline import Timeline
 from moat.runtime import select as runtimes
@@ -54,9 +55,12 @@ def adopt(state: dict[str, Any]) -> Run:
 
 def supervise(stdin: IO[bytes], stdout: IO[str]) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # A signal that arrives while the run is adopted waits (blocked) for the run's own machine.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     state = unpack(stdin)
     run = adopt(state)
     run.signals.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
     try:
         _say(stdout, READY)
         if stdin.readline().decode(errors="replace").strip() != COMMIT:
