@@ -236,44 +236,66 @@ def test_a_moat_home_filling_up_mid_run_still_tears_everything_down(engine: Dock
 
 
 class SecondEngine:
-    """A second dockerd of the test's own (its own socket, data and address pool), which the test may
-    stop and start again without touching the engine everything else uses."""
+    """A second dockerd of the test's own, in a network namespace of its own (its socket, data and
+    bridge too), which the test may stop and start again without touching the engine everything else
+    uses. In the host's namespace a second dockerd restarting deletes the host's docker0 (the other
+    engine's bridge); in its own namespace, whatever it does to bridges stays there. (`nsenter`, not
+    `ip netns exec`, which mounts a fresh /sys without the cgroups dockerd needs.)"""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.netns = f"moat-te-{os.getpid()}"
         self.socket = root / "d.sock"
         self.host = f"unix://{self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def make_namespace(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+
+    def remove_namespace(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+
     def start(self) -> None:
         log = (self.root / "dockerd.log").open("ab")
         self.proc = subprocess.Popen(
-            ["dockerd", "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
-             "--pidfile", str(self.root / "dockerd.pid"), "--iptables=false", "--ip-masq=false", "--bridge=none",
-             "--default-address-pool", "base=10.213.0.0/16,size=24", "--storage-driver", "overlay2",
-             "--shutdown-timeout", "2", "--default-ulimit", "nofile=20000:20000",
-             "--default-ulimit", "nproc=32768:32768"],
+            ["nsenter", f"--net=/var/run/netns/{self.netns}", "dockerd", "-H", self.host,
+             "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
+             "--pidfile", str(self.root / "dockerd.pid"), "--iptables=false", "--ip-masq=false",
+             "--storage-driver", "overlay2", "--shutdown-timeout", "2",
+             "--default-ulimit", "nofile=20000:20000", "--default-ulimit", "nproc=32768:32768"],
             stdout=log, stderr=log, start_new_session=True)
         wait_for(lambda: subprocess.run(["docker", "-H", self.host, "info"], capture_output=True,
                                         check=False).returncode == 0, timeout=60, what="the test engine")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # nsenter execs dockerd: this is its pid
             self.proc.wait(60)
 
 
 @pytest.fixture
 def test_engine(engine: DockerRuntime) -> Any:
+    if os.getuid() != 0:
+        skip_or_fail("a second engine needs root")
     root = Path(f"/tmp/moat-te-{os.getpid()}")  # short: the exec-root holds sockets
     root.mkdir(exist_ok=True)
     second = SecondEngine(root)
+    host_links = _links()
+    second.make_namespace()
     try:
         second.start()
         yield second
     finally:
         second.stop()
+        second.remove_namespace()
         subprocess.run(["rm", "-rf", str(root)], check=False)
+    assert _links() >= host_links, "the second engine changed the host's network interfaces"
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
 def test_the_engine_restarting_mid_run_is_a_clear_error_and_clean_finishes(

@@ -278,7 +278,8 @@ def test_a_signal_to_moat_reaches_the_agent_as_itself(engine: DockerRuntime, moa
 def test_an_agent_that_ignores_sigterm_is_stopped_after_the_grace(engine: DockerRuntime, moat_home: Path,
                                                                   tmp_path: Path) -> None:
     workspace = write_workspace(tmp_path / "ws", "name: stubborn\n")
-    proc = start_moat(["run", str(workspace), "--", "sh", "-c", "trap '' TERM INT; echo ready; while :; do sleep 0.1; done"])
+    script = "trap '' TERM INT; echo ready; while :; do sleep 0.1; done"
+    proc = start_moat(["run", str(workspace), "--", "sh", "-c", script])
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     run_id = runs(moat_home)[0]["id"]
     started = time.monotonic()
@@ -302,3 +303,53 @@ def test_unusable_moat_home_and_repeated_destroy_are_usage_errors(engine: Docker
     destroyed = run_moat(["destroy", run_id, "twice"])  # its id and its name: the same run
     assert destroyed.code == 0, destroyed.output
     assert destroyed.stdout.count("destroyed") == 1
+
+
+def test_run_d_on_a_terminal_gives_the_cursor_back(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:
+    import pty
+
+    workspace = write_workspace(tmp_path / "ws", REDIS)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(moat_command("run", "-d", str(workspace), "--", "sleep", "1"), stdin=slave,
+                            stdout=slave, stderr=slave, env=os.environ.copy())
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer has gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(60) == 0, output
+    os.close(master)
+    hidden, shown = output.rfind(b"\x1b[?25l"), output.rfind(b"\x1b[?25h")
+    assert hidden >= 0, "the live status hid the cursor"
+    assert shown > hidden, "the cursor was left hidden"
+    run_id = runs(moat_home)[0]["id"]
+    wait_ended(moat_home, run_id)
+    assert left_for(engine, run_id) == []
+
+
+def test_a_live_services_log_is_masked_and_can_be_followed(engine: DockerRuntime, moat_home: Path,
+                                                          tmp_path: Path) -> None:
+    config = "dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n"
+    run_id, _ = detach(write_workspace(tmp_path / "ws", config), "sleep", "300")
+    container = metadata(moat_home, run_id)["services"][0]["container_id"]
+    # The server logs a failing statement, which here names the password.
+    leak = engine.exec(container, ("sh", "-c", 'PGPASSWORD="$POSTGRES_PASSWORD" psql -U postgres -h 127.0.0.1'
+                                               ' -c "select * from leak_$POSTGRES_PASSWORD"'), {})
+    password = engine.container_env(container)["POSTGRES_PASSWORD"]
+    assert len(password) == 32 and "leak_" in leak.output
+    shown = run_moat(["logs", "--service", "postgres", run_id])
+    assert shown.code == 0, shown.output
+    assert "leak_****" in shown.stdout and password not in shown.stdout
+    follower = subprocess.Popen(moat_command("logs", "--service", "postgres", "-f", run_id), stdout=subprocess.PIPE,
+                                text=True, env=os.environ.copy())
+    assert follower.stdout is not None
+    wait_for(lambda: "leak_****" in (follower.stdout.readline() if follower.stdout else ""), 30, "the leak line")
+    assert run_moat(["stop", run_id]).code == 0
+    rest, _ = follower.communicate(timeout=30)  # following ends with the service
+    assert password not in rest
+    assert left_for(engine, run_id) == []

@@ -37,8 +37,9 @@ from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
 
-_ENV_NAME = re.compile(r"^[^=\x00-\x1f\x7f]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Variable names as the Go tool takes them (MY-VAR too): anything but '=', spaces and control characters.
+_ENV_NAME = re.compile(r"^[^=\s\x00-\x1f\x7f]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: as moat.yaml refuses them
 MAX_NAME = 128
 DEFAULT_RUNTIME = "docker"
 DEFAULT_COMMAND = ("bash",)  # no command given and none in moat.yaml: a shell, as the Go tool does
