@@ -1,0 +1,165 @@
+"""Starting, signalling and ending the sandbox's process trees: the holder and the containers.
+
+A container is three processes: bubblewrap's *monitor* (our child, whose exit status is the
+command's), the *init* of its pid namespace, and the command under that init. Killing the init ends
+the namespace and so everything in it, however the command forked, detached or renamed itself.
+Nothing here trusts one pid: an end is found from the record's pids (with start times), the
+process group, the cgroup and, for a moat that died before recording them, the tag on bwrap's
+command line. Each is checked before it is signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from moat.errors import EngineError
+from moat.plan.identity import Identity
+from moat.runtime.sandbox import cgroups, launch, procs
+from moat.runtime.sandbox.procs import Proc
+
+INSTALL_HINT = "Install Debian's bubblewrap (sudo apt-get install bubblewrap util-linux), or use --runtime docker."
+KILL_WAIT = 5.0  # seconds for killed processes to be gone
+
+
+def _read_info(read_fd: int) -> dict[str, Any]:
+    with os.fdopen(read_fd, "rb") as info:
+        text = info.read()
+    try:
+        found: dict[str, Any] = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+    return found
+
+
+def _abandon(process: subprocess.Popen[bytes], init: Proc | None = None) -> None:
+    procs.send(init, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait()
+
+
+def start_holder(identity: Identity, tag: str, stderr: IO[bytes]) -> tuple[subprocess.Popen[bytes], Proc]:
+    """The holder of a run's network namespace; (bwrap, the sleeping process inside)."""
+    read, write = os.pipe()
+    try:
+        holder = subprocess.Popen(launch.holder(identity, tag, write), pass_fds=(write,), start_new_session=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd="/",
+                                  env=launch.base_env(), **launch.as_identity(identity))
+    finally:
+        os.close(write)
+    try:
+        info = _read_info(read)
+        child = Proc.of(int(info["child-pid"])) if "child-pid" in info else None
+    except BaseException:  # interrupted before it is recorded: nothing else could find it by pid
+        _abandon(holder)
+        raise
+    if child is None:
+        _abandon(holder)
+        raise EngineError("could not create the sandbox network (bubblewrap failed)", hint=INSTALL_HINT)
+    return holder, child
+
+
+@dataclass
+class Streams:
+    stdin: int | IO[Any] | None
+    stdout: int | IO[Any] | None
+    stderr: int | IO[Any] | None
+
+
+def start_box(argv: Callable[[int, int, int], list[str]], *, identity: Identity, env: Mapping[str, str],
+              streams: Streams, status: IO[bytes], keep_fds: Sequence[int], interactive: bool,
+              cgroup_paths: Sequence[str],
+              recorded: Callable[[Proc, Proc], None]) -> tuple[subprocess.Popen[bytes], Proc]:
+    """Start a container: its bwrap blocks until its processes are recorded (``recorded(monitor, init)``)
+    and in their cgroups, so none of them runs a moment outside either. (monitor process, init)."""
+    info_read, info_write = os.pipe()
+    block_read, block_write = os.pipe()
+    command = argv(info_write, status.fileno(), block_read)
+    if interactive:  # the terminal's Ctrl-C is the agent's: bubblewrap itself must outlive it
+        command = ["env", "--ignore-signal=INT,QUIT", *command]
+    try:
+        monitor = subprocess.Popen(
+            command, pass_fds=(info_write, block_read, status.fileno(), *keep_fds), env=dict(env), cwd="/",
+            start_new_session=not interactive, stdin=streams.stdin, stdout=streams.stdout, stderr=streams.stderr,
+            **launch.as_identity(identity))
+    except BaseException:
+        for fd in (info_read, block_write):
+            os.close(fd)
+        raise
+    finally:
+        os.close(info_write)
+        os.close(block_read)
+    init = None
+    try:
+        info = _read_info(info_read)
+        init = Proc.of(int(info["child-pid"])) if "child-pid" in info else None
+        own = Proc.of(monitor.pid)
+        if init is None or own is None:
+            raise EngineError("bubblewrap could not create the sandbox container", hint=INSTALL_HINT)
+        recorded(own, init)
+        cgroups.enter(list(cgroup_paths), init.pid)
+        os.write(block_write, b"go")
+    except BaseException:
+        _abandon(monitor, init)
+        raise
+    finally:
+        os.close(block_write)
+    return monitor, init
+
+
+def signal_container(record: Mapping[str, Any], signum: int) -> None:
+    """Deliver ``signum`` to the container's command and what it started (not to bubblewrap)."""
+    init = Proc.from_json(record.get("init"))
+    if record.get("interactive"):  # it shares moat's process group (the terminal's): one by one
+        for child in procs.children(init):
+            procs.send(child, signum)
+    else:  # the init leads the container's own session
+        procs.signal_group(init, signum)
+
+
+def running(record: Mapping[str, Any]) -> bool:
+    return procs.alive(Proc.from_json(record.get("monitor"))) or procs.alive(Proc.from_json(record.get("init")))
+
+
+def _remaining(record: Mapping[str, Any], tagged: Sequence[Proc]) -> list[Proc]:
+    found = [Proc.from_json(record.get(key)) for key in ("init", "monitor")]
+    mine = [p for p in found if p is not None]
+    monitor = Proc.from_json(record.get("monitor"))
+    if monitor is not None and not record.get("interactive"):  # an interactive one shares moat's group
+        mine += procs.group_members(monitor)
+    init = Proc.from_json(record.get("init"))
+    if init is not None:
+        mine += procs.group_members(init)
+    for pid in cgroups.members(list(record.get("cgroups") or [])):
+        proc = Proc.of(pid)
+        if proc is not None:
+            mine.append(proc)
+    return [p for p in {*mine, *tagged} if procs.alive(p)]
+
+
+def kill(record: Mapping[str, Any], own: subprocess.Popen[bytes] | None = None) -> None:
+    """End every process of a holder or container (from its record alone), and wait until they have."""
+    tag = record.get("tag")
+    tagged = procs.tagged(tag) if tag else []
+    deadline = time.monotonic() + KILL_WAIT
+    while True:
+        left = _remaining(record, tagged)
+        if not left or time.monotonic() > deadline:
+            break
+        # The init first: its namespace's processes all go with it.
+        for proc in sorted(left, key=lambda p: p != Proc.from_json(record.get("init"))):
+            procs.send(proc, signal.SIGKILL)
+        time.sleep(0.01)
+    if own is not None:
+        own.wait()
+    if tag and procs.tagged(tag):  # a process being started while we looked
+        for proc in procs.tagged(tag):
+            procs.send(proc, signal.SIGKILL)

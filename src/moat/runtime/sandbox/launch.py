@@ -1,0 +1,140 @@
+"""The command lines that make the sandbox: a holder for the run's network, a container, an exec.
+
+- The *holder* is ``bwrap`` in a new user and network namespace (only loopback), asleep.
+- A *container* (a service or the agent) joins the holder's namespaces with ``nsenter`` and runs in
+  its own user, pid, ipc, uts and mount namespaces (``bwrap``): the host's files read-only, its own
+  /tmp, /run, /dev and /etc/hosts. Its pid namespace dies with its first process, so killing that
+  one process ends everything the container ever started.
+- An *exec* enters a running container's namespaces, as ``docker exec`` does.
+
+Every process runs as the plan's identity, mapped to itself inside: never as host root. Every
+``bwrap`` carries the container's tag on its command line (``--setenv MOAT_SANDBOX <tag>``).
+Host paths reach ``bwrap`` as open file descriptors (``--bind-fd``): a directory of root's that the
+identity could not traverse is opened by moat, and only the directory itself is granted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moat.plan.identity import Identity
+
+TAG_VAR = "MOAT_SANDBOX"
+# Top-level host entries the agent does not get read-only: they are replaced or private.
+_NOT_SHARED = {"proc", "dev", "tmp", "run", "sys", "workspace", "lost+found"}
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# A command the container lacks is said so in these words (``exec`` turns them into ProgramNotFound).
+MISSING_MARK = "moat-sandbox: no such program:"
+EXEC_SCRIPT = (f'command -v "$0" >/dev/null 2>&1 || {{ echo "{MISSING_MARK} $0" >&2; exit 127; }}; '
+               'exec "$0" "$@"')
+# The gate of an exec that must join the container's cgroup first: one line on stdin lets it go on.
+GATED_EXEC_SCRIPT = "read -r _ || exit 125; exec </dev/null; " + EXEC_SCRIPT
+# The agent's command: through a shell's exec, a command that does not exist exits 127, as in a container.
+AGENT_SCRIPT = 'exec "$0" "$@"'
+
+
+def as_identity(identity: Identity) -> dict[str, Any]:
+    """``subprocess`` arguments that run a process as ``identity`` (only root can, and must, switch)."""
+    if os.geteuid() != 0 or identity.uid == 0:
+        return {}
+    return {"user": identity.uid, "group": identity.gid, "extra_groups": []}
+
+
+def base_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """What every sandbox process gets, whatever moat's own environment holds."""
+    return {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"), **extra}
+
+
+def holder(identity: Identity, tag: str, info_fd: int) -> list[str]:
+    # No --dev and no --proc: either would make bwrap nest a second user namespace, which the
+    # identity could not enter the network namespace through.
+    return ["bwrap", "--unshare-user", "--uid", str(identity.uid), "--gid", str(identity.gid), "--unshare-net",
+            "--ro-bind", "/", "/", "--setenv", TAG_VAR, tag, "--info-fd", str(info_fd), "--",
+            "sleep", "infinity"]
+
+
+def enter_network(holder_pid: int) -> list[str]:
+    return ["nsenter", f"--target={holder_pid}", "--user", "--net", "--preserve-credentials", "--"]
+
+
+def enter_container(holder_pid: int, init_pid: int) -> list[str]:
+    # In two steps: the container's user namespace is a child of the holder's, which owns the network.
+    return [*enter_network(holder_pid), "nsenter", f"--target={init_pid}", "--user", "--mount", "--pid",
+            "--preserve-credentials", "--root", "--wd", "--"]
+
+
+def _dev(terminal: bool) -> list[str]:
+    """A private /dev made of the host's harmless devices (bwrap's own --dev would nest a user namespace)."""
+    argv = ["--tmpfs", "/dev"]
+    for device in _DEVICES:
+        argv += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
+    argv += ["--tmpfs", "/dev/shm",  # noqa: S108 — a private tmpfs
+             "--symlink", "/proc/self/fd", "/dev/fd"]
+    for number, name in enumerate(("stdin", "stdout", "stderr")):
+        argv += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{name}"]
+    if terminal:
+        argv += ["--dev-bind", "/dev/pts", "/dev/pts", "--symlink", "pts/ptmx", "/dev/ptmx"]
+    return argv
+
+
+@dataclass(frozen=True)
+class Bind:
+    fd: int  # an open directory
+    target: str  # where the container sees it
+    read_only: bool = False
+
+    def argv(self) -> list[str]:
+        return ["--ro-bind-fd" if self.read_only else "--bind-fd", str(self.fd), self.target]
+
+
+def service_view(home: Bind, data: str, in_memory: bool, mounts: Sequence[Bind], hosts_fd: int) -> list[str]:
+    """The host read-only; the service's scratch directory read-write at ``home.target``."""
+    argv = ["--ro-bind", "/", "/", *_dev(False), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
+            *home.argv(), *(["--tmpfs", data] if in_memory else ["--dir", data])]
+    for mount in mounts:
+        argv += mount.argv()
+    return [*argv, "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
+
+
+def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, root: Path = Path("/")) -> list[str]:
+    """The host's top-level directories read-only, its own /tmp, /run and /dev, and its mounts."""
+    argv = []
+    for entry in sorted(root.iterdir()):
+        if entry.name in _NOT_SHARED:
+            continue
+        if entry.is_symlink():
+            argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+        elif entry.exists():
+            argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+    argv += ["--ro-bind", "/sys", "/sys", *_dev(True), "--proc", "/proc", *tmp.argv(), "--tmpfs", "/run",
+             "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
+    for mount in mounts:
+        argv += mount.argv()
+    return argv
+
+
+@dataclass(frozen=True)
+class Box:
+    """One container's bwrap."""
+
+    identity: Identity
+    tag: str
+    hostname: str
+    view: Sequence[str]
+    workdir: str
+    info_fd: int
+    status_fd: int
+    block_fd: int
+    new_session: bool  # its own session (no terminal): signals reach only its own processes
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        return ["bwrap", "--unshare-user", "--uid", str(self.identity.uid), "--gid", str(self.identity.gid),
+                "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", self.hostname[:63],
+                *(["--new-session"] if self.new_session else []), "--setenv", TAG_VAR, self.tag, *self.view,
+                "--info-fd", str(self.info_fd), "--json-status-fd", str(self.status_fd),
+                "--block-fd", str(self.block_fd), "--chdir", self.workdir, "--", *command]

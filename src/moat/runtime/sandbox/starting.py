@@ -1,0 +1,146 @@
+"""Turning a container's record and spec into running processes: its view of the host, its
+environment, its command (a service's script or the agent's), its limits and its output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from moat.catalog import load_catalog
+from moat.catalog.model import HostRecipe
+from moat.errors import EngineError
+from moat.files import private_dir
+from moat.plan.containers import ContainerSpec
+from moat.plan.identity import Identity
+from moat.runtime.sandbox import boxes, cgroups, launch, procs, services
+from moat.runtime.sandbox import scratch as dirs
+from moat.runtime.sandbox.procs import Proc
+from moat.runtime.sandbox.records import Records
+
+AGENT_HOME = "/tmp"  # noqa: S108 — the agent's own /tmp (its scratch directory)
+
+
+def _recipe(spec: ContainerSpec) -> tuple[HostRecipe, int]:
+    service = load_catalog().service(spec.service or "")
+    if service is None or service.sandbox is None:
+        name = spec.service or spec.name
+        raise EngineError(f"the sandbox runtime cannot run {name}: it has no host program to run it with",
+                          hint=f"Use --runtime docker for {name}.")
+    return service.sandbox, service.port
+
+
+def hosts(names: set[str]) -> bytes:
+    text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if names:
+        text += "127.0.0.1\t" + " ".join(sorted(names)) + "\n"
+    return text.encode()
+
+
+def _data_fd(data: bytes) -> int:
+    fd = os.memfd_create("moat-sandbox")
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class Starter:
+    def __init__(self, records: Records, limits: cgroups.Cgroups, identity: Identity) -> None:
+        self.records = records
+        self.limits = limits
+        self.identity = identity
+
+    def check_service(self, spec: ContainerSpec) -> None:
+        recipe, _ = _recipe(spec)
+        for program in recipe.binaries:
+            services.find_binary(program, recipe)
+
+    def _mount_fd(self, source: str, create: bool) -> int:
+        path = Path(source)
+        if create:  # a directory of moat's (a host cache) that the container writes
+            private_dir(path)
+            if os.geteuid() == 0 and path.stat().st_uid != self.identity.uid:
+                dirs.hand_to(path, self.identity)
+        try:
+            return os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise EngineError(f"cannot mount {source}: {exc.strerror}") from None
+
+    def start(self, record: dict[str, Any], spec: ContainerSpec, *, terminal: bool) -> subprocess.Popen[bytes]:
+        network = self.records.network(record["network"])
+        holder = Proc.from_json(network.get("init"))
+        if not procs.alive(holder):
+            raise EngineError(f"the sandbox network {record['network']} is gone (its holder process ended)")
+        assert holder is not None
+        record["cgroups"] = self.limits.create(record["run"], record["name"], spec.memory_mb, spec.cpus)
+        self.records.write(record["network"], record["id"], record)
+        names = {record["hostname"]}
+        for other in self.records.on_network(record["network"]):
+            names |= set(other.get("aliases") or [])
+        interactive = bool(record.get("interactive"))
+        with contextlib.ExitStack() as stack:
+            fds: list[int] = []
+
+            def keep(fd: int) -> int:
+                stack.callback(os.close, fd)
+                fds.append(fd)
+                return fd
+
+            hosts_fd = keep(_data_fd(hosts(names)))
+            home = keep(dirs.open_dir(Path(record["scratch"]), Path(record["trusted"])))
+            mounts = [(m, keep(self._mount_fd(m.source, m.create))) for m in spec.mounts]
+            status = stack.enter_context(self.records.status(record["network"], record["id"]).open("wb"))
+            if spec.role == "service":
+                recipe, port = _recipe(spec)
+                inside = {m.target: f"{services.MOUNTS}/{n}" for n, (m, _) in enumerate(mounts)}
+                program = services.program(recipe, spec, port, inside)
+                binds = [launch.Bind(fd, inside[m.target], m.read_only) for m, fd in mounts]
+                view = launch.service_view(launch.Bind(home, services.HOME), services.DATA, bool(spec.tmpfs), binds,
+                                           hosts_fd)
+                command = ["/bin/sh", "-c", program.script]
+                env = {**launch.base_env({"HOME": services.HOME}), **spec.env, **program.env}
+                workdir = services.HOME
+                log = stack.enter_context(self.records.log(record["network"], record["id"]).open("ab"))
+                io = boxes.Streams(subprocess.DEVNULL, log, log)
+                record["exec_env"] = program.exec_env
+            else:
+                binds = [launch.Bind(fd, m.target, m.read_only) for m, fd in mounts]
+                view = launch.agent_view(launch.Bind(home, AGENT_HOME), binds, hosts_fd)
+                command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
+                if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
+                    command = ["env", "--default-signal=INT,QUIT", *command]
+                env = {**launch.base_env({"HOME": AGENT_HOME, "TERM": os.environ.get("TERM", "dumb")}), **spec.env}
+                workdir = spec.working_dir or "/"
+                io = (boxes.Streams(None, None, None) if interactive or terminal
+                      else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
+
+            def argv(info: int, status_fd: int, block: int) -> list[str]:
+                box = launch.Box(self.identity, record["tag"], record["hostname"], view, workdir, info, status_fd,
+                                 block, new_session=not interactive)
+                return [*launch.enter_network(holder.pid), *box.argv(command)]
+
+            def recorded(monitor: Proc, init: Proc) -> None:
+                record.update(monitor=monitor.to_json(), init=init.to_json())
+                self.records.write(record["network"], record["id"], record)
+
+            monitor, _ = boxes.start_box(argv, identity=self.identity, env=env, streams=io, status=status,
+                                         keep_fds=fds, interactive=interactive, cgroup_paths=record["cgroups"],
+                                         recorded=recorded)
+        return monitor
+
+    def given_env(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """The environment the container was started with, read back from its pid namespace's init
+        (bubblewrap, which keeps it as given: a server may write over its own, as redis does)."""
+        found = procs.environ(Proc.from_json(record.get("init"))) or {}
+        for internal in (launch.TAG_VAR, services.SETUP_VAR):
+            found.pop(internal, None)
+        return found
+
+    def exec_env(self, record: Mapping[str, Any], spec: ContainerSpec | None) -> dict[str, str]:
+        """A command run in the container gets the container's environment, as with ``docker exec``."""
+        own = dict(spec.env) if spec is not None else self.given_env(record)
+        home = services.HOME if record.get("role") == "service" else AGENT_HOME
+        return {**launch.base_env({"HOME": home}), **own, **(record.get("exec_env") or {})}
