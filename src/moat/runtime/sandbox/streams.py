@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -59,11 +60,10 @@ def spawn_exec(holder: int, init: int, command: Sequence[str], env: Mapping[str,
                     (Path(path) / "cgroup.procs").write_text(str(inside[0].pid))
                 break
             time.sleep(0.001)
-        try:
+        with contextlib.suppress(BrokenPipeError):
             process.stdin.write(b"go\n")
             process.stdin.close()
-        except BrokenPipeError:
-            pass
+        process.stdin = None  # closed: communicate() must not flush it
     return process
 
 
@@ -73,20 +73,26 @@ def missing_program(command: Sequence[str], code: int, output: str) -> ProgramNo
     return None
 
 
+def exit_code(returncode: int) -> int:
+    """As a container engine says it: a command killed by signal N exited with 128 + N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
 def run_exec(process: subprocess.Popen[bytes], command: Sequence[str],
              still_running: Callable[[], bool]) -> ExecResult:
     out, err = process.communicate()
     output = (out + err).decode(errors="replace")
-    missing = missing_program(command, process.returncode, output)
+    code = exit_code(process.returncode)
+    missing = missing_program(command, code, output)
     if missing is not None:
         raise missing
-    if process.returncode != 0 and output.startswith("nsenter:") and not still_running():
+    if code != 0 and output.startswith("nsenter:") and not still_running():
         raise ContainerNotRunning(f"the container stopped: {output.strip()}")
-    return ExecResult(process.returncode, output)
+    return ExecResult(code, output)
 
 
 def stream_exec(process: subprocess.Popen[bytes]) -> ExecStream:
-    return ExecStream(chunks(process), process.wait)
+    return ExecStream(chunks(process), lambda: exit_code(process.wait()))
 
 
 def tail(path: Path, lines: int | None) -> str:
