@@ -76,8 +76,8 @@ class Streams:
 
 def start_box(argv: Callable[[int, int, int], list[str]], *, identity: Identity, env: Mapping[str, str],
               streams: Streams, status: IO[bytes], keep_fds: Sequence[int], interactive: bool,
-              cgroup_paths: Sequence[str],
-              recorded: Callable[[Proc, Proc], None]) -> tuple[subprocess.Popen[bytes], Proc]:
+              cgroup_paths: Sequence[str], recorded: Callable[[Proc, Proc], None],
+              log: Callable[[], str]) -> tuple[subprocess.Popen[bytes], Proc]:
     """Start a container: its bwrap blocks until its processes are recorded (``recorded(monitor, init)``)
     and in their cgroups, so none of them runs a moment outside either. (monitor process, init)."""
     info_read, info_write = os.pipe()
@@ -103,16 +103,31 @@ def start_box(argv: Callable[[int, int, int], list[str]], *, identity: Identity,
         init = Proc.of(int(info["child-pid"])) if "child-pid" in info else None
         own = Proc.of(monitor.pid)
         if init is None or own is None:
-            raise EngineError("bubblewrap could not create the sandbox container", hint=INSTALL_HINT)
+            raise _failed(monitor, identity, log)
         recorded(own, init)
         cgroups.enter(list(cgroup_paths), init.pid)
-        os.write(block_write, b"go")
+        try:
+            os.write(block_write, b"go")
+        except BrokenPipeError:  # it failed while setting up
+            raise _failed(monitor, identity, log) from None
     except BaseException:
         _abandon(monitor, init)
         raise
     finally:
         os.close(block_write)
     return monitor, init
+
+
+def _failed(monitor: subprocess.Popen[bytes], identity: Identity, log: Callable[[], str]) -> EngineError:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        monitor.wait(KILL_WAIT)
+    said = monitor.stderr.read().decode(errors="replace") if monitor.stderr else log()
+    detail = said.strip().splitlines()[-1] if said.strip() else "bubblewrap failed"
+    hint = INSTALL_HINT
+    if "Permission denied" in detail:
+        hint = (f"The sandbox runs as uid {identity.uid}, which must be able to reach what it mounts (the"
+                " workspace and every directory above it).")
+    return EngineError(f"could not start the sandbox container: {detail}", hint=hint)
 
 
 def signal_container(record: Mapping[str, Any], signum: int) -> None:

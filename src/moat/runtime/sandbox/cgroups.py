@@ -142,7 +142,7 @@ def oom_killed(paths: list[str]) -> bool:
 
 
 def remove(path: Path, attempts: int = 20) -> None:
-    """Remove an (emptied) cgroup, then its run's directory once that is empty too."""
+    """Remove an (emptied) cgroup, then its run's directory and moat's once they are empty too."""
     for _ in range(attempts):
         try:
             path.rmdir()
@@ -151,5 +151,6 @@ def remove(path: Path, attempts: int = 20) -> None:
             break
         except OSError:
             time.sleep(0.05)  # the last processes are still leaving
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()
+    for parent in (path.parent, path.parent.parent):  # moat/<run-id>, then moat/ (other runs may use them)
+        with contextlib.suppress(OSError):
+            parent.rmdir()

@@ -9,8 +9,9 @@
 
 Every process runs as the plan's identity, mapped to itself inside: never as host root. Every
 ``bwrap`` carries the container's tag on its command line (``--setenv MOAT_SANDBOX <tag>``).
-Host paths reach ``bwrap`` as open file descriptors (``--bind-fd``): a directory of root's that the
-identity could not traverse is opened by moat, and only the directory itself is granted.
+bwrap binds only paths the identity can reach (even ``--bind-fd`` resolves the path again); a
+directory it cannot reach (a cache under root's MOAT_HOME) is handed to a service as an open file
+descriptor instead, used through ``/proc/self/fd/N``.
 """
 
 from __future__ import annotations
@@ -84,21 +85,19 @@ def _dev(terminal: bool) -> list[str]:
 
 @dataclass(frozen=True)
 class Bind:
-    fd: int  # an open directory
+    source: str  # a host path
     target: str  # where the container sees it
     read_only: bool = False
 
     def argv(self) -> list[str]:
-        return ["--ro-bind-fd" if self.read_only else "--bind-fd", str(self.fd), self.target]
+        return ["--ro-bind" if self.read_only else "--bind", self.source, self.target]
 
 
-def service_view(home: Bind, data: str, in_memory: bool, mounts: Sequence[Bind], hosts_fd: int) -> list[str]:
+def service_view(home: Bind, data: str, in_memory: bool, hosts_fd: int) -> list[str]:
     """The host read-only; the service's scratch directory read-write at ``home.target``."""
-    argv = ["--ro-bind", "/", "/", *_dev(False), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
-            *home.argv(), *(["--tmpfs", data] if in_memory else ["--dir", data])]
-    for mount in mounts:
-        argv += mount.argv()
-    return [*argv, "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
+    return ["--ro-bind", "/", "/", *_dev(False), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
+            *home.argv(), *(["--tmpfs", data] if in_memory else ["--dir", data]),
+            "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
 
 
 def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, root: Path = Path("/")) -> list[str]:

@@ -88,12 +88,3 @@ def hand_to(path: Path, owner: Identity) -> None:
                 os.chown(os.path.join(root, name), owner.uid, owner.gid, follow_symlinks=False)
     os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
 
-
-def open_dir(path: Path, trusted: Path) -> int:
-    """An ``O_PATH`` fd for the directory ``path``, reached without following links below ``trusted``
-    (bubblewrap binds it by fd: the identity needs no way through ``path``'s parents)."""
-    parent = _open_parent(path, trusted)
-    try:
-        return os.open(path.name, os.O_PATH | _DIR, dir_fd=parent)
-    finally:
-        os.close(parent)

@@ -16,7 +16,7 @@ from moat.errors import EngineError
 from moat.files import private_dir
 from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
-from moat.runtime.sandbox import boxes, cgroups, launch, procs, services
+from moat.runtime.sandbox import boxes, cgroups, launch, procs, services, streams
 from moat.runtime.sandbox import scratch as dirs
 from moat.runtime.sandbox.procs import Proc
 from moat.runtime.sandbox.records import Records
@@ -60,14 +60,14 @@ class Starter:
 
     def _mount_fd(self, source: str, create: bool) -> int:
         path = Path(source)
-        if create:  # a directory of moat's (a host cache) that the container writes
+        if create:  # a directory of moat's (a host cache) that the service writes, as the identity
             private_dir(path)
             if os.geteuid() == 0 and path.stat().st_uid != self.identity.uid:
                 dirs.hand_to(path, self.identity)
         try:
-            return os.open(path, os.O_PATH | os.O_CLOEXEC)
+            return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise EngineError(f"cannot mount {source}: {exc.strerror}") from None
+            raise EngineError(f"cannot give {source} to a service: {exc.strerror}") from None
 
     def start(self, record: dict[str, Any], spec: ContainerSpec, *, terminal: bool) -> subprocess.Popen[bytes]:
         network = self.records.network(record["network"])
@@ -90,16 +90,15 @@ class Starter:
                 return fd
 
             hosts_fd = keep(_data_fd(hosts(names)))
-            home = keep(dirs.open_dir(Path(record["scratch"]), Path(record["trusted"])))
-            mounts = [(m, keep(self._mount_fd(m.source, m.create))) for m in spec.mounts]
             status = stack.enter_context(self.records.status(record["network"], record["id"]).open("wb"))
             if spec.role == "service":
                 recipe, port = _recipe(spec)
-                inside = {m.target: f"{services.MOUNTS}/{n}" for n, (m, _) in enumerate(mounts)}
+                # Its mounts (a host cache) are open directories: /proc/self/fd/N reaches them whatever
+                # their parents' permissions (MOAT_HOME may be root's).
+                inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts}
                 program = services.program(recipe, spec, port, inside)
-                binds = [launch.Bind(fd, inside[m.target], m.read_only) for m, fd in mounts]
-                view = launch.service_view(launch.Bind(home, services.HOME), services.DATA, bool(spec.tmpfs), binds,
-                                           hosts_fd)
+                view = launch.service_view(launch.Bind(record["scratch"], services.HOME), services.DATA,
+                                           bool(spec.tmpfs), hosts_fd)
                 command = ["/bin/sh", "-c", program.script]
                 env = {**launch.base_env({"HOME": services.HOME}), **spec.env, **program.env}
                 workdir = services.HOME
@@ -107,8 +106,8 @@ class Starter:
                 io = boxes.Streams(subprocess.DEVNULL, log, log)
                 record["exec_env"] = program.exec_env
             else:
-                binds = [launch.Bind(fd, m.target, m.read_only) for m, fd in mounts]
-                view = launch.agent_view(launch.Bind(home, AGENT_HOME), binds, hosts_fd)
+                binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts]
+                view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd)
                 command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
                 if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
                     command = ["env", "--default-signal=INT,QUIT", *command]
@@ -128,7 +127,9 @@ class Starter:
 
             monitor, _ = boxes.start_box(argv, identity=self.identity, env=env, streams=io, status=status,
                                          keep_fds=fds, interactive=interactive, cgroup_paths=record["cgroups"],
-                                         recorded=recorded)
+                                         recorded=recorded,
+                                         log=lambda: streams.tail(self.records.log(record["network"], record["id"]),
+                                                                  5))
         return monitor
 
     def given_env(self, record: Mapping[str, Any]) -> dict[str, str]:
