@@ -26,11 +26,12 @@ from moat.runtime.sandbox import SandboxRuntime, procs
 from moat.runtime.sandbox.services import find_binary
 from moat.services.readiness import ReadinessError, wait_ready
 from tests.conftest import IN_CI
-from tests.helpers import WORKSPACE_UID, share
+from tests.helpers import ROOT, WORKSPACE_UID, share
 from tests.unit.support import parse
 
 pytestmark = pytest.mark.sandbox
 
+STANDIN = ROOT / "engine" / "images" / "ollama-standin" / "ollama.py"
 PROGRAMS = {"postgres": ("initdb", "postgres", "psql"), "mysql": ("mariadb-install-db", "mariadbd", "mysql"),
             "redis": ("redis-server", "redis-cli")}
 
@@ -364,3 +365,23 @@ def test_secrets_stay_off_disk_and_command_lines(make_pod: Callable[..., Pod]) -
     for pid, _ in procs.processes():
         with contextlib.suppress(OSError):
             assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), f"password in pid {pid}"
+
+
+def test_a_service_writes_its_host_cache_under_a_closed_moat_home(make_pod: Callable[..., Pod], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ollama").symlink_to(STANDIN)  # the clearly named stand-in plays `ollama` here
+    share(bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    pod = make_pod("dependencies: [ollama]\nservices:\n  ollama:\n"
+                   "    env: {STANDIN_PULL_SECONDS: '0.1', STANDIN_PULL_BYTES: '1000'}\n")
+    cid = pod.start("ollama")
+    pod.ready("ollama")
+    assert (pod.home.stat().st_mode & 0o777) == 0o700  # the identity cannot pass through MOAT_HOME
+    pulled = pod.runtime.exec(cid, ("ollama", "pull", "tiny:1b"), {})
+    assert pulled.exit_code == 0, pulled.output
+    manifest = pod.home / "cache/ollama/models/manifests/registry.ollama.ai/library/tiny/1b"
+    assert manifest.is_file() and manifest.stat().st_uid == identity().uid
+    listed = pod.runtime.exec(cid, ("ollama", "list"), {})
+    assert "tiny:1b" in listed.output

@@ -98,7 +98,8 @@ class Starter:
                 inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts}
                 program = services.program(recipe, spec, port, inside)
                 view = launch.service_view(launch.Bind(record["scratch"], services.HOME), services.DATA,
-                                           bool(spec.tmpfs), hosts_fd)
+                                           bool(spec.tmpfs), hosts_fd,
+                                           [services.find_binary(p, recipe) for p in recipe.binaries])
                 command = ["/bin/sh", "-c", program.script]
                 env = {**launch.base_env({"HOME": services.HOME}), **spec.env, **program.env}
                 workdir = services.HOME
