@@ -117,3 +117,13 @@ def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def left_for(runtime: Any, run_id: str) -> list[str]:
+    """Everything on the engine still labelled with this run."""
+    left = runtime.find_labelled({"moat.run-id": run_id})
+    return [*left.containers, *left.networks, *left.volumes]
+
+
+def metadata(home: Path, run_id: str) -> dict[str, Any]:
+    return json.loads((home / "runs" / run_id / "metadata.json").read_text())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from moat.runtime.docker import DockerRuntime
-from tests.helpers import only_run, run_moat, runs, start_moat, wait_for, write_workspace
+from tests.helpers import left_for, only_run, run_moat, runs, start_moat, wait_for, write_workspace
 
 pytestmark = pytest.mark.engine
 
@@ -23,11 +23,6 @@ services:
   redis:
     image: moat-test/redis:latest
 """
-
-
-def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
-    left = runtime.find_labelled({"moat.run-id": run_id})
-    return [*left.containers, *left.networks, *left.volumes]
 
 
 def test_service_that_exits_fails_fast_with_its_logs(engine: DockerRuntime, moat_home: Path,

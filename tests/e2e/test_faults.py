@@ -19,22 +19,13 @@ import pytest
 from moat.ownership import home_id
 from moat.runtime.docker import DockerRuntime
 from tests.conftest import skip_or_fail
-from tests.helpers import moat_command, run_moat, runs, start_moat, wait_for, write_workspace
+from tests.helpers import left_for, metadata, moat_command, run_moat, runs, start_moat, wait_for, write_workspace
 
 pytestmark = pytest.mark.engine
 
 REDIS = "dependencies: [redis]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
 NEVER_READY = ("dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n"
                "    env: {PGPORT: '5999'}\n    ready_timeout: 600\n")
-
-
-def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
-    left = runtime.find_labelled({"moat.run-id": run_id})
-    return [*left.containers, *left.networks, *left.volumes]
-
-
-def metadata(home: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((home / "runs" / run_id / "metadata.json").read_text())
 
 
 def first_run(home: Path) -> str:

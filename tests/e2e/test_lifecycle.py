@@ -14,7 +14,9 @@ import pytest
 
 from moat.runtime.docker import DockerRuntime
 from tests.helpers import (
+    left_for,
     log_records,
+    metadata,
     moat_command,
     run_moat,
     runs,
@@ -28,15 +30,6 @@ pytestmark = pytest.mark.engine
 REDIS = "dependencies: [redis]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
 NEVER_READY = ("dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n"
                "    env: {PGPORT: '5999'}\n    ready_timeout: 600\n")
-
-
-def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
-    left = runtime.find_labelled({"moat.run-id": run_id})
-    return [*left.containers, *left.networks, *left.volumes]
-
-
-def metadata(home: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((home / "runs" / run_id / "metadata.json").read_text())
 
 
 def detach(workspace: Path, *command: str) -> tuple[str, str]:

@@ -14,7 +14,16 @@ import pytest
 
 from moat.runtime.docker import DockerRuntime
 from tests.conftest import skip_or_fail
-from tests.helpers import log_records, moat_command, run_moat, runs, start_moat, wait_for, write_workspace
+from tests.helpers import (
+    left_for,
+    log_records,
+    moat_command,
+    run_moat,
+    runs,
+    start_moat,
+    wait_for,
+    write_workspace,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -37,11 +46,6 @@ def ollama_workspace(path: Path, models: list[str], seconds: float = 1, **extra:
 
 def provision_events(home: Path, run_id: str) -> list[dict[str, Any]]:
     return [r for r in log_records(home, run_id) if r.get("service") == "ollama"]
-
-
-def left_for(runtime: DockerRuntime, run_id: str) -> list[str]:
-    left = runtime.find_labelled({"moat.run-id": run_id})
-    return [*left.containers, *left.networks, *left.volumes]
 
 
 def test_first_run_pulls_second_run_finds_it_cached(engine: DockerRuntime, moat_home: Path, tmp_path: Path) -> None:

@@ -7,10 +7,8 @@ teardown) is tested without an engine or a socket. Faults are injected by operat
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from moat.errors import EngineError
 from moat.plan.containers import HOLD_ABANDONED, ContainerSpec
@@ -27,6 +25,7 @@ from moat.runtime.base import (
     OutputChunk,
     ProgressCallback,
 )
+from tests.helpers import wait_for
 
 
 @dataclass
@@ -294,11 +293,4 @@ class FakeRuntime:
         self._check("remove_volume", name)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+wait_until = wait_for  # the same patience as the end-to-end tests
