@@ -19,7 +19,7 @@ def render_plan(plan: Plan) -> str:
         f"Agent image {plan.image.tag}",
         f"  base          {plan.image.base_image}",
         f"  dependencies  {', '.join(plan.image.dependencies) or '(none)'}",
-        f"  user          moatuser (uid {plan.image.uid}, gid {plan.image.gid})",
+        f"  user          {_user(plan)}",
     ]
     limits = plan.limits
     if limits.memory_mb or limits.cpus or limits.dns or limits.ulimits:
@@ -42,6 +42,8 @@ def render_plan(plan: Plan) -> str:
             out.append(f"    memory     {service.memory_mb} MB")
         if service.tmpfs:
             out.append(f"    in memory  {', '.join(service.tmpfs)}  (storage: memory)")
+        for mount in service.container.mounts:
+            out.append(f"    mount      {mount.source} → {mount.target}")
         out.append(f"    env        {_pairs(mask.mapping(service.env))}")
         if service.command:
             out.append(f"    command    {shlex.join(mask.text(a) for a in service.command)}")
@@ -54,12 +56,27 @@ def render_plan(plan: Plan) -> str:
             p = service.provision
             out.append(f"    provision  {p.key}: {', '.join(p.items)}  (cached at {p.cache_path},"
                        f" timeout {p.timeout:g}s per {p.noun})")
+    agent = plan.agent
+    out += ["", f"Agent container {agent.name}"]
+    out.append(f"  runs as       {agent.user}" + ("; capabilities dropped: " + ", ".join(agent.cap_drop)
+                                                 if agent.cap_drop else "")
+               + ("; no-new-privileges" if agent.no_new_privileges else ""))
+    out += [f"  mount         {m.source} → {m.target}" + (" (read-only)" if m.read_only else "") for m in agent.mounts]
+    if agent.held:
+        out.append("  started while the services start, held until its turn (its go line on stdin)")
     out += ["", "Agent environment"]
     out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items())]
     out += ["", f"Command  {shlex.join(mask.text(a) for a in plan.command)}"
             + ("  (interactive)" if plan.interactive else ""), "", "Dockerfile"]
     out += [f"  {line}" for line in plan.image.dockerfile.rstrip().splitlines()]
     return "\n".join(out)
+
+
+def _user(plan: Plan) -> str:
+    identity = plan.identity
+    if identity.root:
+        return f"root (uid 0, gid {identity.gid}): the workspace is root's; no capabilities"
+    return f"moatuser (uid {identity.uid}, gid {identity.gid})"
 
 
 def _pairs(values: dict[str, str]) -> str:

@@ -158,6 +158,7 @@ class Run:
             return outcome
         except Interrupted as exc:
             self._events().log(f"interrupted by {exc}: tearing down")
+            self._events().info(f"interrupted by {exc}: removing what the run started")
             outcome = Outcome("interrupted", exc.exit_code)
             return outcome
         except MoatError as exc:
@@ -169,6 +170,8 @@ class Run:
             outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}")
             raise
         finally:
+            if outcome.handed_off and self._reaper is not None:
+                self._reaper.join(REAPER_GRACE)  # let it finish what it started
             if not outcome.handed_off:
                 fields: dict[str, Any] = {"state": outcome.state}
                 if outcome.exit_code is not None:
