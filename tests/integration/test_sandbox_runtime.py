@@ -385,3 +385,8 @@ def test_a_service_writes_its_host_cache_under_a_closed_moat_home(make_pod: Call
     assert manifest.is_file() and manifest.stat().st_uid == identity().uid
     listed = pod.runtime.exec(cid, ("ollama", "list"), {})
     assert "tiny:1b" in listed.output
+
+
+def test_a_missing_agent_command_exits_127(make_pod: Callable[..., Pod]) -> None:
+    code, _, err = make_pod().agent("no-such-command-here")
+    assert code == 127 and "not found" in err

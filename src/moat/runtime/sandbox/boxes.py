@@ -52,7 +52,7 @@ def start_holder(identity: Identity, tag: str, stderr: IO[bytes]) -> tuple[subpr
     try:
         holder = subprocess.Popen(launch.holder(identity, tag, write), pass_fds=(write,), start_new_session=True,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd="/",
-                                  env=launch.base_env(), **launch.as_identity(identity))
+                                  env=launch.base_env(identity), **launch.as_identity(identity))
     finally:
         os.close(write)
     try:

@@ -17,8 +17,10 @@ descriptor instead, used through ``/proc/self/fd/N``.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,39 @@ def as_identity(identity: Identity) -> dict[str, Any]:
     return {"user": identity.uid, "group": identity.gid, "extra_groups": []}
 
 
-def base_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+def reachable(path: str, identity: Identity) -> bool:
+    """Whether ``identity`` (without supplementary groups) can search its way into directory ``path``."""
+    if identity.uid == os.geteuid() or identity.root:
+        return os.path.isdir(path)
+    probe = Path("/")
+    for part in [*Path(path).parts[1:], None]:
+        try:
+            info = probe.stat()
+        except OSError:
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            return False
+        bit = (stat.S_IXUSR if info.st_uid == identity.uid else
+               stat.S_IXGRP if info.st_gid == identity.gid else stat.S_IXOTH)
+        if not info.st_mode & bit:
+            return False
+        if part is None:
+            return True
+        probe = probe / part
+    return True
+
+
+@cache
+def search_path(identity: Identity, path: str) -> str:
+    """moat's PATH without the directories ``identity`` cannot enter (root's ~/.local/bin, a venv under
+    /root): a shell that meets one answers "Permission denied" (126) for a command that is not there."""
+    kept = [entry for entry in path.split(os.pathsep) if entry.startswith("/") and reachable(entry, identity)]
+    return os.pathsep.join(kept) or "/usr/bin:/bin"
+
+
+def base_env(identity: Identity, extra: Mapping[str, str] = {}) -> dict[str, str]:
     """What every sandbox process gets, whatever moat's own environment holds."""
-    return {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    return {"PATH": search_path(identity, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")),
             "LANG": os.environ.get("LANG", "C.UTF-8"), **extra}
 
 

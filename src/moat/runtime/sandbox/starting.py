@@ -101,7 +101,7 @@ class Starter:
                                            bool(spec.tmpfs), hosts_fd,
                                            [services.find_binary(p, recipe) for p in recipe.binaries])
                 command = ["/bin/sh", "-c", program.script]
-                env = {**launch.base_env({"HOME": services.HOME}), **spec.env, **program.env}
+                env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
                 workdir = services.HOME
                 log = stack.enter_context(self.records.log(record["network"], record["id"]).open("ab"))
                 io = boxes.Streams(subprocess.DEVNULL, log, log)
@@ -112,7 +112,8 @@ class Starter:
                 command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
                 if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
                     command = ["env", "--default-signal=INT,QUIT", *command]
-                env = {**launch.base_env({"HOME": AGENT_HOME, "TERM": os.environ.get("TERM", "dumb")}), **spec.env}
+                env = {**launch.base_env(self.identity, {"HOME": AGENT_HOME,
+                                                          "TERM": os.environ.get("TERM", "dumb")}), **spec.env}
                 workdir = spec.working_dir or "/"
                 io = (boxes.Streams(None, None, None) if interactive or terminal
                       else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
@@ -145,4 +146,4 @@ class Starter:
         """A command run in the container gets the container's environment, as with ``docker exec``."""
         own = dict(spec.env) if spec is not None else self.given_env(record)
         home = services.HOME if record.get("role") == "service" else AGENT_HOME
-        return {**launch.base_env({"HOME": home}), **own, **(record.get("exec_env") or {})}
+        return {**launch.base_env(self.identity, {"HOME": home}), **own, **(record.get("exec_env") or {})}
