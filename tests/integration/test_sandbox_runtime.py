@@ -362,6 +362,8 @@ def test_secrets_stay_off_disk_and_command_lines(make_pod: Callable[..., Pod]) -
         for path in root.rglob("*"):
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), f"the password is in {path}"
+    for path in [pod.home / "sandbox", *(pod.home / "sandbox").rglob("*")]:  # moat's records: private
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
     for pid, _ in procs.processes():
         with contextlib.suppress(OSError):
             assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), f"password in pid {pid}"

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from moat.files import private_dir, write_private
 from moat.runtime.base import NotFound
@@ -66,6 +67,12 @@ class Records:
 
     def status(self, network: str, key: str) -> Path:
         return self.root / network / f"{key}.status"
+
+    def open(self, path: Path, append: bool = True) -> IO[bytes]:
+        """A 0600 file of the records, for a process to write through an inherited descriptor."""
+        self.directory(path.parent.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        return os.fdopen(os.open(path, flags, 0o600), "ab" if append else "wb")
 
     def exit_code(self, network: str, key: str) -> int | None:
         """The exit code bubblewrap wrote once the container's command ended."""

@@ -122,7 +122,7 @@ class SandboxRuntime:
                                   "tag": self._tag(name), "identity": [self.identity.uid, self.identity.gid]}
         self.records.write(name, NETWORK, record)
         try:
-            with self.records.log(name, NETWORK).open("ab") as errors:
+            with self.records.open(self.records.log(name, NETWORK)) as errors:
                 holder, child = boxes.start_holder(self.identity, record["tag"], errors)
         except BaseException:
             self.records.forget_network(name)

@@ -90,7 +90,8 @@ class Starter:
                 return fd
 
             hosts_fd = keep(_data_fd(hosts(names)))
-            status = stack.enter_context(self.records.status(record["network"], record["id"]).open("wb"))
+            status = stack.enter_context(self.records.open(self.records.status(record["network"], record["id"]),
+                                                          append=False))
             if spec.role == "service":
                 recipe, port = _recipe(spec)
                 # Its mounts (a host cache) are open directories: /proc/self/fd/N reaches them whatever
@@ -103,7 +104,7 @@ class Starter:
                 command = ["/bin/sh", "-c", program.script]
                 env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
                 workdir = services.HOME
-                log = stack.enter_context(self.records.log(record["network"], record["id"]).open("ab"))
+                log = stack.enter_context(self.records.open(self.records.log(record["network"], record["id"])))
                 io = boxes.Streams(subprocess.DEVNULL, log, log)
                 record["exec_env"] = program.exec_env
             else:
