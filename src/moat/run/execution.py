@@ -78,6 +78,7 @@ class Run:
         self.scope: Scope | None = None
         self.pod: Pod | None = None
         self._reaper: threading.Thread | None = None
+        self.handed_off = False  # a supervisor owns the run (from the hand-off's commit on)
 
     # --- the whole run ---------------------------------------------------------------------------
 
@@ -152,7 +153,6 @@ class Run:
         """Run ``body``; record how it ended; always tear down (unless a supervisor owns the run now)."""
         record = self._record()
         outcome = Outcome("failed")
-        error: BaseException | None = None
         try:
             outcome = body()
             return outcome
@@ -162,27 +162,25 @@ class Run:
             outcome = Outcome("interrupted", exc.exit_code)
             return outcome
         except MoatError as exc:
-            error = exc
             outcome = Outcome("failed", error=self.masker.text(exc.message))
             raise
         except BaseException as exc:  # a bug: still tear down, and say what happened
-            error = exc
             outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}")
             raise
         finally:
-            if outcome.handed_off and self._reaper is not None:
+            if self.handed_off and self._reaper is not None:
                 self._reaper.join(REAPER_GRACE)  # let it finish what it started
-            if not outcome.handed_off:
+            if not self.handed_off:  # after the commit the record and the teardown are the supervisor's
                 fields: dict[str, Any] = {"state": outcome.state}
                 if outcome.exit_code is not None:
                     fields["exit_code"] = outcome.exit_code
                 if outcome.error is not None:
                     fields["error"] = outcome.error
                 record.update(**fields)
-                self.teardown(error)
+                self.teardown()
             record.close()
 
-    def teardown(self, error: BaseException | None = None) -> None:
+    def teardown(self) -> None:
         """Remove everything the run created; every step runs; what failed is said and recorded."""
         self.signals.enter(TEARDOWN)
         events, record = self._events(), self._record()
@@ -194,8 +192,7 @@ class Run:
         fields: dict[str, Any] = {"ended_at": now_iso(), "timings": self.timeline.marks()}
         if problems:
             fields["teardown_problems"] = [self.masker.text(p) for p in problems]
-            if error is None:
-                events.warn(f"run {self.plan.run_id} left things behind; `moat clean` removes them")
+            events.warn(f"run {self.plan.run_id} left things behind; `moat clean` removes them")
         if record.failure is not None:
             fields["record_problem"] = record.failure
         record.update(**fields)

@@ -101,7 +101,7 @@ def hand_off(run: Run, started: Started) -> None:
         _expect(supervisor, READY, run)
         # The commit: a signal handled before it cancels the hand-off; one handled after is passed on.
         run.signals.advance(HANDED_OFF, handoff=on_signal)
-        committed = True
+        committed = run.handed_off = True
         record.update(pid=supervisor.pid, pid_start=process_start(supervisor.pid), detached=True)
         run._scope().hand_over()
         supervisor.stdin.write(f"{COMMIT}\n".encode())
