@@ -392,3 +392,21 @@ def test_a_service_writes_its_host_cache_under_a_closed_moat_home(make_pod: Call
 def test_a_missing_agent_command_exits_127(make_pod: Callable[..., Pod]) -> None:
     code, _, err = make_pod().agent("no-such-command-here")
     assert code == 127 and "not found" in err
+
+
+def test_a_signal_sent_as_the_agents_turn_comes_reaches_it(make_pod: Callable[..., Pod]) -> None:
+    """The run passes signals to the agent from the moment its turn comes, an instant before its
+    start: a Ctrl-C then was lost and the run hung on an agent that never heard of it."""
+    pod = make_pod()
+    from dataclasses import replace
+
+    cid = pod.runtime.create_container(replace(pod.plan.agent, command=("sleep", "300")), {})
+    pod.agents.append(cid)
+    pod.runtime.signal(cid, signal.SIGINT)
+    pod.runtime.start_container(cid)
+    guard = threading.Timer(10, pod.runtime.stop_container, (cid, 0))  # a lost signal: 137, not a hang
+    guard.start()
+    try:
+        assert pod.runtime.wait(cid) == 130
+    finally:
+        guard.cancel()

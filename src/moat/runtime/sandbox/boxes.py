@@ -140,6 +140,14 @@ def signal_container(record: Mapping[str, Any], signum: int) -> None:
         procs.signal_group(init, signum)
 
 
+def signal_when_running(record: Mapping[str, Any], signum: int, timeout: float = 2.0) -> None:
+    """Deliver ``signum`` once the container's init has started its command (just after its start)."""
+    init, deadline = Proc.from_json(record.get("init")), time.monotonic() + timeout
+    while procs.alive(init) and not procs.children(init) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    signal_container(record, signum)
+
+
 def running(record: Mapping[str, Any]) -> bool:
     return procs.alive(Proc.from_json(record.get("monitor"))) or procs.alive(Proc.from_json(record.get("init")))
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -62,6 +63,11 @@ class SandboxRuntime:
         self._own: dict[str, subprocess.Popen[bytes]] = {}  # what this process started, by id
         self._specs: dict[str, ContainerSpec] = {}  # environments (passwords) stay in memory
         self._starter = Starter(self.records, self.cgroups, self.identity)
+        # Signals for a container this process has created but not started (or is starting): the run
+        # hands the agent its signals from the moment its turn comes, which is just before its start.
+        self._pending: dict[str, list[int]] = {}
+        self._started: set[str] = set()
+        self._lock = threading.Lock()
 
     def _tag(self, key: str) -> str:
         return f"moat-sandbox:{home_id(self.home)}:{key}"
@@ -79,9 +85,9 @@ class SandboxRuntime:
             if shutil.which(program) is None:
                 raise EngineError(f"the sandbox runtime needs `{program}`, which is not installed",
                                   hint=boxes.INSTALL_HINT)
-        probe = subprocess.run(["bwrap", "--unshare-user", "--unshare-net", "--ro-bind", "/", "/", "true"],
-                               capture_output=True, text=True, check=False, cwd="/",
-                               **launch.as_identity(self.identity))
+        probe = subprocess.run(
+            ["bwrap", "--unshare-user", "--unshare-net", "--ro-bind", "/", "/", "/bin/sh", "-c", ":"],
+            capture_output=True, text=True, check=False, cwd="/", **launch.as_identity(self.identity))
         if probe.returncode != 0:
             raise EngineError(f"bubblewrap cannot create namespaces here: {probe.stderr.strip()}",
                               hint="Unprivileged user namespaces must be enabled "
@@ -180,12 +186,25 @@ class SandboxRuntime:
         spec = self._specs.get(container_id)
         if spec is None:
             raise EngineError(f"{record['name']} was created by another moat process: only that one can start it")
-        self._own[container_id] = self._starter.start(record, spec, terminal=terminal)
+        with self._lock:
+            self._pending.setdefault(container_id, [])
+        try:
+            self._own[container_id] = self._starter.start(record, spec, terminal=terminal)
+        finally:
+            with self._lock:
+                pending = self._pending.pop(container_id, [])
+                self._started.add(container_id)
+        for signum in pending:  # delivered once its command is there to receive them
+            boxes.signal_when_running(record, signum)
 
     def release(self, container_id: str) -> None:
         self.start_container(container_id)
 
     def signal(self, container_id: str, signum: int) -> None:
+        with self._lock:
+            if container_id in self._specs and container_id not in self._started:
+                self._pending.setdefault(container_id, []).append(signum)  # not started yet: held for it
+                return
         with contextlib.suppress(NotFound):
             boxes.signal_container(self.records.container(container_id), signum)
 
