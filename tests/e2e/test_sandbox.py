@@ -336,3 +336,34 @@ def test_mysql_user_gets_its_database_and_a_missing_command_exits_127(sandbox: S
     missing = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "no-such-command-here"])
     assert missing.code == 127
     assert_nothing_left(moat_home)
+
+
+def test_what_the_sandbox_will_not_do_as_asked_is_said_first(sandbox: SandboxRuntime, moat_home: Path,
+                                                             tmp_path: Path) -> None:
+    workspace = new_workspace(tmp_path)
+    (workspace / "moat.yaml").write_text(
+        "dependencies: [redis]\nservices:\n  redis:\n    image: redis:7-alpine\n    memory: 64\n")
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "true"])
+    assert result.code == 0, result.output
+    lines = result.stderr.splitlines()
+    said = next(i for i, line in enumerate(lines) if "services.redis.image (redis:7-alpine) is not used: the sandbox"
+                " runs the host's Redis" in line)
+    assert said < next(i for i, line in enumerate(lines) if "redis ready" in line)  # before the run starts
+    memory = [line for line in lines if "services.redis.memory" in line]
+    assert memory == ([] if os.getuid() == 0 else [next(line for line in lines if "is not enforced" in line)])
+    assert_nothing_left(moat_home)
+
+
+def test_logs_follow_a_live_service_until_the_run_ends(sandbox: SandboxRuntime, moat_home: Path,
+                                                       tmp_path: Path) -> None:
+    workspace = copy_example("service-redis", tmp_path)
+    proc = start_moat(["run", "--runtime", "sandbox", str(workspace), "--", "sh", "-c", "echo up; sleep 3"])
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "up"
+    follower = start_moat(["logs", "--service", "redis", "-f"])
+    out, err = follower.communicate(timeout=60)  # ends when the run does
+    proc.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert "Ready to accept connections" in out
+    assert proc.returncode == 0
+    assert_nothing_left(moat_home)
