@@ -123,11 +123,11 @@ class SandboxRuntime:
     def create_network(self, name: str, labels: Mapping[str, str], scratch: str) -> str:
         self._refuse_root()
         directory = Path(scratch)
-        dirs.create(directory, self.identity)
         record: dict[str, Any] = {"kind": "network", "id": name, "labels": dict(labels), "scratch": scratch,
                                   "tag": self._tag(name), "identity": [self.identity.uid, self.identity.gid]}
-        self.records.write(name, NETWORK, record)
+        self.records.write(name, NETWORK, record)  # first: whatever follows is found from it
         try:
+            dirs.create(directory, self.identity)
             with self.records.open(self.records.log(name, NETWORK)) as errors:
                 holder, child = boxes.start_holder(self.identity, record["tag"], errors)
         except BaseException:
@@ -166,7 +166,6 @@ class SandboxRuntime:
         directory = Path(spec.scratch) if spec.scratch else Path(network["scratch"]) / spec.name
         if spec.role == "service":
             self._starter.check_service(spec)  # before anything is made: a missing program is an error
-        dirs.create(directory, self.identity, trusted)
         record = {
             "kind": "container", "id": container_id, "name": spec.name, "network": spec.network, "role": spec.role,
             "service": spec.service, "labels": {**spec.labels, **labels}, "aliases": list(spec.aliases),
@@ -174,8 +173,13 @@ class SandboxRuntime:
             "tag": self._tag(container_id), "interactive": spec.role == "agent" and (spec.tty or spec.stdin_open),
             "run": spec.labels.get(LABEL_RUN_ID) or spec.network, "cgroups": [], "monitor": None, "init": None,
         }
+        self.records.write(spec.network, container_id, record)  # first: whatever follows is found from it
+        try:
+            dirs.create(directory, self.identity, trusted)
+        except BaseException:
+            self.records.forget(spec.network, container_id)
+            raise
         self._specs[container_id] = spec
-        self.records.write(spec.network, container_id, record)
         return container_id
 
     def start_container(self, container_id: str) -> None:
