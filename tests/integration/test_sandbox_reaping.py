@@ -70,7 +70,8 @@ def test_sigkill_of_the_owner_at_any_moment_then_reaping_leaves_nothing(sandbox_
     who = identity()
     owner = subprocess.Popen([sys.executable, "-c", OWNER, str(workspace), str(home), str(scratch),
                               str(who.uid), str(who.gid)], cwd=ROOT, stdout=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
     assert owner.stdout is not None
     run_id = owner.stdout.readline().decode().strip()
     assert run_id, "the owner did not start the run"

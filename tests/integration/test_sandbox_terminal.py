@@ -74,7 +74,7 @@ def test_ctrl_c_reaches_the_interactive_agent_and_its_exit_code_comes_back(sandb
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own, the pty its controlling terminal
         os.chdir(ROOT)
-        os.environ["PYTHONPATH"] = str(ROOT)
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
         os.execv(sys.executable, [sys.executable, "-c", OWNER, str(workspace), str(home), str(scratch),
                                   str(who.uid), str(who.gid)])
     try:

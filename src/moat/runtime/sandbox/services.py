@@ -38,9 +38,13 @@ class Program:
     exec_env: dict[str, str] = field(default_factory=dict)  # what commands run in it need
 
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/sbin:/sbin"  # servers (mariadbd) live here, off most users' PATH
+
+
 def find_binary(name: str, recipe: HostRecipe) -> str:
-    """A program on PATH, or in a versioned package directory (postgres keeps its own)."""
-    found = shutil.which(name)
+    """A program on PATH, in the system directories, or in a versioned package directory (postgres
+    keeps its own)."""
+    found = shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
     if found:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
