@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # engine/sandbox-deps.sh - the host programs moat's sandbox runtime uses, from Debian's packages.
 #
-# bubblewrap (the agent's sandbox), and the servers and clients the sandbox starts services from:
-# postgresql, mariadb-server, redis-server (their clients come with them). Idempotent: packages that
+# bubblewrap (every sandbox process's namespaces), util-linux (nsenter, to join them), and the servers
+# and clients the sandbox starts services from: postgresql, mariadb-server, redis-server (their clients
+# come with them). coreutils' env (--ignore-signal, 8.31+) is Debian's own. Idempotent: packages that
 # are already installed are skipped. The packages' own services are kept from starting (moat starts
-# the servers itself, per run, in a private network namespace).
+# the servers itself, per run, as the agent's user, in a private network namespace). Memory and CPU
+# limits need no package: moat creates cgroups when it runs as root, and says so when it cannot.
 set -euo pipefail
 
 PACKAGES=(bubblewrap util-linux postgresql mariadb-server redis-server)
