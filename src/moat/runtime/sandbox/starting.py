@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ def _data_fd(data: bytes) -> int:
     return fd
 
 
+@dataclass(frozen=True)
+class _Launch:
+    view: list[str]
+    command: list[str]
+    env: dict[str, str]
+    workdir: str
+    io: boxes.Streams
+
+
 class Starter:
     def __init__(self, records: Records, limits: cgroups.Cgroups, identity: Identity) -> None:
         self.records = records
@@ -72,9 +82,8 @@ class Starter:
     def start(self, record: dict[str, Any], spec: ContainerSpec, *, terminal: bool) -> subprocess.Popen[bytes]:
         network = self.records.network(record["network"])
         holder = Proc.from_json(network.get("init"))
-        if not procs.alive(holder):
+        if holder is None or not procs.alive(holder):
             raise EngineError(f"the sandbox network {record['network']} is gone (its holder process ended)")
-        assert holder is not None
         record["cgroups"] = self.limits.create(record["run"], record["name"], spec.memory_mb, spec.cpus)
         self.records.write(record["network"], record["id"], record)
         names = {record["hostname"]}
@@ -82,58 +91,66 @@ class Starter:
             names |= set(other.get("aliases") or [])
         interactive = bool(record.get("interactive"))
         with contextlib.ExitStack() as stack:
-            fds: list[int] = []
+            opened: list[int] = []
 
             def keep(fd: int) -> int:
                 stack.callback(os.close, fd)
-                fds.append(fd)
+                opened.append(fd)
                 return fd
 
             hosts_fd = keep(_data_fd(hosts(names)))
             status = stack.enter_context(self.records.open(self.records.status(record["network"], record["id"]),
                                                           append=False))
             if spec.role == "service":
-                recipe, port = _recipe(spec)
-                # Its mounts (a host cache) are open directories: /proc/self/fd/N reaches them whatever
-                # their parents' permissions (MOAT_HOME may be root's).
-                inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts}
-                program = services.program(recipe, spec, port, inside)
-                view = launch.service_view(launch.Bind(record["scratch"], services.HOME), services.DATA,
-                                           bool(spec.tmpfs), hosts_fd,
-                                           [services.find_binary(p, recipe) for p in recipe.binaries])
-                command = ["/bin/sh", "-c", program.script]
-                env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
-                workdir = services.HOME
                 log = stack.enter_context(self.records.open(self.records.log(record["network"], record["id"])))
-                io = boxes.Streams(subprocess.DEVNULL, log, log)
-                record["exec_env"] = program.exec_env
+                plan = self._service(record, spec, hosts_fd, keep, boxes.Streams(subprocess.DEVNULL, log, log))
             else:
-                binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts]
-                view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd)
-                command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
-                if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
-                    command = ["env", "--default-signal=INT,QUIT", *command]
-                env = {**launch.base_env(self.identity, {"HOME": AGENT_HOME,
-                                                          "TERM": os.environ.get("TERM", "dumb")}), **spec.env}
-                workdir = spec.working_dir or "/"
-                io = (boxes.Streams(None, None, None) if interactive or terminal
-                      else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
+                plan = self._agent(record, spec, hosts_fd, interactive, terminal)
 
             def argv(info: int, status_fd: int, block: int) -> list[str]:
-                box = launch.Box(self.identity, record["tag"], record["hostname"], view, workdir, info, status_fd,
-                                 block, new_session=not interactive)
-                return [*launch.enter_network(holder.pid), *box.argv(command)]
+                box = launch.Box(self.identity, record["tag"], record["hostname"], plan.view, plan.workdir, info,
+                                 status_fd, block, new_session=not interactive)
+                return [*launch.enter_network(holder.pid), *box.argv(plan.command)]
 
             def recorded(monitor: Proc, init: Proc) -> None:
                 record.update(monitor=monitor.to_json(), init=init.to_json())
                 self.records.write(record["network"], record["id"], record)
 
-            monitor, _ = boxes.start_box(argv, identity=self.identity, env=env, streams=io, status=status,
-                                         keep_fds=fds, interactive=interactive, cgroup_paths=record["cgroups"],
-                                         recorded=recorded,
-                                         log=lambda: streams.tail(self.records.log(record["network"], record["id"]),
-                                                                  5))
+            def log_tail() -> str:
+                return streams.tail(self.records.log(record["network"], record["id"]), 5)
+
+            monitor, _ = boxes.start_box(argv, identity=self.identity, env=plan.env, streams=plan.io, status=status,
+                                         keep_fds=opened, interactive=interactive, cgroup_paths=record["cgroups"],
+                                         recorded=recorded, log=log_tail)
         return monitor
+
+    def _service(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, keep: Callable[[int], int],
+                 io: boxes.Streams) -> _Launch:
+        """The service's script in a view of the host read-only, its scratch directory read-write."""
+        recipe, port = _recipe(spec)
+        # Its mounts (a host cache) are open directories: /proc/self/fd/N reaches them whatever their
+        # parents' permissions (MOAT_HOME may be root's).
+        inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts}
+        program = services.program(recipe, spec, port, inside)
+        record["exec_env"] = program.exec_env
+        view = launch.service_view(launch.Bind(record["scratch"], services.HOME), services.DATA, bool(spec.tmpfs),
+                                   hosts_fd, [services.find_binary(p, recipe) for p in recipe.binaries])
+        env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
+        return _Launch(view, ["/bin/sh", "-c", program.script], env, services.HOME, io)
+
+    def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, interactive: bool,
+               terminal: bool) -> _Launch:
+        """The agent's command with the host's directories read-only, its mounts, its own /tmp."""
+        binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts]
+        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd)
+        command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
+        if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
+            command = ["env", "--default-signal=INT,QUIT", *command]
+        env = {**launch.base_env(self.identity, {"HOME": AGENT_HOME, "TERM": os.environ.get("TERM", "dumb")}),
+               **spec.env}
+        io = (boxes.Streams(None, None, None) if interactive or terminal  # the terminal is the agent's
+              else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
+        return _Launch(view, command, env, spec.working_dir or "/", io)
 
     def given_env(self, record: Mapping[str, Any]) -> dict[str, str]:
         """The environment the container was started with, read back from its pid namespace's init
