@@ -41,7 +41,7 @@ def _engine_problem() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[object]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     problem = _engine_problem()
     if problem:
         if IN_CI:
@@ -52,16 +52,24 @@ def engine() -> Iterator[object]:
     runtime = DockerRuntime()
     volumes_before = _volumes(runtime)
     yield runtime
-    # The whole suite must leave nothing behind: nothing labelled by moat, and no new volumes
-    # (sidecars' anonymous volumes carry no labels, so they are compared with the start).
-    left = runtime.find_labelled({"moat.run-id": ""})
+    # The whole suite must leave nothing behind: nothing labelled by moat for one of the suite's own
+    # MOAT_HOMEs (another moat on this engine is none of its business), and no new volumes (sidecars'
+    # anonymous volumes carry no labels, so they are compared with the start).
+    ours = _homes(tmp_path_factory.getbasetemp())
+    left = [o for o in runtime.objects_with_label("moat.run-id") if o.labels.get("moat.home", "") in ours]
     new_volumes = sorted(_volumes(runtime) - volumes_before)
-    leftovers = [*left.containers, *left.networks, *left.volumes, *new_volumes]
-    for container in left.containers:
-        runtime.remove_container(container)
-    for network in left.networks:
-        runtime.remove_network(network)
+    leftovers = [*(o.id for o in left), *new_volumes]
+    for obj in sorted(left, key=lambda o: o.kind != "container"):  # containers before their networks
+        (runtime.remove_container if obj.kind == "container" else runtime.remove_network)(obj.id)
     assert not leftovers, f"moat-labelled objects left on the engine: {leftovers}"
+
+
+def _homes(base: Path) -> set[str]:
+    """The ids (``moat.home`` labels) of every MOAT_HOME the suite's tests made, and the empty id of
+    objects that carry none."""
+    from moat.ownership import home_id
+
+    return {"", *(home_id(runs.parent) for runs in base.rglob("runs") if runs.is_dir())}
 
 
 def skip_or_fail(reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +154,16 @@ def test_ollama_example_lists_models_and_gets_an_answer(engine: object, moat_hom
     answer = result.stdout.split("answer:\n", 1)[1]
     assert "Write a haiku about containers." in answer  # the stand-in echoes the prompt
     assert (moat_home / "cache/ollama/models/manifests/registry.ollama.ai/library/qwen2.5-coder/1.5b").is_file()
+
+
+def test_redis_takes_a_password_with_spaces_quotes_and_backslashes(engine: object, moat_home: Path,
+                                                                   tmp_path: Path) -> None:
+    # Written into the server's configuration, quoted for it: never on its command line.
+    password = 'two words "quoted" back\\slash'
+    config = ("dependencies: [redis, redis-cli]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
+              f"    env: {{REDIS_PASSWORD: {json.dumps(password)}}}\n")
+    script = ('REDISCLI_AUTH="$MOAT_REDIS_PASSWORD" redis-cli -h redis PING;'
+              ' redis-cli --no-auth-warning -u "$MOAT_REDIS_URL" PING')
+    result = run_moat(["run", str(write_workspace(tmp_path / "ws", config)), "--", "sh", "-c", script])
+    assert result.code == 0, result.output
+    assert result.stdout.split() == ["PONG", "PONG"]

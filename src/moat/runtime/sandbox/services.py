@@ -13,7 +13,6 @@ script is quoted for the shell (``quoting.shell``), and for the language it ends
 from __future__ import annotations
 
 import glob
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,25 +138,12 @@ def _mariadb(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: object
     return Program("\n".join(lines), {SETUP_VAR: mariadb_setup(spec.env)})
 
 
-_DIRECTIVE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-
-
-def redis_config(command: tuple[str, ...] | None, port: int) -> str:
-    """redis.conf for the container's command line (``redis-server --requirepass PW …``), read from
-    stdin: a password on a command line would be visible to every local user."""
-    args = list(command or ())
-    if args and args[0].rsplit("/", 1)[-1] == "redis-server":
-        args = args[1:]
+def redis_config(env: Mapping[str, str], port: int) -> str:
+    """redis.conf, read from stdin: the password from the container's REDIS_PASSWORD (as the catalog's
+    command gives it to the official image), never on a command line, which every local user can read."""
     directives: list[tuple[str, list[str]]] = []
-    for arg in args:
-        if arg.startswith("--"):
-            if not _DIRECTIVE.fullmatch(arg[2:]):
-                raise EngineError(f"the sandbox cannot pass {arg[:40]!r} to redis-server")
-            directives.append((arg[2:], []))
-        elif directives:
-            directives[-1][1].append(arg)
-        else:
-            raise EngineError("the sandbox passes redis-server only --option value arguments")
+    if env.get("REDIS_PASSWORD"):
+        directives.append(("requirepass", [env["REDIS_PASSWORD"]]))
     # moat's own settings come last: they win over the same option given before.
     directives += [("bind", [LOOPBACK]), ("port", [str(port)]), ("dir", [DATA]), ("save", [""]),
                    ("appendonly", ["no"]), ("protected-mode", ["no"]), ("daemonize", ["no"])]
@@ -173,7 +159,7 @@ def _redis(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: object) 
         "$config",
         "MOAT_EOF",
     ]
-    return Program("\n".join(lines), {SETUP_VAR: redis_config(spec.command, port)})
+    return Program("\n".join(lines), {SETUP_VAR: redis_config(spec.env, port)})
 
 
 def _ollama(recipe: HostRecipe, spec: ContainerSpec, port: int, mounts: Mapping[str, str]) -> Program:
