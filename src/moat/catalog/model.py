@@ -106,7 +106,7 @@ class Provisions(_Frozen):
 
 
 class HostRecipe(_Frozen):
-    """How the sandbox runtime runs a service from host binaries (see runtime/sandbox_services.py)."""
+    """How the sandbox runtime runs a service from host binaries (see runtime/sandbox/services.py)."""
 
     recipe: Literal["postgres", "mariadb", "redis", "ollama"]
     binaries: tuple[str, ...]  # programs it needs, looked up on PATH (and in the package's own dirs)
