@@ -124,11 +124,21 @@ def test_a_runtime_is_not_a_service() -> None:
 @pytest.mark.parametrize("name", ["postgres", "mysql", "redis", "ollama", "ministack"])
 def test_memory_minimum_per_service(name: str) -> None:
     minimum = CATALOG.service(name).min_memory_mb  # type: ignore[union-attr]
-    assert parse(svc(name, f"memory: {minimum}")).model.services[name].memory == minimum
-    path, message, line, _ = only_problem(svc(name, f"memory: {minimum - 1}"))
+    on_disk = f"memory: {minimum}\nstorage: disk"
+    assert parse(svc(name, on_disk)).model.services[name].memory == minimum
+    path, message, line, _ = only_problem(svc(name, f"memory: {minimum - 1}\nstorage: disk"))
     assert path == f"services.{name}.memory"
     assert message == f"{name} needs at least {minimum} MB, got {minimum - 1}"
     assert line == 4
+
+
+def test_data_kept_in_memory_raises_the_minimum() -> None:
+    # postgres with its data in a tmpfs is OOM-killed at 64 MB (measured): said before anything starts.
+    path, message, _, _ = only_problem(svc("postgres", "memory: 64"))
+    assert path == "services.postgres.memory"
+    assert message.startswith("postgres needs at least 96 MB, got 64 (its data is kept in memory")
+    assert "with storage: disk 64 MB is enough" in message
+    assert parse(svc("postgres", "memory: 96")).model.services["postgres"].memory == 96
 
 
 @pytest.mark.parametrize("value", ["0", "-512"])

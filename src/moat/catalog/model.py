@@ -130,6 +130,8 @@ class Service(Versioned):
     # are in memory (tmpfs): no disk I/O while it initialises (postgres starts in half the time).
     data_paths: tuple[str, ...] = ()
     min_memory_mb: int = 64
+    # What its data adds to that when it is kept in memory (storage: memory counts toward the limit).
+    data_memory_mb: int = 0
 
     @model_validator(mode="after")
     def _inject_known(self) -> Service:

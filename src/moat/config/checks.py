@@ -115,9 +115,12 @@ def _check_service(name: str, override: ServiceOverride, declared: set[str], cat
             (*path, "wait"), f"wait: false cannot be combined with {service.provisions.key}:"
                              f" {service.provisions.noun}s are fetched once {name} is ready;"
                              f" remove wait: false or the {service.provisions.key} list"))
-    if override.memory is not None and override.memory < service.min_memory_mb:
-        problems.append(Problem(
-            (*path, "memory"), f"{name} needs at least {service.min_memory_mb} MB, got {override.memory}"))
+    in_memory = override.storage == "memory" and service.data_memory_mb
+    minimum = service.min_memory_mb + (service.data_memory_mb if in_memory else 0)
+    if override.memory is not None and override.memory < minimum:
+        why = (f" (its data is kept in memory, storage: memory; with storage: disk {service.min_memory_mb} MB"
+               " is enough)") if in_memory else ""
+        problems.append(Problem((*path, "memory"), f"{name} needs at least {minimum} MB, got {override.memory}{why}"))
     for credential in service.credentials.values():
         if credential.env and override.env.get(credential.env, None) == "":
             problems.append(Problem(
