@@ -27,7 +27,7 @@ def test_handlers_are_installed_once_and_restored() -> None:
         for signum in before:
             assert signal.getsignal(signum) == signals._handler
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal: recorded, nothing raised here
-        wait_until(lambda: signals.cancel.is_set())
+        wait_until(signals.cancel.is_set)
         assert signals.cancelled_by == signal.SIGTERM
         with pytest.raises(Interrupted) as info:
             signals.checkpoint()
@@ -42,7 +42,7 @@ def test_advance_is_atomic_with_a_cancel() -> None:
     signals.install()
     try:
         signals.deliver(signal.SIGINT)
-        wait_until(lambda: signals.cancel.is_set())
+        wait_until(signals.cancel.is_set)
         with pytest.raises(Interrupted):
             signals.advance(AGENT, agent=AgentTarget(lambda _s: None, lambda: None))
         assert signals.phase != AGENT  # the agent never became the signals' target
