@@ -86,6 +86,24 @@ class Masker:
     def mapping(self, values: Mapping[str, str]) -> dict[str, str]:
         return {k: self.text(v) for k, v in values.items()}
 
+    @property
+    def longest(self) -> int:
+        """The length of the longest form of any secret (0 without secrets)."""
+        forms, short = self._forms, self._short
+        return max([len(f) for f in forms] + ([self.WHOLE_WORD_BELOW] if short is not None else []), default=0)
+
+    def spans(self, value: str) -> list[tuple[int, int]]:
+        """Where in ``value`` a secret stands (start, end): text that must never be cut in two."""
+        found = []
+        for form in self._forms:
+            start = value.find(form)
+            while start != -1:
+                found.append((start, start + len(form)))
+                start = value.find(form, start + 1)
+        if self._short is not None:
+            found += [(m.start(), m.end()) for m in self._short.finditer(value)]
+        return found
+
 
 # The maskers of the runs this process executes: the CLI masks every error it prints through them,
 # so no code path that builds a message from a service's output can leak a run's secret.

@@ -73,3 +73,32 @@ def test_relay_records_each_line_and_marks_the_first(tmp_path: Any) -> None:
     assert [(s, line) for s, line, _ in sink.lines] == [
         ("stdout", "one"), ("stderr", "err"), ("stdout", "two"), ("stdout", "end")]
     assert len(firsts) == 1
+
+
+def test_a_secret_is_never_cut_in_two_where_a_long_line_is_cut() -> None:
+    # Each piece is masked on its own: a password across the cut would be recorded in two halves.
+    from moat.masking import Masker
+
+    secret = "HK35vgTPX6WGAyuuOnxI8tXwhPFGyPJi"
+    masker = Masker({secret})
+    for offset in range(-len(secret) - 1, 2):
+        splitter = LineSplitter(max_line=1000, secrets=masker)
+        line = b"x" * (1000 + offset) + secret.encode() + b"y" * 50 + b"\n"
+        pieces = [text for text, _ in splitter.feed(line)]
+        assert "".join(pieces) == line.decode().rstrip("\n")
+        masked = [masker.text(piece) for piece in pieces]
+        assert not any(secret[:8] in m or secret[-8:] in m for m in masked), (offset, masked)
+
+
+def test_relay_records_a_secret_at_the_cut_masked(tmp_path: Any) -> None:
+    from moat.masking import Masker
+    from moat.run.store import RunStore
+
+    secret = "HK35vgTPX6WGAyuuOnxI8tXwhPFGyPJi"
+    masker = Masker({secret})
+    record = RunStore(tmp_path).create("run_1", masker)
+    output = b"x" * (MAX_LINE - 10) + secret.encode() + b"\n"
+    relay([OutputChunk("stdout", output)], record, lambda _at: None, echo=False, secrets=masker)
+    record.close()
+    text = (tmp_path / "runs" / "run_1" / "logs.jsonl").read_text()
+    assert secret[:6] not in text and secret[-6:] not in text and "****" in text

@@ -20,7 +20,7 @@ from moat.plan.model import Plan
 from moat.run.events import RunEvents
 from moat.run.output import relay
 from moat.run.pod import AGENT_STOP_GRACE, AgentState, Pod
-from moat.run.signals import AGENT, AgentTarget, RunSignals
+from moat.run.signals import AGENT, AgentTarget, Interrupted, RunSignals
 from moat.run.startup import still_waiting
 from moat.run.timeline import Timeline
 from moat.runtime.base import OutputChunk, Runtime
@@ -96,7 +96,7 @@ class AgentRun:
         reader.go.set()
         if started is not None:
             started()
-        code = _Waiter(lambda: self.runtime.wait(container_id)).result()
+        code = _Waiter(lambda: self.runtime.wait(container_id)).result(self.signals.escape, self.signals.forwarded)
         reader.finish(DRAIN)
         reader.raise_error()
         return code
@@ -106,7 +106,8 @@ class AgentRun:
         self.events.pause()
         self.signals.advance(AGENT, agent=target)
         self._went(container_id)
-        code = self.runtime.attach_terminal(container_id)
+        code = _Waiter(lambda: self.runtime.attach_terminal(container_id)).result(self.signals.escape,
+                                                                                 self.signals.forwarded)
         try:
             for line in self.runtime.logs(container_id, timestamps=True).splitlines():
                 stamp, _, text = line.partition(" ")
@@ -134,9 +135,12 @@ class _Waiter:
 
         threading.Thread(target=run, name="agent-wait", daemon=True).start()
 
-    def result(self) -> int:
-        while not self._done.wait(0.5):
-            pass
+    def result(self, escape: threading.Event, signals: list[int]) -> int:
+        """The agent's exit code; ``Interrupted`` if the user insists on leaving before the engine
+        says it (an engine that stopped answering)."""
+        while not self._done.wait(0.2):
+            if escape.is_set():
+                raise Interrupted(signals[-1] if signals else signal.SIGINT)
         if self._error is not None:
             raise self._error
         return self._code
@@ -169,7 +173,7 @@ class _Reader:
             def first_line(_at: float) -> None:
                 self._timeline.mark("first_output", first=True)
 
-            relay(chunks, self._events.record, first_line, echo=self._echo)
+            relay(chunks, self._events.record, first_line, echo=self._echo, secrets=self._events.masker)
         except BaseException as exc:  # handed to the main thread
             self._error = exc
             self.attached.set()

@@ -33,11 +33,23 @@ def _utf8_cut(data: bytes | bytearray | memoryview, limit: int) -> int:
     return cut if cut > 0 else limit
 
 
-class LineSplitter:
-    """Bytes in, complete lines out: ``(text, cut)`` pairs, ``cut`` for a piece of an over-long line."""
+class Secrets(Protocol):
+    @property
+    def longest(self) -> int: ...
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    def spans(self, value: str) -> list[tuple[int, int]]: ...
+
+
+class LineSplitter:
+    """Bytes in, complete lines out: ``(text, cut)`` pairs, ``cut`` for a piece of an over-long line.
+
+    A cut never falls inside a secret (``secrets``): each piece is masked on its own when recorded, so
+    a password cut in two would be recorded in two readable halves.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE, secrets: Secrets | None = None) -> None:
         self.max_line = max_line
+        self.secrets = secrets
         self._pending = bytearray()
         self._after_cr = False  # the last chunk ended in \r: a \n starting the next one ends nothing
 
@@ -60,12 +72,26 @@ class LineSplitter:
         out = []
         start, pending = 0, self._pending
         while len(pending) - start > self.max_line:
-            cut = start + _utf8_cut(memoryview(pending)[start:], self.max_line)
+            cut = self._around_secrets(pending, start, start + _utf8_cut(memoryview(pending)[start:], self.max_line))
             out.append((bytes(pending[start:cut]).decode(errors="replace"), True))
             start = cut
         if start:
             del pending[:start]  # once: the cost stays linear however large the chunk
         return out
+
+    def _around_secrets(self, pending: bytearray, start: int, cut: int) -> int:
+        """``cut``, moved back to the start of a secret that would straddle it."""
+        reach = self.secrets.longest * 4 if self.secrets is not None else 0  # bytes: up to 4 a character
+        if not reach:
+            return cut
+        window_start = max(start, cut - reach)
+        window = bytes(pending[window_start:cut + reach]).decode(errors="replace")
+        before = len(bytes(pending[window_start:cut]).decode(errors="replace"))
+        for begin, end in self.secrets.spans(window):  # type: ignore[union-attr]
+            if begin < before < end:
+                moved = window_start + len(window[:begin].encode())
+                return moved if moved > start else cut
+        return cut
 
     def flush(self) -> list[tuple[str, bool]]:
         rest = self._pending.decode(errors="replace")
@@ -89,12 +115,12 @@ def _write_all(fd: int, data: bytes) -> bool:
 
 
 def relay(chunks: Iterable[OutputChunk], record: LineSink, on_first_line: Callable[[float], None],
-          echo: bool = True, now: Callable[[], str] | None = None) -> None:
+          echo: bool = True, now: Callable[[], str] | None = None, secrets: Secrets | None = None) -> None:
     """Copy each chunk to our own stdout/stderr and each complete line, timestamped, to the record."""
     from moat.files import now_iso  # noqa: PLC0415 — keeps this module's import light
 
     stamp_now = now or now_iso
-    splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+    splitters = {"stdout": LineSplitter(secrets=secrets), "stderr": LineSplitter(secrets=secrets)}
     alive = {"stdout": echo, "stderr": echo}
     first = True
 

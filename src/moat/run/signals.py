@@ -10,8 +10,11 @@ SIGINT, SIGTERM, SIGHUP and SIGQUIT mean, by phase:
 - ``agent``: forwarded to the agent (as ``docker run`` does); a second one, or the agent ignoring a
   SIGTERM/SIGHUP for ``STOP_GRACE`` seconds, stops it. An interactive agent that shares moat's
   terminal gets the terminal's SIGINT/SIGQUIT directly: moat leaves those to it.
-- ``teardown``: noted and reported; the cleanup finishes. Only a user who insists (a third signal,
-  e.g. with an engine that stopped answering) makes moat give up waiting; `moat clean` then finishes.
+- ``teardown``: noted and reported; the cleanup finishes.
+
+In every phase, a user who insists (a third signal, seconds into the phase: an engine that stopped
+answering) makes moat stop waiting (``escape``): the run goes on to its teardown, and a teardown
+given up on leaves the rest to `moat clean`.
 
 Handlers only record the signal; a dispatcher thread acts on it, so no engine call or exception
 ever starts inside a signal handler, in the middle of whatever the main thread was doing.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -31,7 +35,11 @@ from typing import Any
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 TERMINAL = (signal.SIGINT, signal.SIGQUIT)
 STOP_GRACE = 10.0  # seconds an agent may take to honour a forwarded SIGTERM/SIGHUP before it is stopped
-ABANDON_AFTER = 3  # signals during teardown after which moat stops waiting for it (`moat clean` finishes)
+# A user who insists (this many signals in one phase) stops moat waiting for the engine: in a phase
+# of the run, it goes on to teardown; in teardown, it leaves (`moat clean` finishes). Only after
+# INSIST_AFTER seconds in the phase: ten quick Ctrl-Cs against an engine that answers are one request.
+ABANDON_AFTER = 3
+INSIST_AFTER = 3.0
 
 STARTING = "starting"
 HANDING_OFF = "handing-off"  # before the supervisor's commit: a signal cancels the hand-off
@@ -71,8 +79,10 @@ class RunSignals:
     # Teardown is stuck (an engine that does not answer) and the user insists: leave now.
     on_abandon: Callable[[], None] = lambda: None
     phase: str = STARTING
-    teardown_signals: int = 0
+    phase_signals: int = 0  # signals received in the current phase
+    phase_started: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    escape: threading.Event = field(default_factory=threading.Event)  # stop waiting for the engine
     cancelled_by: int | None = None
     forwarded: list[int] = field(default_factory=list)
     _queue: queue.SimpleQueue[int | None] = field(default_factory=queue.SimpleQueue)
@@ -114,12 +124,19 @@ class RunSignals:
     def enter(self, phase: str, *, agent: AgentTarget | None = None,
               handoff: Callable[[int], None] | None = None) -> None:
         with self._lock:
-            self.phase = phase
-            self._agent = agent
-            self._handoff = handoff
+            self._set_phase(phase, agent, handoff)
             if phase != AGENT and self._stop_timer is not None:
                 self._stop_timer.cancel()
                 self._stop_timer = None
+
+    def _set_phase(self, phase: str, agent: AgentTarget | None, handoff: Callable[[int], None] | None) -> None:
+        if phase != self.phase:
+            self.phase_signals = 0
+            self.phase_started = time.monotonic()
+            self.escape.clear()
+        self.phase = phase
+        self._agent = agent
+        self._handoff = handoff
 
     def advance(self, phase: str, *, agent: AgentTarget | None = None,
                 handoff: Callable[[int], None] | None = None) -> None:
@@ -128,9 +145,7 @@ class RunSignals:
         with self._lock:
             if self.cancel.is_set() and self.cancelled_by is not None:
                 raise Interrupted(self.cancelled_by)
-            self.phase = phase
-            self._agent = agent
-            self._handoff = handoff
+            self._set_phase(phase, agent, handoff)
 
     def checkpoint(self) -> None:
         """A safe point: raise ``Interrupted`` if the run was cancelled."""
@@ -157,13 +172,20 @@ class RunSignals:
                 if self.cancelled_by is None:
                     self.cancelled_by = signum
                 self.cancel.set()
-        if phase == TEARDOWN:
-            self.teardown_signals += 1
-            if self.teardown_signals >= ABANDON_AFTER:
+            self.phase_signals += 1
+            insisting = (self.phase_signals >= ABANDON_AFTER
+                         and time.monotonic() - self.phase_started >= INSIST_AFTER)
+        if insisting and not self.escape.is_set():
+            self.escape.set()
+            if phase == TEARDOWN:
                 self.on_abandon()
-                return
+            else:
+                self.on_notice(f"{signal.Signals(signum).name} again: no longer waiting for the engine;"
+                               " tearing down")
+            return
+        if phase == TEARDOWN:
             self.on_notice("still cleaning up; moat exits when everything the run started is removed"
-                           f" (press Ctrl-C {ABANDON_AFTER - self.teardown_signals} more times to give up waiting)")
+                           " (insist with Ctrl-C to give up waiting)")
             return
         if phase == AGENT and agent is not None:
             self._to_agent(signum, agent)
@@ -178,9 +200,11 @@ class RunSignals:
         self.forwarded.append(signum)
         if not first and signum != signal.SIGQUIT:
             self.on_notice(f"{signal.Signals(signum).name} again: stopping the agent")
-            agent.stop()
+            self._in_background(agent.stop, "stop the agent")
             return
-        agent.deliver(signum)
+        # Engine calls run in threads of their own: an engine that stopped answering must not stop
+        # this thread from hearing the next signal.
+        self._in_background(lambda: agent.deliver(signum), f"pass {signal.Signals(signum).name} on")
         if signum in (signal.SIGTERM, signal.SIGHUP):
             # Asked to end (moat stop, a closed terminal): an agent that ignores it is stopped.
             timer = threading.Timer(STOP_GRACE, agent.kill or agent.stop)
@@ -188,3 +212,13 @@ class RunSignals:
             with self._lock:
                 self._stop_timer = timer
             timer.start()
+
+
+    def _in_background(self, action: Callable[[], None], what: str) -> None:
+        def run() -> None:
+            try:
+                action()
+            except Exception as exc:  # said, never raised: signal handling goes on
+                self.on_notice(f"could not {what}: {getattr(exc, 'message', exc)}")
+
+        threading.Thread(target=run, name="signal-action", daemon=True).start()

@@ -31,6 +31,7 @@ from moat.services.provision import Provisioner
 from moat.services.readiness import Aborted, wait_ready
 
 POLL = 0.1  # seconds: how often the main thread looks at signals and the held agent
+SETTLE_LIMIT = 180.0  # seconds teardown waits for start-up's engine calls (each has its own timeout)
 AGENT_WATCH = 0.5  # seconds between looks at a held agent's state
 
 
@@ -79,23 +80,42 @@ class Startup:
         """Everything up and ready, or an error (``Interrupted`` when cancelled). Whatever exists is
         in the scope either way: the caller's teardown removes it."""
         self.signals.checkpoint()
-        self.runtime.ping()
-        self.signals.checkpoint()
-        self.pod.create_network()
+        self._cancellable(self.runtime.ping)
+        self._cancellable(self.pod.create_network)
         self.timeline.mark("network")
         if not self.plan.services:
             self._containers_started.set()
         workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 1, thread_name_prefix="moat-start")
+        futures: list[Future[None]] = [workers.submit(self._agent)]
+        futures += [workers.submit(self._service, spec) for spec in self.plan.services]
         try:
-            futures: list[Future[None]] = [workers.submit(self._agent)]
-            futures += [workers.submit(self._service, spec) for spec in self.plan.services]
             self._wait(futures)
         finally:
             self.abort.set()  # no-op on success; on failure, stops what is still running
-            # Every creation under way finishes (and is in the scope) before teardown starts.
-            workers.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown(wait=False, cancel_futures=True)
+            self._settle(futures)
         self.timeline.mark("services_ready")
         return self.started
+
+    def _cancellable(self, call: Callable[[], None]) -> None:
+        """An engine call in the main thread's stead, so that a cancel is heard while it is under way
+        (an engine that stopped answering takes its client's timeout to say so)."""
+        try:
+            self._abortable(call, self.signals.cancel)
+        except Aborted:
+            self.signals.checkpoint()  # the cancel: Interrupted
+            raise
+
+    def _settle(self, futures: list[Future[None]]) -> None:
+        """Every creation under way finishes (and is in the scope) before teardown starts: workers stop
+        at their next check of the abort flag. Only an engine that stopped answering (their calls do
+        not return) and a user who insists (``escape``) end the wait; what such a call still creates
+        is in the scope, which removes it at once, or carries this run's labels for the sweep."""
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while not all(f.done() for f in futures):
+            if self.signals.escape.is_set() or time.monotonic() >= deadline:
+                return
+            wait(futures, timeout=POLL)
 
     def _wait(self, futures: list[Future[None]]) -> None:
         pending = set(futures)
@@ -169,12 +189,14 @@ class Startup:
         self.events.finish(key, f"built agent image {image.tag} in {time.monotonic() - started:.1f}s")
         self.events.log(f"built agent image {image.tag}")
 
-    def _abortable(self, work: Callable[[], None]) -> None:
+    def _abortable(self, work: Callable[[], None], abort: threading.Event | None = None) -> None:
         """Do ``work`` in a daemon thread and wait for it, or for the run to be aborted.
 
-        A build can be silent for minutes (one long apt-get): teardown must not wait for its next
-        line, nor the process's exit for its end. The engine cancels a build whose client is gone.
+        A build can be silent for minutes (one long apt-get), a pull too: teardown must not wait for
+        their next line, nor the process's exit for their end. The engine cancels a build or a pull
+        whose client is gone.
         """
+        abort = abort or self.abort
         done = threading.Event()
         errors: list[BaseException] = []
 
@@ -188,7 +210,7 @@ class Startup:
 
         threading.Thread(target=run, name="abortable", daemon=True).start()
         while not done.wait(POLL):
-            if self.abort.is_set():
+            if abort.is_set():
                 raise Aborted
         if errors:
             raise errors[0]
@@ -272,7 +294,7 @@ class Startup:
             self.events.update(key, f"pulling {spec.image}: {text}")
 
         try:
-            self.runtime.pull_image(spec.image, progress)
+            self._abortable(lambda: self.runtime.pull_image(spec.image, progress))
         except EngineError as exc:
             raise EngineError(
                 f"{spec.name}: {exc.message}",

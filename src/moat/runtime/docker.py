@@ -48,6 +48,7 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # engine's bridge has no outside route (e.g. dockerd --iptables=false).
 BUILD_NETWORK = os.environ.get("MOAT_BUILD_NETWORK", "host")
 RELEASE_TIMEOUT = 10.0  # seconds to deliver a held agent's go line
+EXEC_TIMEOUT = 120.0  # seconds of silence after which a command run in a container counts as lost
 
 HOW_TO_START = (
     "Start Docker (e.g. `sudo systemctl start docker`, or open Docker Desktop), point DOCKER_HOST at a"
@@ -91,8 +92,11 @@ def _translate(exc: BaseException, action: str) -> EngineError | None:
         if exc.status_code == 409 and "is not running" in explanation:
             return ContainerNotRunning(f"{action} failed: {explanation}")
         return EngineError(f"{action} failed: {explanation}")
+    if isinstance(exc, requests.exceptions.Timeout | socket.timeout):
+        return EngineGone(f"{action} failed: the container engine at {engine_address()} did not answer in time",
+                          hint=_GONE_HINT)
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
-                  | ConnectionError | socket.timeout):
+                  | ConnectionError):
         return EngineGone(f"{action} failed: the container engine at {engine_address()} stopped answering"
                           f" ({type(exc).__name__})", hint=_GONE_HINT)
     if isinstance(exc, DockerException | requests.exceptions.RequestException | OSError):
@@ -141,6 +145,23 @@ def _demuxed(stream: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[Ou
             yield OutputChunk("stdout", out)
         if err:
             yield OutputChunk("stderr", err)
+
+
+def _read_multiplexed(sock: socket.socket, timeout: float) -> bytes:
+    """An exec's whole output (stdout and stderr frames, in order), from its raw stream socket."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        chunk = sock.recv(65536)  # socket.timeout when the engine goes silent: translated above
+        if not chunk:
+            break
+        data += chunk
+    out, at = bytearray(), 0
+    while at + 8 <= len(data):  # frames: stream (1 byte), 3 bytes of 0, size (4 bytes, big-endian)
+        size = int.from_bytes(data[at + 4:at + 8], "big")
+        out += data[at + 8:at + 8 + size]
+        at += 8 + size
+    return bytes(out)
 
 
 def _missing_program(command: tuple[str, ...], code: int, output: str) -> ProgramNotFound | None:
@@ -401,8 +422,13 @@ class DockerRuntime:
     def exec(self, container_id: str, command: tuple[str, ...], env: Mapping[str, str]) -> ExecResult:
         def run() -> tuple[int, str]:
             exec_id = self._exec_create(container_id, command, env)
-            output = self.api.exec_start(exec_id)
-            text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+            # The SDK reads an exec's output with no timeout at all: an engine that stops answering
+            # would hold the caller forever. Read the raw socket with a deadline instead.
+            sock = self.api.exec_start(exec_id, socket=True)
+            try:
+                text = _read_multiplexed(getattr(sock, "_sock", sock), EXEC_TIMEOUT).decode(errors="replace")
+            finally:
+                sock.close()
             return self._exit_code(exec_id), text
 
         code, text = self._in_container("running a command in the container", run)
