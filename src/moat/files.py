@@ -44,3 +44,15 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not also leave half-written files behind
         raise
+
+
+def overwrite_private(path: Path, text: str) -> None:
+    """Rewrite an existing file in place, for when there is no room for a new one (a full disk): its
+    own blocks are reused. Not atomic: only a fallback for ``write_private``."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)

@@ -220,7 +220,11 @@ def test_a_moat_home_filling_up_mid_run_still_tears_everything_down(engine: Dock
     assert "more output" in out
     assert "No space left on device" in err and "internal error" not in err
     assert "could not save redis's log" in err
+    assert "left things behind" not in err  # a log not saved is not a leftover
     assert left_for(engine, run_id) == []
+    # The run's outcome is recorded all the same: the old record's blocks hold it.
+    meta = metadata(small_home, run_id)
+    assert (meta["state"], meta["exit_code"]) == ("exited", 0) and meta["ended_at"]
 
 
 # --- the engine goes away mid-run ------------------------------------------------------------------

@@ -131,3 +131,20 @@ def test_short_secrets_are_masked_only_as_whole_words() -> None:
 
     masker = Masker(frozenset({"pw", "a-long-secret"}))
     assert masker.text("pwd=pw; url=x:pw@h; a-long-secretX") == "pwd=****; url=x:****@h; ****X"
+
+
+def test_a_malformed_record_reads_as_absent_fields_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hand-edited or half-written metadata.json used to end `moat list/status/clean` in "internal error".
+    from moat.cli.main import main
+
+    home = tmp_path / "home"
+    record(home, "run_badbadbadbad", "bad", "2026-01-01T00:00:00Z", state="running", ended_at=None,
+           pid="x", pid_start=7, services="oops", host=["not", "a", "host"])
+    record(home, "run_000000000001", "good", "2026-01-02T00:00:00Z")
+    monkeypatch.setenv("MOAT_HOME", str(home))
+    [bad] = [r for r in Registry(RunStore(home)).all() if r.name == "bad"]
+    assert bad.owner_pid == 0 and bad.state == "orphaned" and bad.to_dict()["services"] == []
+    assert main(["list", "--all", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in listed} == {"bad", "good"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         return 0
     from moat.run.execution import Options, Run
     from moat.run.report import reporter_for
+    from moat.run.signals import HANDLED
     from moat.run.store import RunStore
 
     if detach and plan.interactive:
@@ -107,6 +109,10 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     reporter = reporter_for()
     if note:
         reporter.info(note)
+    # Outside the run's own signal machine (just before it, and after it until moat exits: the
+    # printing of a detached run's id) a signal is ignored, not a death with nothing said.
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
     run_ = Run(plan, select.make(plan.runtime, plan.home, plan.identity), RunStore(plan.home), reporter,
                Options(keep=keep, rebuild=rebuild))
     outcome = run_.execute(detach=detach)

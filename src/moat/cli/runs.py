@@ -133,8 +133,11 @@ def _service_logs(info: Any, service: str, lines: int | None, follow: bool) -> N
 
         try:
             masker = Masker(credential_values(runtime.container_env(container)))
-        except MoatError:
-            masker = Masker()
+        except MoatError as exc:
+            # Without its credentials the live log could not be masked: it is never shown unmasked.
+            raise MoatError(f"cannot show {service}'s live log: its passwords could not be read back to mask"
+                            f" them ({exc.message})",
+                            hint="Its log is saved, masked, when the run ends: `moat logs --service` then.") from None
         if follow:
             for line in runtime.follow_logs(container, tail=lines):
                 click.echo(masker.text(line))

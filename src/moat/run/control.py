@@ -20,9 +20,8 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
     if not same_host(info.metadata.get("host")):
         raise MoatError(f"{info.id} ({info.name}) belongs to a moat on {info.metadata.get('host')}: stop it there")
     if not info.active:
-        if info.state == "orphaned" and runtime is not None:
-            reaper.remove(runtime, reaper.find(runtime, registry, finished=False, only_run=info.id))
-            return f"{info.id} ({info.name}): its moat process was gone; removed what it left"
+        if info.orphaned:
+            return _reap(registry, info, runtime)
         return f"{info.id} ({info.name}) is not running ({info.state})"
     # The owner may change while we wait (a detached run's foreground hands it to its supervisor):
     # whoever owns the run gets the SIGTERM, pinned by a pidfd and checked against its start time so
@@ -31,7 +30,7 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
     deadline = time.monotonic() + timeout
     current: RunInfo | None = info
     while current is not None and current.active:
-        owner = (int(current.metadata.get("pid") or 0), current.metadata.get("pid_start"))
+        owner = (current.owner_pid, current.metadata.get("pid_start"))
         if owner not in signalled and owner[0] > 0:
             signalled.add(owner)
             signal_process(owner[0], owner[1], signal.SIGTERM)
@@ -41,7 +40,22 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
                                  " leftovers.")
         time.sleep(POLL)
         current = registry.get(info.id)
+    if current is not None and current.orphaned:
+        # Its owner died instead of finishing (killed while we waited): what it left is reaped here.
+        return _reap(registry, current, runtime)
     return f"stopped {info.id} ({info.name})"
+
+
+def _reap(registry: Registry, info: RunInfo, runtime: Runtime | None) -> str:
+    if runtime is None:
+        raise MoatError(f"{info.id} ({info.name}): its moat process is gone, and its {info.metadata.get('runtime')}"
+                        " runtime is not available here to remove what it left",
+                        hint="Start the engine, then run `moat clean`.")
+    problems = reaper.remove(runtime, reaper.find(runtime, registry, finished=False, only_run=info.id))
+    if problems:
+        raise MoatError(f"{info.id} ({info.name}): its moat process is gone, and not everything it left could be"
+                        " removed: " + "; ".join(problems), hint="Run `moat clean` once the engine answers.")
+    return f"{info.id} ({info.name}): its moat process was gone; removed what it left"
 
 
 def remove_engine_objects(runtime: Runtime, run_id: str) -> None:

@@ -35,7 +35,7 @@ class RunEvents:
     def progress(self, key: str, completed: int, total: int) -> None:
         self.reporter.progress(key, completed, total)
 
-    def finish(self, key: str, message: str, ok: bool = True) -> None:
+    def finish(self, key: str, message: str, ok: bool | None = True) -> None:
         self.reporter.finish(key, self.masker.text(message), ok)
 
     def pause(self) -> None:

@@ -73,10 +73,10 @@ class Run:
         self.timeline = Timeline()
         self.agent_state = AgentState(keep=self.options.keep)
         self.holds = CacheHolds(HostCache(plan.home))
-        self.record: RunRecord | None = None
-        self.events: RunEvents | None = None
-        self.scope: Scope | None = None
-        self.pod: Pod | None = None
+        self._record: RunRecord | None = None
+        self._events: RunEvents | None = None
+        self._scope: Scope | None = None
+        self._pod: Pod | None = None
         self._reaper: threading.Thread | None = None
         self.handed_off = False  # a supervisor owns the run (from the hand-off's commit on)
 
@@ -88,8 +88,8 @@ class Run:
         self.signals.install()
         try:
             record = self._create_record(detach)
-            self._open(record)
-            return self._guarded(lambda: self._body(detach))
+            self.open(record)
+            return self.guarded(lambda: self._body(detach))
         finally:
             self.signals.uninstall()
             self.reporter.pause()
@@ -97,7 +97,7 @@ class Run:
     def _create_record(self, detach: bool) -> RunRecord:
         plan = self.plan
         record = self.store.create(
-            plan.run_id, self.masker, on_failure=self._record_failed,
+            plan.run_id, self.masker, on_failure=self.record_failed,
             name=plan.name, workspace=str(plan.workspace), runtime=plan.runtime,
             config_file=str(plan.config_file) if plan.config_file else None,
             image=plan.image.tag, network=plan.network, command=list(plan.command),
@@ -109,25 +109,26 @@ class Run:
         try:
             record.write_file("Dockerfile", plan.image.dockerfile)
         except MoatError as exc:
-            self._record_failed(exc.message)
+            self.record_failed(exc.message)
         return record
 
-    def _open(self, record: RunRecord) -> None:
+    def open(self, record: RunRecord) -> None:
         """The run's record, events, scope and pod (a supervisor calls it with the record it reopened)."""
-        self.record = record
-        self.events = RunEvents(self.reporter, record, self.masker)
-        self.scope = Scope(remove=Remover(self.plan, self.runtime, record, self.holds, self.agent_state))
-        self.pod = Pod(self.plan, self.runtime, self.scope, owner_labels(self.plan.home), self.holds)
+        self._record = record
+        self._events = RunEvents(self.reporter, record, self.masker)
+        self._remover = Remover(self.plan, self.runtime, record, self.holds, self.agent_state)
+        self._scope = Scope(remove=self._remover)
+        self._pod = Pod(self.plan, self.runtime, self._scope, owner_labels(self.plan.home), self.holds)
 
     def _body(self, detach: bool) -> Outcome:
-        plan, events = self.plan, self._events()
+        plan, events = self.plan, self.events
         events.log(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
         events.info(f"run {plan.name} ({plan.run_id})")
         for caveat in self.runtime.caveats(plan):
             events.warn_and_log(caveat)
-        self._record().update(state="starting")
+        self.record.update(state="starting")
         self._reap_orphans()
-        started = Startup(plan, self._pod(), events, self.signals, self.holds.cache, self.timeline, self.masker,
+        started = Startup(plan, self.pod, events, self.signals, self.holds.cache, self.timeline, self.masker,
                           rebuild=self.options.rebuild).run()
         self.signals.checkpoint()
         if detach:
@@ -138,10 +139,10 @@ class Run:
         return self.run_agent(started, echo=True)
 
     def run_agent(self, started: Started, *, echo: bool, on_started: Any = None) -> Outcome:
-        events = self._events()
+        events = self.events
         if echo:
             events.pause()
-        result = AgentRun(self.plan, self._pod(), events, self.signals, self.agent_state, self.timeline,
+        result = AgentRun(self.plan, self.pod, events, self.signals, self.agent_state, self.timeline,
                           self.masker).run(started.agent, echo=echo, started=on_started)
         if result.signals:
             names = ", ".join(signal.Signals(s).name for s in result.signals)
@@ -149,16 +150,16 @@ class Run:
             return Outcome("interrupted", result.exit_code)
         return Outcome("exited", result.exit_code)
 
-    def _guarded(self, body: Callable[[], Outcome]) -> Outcome:
+    def guarded(self, body: Callable[[], Outcome]) -> Outcome:
         """Run ``body``; record how it ended; always tear down (unless a supervisor owns the run now)."""
-        record = self._record()
+        record = self.record
         outcome = Outcome("failed")
         try:
             outcome = body()
             return outcome
         except Interrupted as exc:
-            self._events().log(f"interrupted by {exc}: tearing down")
-            self._events().info(f"interrupted by {exc}: removing what the run started")
+            self.events.log(f"interrupted by {exc}: tearing down")
+            self.events.info(f"interrupted by {exc}: removing what the run started")
             outcome = Outcome("interrupted", exc.exit_code)
             return outcome
         except MoatError as exc:
@@ -183,13 +184,19 @@ class Run:
     def teardown(self) -> None:
         """Remove everything the run created; every step runs; what failed is said and recorded."""
         self.signals.enter(TEARDOWN)
-        events, record = self._events(), self._record()
+        events, record = self.events, self.record
         events.pause()
-        problems = close(self._scope(), events)
+        problems = close(self.scope, events)
+        notes = self._remover.notes
+        for note in notes:
+            events.warn(note)
+            events.log(f"teardown: {note}")
         self.holds.release_all()
         if self._reaper is not None:
             self._reaper.join(REAPER_GRACE)  # let it finish what it started
         fields: dict[str, Any] = {"ended_at": now_iso(), "timings": self.timeline.marks()}
+        if notes:
+            fields["teardown_notes"] = [self.masker.text(n) for n in notes]
         if problems:
             fields["teardown_problems"] = [self.masker.text(p) for p in problems]
             events.warn(f"run {self.plan.run_id} left things behind; `moat clean` removes them")
@@ -199,13 +206,15 @@ class Run:
 
     def _reap_orphans(self) -> None:
         """What crashed runs left behind is reaped alongside this run's start, never delaying it."""
-        runtime, registry, events = self.runtime, Registry(self.store), self._events()
+        runtime, registry, events = self.runtime, Registry(self.store), self.events
 
         def reap() -> None:
             try:
                 problems = reaper.reap_orphans(runtime, registry)
             except MoatError as exc:
                 problems = [exc.message]
+            except Exception as exc:  # a bug there must not show as a thread's traceback in this run
+                problems = [f"internal error: {type(exc).__name__}: {exc}"]
             for problem in problems:
                 events.log(f"reaping an orphaned run's leftovers: {problem}")
 
@@ -215,8 +224,8 @@ class Run:
     # --- helpers -----------------------------------------------------------------------------------
 
     def _notice(self, message: str) -> None:
-        if self.events is not None:
-            self.events.warn(message)
+        if self._events is not None:
+            self._events.warn(message)
         else:
             self.reporter.warn(message)
 
@@ -228,21 +237,27 @@ class Run:
         sys.stderr.flush()
         os._exit(130)
 
-    def _record_failed(self, message: str) -> None:
+    def record_failed(self, message: str) -> None:
         self.reporter.warn(self.masker.text(message))
 
-    def _record(self) -> RunRecord:
-        assert self.record is not None, "the run is recorded before anything starts"
-        return self.record
+    # The run's parts, once ``open`` (they exist from the record's creation to the run's end).
 
-    def _events(self) -> RunEvents:
-        assert self.events is not None
-        return self.events
+    @property
+    def record(self) -> RunRecord:
+        assert self._record is not None, "the run is recorded before anything starts"
+        return self._record
 
-    def _scope(self) -> Scope:
-        assert self.scope is not None
-        return self.scope
+    @property
+    def events(self) -> RunEvents:
+        assert self._events is not None
+        return self._events
 
-    def _pod(self) -> Pod:
-        assert self.pod is not None
-        return self.pod
+    @property
+    def scope(self) -> Scope:
+        assert self._scope is not None
+        return self._scope
+
+    @property
+    def pod(self) -> Pod:
+        assert self._pod is not None
+        return self._pod

@@ -17,6 +17,7 @@ If the supervisor dies after the commit without starting the agent, the foregrou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -25,10 +26,11 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from moat.errors import EngineError
-from moat.ownership import process_start
+from moat.ownership import owner_metadata, process_start
 from moat.run.signals import HANDED_OFF, HANDING_OFF, Interrupted
 from moat.run.startup import Started
 
@@ -66,58 +68,85 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 def hand_off(run: Run, started: Started) -> None:
     """Pass the prepared run to a supervisor; return once the agent has started under it."""
-    record = run._record()
+    record = run.record
+    passed_on: list[int] = []  # signals passed on to the supervisor after the commit
     supervisor: subprocess.Popen[bytes] | None = None
-    committed = False
 
     def on_signal(signum: int) -> None:
         # Only ever called once the run is the supervisor's (the HANDED_OFF phase).
+        passed_on.append(signum)
         if supervisor is not None and supervisor.poll() is None:
             supervisor.send_signal(signum)  # a child we started: its pid cannot have been reused
 
     run.signals.advance(HANDING_OFF)
-    log_fd = os.open(record.dir / SUPERVISOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    supervisor = _spawn(record.dir / SUPERVISOR_LOG)
     try:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "moat.run.supervisor"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_fd,
-            start_new_session=True, close_fds=True, cwd="/",
-        )
-    finally:
-        os.close(log_fd)
-    assert supervisor.stdin is not None and supervisor.stdout is not None
-    try:
-        state = {
+        _send(supervisor, pack({
             "plan": run.plan,
             "options": run.options,
-            "resources": run._scope().records(),
+            "resources": run.scope.records(),
             "started": started,
             "released": sorted(run.agent_state.released),
             "timeline": run.timeline.marks(),
             "elapsed": run.timeline.elapsed(),
-        }
-        supervisor.stdin.write(pack(state))
-        supervisor.stdin.flush()
+        }), run)
         _expect(supervisor, READY, run)
         # The commit: a signal handled before it cancels the hand-off; one handled after is passed on.
+        # The record names its new owner first, so the run is never without a live owner on record.
         run.signals.advance(HANDED_OFF, handoff=on_signal)
-        committed = run.handed_off = True
         record.update(pid=supervisor.pid, pid_start=process_start(supervisor.pid), detached=True)
-        run._scope().hand_over()
-        supervisor.stdin.write(f"{COMMIT}\n".encode())
-        supervisor.stdin.close()
+        try:
+            _send(supervisor, f"{COMMIT}\n".encode(), run, last=True)
+        except EngineError:
+            record.update(**owner_metadata())  # it never read the commit: the run is still ours
+            raise
+        run.handed_off = True
+        run.scope.hand_over()
     except BaseException:
-        if not committed:
-            # Ours to tear down: the supervisor must go without touching anything.
-            _dismiss(supervisor)
+        if not run.handed_off:
+            _dismiss(supervisor)  # ours to tear down: the supervisor goes without touching anything
         raise
     try:
         _expect(supervisor, STARTED, run)
     except EngineError:
+        if passed_on:
+            # It ended because it was told to (a Ctrl-C right after the commit): its teardown and
+            # its record are its own; ours is only to wait for it and say so.
+            _wait_for(supervisor)
+            raise Interrupted(passed_on[0]) from None
         _reap_after(run, supervisor)
         raise
     run.holds.release_all()  # the supervisor holds its own
-    run._events().info(f"run {run.plan.name} ({run.plan.run_id}) is running in the background")
+    run.events.info(f"run {run.plan.name} ({run.plan.run_id}) is running in the background")
+
+
+def _spawn(log: Path) -> subprocess.Popen[bytes]:
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "moat.run.supervisor"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log_fd, start_new_session=True, close_fds=True,
+                                cwd="/")
+    finally:
+        os.close(log_fd)
+
+
+def _send(supervisor: subprocess.Popen[bytes], data: bytes, run: Run, last: bool = False) -> None:
+    """Write to the supervisor; a supervisor that has died is an ``EngineError`` with its last words."""
+    assert supervisor.stdin is not None
+    try:
+        supervisor.stdin.write(data)
+        if last:
+            supervisor.stdin.close()
+        else:
+            supervisor.stdin.flush()
+    except OSError:
+        raise _failed(run, "ended before it took the run over") from None
+
+
+def _wait_for(supervisor: subprocess.Popen[bytes]) -> None:
+    # Still tearing down after that: it owns the run, and `moat list` shows it.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        supervisor.wait(HANDOFF_TIMEOUT)
 
 
 def _expect(supervisor: subprocess.Popen[bytes], word: str, run: Run) -> None:
@@ -134,15 +163,17 @@ def _expect(supervisor: subprocess.Popen[bytes], word: str, run: Run) -> None:
         if line == word:
             return
         break  # EOF, or a word we did not expect: the supervisor failed
-    raise EngineError(
-        "the background supervisor could not take the run over:\n" + _log_tail(run),
-        hint=f"Its log is {run._record().dir / SUPERVISOR_LOG}.",
-    )
+    raise _failed(run, "could not take the run over")
+
+
+def _failed(run: Run, what: str) -> EngineError:
+    return EngineError(f"the background supervisor {what}:\n" + _log_tail(run),
+                       hint=f"Its log is {run.record.dir / SUPERVISOR_LOG}.")
 
 
 def _log_tail(run: Run) -> str:
     try:
-        text = (run._record().dir / SUPERVISOR_LOG).read_text(errors="replace")
+        text = (run.record.dir / SUPERVISOR_LOG).read_text(errors="replace")
     except OSError:
         return "    (no log)"
     lines = text.strip().splitlines()[-10:] or ["(empty log)"]

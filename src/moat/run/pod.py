@@ -134,6 +134,8 @@ class Remover:
         self.holds = holds
         self.agent = agent
         self.kept: str | None = None  # the agent container kept with --keep
+        # What went wrong without leaving anything behind (a log that could not be saved).
+        self.notes: list[str] = []
 
     def __call__(self, resource: Resource) -> None:
         if resource.kind == CONTAINER:
@@ -156,14 +158,14 @@ class Remover:
                 self.record.write_file(f"{SERVICE_LOGS_DIR}/{service}.log",
                                        self.runtime.logs(container_id, timestamps=True))
             except Exception as exc:  # whatever it was, the container must still go
-                problems.append(f"could not save {service}'s log: {_text(exc)}")
-            problems += self._hand_back_cache(service, container_id)
+                self.notes.append(f"could not save {service}'s log: {_text(exc)}")
+            self.notes += self._hand_back_cache(service, container_id)
         elif self.agent.ran(container_id):
             # SIGTERM first, as `docker stop` does: an agent may want to save its work.
             try:
                 self.runtime.stop_container(container_id, AGENT_STOP_GRACE)
             except MoatError as exc:
-                problems.append(f"could not stop the agent: {exc.message}")
+                self.notes.append(f"could not stop the agent: {exc.message}")
             if self.agent.keep:
                 self.kept = container_id
                 # Off the run's network, which goes next; the container itself stays for the user.

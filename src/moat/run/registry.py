@@ -40,9 +40,16 @@ class RunInfo:
         return str(self.metadata.get("state", "unknown"))
 
     @property
+    def owner_pid(self) -> int:
+        """The owning moat process's pid (0 when the record does not say, or says nonsense)."""
+        pid = self.metadata.get("pid")
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0
+
+    @property
     def owner_alive(self) -> bool:
         meta = self.metadata
-        return process_alive(int(meta.get("pid") or 0), meta.get("host"), meta.get("pid_start"))
+        start = meta.get("pid_start")
+        return process_alive(self.owner_pid, _text(meta.get("host")), start if isinstance(start, str) else None)
 
     @property
     def tearing_down(self) -> bool:
@@ -98,6 +105,25 @@ class RunInfo:
         }
 
 
+def _sane(metadata: dict[str, Any], directory: str) -> dict[str, Any]:
+    """A record as the commands read it: a field of the wrong type (a hand-edited or half-written
+    file) reads as absent, never as a crash of `moat list`."""
+    clean = dict(metadata)
+    for key in ("id", "name", "state", "created_at", "started_at", "ended_at", "host", "pid_start", "runtime",
+                "image", "workspace", "error"):
+        if key in clean and clean[key] is not None and not isinstance(clean[key], str):
+            clean.pop(key)
+    if not isinstance(clean.get("id"), str):
+        clean["id"] = directory
+    services = clean.get("services")
+    clean["services"] = [s for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+    return clean
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def parse_time(text: object) -> datetime | None:
     if not isinstance(text, str):
         return None
@@ -122,7 +148,7 @@ class Registry:
             except (OSError, ValueError):
                 continue  # not a run directory, or one being written for the first time
             if isinstance(metadata, dict):
-                found.append(RunInfo(metadata, directory))
+                found.append(RunInfo(_sane(metadata, directory.name), directory))
         return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)
 
     def get(self, run_id: str) -> RunInfo | None:

@@ -32,7 +32,8 @@ class Reporter(Protocol):
     def progress(self, key: str, completed: int, total: int) -> None:
         """Bytes done of a total (a download): a bar with rate on a terminal."""
 
-    def finish(self, key: str, message: str, ok: bool = True) -> None: ...
+    def finish(self, key: str, message: str, ok: bool | None = True) -> None:
+        """A task ended: done (True), failed (False), or neither (None: cancelled)."""
 
     def pause(self) -> None:
         """Stop any live display (before the agent writes to the terminal)."""
@@ -105,10 +106,10 @@ class PlainReporter:
         rate = self._rates.setdefault(key, Rate()).add(completed)
         self.update(key, progress_text(completed, total, rate))
 
-    def finish(self, key: str, message: str, ok: bool = True) -> None:
+    def finish(self, key: str, message: str, ok: bool | None = True) -> None:
         self._labels.pop(key, None)
         self._rates.pop(key, None)
-        self._emit(message if ok else f"failed: {message}")
+        self._emit(f"failed: {message}" if ok is False else message)
 
     def pause(self) -> None:
         pass
@@ -167,11 +168,11 @@ class RichReporter:
             self._bars[key] = (completed, total, rate)
         self.update(key, progress_text(completed, total, rate.add(completed)))
 
-    def finish(self, key: str, message: str, ok: bool = True) -> None:
+    def finish(self, key: str, message: str, ok: bool | None = True) -> None:
         with self._lock:
             self._tasks.pop(key, None)
             self._bars.pop(key, None)
-        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}[ok]
         self.console.print(f"{mark} {message}", highlight=False)
 
     def pause(self) -> None:

@@ -180,6 +180,9 @@ class Startup:
         except MoatError:
             self.events.finish(key, f"building agent image {image.tag}", ok=False)
             raise
+        except Aborted:
+            self.events.finish(key, f"building agent image {image.tag}: stopped (the run is ending)", ok=None)
+            raise
         finally:
             try:
                 self.events.record.write_file("build.log", "\n".join(lines) + "\n")
@@ -271,7 +274,7 @@ class Startup:
             self.events.update(key, "waiting until it answers")
             ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker)
         except (Aborted, LockAborted):
-            self.events.finish(key, f"{spec.name}: stopped", ok=False)
+            self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
             raise
         except MoatError:
             self.events.finish(key, f"{spec.name} did not become ready", ok=False)

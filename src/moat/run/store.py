@@ -11,6 +11,7 @@ user's MOAT_HOME cannot be used).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 from moat.constants import ENV_HOME
 from moat.errors import MoatError, UsageError
-from moat.files import now_iso, private_dir, write_private
+from moat.files import now_iso, overwrite_private, private_dir, write_private
 from moat.masking import Masker
 from moat.ownership import owner_metadata
 
@@ -93,9 +94,17 @@ class RunRecord:
                 record[key] = self.masker.text(value)
             elif isinstance(value, list):
                 record[key] = [self.masker.text(v) if isinstance(v, str) else v for v in value]
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         try:
-            write_private(self.dir / METADATA, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            write_private(self.dir / METADATA, text)
         except OSError as exc:
+            if exc.errno == errno.ENOSPC and (self.dir / METADATA).exists():
+                # No room for a new copy: the run's outcome goes into the old one's blocks.
+                try:
+                    overwrite_private(self.dir / METADATA, text)
+                    return
+                except OSError:
+                    pass
             if not quiet:
                 raise RecordError(f"could not write {self.dir / METADATA}: {_describe(exc)}") from None
             self._failed("metadata", exc)

@@ -41,15 +41,15 @@ def adopt(state: dict[str, Any]) -> Run:
     run = Run(plan, runtime, store, PlainReporter(sys.stderr), state["options"])
     run.timeline = Timeline(offset=state["elapsed"], marks=state["timeline"])
     run.agent_state.released.update(state["released"])
-    record = store.open(plan.run_id, run.masker, on_failure=run._record_failed)
-    run._open(record)
-    pod = run._pod()
+    record = store.open(plan.run_id, run.masker, on_failure=run.record_failed)
+    run.open(record)
+    pod = run.pod
     for spec in plan.services:
         if spec.cache_path:
             pod.hold_cache(spec.name, run.signals.cancel)
-    run._scope().adopt(state["resources"])
+    run.scope.adopt(state["resources"])
     # Containers made here (a sandbox agent) live inside the adopted network: removed before it.
-    pod.network = next((r for r in run._scope().resources() if r.kind == NETWORK), None)
+    pod.network = next((r for r in run.scope.resources() if r.kind == NETWORK), None)
     return run
 
 
@@ -66,7 +66,7 @@ def supervise(stdin: IO[bytes], stdout: IO[str]) -> int:
         if stdin.readline().decode(errors="replace").strip() != COMMIT:
             run.holds.release_all()
             return 0  # the foreground kept the run (it was cancelled, or it died): not ours
-        run._record().update(**owner_metadata())
+        run.record.update(**owner_metadata())
 
         def started() -> None:
             _say(stdout, STARTED)
@@ -77,7 +77,7 @@ def supervise(stdin: IO[bytes], stdout: IO[str]) -> int:
             run.signals.checkpoint()  # a signal passed on between the commit and now
             return run.run_agent(state["started"], echo=False, on_started=started)
 
-        outcome = run._guarded(body)
+        outcome = run.guarded(body)
         return outcome.exit_code or 0
     except MoatError as exc:
         sys.stderr.write(f"moat supervisor: {run.masker.text(exc.render())}\n")

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,6 +23,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.errors import NotFound as SdkNotFound
+from docker.types import Mount as SdkMount
 from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
@@ -312,7 +314,8 @@ class DockerRuntime:
 
         def create() -> str:
             host_config = api.create_host_config(
-                binds={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts}
+                # Mounts, not binds: a path with ':' in it is a path, not a separator.
+                mounts=[SdkMount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
                 or None,
                 mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
                 memswap_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
@@ -400,7 +403,11 @@ class DockerRuntime:
         if cli is None:
             raise EngineError("interactive runs need the docker command-line client on PATH",
                               hint="Install the docker CLI, or run without -i.")
-        subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False)
+        # On a terminal the CLI puts it in raw mode: Ctrl-C is a byte for the agent, not a signal.
+        # Without one, the CLI would pass on the signals its process group gets, as moat does: it
+        # gets a session of its own, so that the agent hears each signal once.
+        subprocess.run([cli, "start", "--attach", "--interactive", container_id], check=False,
+                       start_new_session=not sys.stdin.isatty())
         return self.wait(container_id)
 
     def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str:

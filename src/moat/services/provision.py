@@ -55,7 +55,7 @@ class ProvisionEvents(Protocol):
 
     def progress(self, key: str, completed: int, total: int) -> None: ...
 
-    def finish(self, key: str, message: str, ok: bool = True) -> None: ...
+    def finish(self, key: str, message: str, ok: bool | None = True) -> None: ...
 
     def log(self, message: str, **fields: Any) -> None:
         """One line for the run's record."""
@@ -129,8 +129,11 @@ class Provisioner:
         except LockTimeout:
             self.events.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
             raise self._timeout(item, "waiting for another run to finish pulling it") from None
-        except (ProvisionError, Aborted):
+        except ProvisionError:
             self.events.finish(key, f"{self.service.name}: {noun} {item}", ok=False)
+            raise
+        except Aborted:
+            self.events.finish(key, f"{self.service.name}: {noun} {item}: not pulled (the run is ending)", ok=None)
             raise
         return self._done(item, "pulled", started, pulled=True)
 
