@@ -98,19 +98,40 @@ def test_an_interactive_agent_gets_terminal_signals_from_the_terminal_not_twice(
         signals.uninstall()
 
 
-def test_teardown_notes_signals_and_gives_up_only_when_the_user_insists() -> None:
+def test_teardown_notes_signals_and_gives_up_only_when_the_user_insists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("moat.run.signals.INSIST_AFTER", 0.3)
     abandoned = threading.Event()
     notes: list[str] = []
     signals = RunSignals(on_notice=notes.append, on_abandon=abandoned.set)
     signals.install()
     try:
         signals.enter(TEARDOWN)
-        signals.deliver(signal.SIGINT)
-        signals.deliver(signal.SIGINT)
-        wait_until(lambda: len(notes) == 2)
+        for _ in range(5):  # quick signals against an engine that answers are one request
+            signals.deliver(signal.SIGINT)
+        wait_until(lambda: len(notes) == 5)
         assert not abandoned.is_set() and "still cleaning up" in notes[0]
-        signals.deliver(signal.SIGINT)
+        time.sleep(0.3)
+        signals.deliver(signal.SIGINT)  # still there seconds later: it insists
         wait_until(abandoned.is_set)
+    finally:
+        signals.uninstall()
+
+
+def test_insisting_stops_waiting_for_the_engine_in_any_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("moat.run.signals.INSIST_AFTER", 0.2)
+    signals, notes = machine()
+    signals.install()
+    try:
+        for _ in range(3):
+            signals.deliver(signal.SIGINT)
+        wait_until(signals.cancel.is_set)
+        time.sleep(0.25)
+        assert not signals.escape.is_set()
+        signals.deliver(signal.SIGINT)
+        wait_until(signals.escape.is_set)
+        assert any("no longer waiting for the engine" in n for n in notes)
+        signals.enter(TEARDOWN)
+        assert not signals.escape.is_set() and signals.phase_signals == 0  # counted afresh
     finally:
         signals.uninstall()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import stat
 from pathlib import Path
 
@@ -79,7 +80,24 @@ def test_record_writes_fail_once_and_loudly(tmp_path: Path, monkeypatch: pytest.
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("moat.run.store.write_private", full)
+    monkeypatch.setattr("moat.run.store.overwrite_private", full)
     record.update(state="running")
     record.update(state="exited")
     assert len(said) == 1 and "No space left on device" in said[0]
     assert record.failure is not None
+
+
+def test_a_full_disk_still_gets_the_outcome_into_the_old_record(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # No room for a new copy of metadata.json: the old one's blocks take the run's outcome.
+    said: list[str] = []
+    record = RunStore(tmp_path / "home").create("run_1", Masker(), on_failure=said.append)
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("moat.run.store.write_private", full)
+    record.update(state="exited", exit_code=0)
+    saved = json.loads((tmp_path / "home" / "runs" / "run_1" / "metadata.json").read_text())
+    assert (saved["state"], saved["exit_code"]) == ("exited", 0)
+    assert said == [] and record.failure is None
