@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,94 @@ def test_the_engine_restarting_mid_run_is_a_clear_error_and_clean_finishes(
                            timeout=120, check=False)
     assert clean.returncode == 0, clean.stderr
     assert left_for(remote, run_id) == []
+
+
+# --- an engine that stops answering (hangs, rather than going away) ----------------------------------
+
+
+@pytest.fixture
+def stalling_engine(tmp_path: Path, engine: DockerRuntime) -> Any:
+    """DOCKER_HOST for a proxy to the engine, and the proxy process (SIGSTOP: the engine hangs)."""
+    socket_path = tmp_path / "stall.sock"
+    proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stall_proxy.py")), str(socket_path),
+                              "/var/run/docker.sock"], stdout=subprocess.PIPE, text=True)
+    assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+    try:
+        yield f"unix://{socket_path}", proxy
+    finally:
+        proxy.send_signal(signal.SIGCONT)
+        proxy.kill()
+        proxy.wait(10)
+
+
+@pytest.mark.parametrize("phase", ["readiness", "agent"])
+def test_insisting_leaves_a_run_whose_engine_stopped_answering(engine: DockerRuntime, moat_home: Path,
+                                                               tmp_path: Path, stalling_engine: Any,
+                                                               phase: str) -> None:
+    # Ctrl-C used to be ignored for good: calls to a hung engine never returned, and signals only
+    # ever cancelled. Now a user who insists gets out, and `moat clean` finishes the job.
+    host, proxy = stalling_engine
+    config = NEVER_READY if phase == "readiness" else REDIS
+    proc = start_moat(["run", "--runtime", "docker", str(write_workspace(tmp_path / "ws", config)), "--", "sh", "-c",
+                       "echo ready; sleep 300"], env={"DOCKER_HOST": host})
+    run_id = first_run(moat_home)
+    if phase == "readiness":
+        wait_for(lambda: engine.find_labelled({"moat.run-id": run_id, "moat.role": "service"}).containers,
+                 what="the service")
+        time.sleep(1)
+    else:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proxy.send_signal(signal.SIGSTOP)  # the engine hangs
+    started = time.monotonic()
+    for _ in range(8):  # a user pressing Ctrl-C, again and again, for a while
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert time.monotonic() - started < 30
+    proxy.send_signal(signal.SIGCONT)
+    assert run_moat(["clean", "-f"]).code == 0  # against the engine itself
+    assert left_for(engine, run_id) == []
+
+
+def test_stop_reaps_a_run_whose_owner_dies_while_it_waits(engine: DockerRuntime, moat_home: Path,
+                                                          tmp_path: Path) -> None:
+    # `moat stop` used to say "stopped" while the run's containers went on running.
+    result = run_moat(["run", "-d", str(write_workspace(tmp_path / "ws", REDIS)), "--", "sh", "-c",
+                       "trap '' TERM; sleep 60"])
+    assert result.code == 0, result.output
+    run_id = result.stdout.split()[0]
+    stop = subprocess.Popen(moat_command("stop", run_id, "-t", "30"), stdout=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
+    time.sleep(2)
+    os.kill(metadata(moat_home, run_id)["pid"], signal.SIGKILL)  # the supervisor dies meanwhile
+    out, _ = stop.communicate(timeout=60)
+    assert stop.returncode == 0
+    assert "its moat process was gone; removed what it left" in out
+    assert left_for(engine, run_id) == []
+
+
+def test_a_ctrl_c_just_after_the_hand_off_is_the_supervisors_to_answer(engine: DockerRuntime, moat_home: Path,
+                                                                       tmp_path: Path) -> None:
+    # It used to end in exit 1 and "the background supervisor could not take the run over", though
+    # the supervisor had done just what it should. Whichever side of the agent's start the signal
+    # lands on, the answer is right and nothing is left.
+    workspace = write_workspace(tmp_path / "ws", REDIS)
+    for _ in range(3):
+        before = {r["id"] for r in runs(moat_home)}
+        proc = start_moat(["run", "-d", str(workspace), "--", "sleep", "300"])
+        run_id = wait_for(lambda b=before: [r["id"] for r in runs(moat_home) if r["id"] not in b], what="run")[0]
+        wait_for(lambda rid=run_id, pid=proc.pid: metadata(moat_home, rid)["pid"] != pid, timeout=60, what="the commit")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 130), err
+        assert "could not take the run over" not in err and "internal error" not in err
+        if proc.returncode == 130:  # it landed before the agent started: the supervisor tore down
+            final = wait_for(lambda rid=run_id: metadata(moat_home, rid).get("ended_at") and metadata(moat_home, rid),
+                             60, "the teardown")
+            assert final["state"] == "interrupted"
+        else:  # after: the run is running in the background, as `run -d` promised
+            assert run_moat(["stop", run_id]).code == 0
+        assert left_for(engine, run_id) == []
