@@ -167,3 +167,11 @@ def test_redis_takes_a_password_with_spaces_quotes_and_backslashes(engine: objec
     result = run_moat(["run", str(write_workspace(tmp_path / "ws", config)), "--", "sh", "-c", script])
     assert result.code == 0, result.output
     assert result.stdout.split() == ["PONG", "PONG"]
+
+
+def test_a_workspace_path_with_a_colon_mounts(engine: object, moat_home: Path, tmp_path: Path) -> None:
+    # A bind given as "source:target:mode" took the ':' for a separator: the run failed after planning.
+    workspace = write_workspace(tmp_path / "with:colon" / "ws:1", "name: colon\n")
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", "pwd; echo made > made.txt"])
+    assert result.code == 0, result.output
+    assert result.stdout.strip() == "/workspace" and (workspace / "made.txt").read_text() == "made\n"

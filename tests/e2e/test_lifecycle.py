@@ -346,3 +346,21 @@ def test_a_live_services_log_is_masked_and_can_be_followed(engine: DockerRuntime
     rest, _ = follower.communicate(timeout=30)  # following ends with the service
     assert password not in rest
     assert left_for(engine, run_id) == []
+
+
+def test_an_interactive_run_without_a_terminal_passes_each_signal_once(engine: DockerRuntime, moat_home: Path,
+                                                                       tmp_path: Path) -> None:
+    # The docker CLI attached to the agent also passes on its process group's signals: the agent got
+    # every Ctrl-C twice, and the second cut its output short.
+    workspace = write_workspace(tmp_path / "ws", "name: interactive\n")
+    script = ("trap 'echo got INT; n=$((n+1))' INT; n=0; echo ready; i=0; while [ $i -lt 40 ]; do sleep 0.1;"
+              " i=$((i+1)); done; echo \"end after $n\"")
+    proc = subprocess.Popen(moat_command("run", "-i", str(workspace), "--", "sh", "-c", script),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=os.environ.copy())
+    assert proc.stdout is not None
+    wait_for(lambda: "ready" in proc.stdout.readline() if proc.stdout else False, 60, "the agent")  # type: ignore[union-attr]
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert out.count("got INT") == 1, (out, err)
+    assert "end after 1" in out
