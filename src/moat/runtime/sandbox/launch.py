@@ -131,8 +131,9 @@ HIDDEN = ("/tmp", "/run")  # noqa: S108 — a service's own: the host's are not 
 def service_view(home: Bind, data: str, in_memory: bool, hosts_fd: int, programs: Sequence[str] = ()) -> list[str]:
     """The host read-only; the service's scratch directory read-write at ``home.target``; its own /tmp
     and /run, except for the directories of ``programs`` found there (a tool installed under /tmp)."""
-    shown = sorted({str(Path(p).parent) for p in programs if Path(p).is_absolute() and p.startswith(
-        tuple(f"{h}/" for h in HIDDEN))})
+    # A program's link and what it links to (a tool linked into a directory of its own, as tests do).
+    paths = {q for p in programs if Path(p).is_absolute() for q in (p, os.path.realpath(p))}
+    shown = sorted({str(Path(p).parent) for p in paths if p.startswith(tuple(f"{h}/" for h in HIDDEN))})
     return ["--ro-bind", "/", "/", *_dev(False), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
             *[arg for directory in shown for arg in ("--ro-bind", directory, directory)],
             *home.argv(), *(["--tmpfs", data] if in_memory else ["--dir", data]),

@@ -210,7 +210,9 @@ class SandboxRuntime:
                 self._pending.setdefault(container_id, []).append(signum)  # not started yet: held for it
                 return
         with contextlib.suppress(NotFound):
-            boxes.signal_container(self.records.container(container_id), signum)
+            # Just after its start, its init may not have started the command yet: as pid 1 of its
+            # namespace the init ignores the signal, and the command would never get it.
+            boxes.signal_when_running(self.records.container(container_id), signum)
 
     def _running(self, record: Mapping[str, Any]) -> bool:
         own = self._own.get(record["id"])
