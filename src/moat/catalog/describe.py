@@ -40,6 +40,7 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
                 "cache_path": entry.provisions.cache_path,
             },
             "min_memory_mb": entry.min_memory_mb,
+            "data_memory_mb": entry.data_memory_mb,  # added to the minimum when its data is in memory
         })
     elif isinstance(entry, Runtime):
         out["base_image"] = entry.base_image
