@@ -82,22 +82,6 @@ def test_an_agent_ignoring_sigterm_is_stopped_after_the_grace(monkeypatch: pytes
         signals.uninstall()
 
 
-def test_an_interactive_agent_gets_terminal_signals_from_the_terminal_not_twice() -> None:
-    delivered: list[int] = []
-    signals, _ = machine()
-    signals.install()
-    try:
-        signals.advance(AGENT, agent=AgentTarget(delivered.append, lambda: None, gets_terminal_signals=True))
-        signals.deliver(signal.SIGINT)
-        signals.deliver(signal.SIGQUIT)
-        signals.deliver(signal.SIGTERM)  # `moat stop` does not come from the terminal
-        wait_until(lambda: delivered == [signal.SIGTERM])
-        time.sleep(0.05)
-        assert delivered == [signal.SIGTERM]
-    finally:
-        signals.uninstall()
-
-
 def test_teardown_notes_signals_and_gives_up_only_when_the_user_insists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("moat.run.signals.INSIST_AFTER", 0.3)
     abandoned = threading.Event()

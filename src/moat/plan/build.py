@@ -58,16 +58,11 @@ class RuntimeTraits:
     # An agent running as uid 0 is confined (a container without capabilities). The sandbox shows
     # the agent the host's own files, which root owns: there uid 0 is never an option.
     contains_root: bool
-    # Signals a terminal sends (Ctrl-C) reach an interactive agent directly, not through moat: the
-    # sandbox's agent shares moat's terminal, while Docker's CLI puts it in raw mode.
-    terminal_signals_reach_agent: bool
 
 
 TRAITS = {
-    "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
-                            terminal_signals_reach_agent=False),
-    "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
-                             terminal_signals_reach_agent=True),
+    "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True),
+    "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False),
 }
 
 
@@ -202,8 +197,6 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         scratch=scratch,
         labels=labels,
         interactive=interactive,
-        # While an interactive sandbox agent runs, Ctrl-C is the terminal's, delivered to it directly.
-        agent_gets_terminal_signals=interactive and traits.terminal_signals_reach_agent,
         limits=limits,
         secrets=frozenset(secrets),
     )

@@ -124,7 +124,6 @@ class Plan:
     scratch: Path  # private per-run host directory (the sandbox keeps its services' files there)
     labels: Mapping[str, str]  # on every engine object of the run (owner labels are added at creation)
     interactive: bool
-    agent_gets_terminal_signals: bool  # SIGINT/SIGQUIT from the terminal reach the agent without moat
     limits: Limits
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 

@@ -20,6 +20,7 @@ from moat.plan.model import Plan
 from moat.run.events import RunEvents
 from moat.run.output import relay
 from moat.run.pod import AGENT_STOP_GRACE, AgentState, Pod
+from moat.run.registry import parse_time
 from moat.run.signals import AGENT, AgentTarget, Interrupted, RunSignals
 from moat.run.startup import still_waiting
 from moat.run.timeline import Timeline
@@ -54,7 +55,6 @@ class AgentRun:
             deliver=lambda signum: self.runtime.signal(container_id, signum),
             stop=lambda: self.runtime.stop_container(container_id, AGENT_STOP_GRACE),
             kill=lambda: self.runtime.signal(container_id, signal.SIGKILL),
-            gets_terminal_signals=self.plan.agent_gets_terminal_signals,
         )
         self.events.log(f"agent starting: {' '.join(self.plan.command)}")
         if self.plan.interactive:
@@ -111,7 +111,9 @@ class AgentRun:
         try:
             for line in self.runtime.logs(container_id, timestamps=True).splitlines():
                 stamp, _, text = line.partition(" ")
-                self.events.record.log("tty", text, ts=stamp)
+                if parse_time(stamp) is None:  # a runtime that keeps the terminal's bytes as they came
+                    stamp, text = "", line
+                self.events.record.log("tty", text, ts=stamp or None)
         except EngineError as exc:
             self.events.log(f"could not read the agent's terminal log: {exc.message}")
         return code

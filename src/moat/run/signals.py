@@ -8,8 +8,8 @@ SIGINT, SIGTERM, SIGHUP and SIGQUIT mean, by phase:
 - ``handing-off`` (``run -d`` passing the run to its supervisor): cancel, before the commit;
   ``handed-off``: after it, passed on to the supervisor, which owns the run from then on.
 - ``agent``: forwarded to the agent (as ``docker run`` does); a second one, or the agent ignoring a
-  SIGTERM/SIGHUP for ``STOP_GRACE`` seconds, stops it. An interactive agent that shares moat's
-  terminal gets the terminal's SIGINT/SIGQUIT directly: moat leaves those to it.
+  SIGTERM/SIGHUP for ``STOP_GRACE`` seconds, stops it. (An interactive agent has a terminal of its
+  own, relayed by moat in raw mode: the Ctrl-C typed there is its own, never a signal to moat.)
 - ``teardown``: noted and reported; the cleanup finishes.
 
 In every phase, a user who insists (a third signal, seconds into the phase: an engine that stopped
@@ -33,7 +33,6 @@ from typing import Any
 
 # SIGQUIT (Ctrl-\\) too: its default action would end moat with nothing torn down.
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-TERMINAL = (signal.SIGINT, signal.SIGQUIT)
 STOP_GRACE = 10.0  # seconds an agent may take to honour a forwarded SIGTERM/SIGHUP before it is stopped
 # A user who insists (this many signals in one phase) stops moat waiting for the engine: in a phase
 # of the run, it goes on to teardown; in teardown, it leaves (`moat clean` finishes). Only after
@@ -68,7 +67,6 @@ class AgentTarget:
     deliver: Callable[[int], None]
     stop: Callable[[], None]
     kill: Callable[[], None] | None = None
-    gets_terminal_signals: bool = False  # interactive, sharing moat's terminal
 
 
 @dataclass
@@ -194,8 +192,6 @@ class RunSignals:
             handoff(signum)
 
     def _to_agent(self, signum: int, agent: AgentTarget) -> None:
-        if agent.gets_terminal_signals and signum in TERMINAL:
-            return  # the terminal delivered it to the agent already
         first = not self.forwarded
         self.forwarded.append(signum)
         if not first and signum != signal.SIGQUIT:

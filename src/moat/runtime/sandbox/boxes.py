@@ -75,20 +75,21 @@ class Streams:
 
 
 def start_box(argv: Callable[[int, int, int], list[str]], *, identity: Identity, env: Mapping[str, str],
-              streams: Streams, status: IO[bytes], keep_fds: Sequence[int], interactive: bool,
+              streams: Streams, status: IO[bytes], keep_fds: Sequence[int],
               cgroup_paths: Sequence[str], recorded: Callable[[Proc, Proc], None],
               log: Callable[[], str]) -> tuple[subprocess.Popen[bytes], Proc]:
     """Start a container: its bwrap blocks until its processes are recorded (``recorded(monitor, init)``)
-    and in their cgroups, so none of them runs a moment outside either. (monitor process, init)."""
+    and in their cgroups, so none of them runs a moment outside either. (monitor process, init).
+
+    Every container is in a session of its own, without moat's terminal: an interactive agent gets a
+    pty of its own (``terminal.Terminal``), never the terminal moat was started from."""
     info_read, info_write = os.pipe()
     block_read, block_write = os.pipe()
     command = argv(info_write, status.fileno(), block_read)
-    if interactive:  # the terminal's Ctrl-C is the agent's: bubblewrap itself must outlive it
-        command = ["env", "--ignore-signal=INT,QUIT", *command]
     try:
         monitor = subprocess.Popen(
             command, pass_fds=(info_write, block_read, status.fileno(), *keep_fds), env=dict(env), cwd="/",
-            start_new_session=not interactive, stdin=streams.stdin, stdout=streams.stdout, stderr=streams.stderr,
+            start_new_session=True, stdin=streams.stdin, stdout=streams.stdout, stderr=streams.stderr,
             **launch.as_identity(identity))
     except BaseException:
         for fd in (info_read, block_write):
@@ -133,9 +134,9 @@ def _failed(monitor: subprocess.Popen[bytes], identity: Identity, log: Callable[
 def signal_container(record: Mapping[str, Any], signum: int) -> None:
     """Deliver ``signum`` to the container's command and what it started (not to bubblewrap)."""
     init = Proc.from_json(record.get("init"))
-    if record.get("interactive"):  # it shares moat's process group (the terminal's): one by one
-        for child in procs.children(init):
-            procs.send(child, signum)
+    if record.get("interactive"):  # its command leads a session of its own (its pty's): one by one
+        for process in procs.descendants(init):
+            procs.send(process, signum)
     else:  # the init leads the container's own session
         procs.signal_group(init, signum)
 
@@ -156,7 +157,7 @@ def _remaining(record: Mapping[str, Any], tagged: Sequence[Proc]) -> list[Proc]:
     found = [Proc.from_json(record.get(key)) for key in ("init", "monitor")]
     mine = [p for p in found if p is not None]
     monitor = Proc.from_json(record.get("monitor"))
-    if monitor is not None and not record.get("interactive"):  # an interactive one shares moat's group
+    if monitor is not None:
         mine += procs.group_members(monitor)
     init = Proc.from_json(record.get("init"))
     if init is not None:

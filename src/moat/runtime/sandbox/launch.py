@@ -101,8 +101,11 @@ def enter_container(holder_pid: int, init_pid: int) -> list[str]:
             "--preserve-credentials", "--root", "--wd", "--"]
 
 
-def _dev(terminal: bool) -> list[str]:
-    """A private /dev made of the host's harmless devices (bwrap's own --dev would nest a user namespace)."""
+def _dev(tty: str | None) -> list[str]:
+    """A private /dev made of the host's harmless devices (bwrap's own --dev would nest a user namespace).
+
+    Never the host's /dev/pts: every terminal of the user would be open to the agent. An interactive
+    agent gets its own pty's device (``tty``), and nothing else of /dev/pts."""
     argv = ["--tmpfs", "/dev"]
     for device in _DEVICES:
         argv += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
@@ -110,8 +113,8 @@ def _dev(terminal: bool) -> list[str]:
              "--symlink", "/proc/self/fd", "/dev/fd"]
     for number, name in enumerate(("stdin", "stdout", "stderr")):
         argv += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{name}"]
-    if terminal:
-        argv += ["--dev-bind", "/dev/pts", "/dev/pts", "--symlink", "pts/ptmx", "/dev/ptmx"]
+    if tty is not None:
+        argv += ["--dev-bind", tty, tty]
     return argv
 
 
@@ -134,13 +137,14 @@ def service_view(home: Bind, data: str, in_memory: bool, hosts_fd: int, programs
     # A program's link and what it links to (a tool linked into a directory of its own, as tests do).
     paths = {q for p in programs if Path(p).is_absolute() for q in (p, os.path.realpath(p))}
     shown = sorted({str(Path(p).parent) for p in paths if p.startswith(tuple(f"{h}/" for h in HIDDEN))})
-    return ["--ro-bind", "/", "/", *_dev(False), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
+    return ["--ro-bind", "/", "/", *_dev(None), "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
             *[arg for directory in shown for arg in ("--ro-bind", directory, directory)],
             *home.argv(), *(["--tmpfs", data] if in_memory else ["--dir", data]),
             "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
 
 
-def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, root: Path = Path("/")) -> list[str]:
+def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, tty: str | None = None,
+               root: Path = Path("/")) -> list[str]:
     """The host's top-level directories read-only, its own /tmp, /run and /dev, and its mounts."""
     argv = []
     for entry in sorted(root.iterdir()):
@@ -150,7 +154,7 @@ def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, root: Path = Pa
             argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
         elif entry.exists():
             argv += ["--ro-bind", str(entry), f"/{entry.name}"]
-    argv += ["--ro-bind", "/sys", "/sys", *_dev(True), "--proc", "/proc", *tmp.argv(), "--tmpfs", "/run",
+    argv += ["--ro-bind", "/sys", "/sys", *_dev(tty), "--proc", "/proc", *tmp.argv(), "--tmpfs", "/run",
              "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
     for mount in mounts:
         argv += mount.argv()
@@ -169,11 +173,12 @@ class Box:
     info_fd: int
     status_fd: int
     block_fd: int
-    new_session: bool  # its own session (no terminal): signals reach only its own processes
 
     def argv(self, command: Sequence[str]) -> list[str]:
         return ["bwrap", "--unshare-user", "--uid", str(self.identity.uid), "--gid", str(self.identity.gid),
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", self.hostname[:63],
-                *(["--new-session"] if self.new_session else []), "--setenv", TAG_VAR, self.tag, *self.view,
+                # Its own session, without moat's terminal: signals reach only its own processes, and
+                # no process in it can push input into the terminal moat was started from (TIOCSTI).
+                "--new-session", "--setenv", TAG_VAR, self.tag, *self.view,
                 "--info-fd", str(self.info_fd), "--json-status-fd", str(self.status_fd),
                 "--block-fd", str(self.block_fd), "--chdir", self.workdir, "--", *command]

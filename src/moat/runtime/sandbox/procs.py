@@ -126,6 +126,16 @@ def children(proc: Proc | None) -> list[Proc]:
     return [p for p in found if p is not None]
 
 
+def descendants(proc: Proc | None) -> list[Proc]:
+    """Its children, theirs, and so on (breadth first)."""
+    found: list[Proc] = []
+    level = children(proc)
+    while level:
+        found += level
+        level = [grandchild for child in level for grandchild in children(child)]
+    return found
+
+
 def tagged(tag: str) -> list[Proc]:
     """Processes whose command line holds ``tag`` as one argument (the sandbox tags every bwrap)."""
     wanted = tag.encode()

@@ -47,6 +47,7 @@ from moat.runtime.sandbox import scratch as dirs
 from moat.runtime.sandbox.procs import Proc
 from moat.runtime.sandbox.records import NETWORK, Records
 from moat.runtime.sandbox.starting import Starter
+from moat.runtime.sandbox.terminal import Terminal
 
 STOP_POLL = 0.02
 
@@ -67,6 +68,7 @@ class SandboxRuntime:
         # hands the agent its signals from the moment its turn comes, which is just before its start.
         self._pending: dict[str, list[int]] = {}
         self._started: set[str] = set()
+        self._ttys: dict[str, Terminal] = {}  # the ptys of interactive agents this process relays
         self._lock = threading.Lock()
 
     def _tag(self, key: str) -> str:
@@ -183,9 +185,9 @@ class SandboxRuntime:
         return container_id
 
     def start_container(self, container_id: str) -> None:
-        self._start(container_id, terminal=False)
+        self._start(container_id)
 
-    def _start(self, container_id: str, terminal: bool) -> None:
+    def _start(self, container_id: str, tty: Terminal | None = None) -> None:
         record = self.records.container(container_id)
         spec = self._specs.get(container_id)
         if spec is None:
@@ -193,7 +195,7 @@ class SandboxRuntime:
         with self._lock:
             self._pending.setdefault(container_id, [])
         try:
-            self._own[container_id] = self._starter.start(record, spec, terminal=terminal)
+            self._own[container_id] = self._starter.start(record, spec, tty=tty)
         finally:
             with self._lock:
                 pending = self._pending.pop(container_id, [])
@@ -209,6 +211,12 @@ class SandboxRuntime:
             if container_id in self._specs and container_id not in self._started:
                 self._pending.setdefault(container_id, []).append(signum)  # not started yet: held for it
                 return
+        tty = self._ttys.get(container_id)
+        group = tty.foreground_group() if tty is not None else None
+        if group is not None:  # an interactive agent: whatever runs in the foreground of its pty
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
+            return
         with contextlib.suppress(NotFound):
             # Just after its start, its init may not have started the command yet: as pid 1 of its
             # namespace the init ignores the signal, and the command would never get it.
@@ -278,7 +286,16 @@ class SandboxRuntime:
         return chunks()
 
     def attach_terminal(self, container_id: str) -> int:
-        self._start(container_id, terminal=True)
+        """The agent on a pty of its own, relayed to moat's terminal (see ``terminal``)."""
+        tty = Terminal(self.identity)
+        try:
+            with self._lock:
+                self._ttys[container_id] = tty
+            self._start(container_id, tty)
+        finally:
+            tty.close_slave()  # the agent holds its own end now
+        record = self.records.container(container_id)
+        tty.relay(self.records.log(record["network"], container_id))
         return self.wait(container_id)
 
     def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str:

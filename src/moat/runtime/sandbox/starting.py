@@ -21,6 +21,7 @@ from moat.runtime.sandbox import boxes, cgroups, launch, procs, services, stream
 from moat.runtime.sandbox import scratch as dirs
 from moat.runtime.sandbox.procs import Proc
 from moat.runtime.sandbox.records import Records
+from moat.runtime.sandbox.terminal import Terminal
 
 AGENT_HOME = "/tmp"  # noqa: S108 — the agent's own /tmp (its scratch directory)
 
@@ -79,7 +80,8 @@ class Starter:
         except OSError as exc:
             raise EngineError(f"cannot give {source} to a service: {exc.strerror}") from None
 
-    def start(self, record: dict[str, Any], spec: ContainerSpec, *, terminal: bool) -> subprocess.Popen[bytes]:
+    def start(self, record: dict[str, Any], spec: ContainerSpec, *, tty: Terminal | None = None
+              ) -> subprocess.Popen[bytes]:
         network = self.records.network(record["network"])
         holder = Proc.from_json(network.get("init"))
         if holder is None or not procs.alive(holder):
@@ -89,7 +91,6 @@ class Starter:
         names = {record["hostname"]}
         for other in self.records.on_network(record["network"]):
             names |= set(other.get("aliases") or [])
-        interactive = bool(record.get("interactive"))
         with contextlib.ExitStack() as stack:
             opened: list[int] = []
 
@@ -105,11 +106,11 @@ class Starter:
                 log = stack.enter_context(self.records.open(self.records.log(record["network"], record["id"])))
                 plan = self._service(record, spec, hosts_fd, keep, boxes.Streams(subprocess.DEVNULL, log, log))
             else:
-                plan = self._agent(record, spec, hosts_fd, interactive, terminal)
+                plan = self._agent(record, spec, hosts_fd, tty)
 
             def argv(info: int, status_fd: int, block: int) -> list[str]:
                 box = launch.Box(self.identity, record["tag"], record["hostname"], plan.view, plan.workdir, info,
-                                 status_fd, block, new_session=not interactive)
+                                 status_fd, block)
                 return [*launch.enter_network(holder.pid), *box.argv(plan.command)]
 
             def recorded(monitor: Proc, init: Proc) -> None:
@@ -120,7 +121,7 @@ class Starter:
                 return streams.tail(self.records.log(record["network"], record["id"]), 5)
 
             monitor, _ = boxes.start_box(argv, identity=self.identity, env=plan.env, streams=plan.io, status=status,
-                                         keep_fds=opened, interactive=interactive, cgroup_paths=record["cgroups"],
+                                         keep_fds=opened, cgroup_paths=record["cgroups"],
                                          recorded=recorded, log=log_tail)
         return monitor
 
@@ -138,17 +139,18 @@ class Starter:
         env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
         return _Launch(view, ["/bin/sh", "-c", program.script], env, services.HOME, io)
 
-    def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, interactive: bool,
-               terminal: bool) -> _Launch:
-        """The agent's command with the host's directories read-only, its mounts, its own /tmp."""
+    def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, tty: Terminal | None) -> _Launch:
+        """The agent's command with the host's directories read-only, its mounts, its own /tmp; an
+        interactive one on a pty of its own, made its controlling terminal in a session of its own."""
         binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts]
-        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd)
+        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
+                                 tty.slave_path if tty is not None else None)
         command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
-        if interactive:  # bwrap ignores the terminal's Ctrl-C (see boxes.start_box); the agent does not
-            command = ["env", "--default-signal=INT,QUIT", *command]
+        if tty is not None:  # setsid --ctty: the pty on its stdin becomes its terminal (-w: its exit code)
+            command = ["setsid", "--wait", "--ctty", *command]
         env = {**launch.base_env(self.identity, {"HOME": AGENT_HOME, "TERM": os.environ.get("TERM", "dumb")}),
                **spec.env}
-        io = (boxes.Streams(None, None, None) if interactive or terminal  # the terminal is the agent's
+        io = (boxes.Streams(tty.slave, tty.slave, tty.slave) if tty is not None
               else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
         return _Launch(view, command, env, spec.working_dir or "/", io)
 
