@@ -97,3 +97,30 @@ def test_lock_files_and_directories_are_private(tmp_path: Path) -> None:
     for path in (tmp_path / "home").rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_clean_never_deletes_through_links_planted_in_the_cache(tmp_path: Path) -> None:
+    # Others write the cache (a sidecar as root, the sandbox's user): a manifest whose "digest" is a
+    # path, or a blobs directory swapped for a link, must not make `moat cache clean` (run as root)
+    # delete files elsewhere.
+    import json
+
+    from moat.cache.admin import plan_removal, remove
+    from moat.catalog import load_catalog
+
+    victims = tmp_path / "victims"
+    victims.mkdir()
+    for name in ("target", "sha256-" + "a" * 64):
+        (victims / name).write_text("precious")
+    cache = HostCache(tmp_path / "home")
+    models = cache.service_dir("ollama") / "models"
+    (models / "manifests" / "registry.ollama.ai" / "library" / "evil").mkdir(parents=True)
+    (models / "manifests" / "registry.ollama.ai" / "library" / "evil" / "latest").write_text(json.dumps(
+        {"layers": [{"digest": "x/target", "size": 1}, {"digest": "sha256:" + "a" * 64, "size": 1}]}))
+    (models / "blobs").symlink_to(victims)  # the blobs directory is a link to elsewhere
+    (models / "x").symlink_to(victims)
+    removal = plan_removal(cache, load_catalog(), "ollama", ["evil"])
+    remove(cache, removal, lambda paths, root: pytest.fail(f"asked the engine to remove {paths}"))
+    assert sorted(p.name for p in victims.iterdir()) == ["sha256-" + "a" * 64, "target"]
+    assert all(p.read_text() == "precious" for p in victims.iterdir())
+    assert not (models / "manifests" / "registry.ollama.ai" / "library" / "evil" / "latest").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,17 +105,31 @@ def remove(cache: HostCache, removal: Removal, remove_as_root: RootRemover) -> N
 def _delete(paths: list[Path], root: Path, remove_as_root: RootRemover) -> None:
     blocked = []
     for path in paths:
+        if not _within(path, root):
+            continue  # a link planted in the cache: what it points to is not the cache's to delete
         try:
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
+                shutil.rmtree(path)  # which removes links inside, never what they point to
             else:
-                path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)  # a link itself, not its target
         except PermissionError:
             blocked.append(path)
     if blocked:
         # Files a sidecar wrote as root (e.g. a pull interrupted before moat could hand them back).
         remove_as_root(blocked, root)
     _prune_empty(root / "models" / "manifests")
+
+
+def _within(path: Path, root: Path) -> bool:
+    """Whether ``path`` is inside ``root`` with no link on the way (its own name may be a link).
+
+    Others may write the cache (a sidecar, the sandbox's user): a directory swapped for a link to
+    elsewhere must not turn `moat cache clean` — as root — into a remover of other files."""
+    relative = os.path.relpath(os.path.abspath(path.parent), os.path.abspath(root))
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return False
+    # The root may itself sit behind a link (a home directory elsewhere): only what is below it counts.
+    return os.path.realpath(path.parent) == os.path.normpath(os.path.join(os.path.realpath(root), relative))
 
 
 def _prune_empty(top: Path) -> None:

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 DEFAULT_NAMESPACE = "library"
 
 
@@ -59,8 +61,11 @@ class OllamaLayout:
         except (OSError, ValueError):
             return None
         layers = [*manifest.get("layers", []), manifest.get("config") or {}]
-        digests = [layer["digest"] for layer in layers if isinstance(layer, dict) and layer.get("digest")]
-        blobs = tuple(self._blob(digest) for digest in digests)
+        digests = [layer["digest"] for layer in layers
+                   if isinstance(layer, dict) and isinstance(layer.get("digest"), str)]
+        # The cache may be written by others (a sidecar, the sandbox's user): a digest names a blob only
+        # in its one true shape, never a path ("x/../target").
+        blobs = tuple(self._blob(digest) for digest in digests if _DIGEST.fullmatch(digest))
         size = sum(int(layer.get("size", 0)) for layer in layers if isinstance(layer, dict))
         if registry == DEFAULT_REGISTRY:
             name = f"{model}:{tag}" if namespace == DEFAULT_NAMESPACE else f"{namespace}/{model}:{tag}"
