@@ -18,11 +18,23 @@ from moat.constants import LABEL_HOME, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_
 
 def process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (with the pid, it names one process: pids are reused)."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie: dead, waiting only for its parent to reap it (which may never happen)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
 
 
 @cache
@@ -66,6 +78,8 @@ def process_alive(pid: int, host: str | None, start: str | None = None) -> bool:
         return False
     except PermissionError:
         pass  # alive, owned by someone else
+    if Path("/proc/self/stat").exists() and ended(pid):
+        return False  # a killed owner whose parent does not reap it is as dead as one reaped
     now = process_start(pid)
     if start and now is not None:
         return now == start  # the same process, not a reused pid

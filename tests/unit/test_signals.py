@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,19 @@ def test_signal_process_never_signals_a_reused_pid() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_zombie_owner_is_not_alive() -> None:
+    # A killed supervisor whose parent does not reap it (pid 1 in some containers) is dead all the same.
+    import socket
+    import subprocess
+
+    from moat.ownership import process_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    start = process_start(child.pid)
+    assert process_alive(child.pid, socket.gethostname(), start)
+    os.kill(child.pid, signal.SIGKILL)
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    assert not process_alive(child.pid, socket.gethostname(), start)  # not reaped yet: a zombie
+    child.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -101,20 +100,19 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         return 0
     from moat.run.execution import Options, Run
     from moat.run.report import reporter_for
-    from moat.run.signals import HANDLED
+    from moat.run.signals import RunSignals
     from moat.run.store import RunStore
 
     if detach and plan.interactive:
         raise UsageError("moat.yaml sets interactive: true; a detached run has no terminal (use --no-interactive)")
+    # The run's signal machine, before anything slow (an engine SDK's import): a Ctrl-C from now on
+    # cancels the run, and after it (while a detached run's id is printed) one is ignored.
+    signals = RunSignals().install()
     reporter = reporter_for()
     if note:
         reporter.info(note)
-    # Outside the run's own signal machine (just before it, and after it until moat exits: the
-    # printing of a detached run's id) a signal is ignored, not a death with nothing said.
-    for signum in HANDLED:
-        signal.signal(signum, signal.SIG_IGN)
     run_ = Run(plan, select.make(plan.runtime, plan.home, plan.identity), RunStore(plan.home), reporter,
-               Options(keep=keep, rebuild=rebuild))
+               Options(keep=keep, rebuild=rebuild), signals=signals)
     outcome = run_.execute(detach=detach)
     if outcome.handed_off:
         click.echo(f"{plan.run_id} {plan.name}")

@@ -31,7 +31,7 @@ from moat.run.pod import AgentState, CacheHolds, Pod, Remover
 from moat.run.registry import Registry
 from moat.run.report import Reporter
 from moat.run.scope import Scope
-from moat.run.signals import TEARDOWN, Interrupted, RunSignals
+from moat.run.signals import DONE, TEARDOWN, Interrupted, RunSignals
 from moat.run.startup import Started, Startup
 from moat.run.store import RunRecord, RunStore
 from moat.run.teardown import close
@@ -61,7 +61,9 @@ class Run:
     """One run, executed in this process (``execute``) or adopted by a supervisor (``supervisor.py``)."""
 
     def __init__(self, plan: Plan, runtime: Runtime, store: RunStore, reporter: Reporter,
-                 options: Options | None = None) -> None:
+                 options: Options | None = None, signals: RunSignals | None = None) -> None:
+        """``signals``: a machine the caller installed already (the CLI does, before anything slow,
+        so that not even a Ctrl-C in moat's first moments is lost); it stays installed after the run."""
         self.plan = plan
         self.runtime = runtime
         self.store = store
@@ -69,7 +71,10 @@ class Run:
         self.options = options or Options()
         self.masker = Masker(plan.secrets)
         masking.register(self.masker)
-        self.signals = RunSignals(on_notice=self._notice, on_abandon=self._abandon)
+        self._owns_signals = signals is None
+        self.signals = signals or RunSignals()
+        self.signals.on_notice = self._notice
+        self.signals.on_abandon = self._abandon
         self.timeline = Timeline()
         self.agent_state = AgentState(keep=self.options.keep)
         self.holds = CacheHolds(HostCache(plan.home))
@@ -85,13 +90,17 @@ class Run:
     def execute(self, *, detach: bool = False) -> Outcome:
         """Run the plan. Returns how it ended (the agent's exit code, or 128+signal); raises
         ``MoatError`` on failure, after teardown."""
-        self.signals.install()
+        if self._owns_signals:
+            self.signals.install()
         try:
             record = self._create_record(detach)
             self.open(record)
             return self.guarded(lambda: self._body(detach))
         finally:
-            self.signals.uninstall()
+            if self._owns_signals:
+                self.signals.uninstall()
+            else:
+                self.signals.enter(DONE)
             self.reporter.pause()
 
     def _create_record(self, detach: bool) -> RunRecord:

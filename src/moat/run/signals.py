@@ -45,6 +45,7 @@ HANDING_OFF = "handing-off"  # before the supervisor's commit: a signal cancels 
 HANDED_OFF = "handed-off"  # after it: signals are passed on to the supervisor
 AGENT = "agent"
 TEARDOWN = "teardown"
+DONE = "done"  # the run is over, moat is about to exit (printing a detached run's id): ignored
 
 
 class Interrupted(BaseException):
@@ -173,6 +174,8 @@ class RunSignals:
             self.phase_signals += 1
             insisting = (self.phase_signals >= ABANDON_AFTER
                          and time.monotonic() - self.phase_started >= INSIST_AFTER)
+        if phase == DONE:
+            return
         if insisting and not self.escape.is_set():
             self.escape.set()
             if phase == TEARDOWN:
