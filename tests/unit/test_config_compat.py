@@ -13,7 +13,7 @@ from moat.cli.deps import deps
 from moat.config.features import require_supported, unsupported
 from moat.config.load import load_config
 from moat.config.schema import ServiceOverride
-from moat.errors import EXIT_USAGE, UnsupportedFeatureError, UsageError
+from moat.errors import EXIT_USAGE, ConfigError, UnsupportedFeatureError, UsageError
 from tests.unit.support import CATALOG, config_error, only_problem, parse
 
 # --- agent blocks ----------------------------------------------------------------------------------
@@ -174,3 +174,36 @@ def test_deps_info_describes_what_exists(name: str, kind: str) -> None:
     result = CliRunner().invoke(deps, ["info", name, "--json"])
     assert result.exit_code == 0, result.output
     assert f'"type": "{kind}"' in result.output
+
+
+@pytest.mark.parametrize("text", ["dependncies:\n", "foo:\n", "network:\n  polcy:\n",
+                                  "dependencies: [redis]\nservices:\n  redis:\n    memroy:\n"])
+def test_an_unknown_key_with_no_value_is_still_an_unknown_key(text: str) -> None:
+    # Null meant "the default" for every key, known or not: `dependncies:` passed silently.
+    error = config_error(text)
+    assert any("unknown key" in p.message for p in error.problems), error.render()
+
+
+def test_a_config_that_is_not_a_regular_file_or_links_outside_the_workspace_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from moat.config.load import load_config
+
+    outside = tmp_path / "secret"
+    outside.write_text("root:$6$hash:19000:0:99999:7:::\n")
+    link = tmp_path / "ws1"
+    link.mkdir()
+    (link / "moat.yaml").symlink_to(outside)
+    with pytest.raises(ConfigError) as info:
+        load_config(link, CATALOG)
+    assert "outside the workspace" in info.value.render() and "$6$hash" not in info.value.render()
+    fifo = tmp_path / "ws2"
+    fifo.mkdir()
+    os.mkfifo(fifo / "moat.yaml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(fifo, CATALOG)
+    inside = tmp_path / "ws3"
+    inside.mkdir()
+    (inside / "shared.yaml").write_text("name: linked\n")
+    (inside / "moat.yaml").symlink_to(inside / "shared.yaml")  # a link within the workspace is fine
+    assert load_config(inside, CATALOG).model.name == "linked"

@@ -47,9 +47,24 @@ class Config:
 def find_config_file(workspace: Path) -> Path | None:
     for name in CONFIG_FILENAMES:
         candidate = workspace / name
-        if candidate.is_file():
+        if candidate.is_dir():
+            continue  # a directory of that name is not a config: the next name is looked at
+        if candidate.is_file() or candidate.is_symlink() or candidate.exists():
+            _check_readable_as_config(candidate, workspace)
             return candidate
     return None
+
+
+def _check_readable_as_config(file: Path, workspace: Path) -> None:
+    """A config is a regular file in the workspace. Not a FIFO (reading it would hang) nor a link to
+    a file elsewhere: moat may run as root for a workspace someone else controls, and what it reads
+    ends up in its messages (a link to /etc/shadow would print root's password hash)."""
+    if not file.is_file():
+        raise ConfigError(file, [Located((), "not a regular file (a FIFO, a device or a broken link?)")])
+    real, inside = file.resolve(), workspace.resolve()
+    if file.is_symlink() and not real.is_relative_to(inside):
+        raise ConfigError(file, [Located((), f"a link to {real}, outside the workspace")],
+                          hint="Copy the file into the workspace (moat reads only the workspace's own moat.yaml).")
 
 
 def load_config(workspace: Path, catalog: Catalog) -> Config:

@@ -105,8 +105,11 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
+        # Only a known key's null is its default: an unknown one (`dependncies:` with nothing after
+        # it) must still reach `extra="forbid"` and be reported.
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
+            known = {*cls.model_fields, *(f.alias for f in cls.model_fields.values() if f.alias)}
+            return {k: v for k, v in data.items() if v is not None or k not in known}
         return data
 
 

@@ -115,7 +115,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     text = dockerfile.render(inputs, catalog)
     # Services run in their own images: only what is built into the agent image names its tag.
     specs = sorted(d.spec for d in config.dependencies if d.type is not DepType.SERVICE)
-    image = ImageSpec(image_tag(specs, text), base, text, tuple(specs), identity.uid, identity.gid)
+    image = ImageSpec(image_tag(specs, text), base, text, tuple(specs), identity.uid, identity.gid,
+                      base_image_explicit=bool(model.base_image))
 
     services: list[ServiceSpec] = []
     secrets: set[str] = set()

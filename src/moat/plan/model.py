@@ -26,6 +26,7 @@ class ImageSpec:
     dependencies: tuple[str, ...]  # canonical specs, sorted
     uid: int
     gid: int
+    base_image_explicit: bool = False  # moat.yaml's base_image chose it
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def host_version(recipe_name: str, path: str, identity: Identity) -> HostVersion
     _, product, pattern = _VERSIONS[recipe_name]
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False,
-                             cwd="/", **launch.as_identity(identity))
+                             cwd="/", start_new_session=True, **launch.as_identity(identity))
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = pattern.search(out.stdout + out.stderr)
@@ -73,8 +73,43 @@ def _service_caveats(service: ServiceSpec, identity: Identity) -> list[str]:
     return notes
 
 
+# A runtime's program (as the catalog names it) → how to read its version from `PROGRAM --version`.
+_RUNTIME_VERSION = re.compile(r"(?:Python |v|go)([0-9]+(?:\.[0-9]+)*)")
+
+
+def _runtime_caveats(image: ImageSpec, identity: Identity) -> list[str]:
+    """Runtimes are the host's: one asked for at another version is said, as is a base image."""
+    from moat.catalog import Runtime  # noqa: PLC0415
+
+    catalog = load_catalog()
+    notes = []
+    for spec in image.dependencies:
+        name, _, version = spec.partition("@")
+        entry = catalog.get(name)
+        if not version or not isinstance(entry, Runtime):
+            continue
+        path = shutil.which(entry.binary)
+        if path is None:
+            continue  # checking the tools says what to install
+        flag = "version" if entry.binary == "go" else "--version"
+        try:
+            out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10, check=False, cwd="/",
+                                 start_new_session=True, **launch.as_identity(identity))
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        match = _RUNTIME_VERSION.search(out.stdout + out.stderr)
+        actual = match.group(1) if match else None
+        if actual is None or not _matches(version, actual):
+            notes.append(f"{name} {version} requested: the sandbox runs the host's {name}"
+                         f" {actual or '(version unknown)'} ({path})")
+    if image.base_image_explicit:
+        notes.append(f"base_image ({image.base_image}) is not used: the sandbox runs the agent on the host's own"
+                     " system")
+    return notes
+
+
 def caveats(plan: Plan, identity: Identity, limits: cgroups.Cgroups) -> list[str]:
-    notes: list[str] = []
+    notes: list[str] = _runtime_caveats(plan.image, identity)
     for service in plan.services:
         notes += _service_caveats(service, identity)
         why = limits.unenforceable("memory")

@@ -87,16 +87,20 @@ class SandboxRuntime:
             if shutil.which(program) is None:
                 raise EngineError(f"the sandbox runtime needs `{program}`, which is not installed",
                                   hint=boxes.INSTALL_HINT)
+        # In a session of its own, like every process the sandbox starts: the terminal's Ctrl-C is the
+        # run's to handle (a cancel), not a reason for the probe to die and say bubblewrap failed.
         probe = subprocess.run(
             ["bwrap", "--unshare-user", "--unshare-net", "--ro-bind", "/", "/", "/bin/sh", "-c", ":"],
-            capture_output=True, text=True, check=False, cwd="/", **launch.as_identity(self.identity))
+            capture_output=True, text=True, check=False, cwd="/", start_new_session=True,
+            **launch.as_identity(self.identity))
         if probe.returncode != 0:
             raise EngineError(f"bubblewrap cannot create namespaces here: {probe.stderr.strip()}",
                               hint="Unprivileged user namespaces must be enabled "
                                    "(sysctl kernel.unprivileged_userns_clone=1), or use --runtime docker.")
 
     def version(self) -> str:
-        out = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False,
+                             start_new_session=True).stdout
         return f"sandbox ({out.strip() or 'bubblewrap'})"
 
     def caveats(self, plan: Plan) -> list[str]:

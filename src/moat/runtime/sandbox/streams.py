@@ -49,7 +49,7 @@ def spawn_exec(holder: int, init: int, command: Sequence[str], env: Mapping[str,
     process = subprocess.Popen(
         [*launch.enter_container(holder, init), "/bin/sh", "-c", script, *command], env=dict(env), cwd="/",
         stdin=subprocess.PIPE if gated else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        **launch.as_identity(identity))
+        start_new_session=True, **launch.as_identity(identity))
     if gated and process.stdin is not None:
         # nsenter forks into the container's pid namespace; that child waits on the gate.
         parent, deadline = Proc.of(process.pid), time.monotonic() + GATE_TIMEOUT
