@@ -105,6 +105,10 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
 
     if detach and plan.interactive:
         raise UsageError("moat.yaml sets interactive: true; a detached run has no terminal (use --no-interactive)")
+    if keep and plan.runtime == "sandbox":
+        raise UsageError("--keep keeps the agent's stopped container for a look; the sandbox runtime has none"
+                         " (its agent's processes end with the run)",
+                         hint="Run without --keep, or use --runtime docker.")
     # The run's signal machine, before anything slow (an engine SDK's import): a Ctrl-C from now on
     # cancels the run, and after it (while a detached run's id is printed) one is ignored.
     signals = RunSignals().install()

@@ -88,16 +88,18 @@ def _runtime_caveats(image: ImageSpec, identity: Identity) -> list[str]:
         entry = catalog.get(name)
         if not version or not isinstance(entry, Runtime):
             continue
-        path = shutil.which(entry.binary)
+        env = launch.base_env(identity)  # the agent's own PATH: what it will run is what counts
+        path = shutil.which(entry.binary, path=env["PATH"])
         if path is None:
             continue  # checking the tools says what to install
         flag = "version" if entry.binary == "go" else "--version"
         try:
             out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10, check=False, cwd="/",
-                                 start_new_session=True, **launch.as_identity(identity))
+                                 env=env, start_new_session=True, **launch.as_identity(identity))
+            said = out.stdout + out.stderr
         except (OSError, subprocess.TimeoutExpired):
-            continue
-        match = _RUNTIME_VERSION.search(out.stdout + out.stderr)
+            said = ""
+        match = _RUNTIME_VERSION.search(said)
         actual = match.group(1) if match else None
         if actual is None or not _matches(version, actual):
             notes.append(f"{name} {version} requested: the sandbox runs the host's {name}"
