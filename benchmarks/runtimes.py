@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MOAT = [sys.executable, "-m", "moat.cli.main"]
+MOAT = [sys.executable, "-m", "moat"]
 WORKSPACE_UID = 1000  # the sandbox never runs as root: as root, workspaces belong to this uid
 CASES = {
     "true": "name: bench-true\n",

@@ -53,7 +53,7 @@ class Result:
 
 
 def moat_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "moat.cli.main", *args]
+    return [sys.executable, "-m", "moat", *args]
 
 
 def run_moat(args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,

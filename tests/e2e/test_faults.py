@@ -404,13 +404,28 @@ def test_a_ctrl_c_just_after_the_hand_off_is_the_supervisors_to_answer(engine: D
         run_id = wait_for(lambda b=before: [r["id"] for r in runs(moat_home) if r["id"] not in b], what="run")[0]
         wait_for(lambda rid=run_id, pid=proc.pid: metadata(moat_home, rid)["pid"] != pid, timeout=60, what="the commit")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (0, 130), err
-        assert "could not take the run over" not in err and "internal error" not in err
-        if proc.returncode == 130:  # it landed before the agent started: the supervisor tore down
-            final = wait_for(lambda rid=run_id: metadata(moat_home, rid).get("ended_at") and metadata(moat_home, rid),
-                             60, "the teardown")
-            assert final["state"] == "interrupted"
-        else:  # after: the run is running in the background, as `run -d` promised
+        try:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 130), err  # never killed by the signal itself (-2)
+            assert "could not take the run over" not in err and "internal error" not in err
+            if proc.returncode == 130:  # it landed before the agent started: the supervisor tore down
+                final = wait_for(lambda rid=run_id: metadata(moat_home, rid).get("ended_at")
+                                 and metadata(moat_home, rid), 60, "the teardown")
+                assert final["state"] == "interrupted"
+        finally:  # 0: the run is running in the background, as `run -d` promised; either way it ends here
             assert run_moat(["stop", run_id]).code == 0
         assert left_for(engine, run_id) == []
+
+
+@pytest.mark.parametrize("after", [0.05, 0.15, 0.3, 0.45, 0.6])
+def test_a_ctrl_c_in_moats_first_moments_cancels_the_run(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
+                                                         after: float) -> None:
+    # Signals used to be ignored (not queued) until the engine's SDK was imported: the run went ahead.
+    workspace = write_workspace(tmp_path / "ws", "name: early\n")
+    proc = start_moat(["run", "--runtime", "docker", str(workspace), "--", "sleep", "5"])
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    for run in runs(moat_home):
+        assert run["state"] == "interrupted" and left_for(engine, run["id"]) == []

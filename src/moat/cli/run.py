@@ -117,7 +117,10 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         reporter.info(note)
     run_ = Run(plan, select.make(plan.runtime, plan.home, plan.identity), RunStore(plan.home), reporter,
                Options(keep=keep, rebuild=rebuild), signals=signals)
-    outcome = run_.execute(detach=detach)
+    try:
+        outcome = run_.execute(detach=detach)
+    finally:
+        signals.ignore_from_now()
     if outcome.handed_off:
         click.echo(f"{plan.run_id} {plan.name}")
         return 0

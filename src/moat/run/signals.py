@@ -110,6 +110,15 @@ class RunSignals:
         if self._stop_timer is not None:
             self._stop_timer.cancel()
 
+    def ignore_from_now(self) -> None:
+        """The run is over and moat is leaving: signals are ignored from here to the process's very end
+        (Python resets its own handlers to the default as it shuts down: a late Ctrl-C would kill the
+        process with a signal's status instead of moat's exit code)."""
+        self.enter(DONE)
+        if threading.current_thread() is threading.main_thread():
+            for signum in HANDLED:
+                signal.signal(signum, signal.SIG_IGN)
+
     def _handler(self, signum: int, _frame: FrameType | None) -> None:
         # SimpleQueue.put is reentrant: safe in a handler, whatever the main thread was doing.
         self._queue.put(signum)
