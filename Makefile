@@ -25,7 +25,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The credential proxy runs mitmproxy in a virtualenv of its own (.venv/proxy): mitmproxy 11 pins
+# ruamel.yaml, h11 and cryptography below what moat itself uses. moat finds it beside its own.
+PROXY_STAMP := $(VENV)/proxy/.installed-stamp
+$(PROXY_STAMP): pyproject.toml $(STAMP)
+	$(PYTHON) -m venv $(VENV)/proxy
+	$(VENV)/proxy/bin/pip install --quiet --disable-pip-version-check 'mitmproxy==11.0.2'
+	$(VENV)/proxy/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(PROXY_STAMP)
+
+install: $(STAMP) $(PROXY_STAMP)
 
 engine:
 	bash engine/ensure.sh
