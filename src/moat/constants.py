@@ -15,6 +15,10 @@ AGENT_ENV_PREFIX = "MOAT_"
 AGENT_ENV_RUN_ID = "MOAT_RUN_ID"
 AGENT_ENV_RUN_NAME = "MOAT_RUN_NAME"
 
+# The run store: MOAT_HOME/runs/<run-id>/…
+RUNS_DIR = "runs"
+NETWORK_TRACE = "network.jsonl"  # every request the run made through the proxy
+
 # Image tags and names.
 AGENT_IMAGE_REPO = "moat/run"
 RUN_ID_PREFIX = "run_"

@@ -7,6 +7,7 @@ teardown) is tested without an engine or a socket. Faults are injected by operat
 from __future__ import annotations
 
 import threading
+from typing import Any
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -137,6 +138,10 @@ class FakeRuntime:
         with self.lock:
             self.networks[name] = dict(labels)
         return name
+
+    def host_gateway(self) -> str:
+        self._check("host_gateway", "")
+        return "172.17.0.1"
 
     def remove_network(self, name: str) -> None:
         self._check("remove_network", name)
@@ -294,3 +299,38 @@ class FakeRuntime:
 
 
 wait_until = wait_for  # the same patience as the end-to-end tests
+
+
+class FakeProxy:
+    """moat's proxy as a run sees it (``moat.run.proxyuse.ProxyClient``), recording every call."""
+
+    def __init__(self, port: int = 41234) -> None:
+        self.port = port
+        self.calls: list[tuple[str, str]] = []
+        self.registered: dict[str, Any] = {}  # run id → Registration
+        self.faults: dict[str, Callable[[], None]] = {}
+        self.lock = threading.Lock()
+
+    def _check(self, operation: str, detail: str = "") -> None:
+        with self.lock:
+            self.calls.append((operation, detail))
+        fault = self.faults.get(operation)
+        if fault is not None:
+            fault()
+
+    def ensure_running(self) -> None:
+        self._check("ensure_running")
+
+    def listen(self, host: str) -> int:
+        self._check("listen", host)
+        return self.port
+
+    def register(self, registration: Any) -> None:
+        self._check("register", registration.run_id)
+        with self.lock:
+            self.registered[registration.run_id] = registration
+
+    def unregister(self, run_id: str) -> None:
+        self._check("unregister", run_id)
+        with self.lock:
+            self.registered.pop(run_id, None)

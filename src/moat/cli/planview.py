@@ -7,6 +7,24 @@ import shlex
 from moat.plan.model import Plan
 
 
+def _proxy_lines(plan: Plan) -> list[str]:
+    """The grants, by host and header name: never a value."""
+    if plan.proxy is None:
+        return []
+    shown = plan.to_dict()["proxy"]
+    out = ["", f"Proxy (moat's credential proxy, reached at {shown['address']}; CA {plan.proxy.ca_path})"]
+    for grant in shown["grants"]:
+        for rule in grant["headers"]:
+            out.append(f"  grant {grant['grant']:<12} {', '.join(rule['hosts'])}: sets {', '.join(rule['set'])}"
+                       + (f", removes {', '.join(rule['remove'])}" if rule["remove"] else ""))
+        for rule in grant["substitutions"]:
+            out.append(f"  grant {grant['grant']:<12} {', '.join(rule['hosts'])}: its placeholder replaced")
+    if shown["host_ports"]:
+        out.append(f"  host ports   {', '.join(map(str, shown['host_ports']))} (as moat-host)")
+    out.append(f"  trace        {shown['trace_file']}")
+    return out
+
+
 def render_plan(plan: Plan) -> str:
     mask = plan.masker()
     out = [
@@ -64,8 +82,12 @@ def render_plan(plan: Plan) -> str:
     out += [f"  mount         {m.source} → {m.target}" + (" (read-only)" if m.read_only else "") for m in agent.mounts]
     if agent.held:
         out.append("  started while the services start, held until its turn (its go line on stdin)")
+    out += _proxy_lines(plan)
     out += ["", "Agent environment"]
     out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items())]
+    if plan.proxy is not None:
+        address = plan.to_dict()["proxy"]["url"]
+        out += [f"  {k}={address}" for k in ("HTTPS_PROXY", "HTTP_PROXY", "http_proxy", "https_proxy")]
     out += ["", f"Command  {shlex.join(mask.text(a) for a in plan.command)}"
             + ("  (interactive)" if plan.interactive else ""), "", "Dockerfile"]
     out += [f"  {line}" for line in plan.image.dockerfile.rstrip().splitlines()]

@@ -45,6 +45,9 @@ class GrantRules:
     grant: str  # the grant as the run named it, e.g. "github"; what the trace records
     injections: tuple[HeaderInjection, ...] = ()
     substitutions: tuple[Substitution, ...] = ()
+    # Every form of the credential that must be masked where it could show (the token itself, a
+    # base64 form in a Basic header): the header values alone would not mask the bare token.
+    values: tuple[str, ...] = ()
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -57,7 +60,13 @@ class GrantRules:
 
     def secret_values(self) -> set[str]:
         """Every value that must never be written anywhere (for the masks)."""
-        values = {v for rule in self.injections for _, v in rule.set}
+        values = set(self.values)
+        for rule in self.injections:
+            for _, value in rule.set:
+                values.add(value)
+                scheme, space, credential = value.partition(" ")
+                if space and scheme.isalpha():  # "Bearer <token>": the token on its own too
+                    values.add(credential)
         values |= {s.value for s in self.substitutions}
         return {v for v in values if v}
 
@@ -84,6 +93,7 @@ class Registration:
                                     "remove": list(i.remove)} for i in g.injections],
                     "substitutions": [{"hosts": list(s.hosts), "placeholder": s.placeholder, "value": s.value}
                                       for s in g.substitutions],
+                    "values": list(g.values),
                 }
                 for g in self.grants
             ],
@@ -101,6 +111,7 @@ class Registration:
                                                  tuple(i.get("remove", ()))) for i in g.get("injections", ())),
                 substitutions=tuple(Substitution(tuple(s["hosts"]), str(s["placeholder"]), str(s["value"]))
                                     for s in g.get("substitutions", ())),
+                values=tuple(str(v) for v in g.get("values", ())),
             )
             for g in data.get("grants", ())
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets as secrets_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,14 @@ from moat.constants import (
     LABEL_RUN_ID,
     LABEL_SERVICE,
     NETWORK_PREFIX,
+    NETWORK_TRACE,
     ROLE_AGENT,
     ROLE_SERVICE,
+    RUNS_DIR,
     RUNTIMES,
     WORKSPACE_MOUNT,
 )
+from moat.credentials.rules import Registration
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
@@ -36,6 +40,17 @@ from moat.plan.contract import contract, generate_password
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
+from moat.plan.proxy import (
+    CA_DIR,
+    CA_FILE_NAME,
+    HOST_GATEWAY,
+    PROXY_HOST,
+    ProxySpec,
+    ResolvedGrant,
+    Route,
+    reserved_names,
+    static_env,
+)
 
 # Variable names as the Go tool takes them (MY-VAR too): anything but '=', spaces and control characters.
 _ENV_NAME = re.compile(r"^[^=\s\x00-\x1f\x7f]+$")
@@ -58,11 +73,17 @@ class RuntimeTraits:
     # An agent running as uid 0 is confined (a container without capabilities). The sandbox shows
     # the agent the host's own files, which root owns: there uid 0 is never an option.
     contains_root: bool
+    # How the agent reaches moat's proxy (see plan.proxy), and where moat's CA is mounted for it (the
+    # sandbox shows the host's /etc read-only: nothing can be mounted below it).
+    proxy_route: Route
+    ca_path: str
 
 
 TRAITS = {
-    "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True),
-    "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False),
+    "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
+                            proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}"),
+    "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
+                             proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}"),  # noqa: S108 — its private /tmp
 }
 
 
@@ -82,6 +103,9 @@ class RunRequest:
     scratch_root: Path = Path("/tmp")  # noqa: S108 — where per-run private directories go
     stdin_is_terminal: bool = False  # decides whether the default shell is interactive
     host_env: Mapping[str, str] = field(default_factory=dict)
+    grants: tuple[ResolvedGrant, ...] = ()  # moat.yaml's and --grant's, resolved from the credential store
+    secrets: Mapping[str, str] = field(default_factory=dict)  # moat.yaml's secrets, resolved (name → value)
+    proxy_ca: Path | None = None  # moat's public CA certificate, when the run uses the proxy
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str) -> str:
@@ -93,7 +117,8 @@ def image_tag(dependency_specs: list[str], dockerfile_text: str) -> str:
 
 
 def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id: str | None = None,
-               new_password: Callable[[], str] = generate_password) -> Plan:
+               new_password: Callable[[], str] = generate_password,
+               new_token: Callable[[], str] = lambda: secrets_module.token_hex(32)) -> Plan:
     model = config.model
     run_id = run_id or new_run_id()
     name = _run_name(request.name, model.name)
@@ -129,20 +154,30 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         services.append(service_spec)
         secrets |= service_secrets
 
+    proxy = _proxy_spec(config, request, run_id, traits, new_token)
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name}
     for service in services:
         env.update(service.agent_env)
-    injected = set(env)
-    clashes = [k for k in model.env if k in injected]
+    proxy_env: dict[str, str] = {}
+    if proxy is not None:
+        grant_env = {k: v for g in request.grants for k, v in g.env.items()}
+        proxy_env = static_env(proxy, tuple(s.name for s in services), grant_env)
+        env.update(proxy_env)
+        secrets |= proxy.registration.secret_values()
+    injected = set(env) | reserved_names(proxy)
+    clashes = [("env", k) for k in model.env if k in injected]
+    clashes += [("secrets", k) for k in model.secrets if k in injected]
     if clashes:
         raise ConfigError(config.file, [
-            Located(("env", k), f"{k} is set by moat for the agent; choose another name",
-                    *config.marks.locate(("env", k), prefer_key=True))
-            for k in clashes
+            Located(where, _clash(where[1], env), *config.marks.locate(where, prefer_key=True))
+            for where in clashes
         ])
     env.update(model.env)
-    env.update(_cli_env(request, injected))
-    secrets |= credential_values(env)
+    env.update(request.secrets)  # moat.yaml's secrets, resolved: values the agent needs, masked everywhere
+    secrets |= {v for v in request.secrets.values() if v}
+    env.update(_cli_env(request, injected | set(request.secrets)))
+    # moat's own proxy settings and placeholders are no secrets (GIT_CONFIG_KEY_0 names a git setting).
+    secrets |= credential_values({k: v for k, v in env.items() if k not in proxy_env or env[k] != proxy_env[k]})
 
     interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
@@ -166,7 +201,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         command=(*HOLD_WRAPPER, *command) if held else tuple(command),
         env=env,
         working_dir=WORKSPACE_MOUNT,
-        mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),),
+        mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
+                *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ())),
+        extra_hosts=_proxy_hosts(proxy),
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
         # workspace) this leaves it owning root's files in /workspace and nothing more.
@@ -200,7 +237,40 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         interactive=interactive,
         limits=limits,
         secrets=frozenset(secrets),
+        proxy=proxy,
     )
+
+
+def _clash(name: str, env: Mapping[str, str]) -> str:
+    if name in env:
+        return f"{name} is set by moat for the agent; choose another name"
+    return f"{name} would send the agent around moat's proxy, which this run's grants need; remove it"
+
+
+def _proxy_spec(config: Config, request: RunRequest, run_id: str, traits: RuntimeTraits,
+                new_token: Callable[[], str]) -> ProxySpec | None:
+    """The run goes through moat's proxy when it has grants or opens host ports (network.host)."""
+    model = config.model
+    if not request.grants and not model.network.host:
+        return None
+    if request.proxy_ca is None:
+        raise UsageError("this run needs moat's proxy, but its CA was not prepared (a bug in the caller)")
+    registration = Registration(
+        run_id=run_id,
+        token=new_token(),
+        grants=tuple(g.rules for g in request.grants),
+        trace_file=str(request.home / RUNS_DIR / run_id / NETWORK_TRACE),
+        host_ports=tuple(model.network.host),
+    )
+    return ProxySpec(registration, str(request.proxy_ca), traits.ca_path, traits.proxy_route,
+                     tuple(g.name for g in request.grants))
+
+
+def _proxy_hosts(proxy: ProxySpec | None) -> tuple[tuple[str, str], ...]:
+    """Docker: moat-proxy and moat-host are the engine's host gateway, where the proxy listens."""
+    if proxy is None or proxy.route != "gateway":
+        return ()
+    return ((PROXY_HOST, "host-gateway"), (HOST_GATEWAY, "host-gateway"))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class ContainerSpec:
     service: str | None = None  # the service's name, for a sidecar
     hostname: str | None = None
     aliases: tuple[str, ...] = ()  # names it answers to on the run network
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # /etc/hosts entries: (name, address or "host-gateway")
     working_dir: str | None = None
     mounts: tuple[Mount, ...] = ()
     tmpfs: tuple[str, ...] = ()  # directories kept in memory
@@ -69,6 +70,7 @@ class ContainerSpec:
             "env": mask.mapping(self.env),
             "hostname": self.hostname,
             "aliases": list(self.aliases),
+            "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "working_dir": self.working_dir,
             "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only} for m in self.mounts],
             "tmpfs": list(self.tmpfs),

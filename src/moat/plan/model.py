@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from moat.catalog.model import Provisions
+from moat.constants import MASK
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
+from moat.plan.proxy import PROXY_HOST, PROXY_USER, ProxySpec
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Plan:
     interactive: bool
     limits: Limits
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    proxy: ProxySpec | None = field(default=None, repr=False)  # when the run goes through moat's proxy
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -166,7 +169,35 @@ class Plan:
                 "dns": list(self.limits.dns),
                 "ulimits": {k: {"soft": s, "hard": h} for k, (s, h) in self.limits.ulimits.items()},
             },
+            "proxy": None if self.proxy is None else _proxy_dict(self.proxy, mask),
         }
+
+
+def _proxy_dict(proxy: ProxySpec, mask: Masker) -> dict[str, Any]:
+    """What the proxy will do for the run, without a single secret: hosts and header names only."""
+    registration = proxy.registration
+    if proxy.route == "relay":
+        host, port = proxy.address(None)
+        address = f"{host}:{port}"
+    else:
+        address = f"{PROXY_HOST}:<port chosen when the proxy starts>"
+    return {
+        "route": proxy.route,
+        "address": address,
+        "url": f"http://{PROXY_USER}:{MASK}@{address}",
+        "ca": {"host_file": proxy.ca_file, "path": proxy.ca_path},
+        "grants": [
+            {
+                "grant": g.grant,
+                "headers": [{"hosts": list(i.hosts), "set": [n for n, _ in i.set], "remove": list(i.remove)}
+                            for i in g.injections],
+                "substitutions": [{"hosts": list(s.hosts)} for s in g.substitutions],
+            }
+            for g in registration.grants
+        ],
+        "host_ports": list(registration.host_ports),
+        "trace_file": registration.trace_file,
+    }
 
 
 def _service_dict(service: ServiceSpec, mask: Masker) -> dict[str, Any]:

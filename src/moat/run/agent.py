@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from moat.errors import EngineError
 from moat.files import now_iso
 from moat.masking import Masker
+from moat.plan.containers import ContainerSpec
 from moat.plan.model import Plan
 from moat.run.events import RunEvents
 from moat.run.output import relay
@@ -38,8 +39,11 @@ class AgentOutcome:
 
 class AgentRun:
     def __init__(self, plan: Plan, pod: Pod, events: RunEvents, signals: RunSignals, agent_state: AgentState,
-                 timeline: Timeline, masker: Masker) -> None:
+                 timeline: Timeline, masker: Masker, spec: ContainerSpec | None = None) -> None:
+        """``spec``: the agent's container as start-up completed it (the proxy's address); the plan's
+        by default."""
         self.plan = plan
+        self.spec = spec or plan.agent
         self.pod = pod
         self.runtime: Runtime = pod.runtime
         self.events = events
@@ -66,8 +70,8 @@ class AgentRun:
         return AgentOutcome(code, tuple(self.signals.forwarded))
 
     def _create(self) -> str:
-        container_id = self.pod.create_container(self.plan.agent)
-        self.events.record.update(agent={"container_name": self.plan.agent.name, "container_id": container_id})
+        container_id = self.pod.create_container(self.spec)
+        self.events.record.update(agent={"container_name": self.spec.name, "container_id": container_id})
         return container_id
 
     def _went(self, container_id: str) -> None:

@@ -28,6 +28,7 @@ from moat.run import reaper
 from moat.run.agent import AgentRun
 from moat.run.events import RunEvents
 from moat.run.pod import AgentState, CacheHolds, Pod, Remover
+from moat.run.proxyuse import DaemonProxy, ProxyClient
 from moat.run.registry import Registry
 from moat.run.report import Reporter
 from moat.run.scope import Scope
@@ -61,10 +62,13 @@ class Run:
     """One run, executed in this process (``execute``) or adopted by a supervisor (``supervisor.py``)."""
 
     def __init__(self, plan: Plan, runtime: Runtime, store: RunStore, reporter: Reporter,
-                 options: Options | None = None, signals: RunSignals | None = None) -> None:
+                 options: Options | None = None, signals: RunSignals | None = None,
+                 proxy: ProxyClient | None = None) -> None:
         """``signals``: a machine the caller installed already (the CLI does, before anything slow,
-        so that not even a Ctrl-C in moat's first moments is lost); it stays installed after the run."""
+        so that not even a Ctrl-C in moat's first moments is lost); it stays installed after the run.
+        ``proxy``: how the run talks to moat's credential proxy (the shared daemon by default)."""
         self.plan = plan
+        self.proxy: ProxyClient = proxy or DaemonProxy(plan.home)
         self.runtime = runtime
         self.store = store
         self.reporter = reporter
@@ -125,7 +129,7 @@ class Run:
         """The run's record, events, scope and pod (a supervisor calls it with the record it reopened)."""
         self._record = record
         self._events = RunEvents(self.reporter, record, self.masker)
-        self._remover = Remover(self.plan, self.runtime, record, self.holds, self.agent_state)
+        self._remover = Remover(self.plan, self.runtime, record, self.holds, self.agent_state, self.proxy)
         self._scope = Scope(remove=self._remover)
         self._pod = Pod(self.plan, self.runtime, self._scope, owner_labels(self.plan.home), self.holds)
 
@@ -138,7 +142,7 @@ class Run:
         self.record.update(state="starting")
         self._reap_orphans()
         started = Startup(plan, self.pod, events, self.signals, self.holds.cache, self.timeline, self.masker,
-                          rebuild=self.options.rebuild).run()
+                          rebuild=self.options.rebuild, proxy=self.proxy).run()
         self.signals.checkpoint()
         if detach:
             from moat.run.handoff import hand_off  # noqa: PLC0415 — only detached runs need it
@@ -152,7 +156,8 @@ class Run:
         if echo:
             events.pause()
         result = AgentRun(self.plan, self.pod, events, self.signals, self.agent_state, self.timeline,
-                          self.masker).run(started.agent, echo=echo, started=on_started)
+                          self.masker, spec=started.agent_spec(self.plan)).run(started.agent, echo=echo,
+                                                                                started=on_started)
         if result.signals:
             names = ", ".join(signal.Signals(s).name for s in result.signals)
             events.log(f"the agent was sent {names} and exited with code {result.exit_code}")

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from moat.cache import HostCache
 from moat.constants import LABEL_RUN_ID
+from moat.credentials.rules import Registration
 from moat.errors import MoatError
 from moat.files import private_dir
 from moat.plan.containers import ContainerSpec
 from moat.plan.model import Plan
+from moat.run.proxyuse import ProxyClient
 from moat.run.scope import Resource, Scope
 from moat.run.store import SERVICE_LOGS_DIR, RunRecord
 from moat.runtime.base import Runtime
@@ -33,6 +35,7 @@ NETWORK = "network"
 CONTAINER = "container"
 CACHE_HOLD = "cache-hold"
 SWEEP = "sweep"
+PROXY_REGISTRATION = "proxy-registration"
 
 
 class TeardownProblem(MoatError):
@@ -73,6 +76,14 @@ class Pod:
         plan = self.plan
         self.runtime.create_network(plan.network, {**plan.labels, **self.owner_labels}, str(plan.scratch))
         self.network = self.scope.add(Resource(NETWORK, plan.network, f"network {plan.network}"), [self.sweep])
+
+    def register_proxy(self, proxy: ProxyClient, registration: Registration) -> Resource:
+        """The run's grants and token in the shared proxy, until teardown unregisters them. In the
+        scope before the call: a registration that answered too late is still removed."""
+        resource = self.scope.add(Resource(PROXY_REGISTRATION, registration.run_id, "the run's grants in moat's proxy"),
+                                  [self.sweep])
+        proxy.register(registration)
+        return resource
 
     def hold_cache(self, service: str, abort: threading.Event) -> Resource:
         """The shared in-use lock on a service's host cache, for as long as its sidecar has it."""
@@ -127,8 +138,9 @@ class Remover:
     """How each kind of resource goes away (the scope calls it, children before parents)."""
 
     def __init__(self, plan: Plan, runtime: Runtime, record: RunRecord, holds: CacheHolds,
-                 agent: AgentState) -> None:
+                 agent: AgentState, proxy: ProxyClient) -> None:
         self.plan = plan
+        self.proxy = proxy
         self.runtime = runtime
         self.record = record
         self.holds = holds
@@ -146,6 +158,8 @@ class Remover:
             self.holds.release(resource.id)
         elif resource.kind == SWEEP:
             self._sweep()
+        elif resource.kind == PROXY_REGISTRATION:
+            self.proxy.unregister(resource.id)
         else:
             raise TeardownProblem(f"moat does not know how to remove a {resource.kind}")
 

@@ -1,6 +1,7 @@
 """Phase 1 of a run: the pod's network, then the agent's image and every service, in parallel.
 
     network ─┬─ agent image (build if missing) ─ (held agent: created and started, waiting) ─┐
+             ├─ the proxy (grants): daemon → listener → registration ──┘ (before the agent)   │
              └─ each service: image → container → start → ready → provision ─────────────────┴─► agent
 
 The first failure stops the others; a cancel (a signal) stops everything at the next safe point.
@@ -14,15 +15,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moat.cache import HostCache, LockAborted, LockTimeout
 from moat.constants import LABEL_ROLE, ROLE_IMAGE
 from moat.errors import EngineError, MoatError
 from moat.masking import Masker
+from moat.plan.containers import ContainerSpec
 from moat.plan.model import Plan, ServiceSpec
 from moat.run.events import RunEvents
 from moat.run.pod import Pod
+from moat.run.proxyuse import ProxyClient
 from moat.run.scope import Resource
 from moat.run.signals import RunSignals
 from moat.run.timeline import Timeline
@@ -56,12 +59,21 @@ def still_waiting(runtime: Runtime, agent: str, masker: Masker) -> None:
 class Started:
     services: dict[str, str] = field(default_factory=dict)  # service name → container id
     agent: str | None = None  # the held agent's container, when the plan holds it
+    agent_env: dict[str, str] = field(default_factory=dict)  # known once started: the proxy's address
+
+    def agent_spec(self, plan: Plan) -> ContainerSpec:
+        """The agent's container as planned, with what start-up learnt."""
+        if not self.agent_env:
+            return plan.agent
+        return replace(plan.agent, env={**plan.agent.env, **self.agent_env})
 
 
 class Startup:
     def __init__(self, plan: Plan, pod: Pod, events: RunEvents, signals: RunSignals, cache: HostCache,
-                 timeline: Timeline, masker: Masker, rebuild: bool = False) -> None:
+                 timeline: Timeline, masker: Masker, rebuild: bool = False,
+                 proxy: ProxyClient | None = None) -> None:
         self.plan = plan
+        self.proxy = proxy
         self.pod = pod
         self.runtime: Runtime = pod.runtime
         self.events = events
@@ -74,6 +86,7 @@ class Startup:
         self.started = Started()
         self._lock = threading.Lock()
         self._containers_started = threading.Event()  # every service's container has been started
+        self._proxy_ready = threading.Event()  # the run's grants are in the proxy (or it has none)
         self._counted: set[str] = set()
 
     def run(self) -> Started:
@@ -85,8 +98,8 @@ class Startup:
         self.timeline.mark("network")
         if not self.plan.services:
             self._containers_started.set()
-        workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 1, thread_name_prefix="moat-start")
-        futures: list[Future[None]] = [workers.submit(self._agent)]
+        workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 2, thread_name_prefix="moat-start")
+        futures: list[Future[None]] = [workers.submit(self._agent), workers.submit(self._proxy)]
         futures += [workers.submit(self._service, spec) for spec in self.plan.services]
         try:
             self._wait(futures)
@@ -144,19 +157,52 @@ class Startup:
         self._ensure_agent_image()
         if not self.plan.agent.held:
             return  # created when its turn comes (in a detached run, by the supervisor)
-        # The engine starts containers one network operation at a time: the services go first.
-        while not self._containers_started.wait(POLL):
-            if self.abort.is_set():
-                raise Aborted
+        # The engine starts containers one network operation at a time: the services go first. The
+        # agent's environment names the proxy's address: known once the proxy listens.
+        for ready in (self._containers_started, self._proxy_ready):
+            while not ready.wait(POLL):
+                if self.abort.is_set():
+                    raise Aborted
         if self.abort.is_set():
             raise Aborted
-        agent = self.pod.create_container(self.plan.agent)
+        agent = self.pod.create_container(self.started.agent_spec(self.plan))
         self.events.record.update(agent={"container_name": self.plan.agent.name, "container_id": agent})
         if self.abort.is_set():
             raise Aborted
         self.runtime.start_container(agent)
         self.started.agent = agent
         self.timeline.mark("agent_held")
+
+    # --- the proxy: the run's grants registered, the agent told where it listens ---------------------
+
+    def _proxy(self) -> None:
+        spec = self.plan.proxy
+        if spec is None:
+            self._proxy_ready.set()
+            return
+        if self.proxy is None:
+            raise MoatError("this run has grants but no proxy to give them to (a bug in moat)")
+        key = "proxy"
+        self.events.task(key, "proxy")
+        try:
+            self._abortable(self.proxy.ensure_running)
+            port = None
+            if spec.route == "gateway":
+                port = self.proxy.listen(self.runtime.host_gateway())
+            if self.abort.is_set():
+                raise Aborted
+            self.pod.register_proxy(self.proxy, spec.registration)
+        except Aborted:
+            self.events.finish(key, "proxy: not waited for any more (the run is ending)", ok=None)
+            raise
+        except MoatError:
+            self.events.finish(key, "proxy: not ready", ok=False)
+            raise
+        self.started.agent_env = spec.proxy_env(port)
+        self.timeline.mark("proxy_ready")
+        grants = ", ".join(spec.grants) or "no grants"
+        self.events.finish(key, f"proxy ready ({grants})")
+        self._proxy_ready.set()
 
     def _ensure_agent_image(self) -> None:
         image = self.plan.image

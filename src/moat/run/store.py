@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from moat.constants import ENV_HOME
+from moat.constants import ENV_HOME, RUNS_DIR
 from moat.errors import MoatError, UsageError
 from moat.files import now_iso, overwrite_private, private_dir, write_private
 from moat.masking import Masker
@@ -147,7 +147,7 @@ class RunRecord:
 class RunStore:
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or moat_home()
-        self.runs = self.home / "runs"
+        self.runs = self.home / RUNS_DIR
 
     def create(self, run_id: str, masker: Masker, on_failure: Callable[[str], None] | None = None,
                **metadata: Any) -> RunRecord:

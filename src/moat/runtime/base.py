@@ -130,6 +130,10 @@ class Runtime(Protocol):
     def remove_network(self, name: str) -> None:
         """Idempotent: a network already gone is removed."""
 
+    def host_gateway(self) -> str:
+        """The host's address as containers reach it (``host-gateway``): where moat's proxy listens
+        for them. Only runtimes whose plans route the proxy through the gateway need one."""
+
     # --- containers ------------------------------------------------------------------------------
 
     def create_container(self, spec: ContainerSpec, labels: Mapping[str, str]) -> str:

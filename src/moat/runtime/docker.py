@@ -299,6 +299,23 @@ class DockerRuntime:
             name, driver="bridge", labels=dict(labels), check_duplicate=True))
         return str(network.id)
 
+    def host_gateway(self) -> str:
+        """The host's address that ``host-gateway`` in a container's hosts file stands for: the
+        gateway of the engine's default bridge (unless dockerd was given another host-gateway-ip)."""
+        def gateway() -> str:
+            info = self.api.inspect_network("bridge")
+            for config in (info.get("IPAM") or {}).get("Config") or []:
+                address = str(config.get("Gateway") or "")
+                if address and ":" not in address:
+                    return address
+            return ""
+
+        address = self._call("looking up the host gateway", gateway)
+        if not address:
+            raise EngineError("Docker's default bridge network has no IPv4 gateway: the agent could not reach"
+                              " moat's proxy", hint="Start dockerd with its default bridge (docker0).")
+        return address
+
     def remove_network(self, name: str) -> None:
         with _gone_is_fine(f"removing network {name}"):
             self.api.remove_network(name)
@@ -326,6 +343,7 @@ class DockerRuntime:
                 tmpfs={path: "rw" for path in spec.tmpfs} or None,
                 cap_drop=list(spec.cap_drop) or None,
                 security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
+                extra_hosts=dict(spec.extra_hosts) or None,
             )
             networking = api.create_networking_config(
                 {spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)})

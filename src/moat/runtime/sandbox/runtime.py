@@ -162,6 +162,9 @@ class SandboxRuntime:
     def disconnect(self, container_id: str, network: str) -> None:
         return None
 
+    def host_gateway(self) -> str:
+        raise EngineError("the sandbox reaches moat's proxy through a relay in the run's network, not a gateway")
+
     # --- containers ------------------------------------------------------------------------------
 
     def create_container(self, spec: ContainerSpec, labels: Mapping[str, str]) -> str:
