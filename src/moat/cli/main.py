@@ -26,6 +26,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "destroy": ("moat.cli.runs:destroy", "Remove finished runs' records."),
     "clean": ("moat.cli.maintenance:clean", "Remove orphaned containers, networks, volumes and unused images."),
     "status": ("moat.cli.maintenance:status", "Show the engine, active runs, disk use and orphans."),
+    "grant": ("moat.cli.grant:grant", "Store credentials (encrypted) for the proxy to inject; list, show them."),
+    "revoke": ("moat.cli.grant:revoke", "Remove a stored credential."),
+    "trace": ("moat.cli.trace:trace", "Show what a run did: --network lists its requests through the proxy."),
 }
 
 
