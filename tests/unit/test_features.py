@@ -13,8 +13,6 @@ from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
 
 UNSUPPORTED = [
     ("network:\n  policy: strict\n", "network.policy"),
-    ("grants: [github]\n", "grants"),
-    ("secrets: {TOKEN: op://vault/item/field}\n", "secrets"),
     ("mounts: [./data:/data]\n", "mounts"),
     ("mounts:\n  - source: ./data\n    target: /data\n", "mounts"),
     ("volumes: [{name: cache, target: /cache}]\n", "volumes"),
@@ -24,7 +22,6 @@ UNSUPPORTED = [
     ("mcp: [context7]\n", "mcp"),
     ("network:\n  rules: [api.github.com]\n", "network.rules"),
     ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
-    ("network:\n  host: [8080]\n", "network.host"),
     ("snapshots: {retention: {max_count: 3}}\n", "snapshots"),
     ("snapshots: {disabled: false}\n", "snapshots"),
     ("tracing: {disable_exec: false}\n", "tracing"),
@@ -93,21 +90,21 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     head = info.value.message.splitlines()[0]
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
-        "grants", "secrets", "network.policy", "network.rules", "network.keep_policy", "network.host", "mounts",
+        "network.policy", "network.rules", "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude", "codex", "copilot", "gemini", "kiro", "pi",
     ]
 
 
 def test_each_feature_says_where_and_why(workspace: Path) -> None:
-    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  policy: strict\ngrants: [github]\n")
+    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  policy: strict\nmounts: [./data:/data]\n")
     config = load_config(workspace, CATALOG)
     with pytest.raises(UnsupportedFeatureError) as info:
         require_supported(config)
     message = info.value.message
-    assert "not supported yet: grants, network.policy" in message
+    assert "not supported yet: network.policy, mounts" in message
     assert "network.policy (moat.yaml:3):" in message
-    assert "grants (moat.yaml:4):" in message
+    assert "mounts (moat.yaml:4):" in message
     assert "open network access" in message  # a security setting is never silently ignored
 
 

@@ -42,11 +42,16 @@ class RunCommand(click.Command):
               help="Return once the agent has started; a supervisor records it and tears the run down.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the agent image even if it is up to date.")
 @click.option("--keep", is_flag=True, help="Keep the agent container after it exits (services are removed).")
+@click.option("--grant", "grants", multiple=True, metavar="PROVIDER[:SCOPES]",
+              help="Give the agent a stored credential, injected by moat's proxy (repeatable; adds to"
+                   " moat.yaml's grants).")
+@click.option("--profile", help="The credential profile the grants come from (see `moat grant --profile`).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.pass_context
 def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
-        interactive: bool | None, detach: bool, rebuild: bool, keep: bool, dry_run: bool, as_json: bool) -> Any:
+        interactive: bool | None, detach: bool, rebuild: bool, keep: bool, grants: tuple[str, ...],
+        profile: str | None, dry_run: bool, as_json: bool) -> Any:
     """Run a command in an isolated container against the workspace PATH (default: .), with the
     services moat.yaml declares started, ready and described in MOAT_* variables.
 
@@ -57,10 +62,12 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     """
     from moat.catalog import load_catalog
     from moat.cli.planview import render_plan
+    from moat.cli.runinputs import grant_names, proxy_ca_for, resolve_grants, resolve_secrets
     from moat.config.features import require_supported
     from moat.config.load import load_config
     from moat.plan.build import RunRequest, build_plan
     from moat.plan.identity import agent_identity
+    from moat.plan.names import new_run_id
     from moat.run.store import moat_home
     from moat.runtime import select
 
@@ -78,6 +85,11 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     stat = workspace.stat()
     invoker = (os.getuid(), os.getgid())
+    home = moat_home()
+    run_id = new_run_id()
+    resolved = resolve_grants(grant_names(config.model.grants, grants), home, run_id, profile)
+    secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
+    proxy_ca = proxy_ca_for(home) if resolved or config.model.network.host else None
     request = RunRequest(
         workspace=workspace,
         command=ctx.meta.get(COMMAND_META, ()),
@@ -87,12 +99,15 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         interactive=interactive,
         identity=agent_identity(invoker, (stat.st_uid, stat.st_gid)),
         invoker=invoker,
-        home=moat_home(),
+        home=home,
         scratch_root=Path(tempfile.gettempdir()),
         stdin_is_terminal=sys.stdin.isatty() and sys.stdout.isatty() and not detach,
         host_env=dict(os.environ),
+        grants=resolved,
+        secrets=secrets,
+        proxy_ca=proxy_ca,
     )
-    plan = build_plan(config, request, catalog)
+    plan = build_plan(config, request, catalog, run_id=run_id)
     if dry_run:
         if note:
             click.echo(f"moat: {note}", err=True)

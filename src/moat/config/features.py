@@ -46,19 +46,16 @@ _SCHEMES = ", ".join(f"{s}://" for s in SECRET_SCHEMES)
 
 
 _FEATURES: tuple[Feature | ValuesFeature, ...] = (
-    Feature(("grants",), lambda c: bool(c.grants), "credential injection (grants) is not built yet"),
-    Feature(("secrets",), lambda c: bool(c.secrets), f"secret references ({_SCHEMES}) are not resolved yet"),
     # The Go tool would resolve nothing here either, but a reference must never become a literal
     # password: refused until secrets are resolved.
     ValuesFeature(_service_secret_references,
-                  f"secret references ({_SCHEMES}) are not resolved yet; the reference itself would become"
-                  " the value"),
+                  f"secret references ({_SCHEMES}) in a service's env are not resolved yet (moat.yaml's"
+                  " secrets: are); the reference itself would become the value"),
     Feature(("network", "policy"), lambda c: c.network.policy == "strict",
             "network.policy: strict would not be enforced; the agent would have open network access"),
     Feature(("network", "rules"), lambda c: bool(c.network.rules), "per-host network rules are not enforced yet"),
     Feature(("network", "keep_policy"), lambda c: c.network.keep_policy is not None,
             "keep policies are not enforced yet"),
-    Feature(("network", "host"), lambda c: bool(c.network.host), "host port access is not built yet"),
     Feature(("mounts",), lambda c: bool(c.mounts), "extra mounts are not built yet"),
     Feature(("volumes",), lambda c: bool(c.volumes), "persistent volumes are not built yet"),
     Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),

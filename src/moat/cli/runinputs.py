@@ -1,0 +1,72 @@
+"""What ``moat run`` reads from the host before planning: the run's grants, from the credential store,
+and moat.yaml's secrets, from their resolvers. Everything is checked before anything starts: a
+missing grant or an unresolvable secret stops the run with what to do, and nothing to clean up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from moat.errors import UsageError
+from moat.plan.proxy import ResolvedGrant
+
+# The credential store, the providers and moat's CA cost imports (cryptography, the providers' YAML):
+# loaded only by runs that have grants.
+
+
+def grant_names(configured: Iterable[str], given: Iterable[str]) -> list[str]:
+    """moat.yaml's grants, then --grant's, each provider once (the later spelling wins its scopes)."""
+    from moat.credentials.providers.registry import parse_grant
+
+    chosen: dict[str, str] = {}
+    for name in (*configured, *given):
+        key = parse_grant(name).provider
+        chosen.pop(key, None)
+        chosen[key] = name.strip()
+    return list(chosen.values())
+
+
+def resolve_grants(names: list[str], home: Path, run_id: str, profile: str | None) -> tuple[ResolvedGrant, ...]:
+    """Each grant with its stored credential turned into the proxy's rules; every missing one said at once."""
+    if not names:
+        return ()
+    from moat.credentials.injection import rules_for
+    from moat.credentials.providers.registry import ProviderRegistry, parse_grant
+    from moat.credentials.store import CredentialStore
+
+    providers = ProviderRegistry.load(home)
+    store = CredentialStore(home, profile)
+    resolved: list[ResolvedGrant] = []
+    missing: list[str] = []
+    for name in names:
+        provider = providers.get(name)  # an unknown name: a usage error with a did-you-mean
+        credential = store.get(provider.name)
+        if credential is None:
+            missing.append(provider.name)
+            continue
+        rules, env = rules_for(provider, credential, run_id, grant=parse_grant(name).provider)
+        resolved.append(ResolvedGrant(name, rules, env))
+    if missing:
+        where = f" in profile '{profile}'" if profile else ""
+        commands = "; ".join(f"`moat grant {m}" + (f" --profile {profile}" if profile else "") + "`" for m in missing)
+        raise UsageError(f"no credential stored{where} for {', '.join(missing)}: the run needs "
+                         f"{'it' if len(missing) == 1 else 'them'} for its grants (nothing was started)",
+                         hint=f"Store {'it' if len(missing) == 1 else 'them'} first: {commands}; then run again.")
+    return tuple(resolved)
+
+
+def resolve_secrets(secrets: Mapping[str, str]) -> dict[str, str]:
+    """moat.yaml's ``secrets:`` (name → reference), each resolved on the host."""
+    if not secrets:
+        return {}
+    from moat.credentials.secrets import resolve_secret
+
+    return {name: resolve_secret(reference, name=name) for name, reference in secrets.items()}
+
+
+def proxy_ca_for(home: Path) -> Path:
+    """moat's public CA certificate (made on first use), which the run mounts for its agent."""
+    from moat.proxy.ca import ensure_ca
+
+    return ensure_ca(home).cert_file
