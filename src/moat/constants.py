@@ -42,6 +42,10 @@ ROLE_AGENT = "agent"
 ROLE_SERVICE = "service"
 ROLE_NETWORK = "network"
 ROLE_IMAGE = "image"
+ROLE_RELAY = "relay"
+# moat's shared proxy: MOAT_HOME/proxy/, its public socket for runs in namespaces of their own.
+PROXY_DIR = "proxy"
+PROXY_SOCKET = "proxy.sock"
 AGENT_CONTAINER_PREFIX = "moat-agent-"
 
 MASK = "****"

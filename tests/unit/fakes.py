@@ -7,9 +7,9 @@ teardown) is tested without an engine or a socket. Faults are injected by operat
 from __future__ import annotations
 
 import threading
-from typing import Any
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from moat.errors import EngineError
 from moat.plan.containers import HOLD_ABANDONED, ContainerSpec
@@ -170,6 +170,8 @@ class FakeRuntime:
             self.changed.notify_all()
         if container.spec.role == "agent" and not container.spec.held:
             self._go(container)
+        if container.spec.role == "relay":
+            container.log = "ready\n"  # as moat's relay says once it listens
 
     def release(self, container_id: str) -> None:
         self._check("release", container_id)

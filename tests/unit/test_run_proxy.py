@@ -128,7 +128,7 @@ def test_moat_yaml_cannot_route_around_the_proxy(tmp_path: Path, name: str) -> N
     with pytest.raises(ConfigError) as info:
         grant_plan(tmp_path, REDIS + f"env:\n  {name}: http://elsewhere:3128\n")
     shown = info.value.render()
-    assert f"{name} is set by moat for the agent" in shown or f"{name} would send the agent around moat's proxy" in shown
+    assert f"{name} is set by moat for the agent" in shown or f"{name} would send the agent around" in shown
     assert ":6:3:" in info.value.render()  # located
 
 
@@ -233,3 +233,26 @@ def test_a_cancel_while_the_proxy_starts_tears_everything_down(tmp_path: Path) -
     result["outcome"] = run.execute()
     assert result["outcome"].state == "interrupted"
     assert not runtime.by_role("agent") and runtime.left() == [] and proxy.registered == {}
+
+
+def test_the_sandbox_relay_is_planned_with_the_proxys_socket_as_its_only_mount(tmp_path: Path) -> None:
+    from moat.proxy.paths import ProxyPaths
+
+    plan = grant_plan(tmp_path, runtime="sandbox")
+    assert plan.relay is not None and plan.relay.role == "relay" and plan.relay.network == plan.network
+    [mount] = plan.relay.mounts
+    assert mount.source == str(ProxyPaths(tmp_path).proxy_socket)  # where the daemon serves it
+    assert plan.relay.command == ("--listen", f"127.0.0.1:{RELAY_PORT}")
+    assert grant_plan(tmp_path).relay is None  # Docker reaches the proxy at its gateway
+
+
+def test_a_sandbox_run_waits_for_its_relay_before_the_agent(tmp_path: Path) -> None:
+    runtime, proxy = FakeRuntime(), FakeProxy()
+    created: list[str] = []
+    runtime.on_create = lambda c: created.append(c.spec.role)
+    plan = grant_plan(tmp_path, runtime="sandbox")
+    outcome, error, _ = run_plan(plan, runtime, proxy, tmp_path)
+    assert error is None and outcome is not None
+    assert created.index("relay") < created.index("agent")
+    assert "listen" not in [op for op, _ in proxy.calls]  # no gateway listener for the sandbox
+    assert runtime.left() == []

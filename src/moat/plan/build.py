@@ -24,7 +24,10 @@ from moat.constants import (
     LABEL_SERVICE,
     NETWORK_PREFIX,
     NETWORK_TRACE,
+    PROXY_DIR,
+    PROXY_SOCKET,
     ROLE_AGENT,
+    ROLE_RELAY,
     ROLE_SERVICE,
     RUNS_DIR,
     RUNTIMES,
@@ -45,6 +48,7 @@ from moat.plan.proxy import (
     CA_FILE_NAME,
     HOST_GATEWAY,
     PROXY_HOST,
+    RELAY_PORT,
     ProxySpec,
     ResolvedGrant,
     Route,
@@ -177,7 +181,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     secrets |= {v for v in request.secrets.values() if v}
     env.update(_cli_env(request, injected | set(request.secrets)))
     # moat's own proxy settings and placeholders are no secrets (GIT_CONFIG_KEY_0 names a git setting).
-    secrets |= credential_values({k: v for k, v in env.items() if k not in proxy_env or env[k] != proxy_env[k]})
+    secrets |= credential_values({k: v for k, v in env.items() if k not in proxy_env or v != proxy_env[k]})
 
     interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
@@ -238,6 +242,25 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         limits=limits,
         secrets=frozenset(secrets),
         proxy=proxy,
+        relay=_relay(proxy, run_id, network, labels, scratch, request.home),
+    )
+
+
+def _relay(proxy: ProxySpec | None, run_id: str, network: str, labels: Mapping[str, str], scratch: Path,
+           home: Path) -> ContainerSpec | None:
+    """The sandbox's way to the proxy: a relay in the run's network, from 127.0.0.1:RELAY_PORT to the
+    proxy's Unix socket (the only mount it has)."""
+    if proxy is None or proxy.route != "relay":
+        return None
+    return ContainerSpec(
+        role="relay",
+        name=f"{CONTAINER_PREFIX}relay-{run_id}",
+        image="",
+        labels={**labels, LABEL_ROLE: ROLE_RELAY},
+        network=network,
+        command=("--listen", f"127.0.0.1:{RELAY_PORT}"),
+        mounts=(Mount(str(home / PROXY_DIR / PROXY_SOCKET), PROXY_SOCKET, read_only=True),),
+        scratch=str(scratch / "relay"),
     )
 
 

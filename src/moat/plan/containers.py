@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Role = Literal["agent", "service"]
+Role = Literal["agent", "service", "relay"]  # relay: forwards the proxy into the run's network
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ class Plan:
     limits: Limits
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     proxy: ProxySpec | None = field(default=None, repr=False)  # when the run goes through moat's proxy
+    relay: ContainerSpec | None = None  # the sandbox's relay to the proxy, inside the run's network
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -170,6 +171,7 @@ class Plan:
                 "ulimits": {k: {"soft": s, "hard": h} for k, (s, h) in self.limits.ulimits.items()},
             },
             "proxy": None if self.proxy is None else _proxy_dict(self.proxy, mask),
+            "relay": None if self.relay is None else self.relay.to_dict(mask),
         }
 
 

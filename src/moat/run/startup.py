@@ -36,6 +36,8 @@ from moat.services.readiness import Aborted, wait_ready
 POLL = 0.1  # seconds: how often the main thread looks at signals and the held agent
 SETTLE_LIMIT = 180.0  # seconds teardown waits for start-up's engine calls (each has its own timeout)
 AGENT_WATCH = 0.5  # seconds between looks at a held agent's state
+RELAY_TIMEOUT = 10.0  # seconds for the sandbox's relay to the proxy to listen
+RELAY_POLL = 0.02
 
 
 class AgentExitedEarly(EngineError):
@@ -192,6 +194,8 @@ class Startup:
             if self.abort.is_set():
                 raise Aborted
             self.pod.register_proxy(self.proxy, spec.registration)
+            if self.plan.relay is not None:
+                self._start_relay(self.plan.relay)
         except Aborted:
             self.events.finish(key, "proxy: not waited for any more (the run is ending)", ok=None)
             raise
@@ -203,6 +207,23 @@ class Startup:
         grants = ", ".join(spec.grants) or "no grants"
         self.events.finish(key, f"proxy ready ({grants})")
         self._proxy_ready.set()
+
+    def _start_relay(self, relay: ContainerSpec) -> None:
+        """The relay listens inside the run's network before the agent may use it."""
+        container_id = self.pod.create_container(relay)
+        if self.abort.is_set():
+            raise Aborted
+        self.runtime.start_container(container_id)
+        deadline = time.monotonic() + RELAY_TIMEOUT
+        while "ready" not in self.runtime.logs(container_id):
+            state = self.runtime.state(container_id)
+            if not state.running:
+                output = self.masker.text(self.runtime.logs(container_id, tail=10).strip()) or "(no output)"
+                raise EngineError(f"the relay to moat's proxy stopped (exit {state.exit_code}): {output}")
+            if time.monotonic() >= deadline:
+                raise EngineError(f"the relay to moat's proxy did not listen within {RELAY_TIMEOUT:g}s")
+            if self.abort.wait(RELAY_POLL):
+                raise Aborted
 
     def _ensure_agent_image(self) -> None:
         image = self.plan.image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from moat.runtime.sandbox.records import Records
 from moat.runtime.sandbox.terminal import Terminal
 
 AGENT_HOME = "/tmp"  # noqa: S108 — the agent's own /tmp (its scratch directory)
+RELAY_SOURCE = Path(__file__).resolve().parents[2] / "proxy" / "relay.py"  # standard library only
 
 
 def _recipe(spec: ContainerSpec) -> tuple[HostRecipe, int]:
@@ -102,11 +104,13 @@ class Starter:
             hosts_fd = keep(_data_fd(hosts(names)))
             status = stack.enter_context(self.records.open(self.records.status(record["network"], record["id"]),
                                                           append=False))
-            if spec.role == "service":
+            if spec.role in ("service", "relay"):
                 log = stack.enter_context(self.records.open(self.records.log(record["network"], record["id"])))
-                plan = self._service(record, spec, hosts_fd, keep, boxes.Streams(subprocess.DEVNULL, log, log))
+                io = boxes.Streams(subprocess.DEVNULL, log, log)
+                plan = (self._service(record, spec, hosts_fd, keep, io) if spec.role == "service"
+                        else self._relay(record, spec, hosts_fd, keep, io))
             else:
-                plan = self._agent(record, spec, hosts_fd, tty)
+                plan = self._agent(record, spec, hosts_fd, tty, keep)
 
             def argv(info: int, status_fd: int, block: int) -> list[str]:
                 box = launch.Box(self.identity, record["tag"], record["hostname"], plan.view, plan.workdir, info,
@@ -139,12 +143,33 @@ class Starter:
         env = {**launch.base_env(self.identity, {"HOME": services.HOME}), **spec.env, **program.env}
         return _Launch(view, ["/bin/sh", "-c", program.script], env, services.HOME, io)
 
-    def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, tty: Terminal | None) -> _Launch:
+    def _relay(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, keep: Callable[[int], int],
+               io: boxes.Streams) -> _Launch:
+        """moat's relay (standard library only) run by the host's python inside the run's network, from
+        a copy of its source: neither moat's files nor MOAT_HOME need be readable by the identity. The
+        proxy's socket is passed open (O_PATH), and reached as /proc/self/fd/N."""
+        python = shutil.which("python3") or "/usr/bin/python3"
+        source = keep(_data_fd(RELAY_SOURCE.read_bytes()))
+        [socket_mount] = spec.mounts
+        try:
+            socket_fd = keep(os.open(socket_mount.source, os.O_PATH | os.O_CLOEXEC))
+        except OSError as exc:
+            raise EngineError(f"moat's proxy socket {socket_mount.source} cannot be opened: {exc.strerror}") from None
+        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), [], hosts_fd)
+        command = [python, "-I", f"/proc/self/fd/{source}", *(spec.command or ()), "--to", f"/proc/self/fd/{socket_fd}"]
+        return _Launch(view, command, launch.base_env(self.identity, {"HOME": AGENT_HOME}), "/", io)
+
+    def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, tty: Terminal | None,
+               keep: Callable[[int], int]) -> _Launch:
         """The agent's command with the host's directories read-only, its mounts, its own /tmp; an
-        interactive one on a pty of its own, made its controlling terminal in a session of its own."""
-        binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts]
-        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
-                                 tty.slave_path if tty is not None else None)
+        interactive one on a pty of its own, made its controlling terminal in a session of its own.
+        A read-only file (moat's CA) is given as a copy: its directory may be closed to the identity."""
+        binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts
+                 if not (m.read_only and Path(m.source).is_file())]
+        copies = [arg for m in spec.mounts if m.read_only and Path(m.source).is_file()
+                  for arg in ("--ro-bind-data", str(keep(_data_fd(Path(m.source).read_bytes()))), m.target)]
+        view = [*launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
+                                   tty.slave_path if tty is not None else None), *copies]
         command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
         if tty is not None:  # setsid --ctty: the pty on its stdin becomes its terminal (-w: its exit code)
             command = ["setsid", "--wait", "--ctty", *command]
