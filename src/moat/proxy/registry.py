@@ -1,0 +1,141 @@
+"""The runs the daemon serves, found by the proxy token each request carries (standard library only).
+
+A token is looked up by its SHA-256 digest and confirmed with a constant-time comparison: how long
+an answer takes says nothing about how close a guessed token came to a registered one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from moat.credentials.rules import Registration
+from moat.masking import Masker
+
+MIN_TOKEN_LENGTH = 16  # a run's token is random (the run makes 32 bytes); a short one is a mistake
+
+
+@dataclass
+class Run:
+    registration: Registration
+    masker: Masker  # every secret of the run: the trace passes through it
+    injected_names: frozenset[str] = field(default_factory=frozenset)  # headers its grants set, lower case
+
+    @property
+    def run_id(self) -> str:
+        return self.registration.run_id
+
+
+def secret_forms(values: Iterable[str]) -> set[str]:
+    """The values and the forms they take on the wire: ``Basic <base64>`` also as the decoded
+    ``user:password`` and the password alone."""
+    forms = set()
+    for value in values:
+        forms.add(value)
+        scheme, _, credential = value.partition(" ")
+        if scheme.lower() == "basic" and credential:
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            forms.add(decoded)
+            forms.add(decoded.partition(":")[2])
+    return {f for f in forms if f}
+
+
+def validate(registration: Registration) -> str | None:
+    """Why the daemon refuses ``registration``, or None."""
+    if not registration.run_id or len(registration.run_id) > 200:
+        return "a registration needs a run id"
+    if len(registration.token) < MIN_TOKEN_LENGTH:
+        return f"a run's proxy token must be at least {MIN_TOKEN_LENGTH} characters"
+    if registration.trace_file is not None and not os.path.isabs(registration.trace_file):
+        return "the trace file must be an absolute path"
+    bad_ports = [p for p in registration.host_ports if not 1 <= p <= 65535]
+    if bad_ports:
+        return f"host port {bad_ports[0]} is out of range (1-65535)"
+    return None
+
+
+class RunRegistry:
+    def __init__(self) -> None:
+        self._by_digest: dict[bytes, Run] = {}
+        self._digest_of: dict[str, bytes] = {}  # run id → its token's digest
+        self._empty_since: float | None = time.monotonic()
+
+    def register(self, registration: Registration) -> None:
+        """Add a run, or replace what a run registered before (same id). ValueError when refused."""
+        problem = validate(registration)
+        if problem:
+            raise ValueError(problem)
+        digest = _digest(registration.token)
+        holder = self._by_digest.get(digest)
+        if holder is not None and holder.run_id != registration.run_id:
+            raise ValueError("another run holds this proxy token")
+        self.unregister(registration.run_id)
+        injected = frozenset(name.lower() for g in registration.grants for i in g.injections for name, _ in i.set)
+        masker = Masker(secret_forms(registration.secret_values()))
+        self._by_digest[digest] = Run(registration, masker, injected)
+        self._digest_of[registration.run_id] = digest
+        self._empty_since = None
+
+    def unregister(self, run_id: str) -> bool:
+        digest = self._digest_of.pop(run_id, None)
+        if digest is None:
+            return False
+        del self._by_digest[digest]
+        if not self._digest_of:
+            self._empty_since = time.monotonic()
+        return True
+
+    def authenticate(self, token: str) -> Run | None:
+        run = self._by_digest.get(_digest(token))
+        if run is None or not hmac.compare_digest(run.registration.token.encode(), token.encode()):
+            return None
+        return run
+
+    def get(self, run_id: str) -> Run | None:
+        digest = self._digest_of.get(run_id)
+        return self._by_digest.get(digest) if digest is not None else None
+
+    def run_ids(self) -> list[str]:
+        return sorted(self._digest_of)
+
+    def idle_for(self) -> float:
+        """Seconds since the last run left (0 while any is registered)."""
+        return 0.0 if self._empty_since is None else time.monotonic() - self._empty_since
+
+    def touch(self) -> None:
+        """A client asked something: the idle time starts again (it is about to register, most likely)."""
+        if self._empty_since is not None:
+            self._empty_since = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._digest_of)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_from_header(value: str) -> str | None:
+    """The run token in a ``Proxy-Authorization`` value: ``Basic base64(moat:<token>)`` (the
+    password; any user name) or ``Bearer <token>``."""
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == "bearer":
+        return credential or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon and password else None
