@@ -29,6 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "grant": ("moat.cli.grant:grant", "Store credentials (encrypted) for the proxy to inject; list, show them."),
     "revoke": ("moat.cli.grant:revoke", "Remove a stored credential."),
     "trace": ("moat.cli.trace:trace", "Show what a run did: --network lists its requests through the proxy."),
+    "proxy": ("moat.cli.proxy:proxy", "Show or stop moat's credential proxy (shared by the runs with grants)."),
 }
 
 
