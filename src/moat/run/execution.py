@@ -118,6 +118,7 @@ class Run:
                       for s in plan.services],
             agent={"container_name": plan.agent.name}, detached=detach,
             identity={"uid": plan.identity.uid, "gid": plan.identity.gid},
+            proxy=plan.proxy is not None, grants=list(plan.proxy.grants) if plan.proxy else [],
         )
         try:
             record.write_file("Dockerfile", plan.image.dockerfile)

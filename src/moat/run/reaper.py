@@ -115,8 +115,23 @@ def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
         except MoatError as exc:
             problems.append(exc.message)
     for run in leftovers.orphaned_runs:
+        problems += _unregister(run)
         settle_orphan(run)
     return problems
+
+
+def _unregister(run: RunInfo) -> list[str]:
+    """A run killed before its teardown leaves its grants in the shared proxy: they go with it."""
+    if not run.metadata.get("proxy"):
+        return []
+    from moat.run.proxyuse import DaemonProxy  # noqa: PLC0415 — only runs that had grants need it
+
+    home = run.directory.parent.parent  # MOAT_HOME/runs/<id>
+    try:
+        DaemonProxy(home).unregister(run.id)
+    except MoatError as exc:
+        return [f"{run.id}: its grants could not be removed from moat's proxy: {exc.message}"]
+    return []
 
 
 def settle_orphan(run: RunInfo) -> None:
