@@ -34,22 +34,23 @@ class DaemonProxy:
     def __init__(self, home: Path) -> None:
         self.home = home
 
+    # moat.proxy.client is imported only by runs with grants.
     def ensure_running(self) -> None:
-        from moat.proxy import client  # noqa: PLC0415 — only runs with grants need it
+        from moat.proxy.client import ensure_running  # noqa: PLC0415
 
-        client.ensure_running(self.home)
+        ensure_running(self.home)
 
     def listen(self, host: str) -> int:
-        from moat.proxy import client  # noqa: PLC0415
+        from moat.proxy.client import listen  # noqa: PLC0415
 
-        return client.listen(self.home, host)
+        return listen(self.home, host)
 
     def register(self, registration: Registration) -> None:
-        from moat.proxy import client  # noqa: PLC0415
+        from moat.proxy.client import register  # noqa: PLC0415
 
-        client.register(self.home, registration)
+        register(self.home, registration)
 
     def unregister(self, run_id: str) -> None:
-        from moat.proxy import client  # noqa: PLC0415
+        from moat.proxy.client import unregister  # noqa: PLC0415
 
-        client.unregister(self.home, run_id)
+        unregister(self.home, run_id)
