@@ -188,12 +188,14 @@ class Startup:
         self.events.task(key, "proxy")
         try:
             self._abortable(self.proxy.ensure_running)
+            if self.abort.is_set():
+                raise Aborted
+            # Registered first: a proxy with a run registered never idles out, so the listener asked
+            # for next is the same daemon's.
+            self.pod.register_proxy(self.proxy, spec.registration)
             port = None
             if spec.route == "gateway":
                 port = self.proxy.listen(self.runtime.host_gateway())
-            if self.abort.is_set():
-                raise Aborted
-            self.pod.register_proxy(self.proxy, spec.registration)
             if self.plan.relay is not None:
                 self._start_relay(self.plan.relay)
         except Aborted:
