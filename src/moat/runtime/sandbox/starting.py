@@ -148,7 +148,7 @@ class Starter:
         """moat's relay (standard library only) run by the host's python inside the run's network, from
         a copy of its source: neither moat's files nor MOAT_HOME need be readable by the identity. The
         proxy's socket is passed open (O_PATH), and reached as /proc/self/fd/N."""
-        python = shutil.which("python3") or "/usr/bin/python3"
+        python = self._python()
         source = keep(_data_fd(RELAY_SOURCE.read_bytes()))
         [socket_mount] = spec.mounts
         try:
@@ -158,6 +158,15 @@ class Starter:
         view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), [], hosts_fd)
         command = [python, "-I", f"/proc/self/fd/{source}", *(spec.command or ()), "--to", f"/proc/self/fd/{socket_fd}"]
         return _Launch(view, command, launch.base_env(self.identity, {"HOME": AGENT_HOME}), "/", io)
+
+    def _python(self) -> str:
+        """A python3 the identity can run (moat's own may live where it cannot: a venv under /root)."""
+        path = launch.search_path(self.identity, os.environ.get("PATH", "/usr/bin:/bin"))
+        for candidate in ("/usr/bin/python3", shutil.which("python3", path=path)):
+            if candidate and launch.reachable(os.path.dirname(os.path.realpath(candidate)), self.identity):
+                return candidate
+        raise EngineError("the sandbox needs a python3 the agent's user can run, for its relay to moat's proxy",
+                          hint="Install Debian's python3 (apt-get install python3).")
 
     def _agent(self, record: dict[str, Any], spec: ContainerSpec, hosts_fd: int, tty: Terminal | None,
                keep: Callable[[int], int]) -> _Launch:
