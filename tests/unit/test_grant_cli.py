@@ -258,3 +258,50 @@ def test_no_token_is_in_clear_anywhere_under_moat_home(capsys: pytest.CaptureFix
         for secret in (TOKEN, "123456:telegram-REAL-token"):
             assert secret.encode() not in data, path
             assert secret.encode("utf-16-le") not in data, path
+
+
+def test_the_prompt_on_a_terminal_does_not_echo(tmp_path: Path, home: Path) -> None:
+    """A real pseudo-terminal: the typed token is stored and never written back to the screen."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    typed = "linear-TYPED-token-0000"
+    leader, follower = pty.openpty()
+    env = {**os.environ, "MOAT_HOME": str(home), "LINEAR_API_KEY": ""}
+    process = subprocess.Popen([sys.executable, "-m", "moat", "grant", "linear"], stdin=follower, stdout=follower,
+                               stderr=follower, env=env, start_new_session=True)
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + 30
+
+    def read_until(marker: bytes) -> None:
+        nonlocal screen
+        while marker not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(leader, 4096)
+                except OSError:  # the terminal closed: the process is gone
+                    return
+
+    try:
+        read_until(b"Token: ")
+        assert b"Get a Linear API key:" in screen
+        os.write(leader, typed.encode() + b"\r")
+        read_until(b"Credential saved")
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+    assert b"Credential saved to" in screen
+    assert typed.encode() not in screen
+    from moat.credentials.store import CredentialStore
+
+    stored = CredentialStore(home).get("linear")
+    assert stored is not None and (stored.token, stored.source) == (typed, "prompt")
