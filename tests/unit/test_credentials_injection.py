@@ -46,11 +46,10 @@ def test_github_rules_and_env() -> None:
 
 def test_claude_rules_remove_the_api_key_and_add_the_beta() -> None:
     rules, env = grant("claude")
-    assert rules.injections == (HeaderInjection(
-        ("api.anthropic.com",),
-        (("Authorization", f"Bearer {TOKEN}"), ("anthropic-beta", "oauth-2025-04-20")),
-        ("x-api-key",),
-    ),)
+    assert rules.injections == (
+        HeaderInjection(("api.anthropic.com",), (("Authorization", f"Bearer {TOKEN}"),), ("x-api-key",)),
+        HeaderInjection(("api.anthropic.com",), (("anthropic-beta", "oauth-2025-04-20"),)),
+    )
     assert env == {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-moat-proxy-injected-placeholder-not-a-real-token"}
 
 

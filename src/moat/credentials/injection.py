@@ -60,13 +60,10 @@ def rules_for(provider: Provider, credential: Credential, run_id: str, *, grant:
 
 
 def _injections(rules: Iterable[HeaderRule], token: str) -> tuple[HeaderInjection, ...]:
-    """One injection per set of hosts, its headers in the order the provider gives them."""
-    grouped: dict[tuple[str, ...], tuple[list[tuple[str, str]], list[str]]] = {}
-    for rule in rules:
-        sets, removes = grouped.setdefault(rule.hosts, ([], []))
-        sets.append((rule.header, rule.render(token)))
-        removes.extend(r for r in rule.remove if r not in removes)
-    return tuple(HeaderInjection(hosts, tuple(sets), tuple(removes)) for hosts, (sets, removes) in grouped.items())
+    """One injection per header rule: the proxy picks the rules whose headers the agent sent (its
+    placeholder says which credential it means), so claude's Authorization and its anthropic-beta
+    stay separate — an API-key request that sends anthropic-beta must not get the OAuth token."""
+    return tuple(HeaderInjection(rule.hosts, ((rule.header, rule.render(token)),), rule.remove) for rule in rules)
 
 
 def _forms(rules: Iterable[HeaderRule], token: str) -> tuple[str, ...]:
