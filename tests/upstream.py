@@ -40,6 +40,8 @@ NAMES = ("api.github.com", "github.com", "api.telegram.org", "api.example.test",
 class TestCA:
     """A CA and one server certificate for ``NAMES`` (and 127.0.0.1), written under ``directory``."""
 
+    __test__ = False  # a helper, not a test class
+
     def __init__(self, directory: Path, names: tuple[str, ...] = NAMES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now(datetime.UTC)
@@ -214,7 +216,9 @@ class ConnectStandIn:
                 method, target, _ = first.split(" ", 2)
                 if method == "CONNECT":
                     stand_in.hosts.append(target)
-                    server = socket.create_connection(("127.0.0.1", stand_in.upstream.https_port))
+                    # A tunnel to port 80 carries plain HTTP (a proxy may tunnel it too); anything else TLS.
+                    port = stand_in.upstream.http_port if target.endswith(":80") else stand_in.upstream.https_port
+                    server = socket.create_connection(("127.0.0.1", port))
                     client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     rest = head.split(b"\r\n\r\n", 1)[1]
                 else:  # absolute form: http://host/path

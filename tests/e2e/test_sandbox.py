@@ -15,12 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from moat.catalog import load_catalog
-from moat.errors import EngineError
 from moat.ownership import home_id
 from moat.runtime.sandbox import SandboxRuntime, procs
-from moat.runtime.sandbox.services import find_binary
-from tests.conftest import IN_CI
 from tests.helpers import EXAMPLES, ROOT, WORKSPACE_UID, log_records, run_moat, runs, share, start_moat, wait_for
 
 pytestmark = pytest.mark.sandbox
@@ -30,24 +26,6 @@ SERVICE_PROGRAMS = {"postgres": ("initdb", "postgres", "psql"), "mysql": ("maria
 STANDIN = ROOT / "engine" / "images" / "ollama-standin" / "ollama.py"
 # What the sandbox itself runs; a PATH of only these has none of the agent's tools.
 SANDBOX_PROGRAMS = ("bwrap", "nsenter", "env", "sh", "sleep")
-
-
-@pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> SandboxRuntime:
-    runtime = SandboxRuntime(tmp_path_factory.mktemp("sandbox-check"))
-    try:
-        runtime.ping()
-        for name, programs in SERVICE_PROGRAMS.items():
-            recipe = load_catalog().service(name).sandbox  # type: ignore[union-attr]
-            assert recipe is not None
-            for program in programs:
-                find_binary(program, recipe)
-    except EngineError as exc:  # what is missing, and how to install it
-        if IN_CI:
-            pytest.fail(f"CI=true and the sandbox tests cannot run: {exc.render()}; run `make sandbox`",
-                        pytrace=False)
-        pytest.skip(f"the sandbox runtime cannot run here ({exc.message}); run `make sandbox`")
-    return runtime
 
 
 def owner() -> tuple[int, int]:

@@ -1,0 +1,165 @@
+"""Grants end to end, as a user runs them: `moat grant`, then `moat run` with an agent that calls the
+"internet" with curl and git through moat's proxy.
+
+The internet is local: ``tests.upstream`` stands in for api.github.com and github.com on 127.0.0.1,
+reached through a stand-in corporate proxy that moat's proxy is told about in its own environment
+(HTTPS_PROXY), as users behind such a proxy tell it. Nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moat.runtime.docker import DockerRuntime
+from moat.runtime.sandbox import SandboxRuntime
+from tests.e2e.test_sandbox import sandbox_processes
+from tests.helpers import WORKSPACE_UID, left_for, metadata, run_moat, runs, start_moat, wait_for, write_workspace
+from tests.upstream import ConnectStandIn, TestCA, Upstream
+
+TOKEN = "ghp_e2eRealToken0123456789abcdefABCDEF0123"
+CONFIG = "name: granted\ndependencies: [curl, git]\ngrants: [github]\n"
+# What the agent prints: its environment, every process's environment, its writable files — none may
+# hold the token — then what it got through the proxy.
+DUMP = ("env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n';"
+        " find /tmp /home /workspace /run /etc/ssl/certs/moat-ca -type f 2>/dev/null | xargs cat 2>/dev/null;")
+
+
+@pytest.fixture
+def internet(tmp_path: Path) -> Iterator[tuple[Upstream, ConnectStandIn, dict[str, str]]]:
+    ca = TestCA(tmp_path / "upstream-ca")
+    git_root = tmp_path / "git"
+    _bare_repository(git_root / "repo.git")
+    upstream = Upstream(ca, git_root=git_root).start()
+    stand_in = ConnectStandIn(upstream)
+    # moat's proxy trusts the stand-in's certificates (SSL_CERT_FILE), and goes through the stand-in.
+    env = {"HTTPS_PROXY": stand_in.url, "HTTP_PROXY": stand_in.url, "SSL_CERT_FILE": str(ca.ca_file),
+           "SSL_CERT_DIR": "", "NO_PROXY": ""}
+    yield upstream, stand_in, env
+    stand_in.stop()
+    upstream.stop()
+
+
+@pytest.fixture
+def granted(moat_home: Path) -> Iterator[Path]:
+    """A MOAT_HOME with a github credential stored the way CI stores one; its proxy stopped after."""
+    result = run_moat(["grant", "github", "--token-env", "E2E_TOKEN", "--no-validate"], env={"E2E_TOKEN": TOKEN})
+    assert result.code == 0, result.output
+    yield moat_home
+    stopped = run_moat(["proxy", "stop"])
+    assert stopped.code == 0, stopped.output
+
+
+def _bare_repository(path: Path) -> None:
+    work = path.parent / "seed"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "README").write_text("served by the local upstream\n")
+    git = ["git", "-C", str(work), "-c", "user.email=t@example.test", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "seed"], check=True)
+    subprocess.run([*git, "push", "-q", str(path), "main"], check=True)
+
+
+def _no_token_anywhere(home: Path, output: str) -> None:
+    basic = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+    for secret in (TOKEN, basic):
+        assert secret not in output
+        for path in home.rglob("*"):
+            if path.is_file() and not path.name.endswith(".enc") and path.suffix != ".sock":
+                assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("runtime", ["docker", "sandbox"])
+def test_the_agent_uses_the_token_and_never_holds_it(request: pytest.FixtureRequest, granted: Path, tmp_path: Path,
+                                                     internet: tuple[Upstream, ConnectStandIn, dict[str, str]],
+                                                     runtime: str) -> None:
+    request.getfixturevalue("engine" if runtime == "docker" else "sandbox")
+    upstream, stand_in, env = internet
+    workspace = write_workspace(tmp_path / "ws", CONFIG)
+    script = DUMP + (
+        " echo; echo API=$(curl -sS https://api.github.com/user);"
+        " git clone -q https://github.com/git/repo.git /tmp/clone && echo CLONED=$(cat /tmp/clone/README);"
+        " echo PLAIN=$(curl -sS http://api.github.com/plain);"
+        " wrong=$(echo $HTTPS_PROXY | sed 's/:[0-9a-f]*@/:wrong@/');"
+        " echo WRONG=$(curl -s -o /dev/null -w '%{http_connect}' -x \"$wrong\" https://api.github.com/user)")
+    result = run_moat(["run", "--runtime", runtime, str(workspace), "--", "sh", "-c", script], env=env)
+    assert result.code == 0, result.output
+    out = result.stdout
+    assert "GH_TOKEN=ghp_moatProxyInjectedPlaceholder000000000000" in out
+    assert 'API={"path": "/user", "method": "GET"}' in out
+    assert "CLONED=served by the local upstream" in out
+    assert "WRONG=407" in out
+    # The real values arrived at the upstream, for their hosts only.
+    [api] = [r for r in upstream.seen("/user") if r.tls]
+    assert api.headers["authorization"] == f"Bearer {TOKEN}"
+    basic = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+    git = upstream.seen("/git/repo.git/info/refs")
+    assert git and all(r.headers.get("authorization") == f"Basic {basic}" for r in git)
+    assert "proxy-authorization" not in api.headers
+    [plain] = upstream.seen("/plain")  # plain HTTP to a granted host gets the same injection
+    assert plain.headers["authorization"] == f"Bearer {TOKEN}" and not plain.tls
+    assert "api.github.com:443" in stand_in.hosts and "github.com:443" in stand_in.hosts
+    _no_token_anywhere(granted, result.output)
+    # The trace lists every call, with its grant, and no secret.
+    [run] = runs(granted)
+    trace = run_moat(["trace", "--network", "--json", run["id"]])
+    records = json.loads(trace.stdout)
+    assert {(r["method"], r["grant"]) for r in records if "/user" in r["url"]} == {("GET", "github")}
+    assert any("/git/repo.git/info/refs" in r["url"] for r in records)
+    shown = run_moat(["trace", "--network", "-v", run["id"]]).stdout
+    assert "Authorization: [REDACTED]" in shown and TOKEN not in shown
+    assert run["grants"] == ["github"] and run["proxy"] is True
+
+
+def test_a_missing_grant_stops_the_run_before_anything_starts(engine: DockerRuntime, moat_home: Path,
+                                                              tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", CONFIG)
+    result = run_moat(["run", str(workspace), "--", "true"])
+    assert result.code == 2, result.output
+    assert "no credential stored for github" in result.stderr and "moat grant github" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert runs(moat_home) == []  # nothing was recorded, nothing started
+
+
+def test_a_wrong_provider_name_gets_a_suggestion(moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "grants: [githbu]\n")
+    result = run_moat(["run", "--dry-run", str(workspace)])
+    assert result.code == 2 and "did you mean 'github'" in result.stderr, result.output
+
+
+def test_a_killed_run_leaves_nothing_in_the_proxy_after_clean(engine: DockerRuntime, granted: Path, tmp_path: Path,
+                                                              internet: tuple[Upstream, ConnectStandIn,
+                                                                              dict[str, str]]) -> None:
+    _, _, env = internet
+    workspace = write_workspace(tmp_path / "ws", CONFIG)
+    proc = start_moat(["run", str(workspace), "--", "sleep", "300"], env=env)
+    run_id = wait_for(lambda: [r["id"] for r in runs(granted) if r.get("state") == "running"], 120, "the run")[0]
+    status = json.loads(run_moat(["proxy", "status", "--json"]).stdout)
+    assert run_id in status["runs"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    cleaned = run_moat(["clean", "-f"])
+    assert cleaned.code == 0, cleaned.output
+    status = json.loads(run_moat(["proxy", "status", "--json"]).stdout)
+    assert run_id not in status["runs"]
+    assert left_for(engine, run_id) == [] and metadata(granted, run_id)["state"] == "failed"
+
+
+def test_the_sandbox_relay_is_gone_with_its_run(sandbox: SandboxRuntime, granted: Path, tmp_path: Path,
+                                                internet: tuple[Upstream, ConnectStandIn, dict[str, str]]) -> None:
+    _, _, env = internet
+    workspace = write_workspace(tmp_path / "ws", CONFIG)
+    result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "curl", "-sS",
+                       "https://api.github.com/user"], env=env)
+    assert result.code == 0, result.output
+    assert '"path": "/user"' in result.stdout
+    assert sandbox_processes(granted) == []  # the relay went with the run (and everything else)
+    assert os.stat(workspace).st_uid == WORKSPACE_UID
