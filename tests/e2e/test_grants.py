@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,18 @@ import pytest
 from moat.runtime.docker import DockerRuntime
 from moat.runtime.sandbox import SandboxRuntime
 from tests.e2e.test_sandbox import sandbox_processes
-from tests.helpers import WORKSPACE_UID, left_for, metadata, run_moat, runs, start_moat, wait_for, write_workspace
+from tests.helpers import (
+    EXAMPLES,
+    WORKSPACE_UID,
+    left_for,
+    metadata,
+    run_moat,
+    runs,
+    share,
+    start_moat,
+    wait_for,
+    write_workspace,
+)
 from tests.upstream import ConnectStandIn, TestCA, Upstream
 
 TOKEN = "ghp_e2eRealToken0123456789abcdefABCDEF0123"
@@ -163,3 +175,25 @@ def test_the_sandbox_relay_is_gone_with_its_run(sandbox: SandboxRuntime, granted
     assert '"path": "/user"' in result.stdout
     assert sandbox_processes(granted) == []  # the relay went with the run (and everything else)
     assert os.stat(workspace).st_uid == WORKSPACE_UID
+
+
+def test_the_grants_example_with_its_own_provider(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
+                                                  internet: tuple[Upstream, ConnectStandIn, dict[str, str]]) -> None:
+    upstream, _, env = internet
+    workspace = tmp_path / "grants"
+    shutil.copytree(EXAMPLES / "grants", workspace)
+    share(workspace)
+    (moat_home / "providers").mkdir(parents=True)
+    shutil.copy(workspace / "providers" / "example-api.yaml", moat_home / "providers")
+    key = "ex_live_0123456789abcdefghijklmnop"
+    stored = run_moat(["grant", "example", "--no-validate"], env={"EXAMPLE_API_KEY": key})  # by its alias
+    assert stored.code == 0, stored.output
+    try:
+        result = run_moat(["run", str(workspace)], env=env)
+    finally:
+        run_moat(["proxy", "stop"])
+    assert result.code == 0, result.output
+    assert "EXAMPLE_API_KEY in the container: moat-proxy-injected" in result.stdout
+    assert '"path": "/v1/me"' in result.stdout and key not in result.output
+    [seen] = upstream.seen("/v1/me")
+    assert seen.headers["authorization"] == f"Bearer {key}"
