@@ -118,6 +118,7 @@ class Seen:
     path: str
     headers: list[tuple[str, str]]
     body: bytes
+    client_port: int = 0  # which connection it came on
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -149,7 +150,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
         def _record(self) -> Seen:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            seen = Seen(self.command, self.path, list(self.headers.items()), body)
+            seen = Seen(self.command, self.path, list(self.headers.items()), body, self.client_address[1])
             upstream.seen.append(seen)
             return seen
 
@@ -318,6 +319,8 @@ def running_daemon(home: Path, *, idle: float = 0, env: Mapping[str, str] | None
 
 
 def end_daemon(home: Path, info: client.ProxyInfo) -> None:
+    """Stop the daemon (killed if it will not go), and fail on any error it logged: mitmproxy logs
+    an addon's exception and carries on, which no client would notice."""
     with suppress(ProxyError):
         client.stop(home, timeout=10)
     if process_alive(info.pid, None, info.pid_start):
@@ -326,6 +329,8 @@ def end_daemon(home: Path, info: client.ProxyInfo) -> None:
         while process_alive(info.pid, None, info.pid_start) and time.monotonic() < deadline:
             time.sleep(0.05)
         pytest.fail(f"the proxy daemon {info.pid} did not stop when asked (killed)")
+    log = info.paths.log.read_text(errors="replace") if info.paths.log.exists() else ""
+    assert "Traceback" not in log and " ERROR " not in log, f"the daemon logged errors:\n{log}"
 
 
 def registration(run_id: str, token: str, trace_file: Path | None, *grants: Any,
@@ -337,10 +342,11 @@ def registration(run_id: str, token: str, trace_file: Path | None, *grants: Any,
 # -- clients -----------------------------------------------------------------------------------------
 
 
-def curl(info: client.ProxyInfo, token: str | None, url: str, *args: str, port: int | None = None,
-         timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """curl through the proxy (moat's CA trusted, nothing from the machine's own settings)."""
-    proxy = info.url(token, port=port) if token else f"http://127.0.0.1:{port or info.port}"
+def curl(info: client.ProxyInfo, token: str | None, url: str, *args: str, host: str | None = None,
+         port: int | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """curl through the proxy (moat's CA trusted, nothing from the machine's own settings); its
+    output has the newlines of text mode ("\\n", not "\\r\\n")."""
+    proxy = info.url(token, host=host, port=port) if token else f"http://{host or info.host}:{port or info.port}"
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in (*PROXY_VARIABLES, "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")}
     return subprocess.run(["curl", "-sS", "--max-time", str(timeout), "--proxy", proxy, "--cacert",

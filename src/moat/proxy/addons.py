@@ -204,7 +204,8 @@ class HostAccess:
         host, port = flow.metadata[HOST], flow.request.port
         if host == access.HOST_GATEWAY:
             if access.gateway_port_allowed(port, run.registration.host_ports):
-                flow.request.data.host = access.HOST_GATEWAY_ADDRESS  # the Host header stays as sent
+                # The name stays (requests in a tunnel to it, HTTP/2 ones too, name it again); the
+                # connection goes to the host's loopback, see server_connect.
                 flow.metadata[MAPPED] = True
                 flow.metadata[VIA] = None
                 flow.server_conn.via = None  # the host's port is never reached through another proxy
@@ -235,17 +236,19 @@ class HostAccess:
             return  # moat's own upstream proxy is moat's configuration, not the agent's choice
         host, port = str(server.address[0]), int(server.address[1])
         run = self.state.run_of_client(data.client.id)
-        addresses = await self.state.resolve(host, port, fresh=True)
-        for text in addresses:
-            address = access.parse_ip(text)
-            what = access.what_address(address) if address is not None else None
-            if what is None:
-                continue
-            if (run is not None and text == access.HOST_GATEWAY_ADDRESS
-                    and access.gateway_port_allowed(port, run.registration.host_ports)):
-                continue  # moat-host:<port>, mapped above
-            server.error = GUARD_PREFIX + access.host_address_refusal(host, text, what).reason
-            return
+        if normalize_host(host) == access.HOST_GATEWAY:
+            if run is None or not access.gateway_port_allowed(port, run.registration.host_ports):
+                server.error = GUARD_PREFIX + access.host_service_refusal(port).reason
+                return
+            addresses = [access.HOST_GATEWAY_ADDRESS]  # moat-host:<port> is the host's own port
+        else:
+            addresses = await self.state.resolve(host, port, fresh=True)
+            for text in addresses:
+                address = access.parse_ip(text)
+                what = access.what_address(address) if address is not None else None
+                if what is not None:
+                    server.error = GUARD_PREFIX + access.host_address_refusal(host, text, what).reason
+                    return
         if addresses and addresses[0] != host:
             # Connect to the address just checked, not to whatever the name resolves to next; the
             # name is put back once connected, for the connection to be reused by name.
@@ -263,7 +266,10 @@ class HostAccess:
     def _unpin(self, server: Any) -> None:
         original = self.state.unpin(server.id)
         if original is not None:
-            server.address = original
+            # mitmproxy refuses to change the address of an open connection (that would redirect
+            # it); putting back the name it was opened for redirects nothing, and lets requests for
+            # that name find and reuse it.
+            object.__setattr__(server, "address", original)
 
 
 class Inject:

@@ -128,7 +128,12 @@ class Daemon:
         opts = options.Options()
         self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         self.master.addons.add(*addons(self.state))
-        opts.update(confdir=str(ca.dir), connection_strategy="lazy", **_upstream_trust(os.environ))
+        # Eager: a CONNECT opens its server connection at once, so a protocol whose server speaks
+        # first (MySQL, SMTP) works through a tunnel to moat-host:<port>. mitmproxy's eager connect
+        # ignores an upstream proxy though, so with one configured connections wait for the first
+        # request (lazy), which can then be sent through it.
+        strategy = "lazy" if self.upstream.proxies else "eager"
+        opts.update(confdir=str(ca.dir), connection_strategy=strategy, **_upstream_trust(os.environ))
         master_task = asyncio.create_task(self.master.run())
         try:
             self.port = await self._add_listener(f"regular@{LISTEN_HOST}:0", master_task)
