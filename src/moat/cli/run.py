@@ -45,7 +45,8 @@ class RunCommand(click.Command):
 @click.option("--grant", "grants", multiple=True, metavar="PROVIDER[:SCOPES]",
               help="Give the agent a stored credential, injected by moat's proxy (repeatable; adds to"
                    " moat.yaml's grants).")
-@click.option("--profile", help="The credential profile the grants come from (see `moat grant --profile`).")
+@click.option("--profile", envvar="MOAT_PROFILE", metavar="NAME",
+              help="The credential profile the grants come from (default: $MOAT_PROFILE; see `moat grant`).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.pass_context
