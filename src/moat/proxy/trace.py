@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +24,8 @@ REDACTED_HEADER = "[REDACTED]"  # the Go tool's marker
 REDACTED_QUERY = "REDACTED"
 DROPPED_HEADERS = frozenset({"proxy-authorization", "proxy-connection"})  # the run's own token: never
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "x-api-key"})
-_SECRET_QUERY_WORDS = frozenset({"sig", "signature", "code"})  # presigned URLs, OAuth codes
+_SIGNATURE_WORDS = frozenset({"sig", "signature"})  # presigned URLs: X-Amz-Signature, sig
+_SECRET_QUERY_KEYS = frozenset({"code"})  # an OAuth authorization code
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Exchange:
 
 
 def secret_query_key(key: str) -> bool:
-    return is_credential_name(key) or key.lower() in _SECRET_QUERY_WORDS
+    words = re.split(r"[_\-.]+", key.lower())
+    return is_credential_name(key) or key.lower() in _SECRET_QUERY_KEYS or any(w in _SIGNATURE_WORDS for w in words)
 
 
 def redact_url(url: str) -> str:
