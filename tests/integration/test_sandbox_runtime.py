@@ -410,3 +410,41 @@ def test_a_signal_sent_as_the_agents_turn_comes_reaches_it(make_pod: Callable[..
         assert pod.runtime.wait(cid) == 130
     finally:
         guard.cancel()
+
+
+def test_the_agent_cannot_read_moat_home_even_when_it_could(sandbox_host: None, tmp_path: Path) -> None:
+    """A user who runs moat on their own workspace is the agent's identity: without hiding, the agent
+    could read the credential store and its key, and open the proxy's control socket."""
+    import shutil
+    import tempfile
+
+    who = identity()
+    shared = Path(tempfile.mkdtemp(prefix="moat-hide-", dir="/var/tmp"))  # not the agent's own /tmp
+    try:
+        os.chmod(shared, 0o755)
+        home = shared / "moat-home"
+        (home / "credentials").mkdir(parents=True)
+        secret = home / "credentials" / ".key"
+        secret.write_text("the-encryption-key\n")
+        for path in (home, home / "credentials", secret):
+            os.chown(path, who.uid, who.gid)
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        share(workspace)
+        request = RunRequest(workspace=workspace, command=("true",), identity=who, invoker=(os.getuid(), os.getgid()),
+                             home=home, scratch_root=tmp_path, runtime="sandbox")
+        plan = build_plan(parse(""), request, load_catalog())
+        runtime = SandboxRuntime(home, who)
+        runtime.create_network(plan.network, plan.labels, str(plan.scratch))
+        pod = Pod(runtime, plan, home, workspace)
+        try:
+            # Readable from the host by the identity: only the sandbox's view hides it.
+            assert Path(secret).read_text() == "the-encryption-key\n"
+            code, out, err = pod.agent("sh", "-c", f"ls -A {home}; cat {secret} 2>&1; echo done")
+        finally:
+            pod.remove()
+        assert code == 0, err
+        assert "the-encryption-key" not in out and out.strip().endswith("done")
+        assert out.startswith("cat: ") and "No such file or directory" in out  # `ls -A`: an empty directory
+    finally:
+        shutil.rmtree(shared)

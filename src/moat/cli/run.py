@@ -90,7 +90,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     run_id = new_run_id()
     resolved = resolve_grants(grant_names(config.model.grants, grants), home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
-    proxy_ca = proxy_ca_for(home) if resolved or config.model.network.host else None
+    proxy_ca = proxy_ca_for(home, create=not dry_run) if resolved or config.model.network.host else None
     request = RunRequest(
         workspace=workspace,
         command=ctx.meta.get(COMMAND_META, ()),

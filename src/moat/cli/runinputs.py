@@ -65,8 +65,14 @@ def resolve_secrets(secrets: Mapping[str, str]) -> dict[str, str]:
     return {name: resolve_secret(reference, name=name) for name, reference in secrets.items()}
 
 
-def proxy_ca_for(home: Path) -> Path:
-    """moat's public CA certificate (made on first use), which the run mounts for its agent."""
+def proxy_ca_for(home: Path, *, create: bool = True) -> Path:
+    """moat's public CA certificate, which the run mounts for its agent: made on first use, unless
+    ``create`` is false (a dry run writes nothing, and only says where it will be)."""
+    if not create:
+        from moat.proxy.ca import PUBLIC_CERT
+        from moat.proxy.paths import ProxyPaths
+
+        return ProxyPaths(home).ca_dir / PUBLIC_CERT
     from moat.proxy.ca import ensure_ca
 
     return ensure_ca(home).cert_file

@@ -143,9 +143,46 @@ def service_view(home: Bind, data: str, in_memory: bool, hosts_fd: int, programs
             "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
 
 
+# Where credentials live in a home directory: hidden from the agent, which sees the host's files
+# (a token it could read there would make its grants pointless). Directories get an empty tmpfs, files
+# /dev/null.
+CREDENTIAL_PATHS = (".ssh", ".aws", ".azure", ".config/gcloud", ".config/gh", ".config/hub", ".docker", ".kube",
+                    ".gnupg", ".netrc", ".npmrc", ".pypirc", ".git-credentials", ".local/share/keyrings",
+                    ".local/share/python_keyring", ".password-store", ".claude", ".claude.json", ".codex",
+                    ".gemini", ".config/op", ".moat")
+
+
+def hidden_paths(moat_home: Path, homes: Sequence[str], identity: Identity) -> list[Path]:
+    """What the agent must not see: moat's own home (the credential store, its key, the proxy's control
+    socket, other runs' records) and the credentials in the users' home directories. What the identity
+    cannot reach is hidden already (and bwrap, running as the identity, could not mount over it)."""
+    found = [moat_home]
+    for home in dict.fromkeys(homes):
+        found += [Path(home) / name for name in CREDENTIAL_PATHS]
+    return [p for p in dict.fromkeys(found) if os.path.lexists(p) and reachable(str(p.parent), identity)]
+
+
+def _under_tmp(path: Path) -> bool:
+    """The agent's /tmp and /run are its own already (and a path there cannot be hidden twice)."""
+    return path.parts[1:2] in (("tmp",), ("run",))
+
+
+def hide(paths: Sequence[Path]) -> list[str]:
+    argv: list[str] = []
+    for path in paths:
+        if path.is_symlink():
+            continue  # bwrap would follow it; what it points to is hidden by its own entry, or not shared
+        if path.is_dir():
+            argv += ["--tmpfs", str(path)]
+        else:
+            argv += ["--ro-bind", "/dev/null", str(path)]
+    return argv
+
+
 def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, tty: str | None = None,
-               root: Path = Path("/")) -> list[str]:
-    """The host's top-level directories read-only, its own /tmp, /run and /dev, and its mounts."""
+               root: Path = Path("/"), hidden: Sequence[Path] = ()) -> list[str]:
+    """The host's top-level directories read-only, but ``hidden``; its own /tmp, /run and /dev, and its
+    mounts."""
     argv = []
     for entry in sorted(root.iterdir()):
         if entry.name in _NOT_SHARED:
@@ -155,7 +192,7 @@ def agent_view(tmp: Bind, mounts: Sequence[Bind], hosts_fd: int, tty: str | None
         elif entry.exists():
             argv += ["--ro-bind", str(entry), f"/{entry.name}"]
     argv += ["--ro-bind", "/sys", "/sys", *_dev(tty), "--proc", "/proc", *tmp.argv(), "--tmpfs", "/run",
-             "--ro-bind-data", str(hosts_fd), "/etc/hosts"]
+             "--ro-bind-data", str(hosts_fd), "/etc/hosts", *hide([p for p in hidden if not _under_tmp(p)])]
     for mount in mounts:
         argv += mount.argv()
     return argv

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -155,9 +156,16 @@ class Starter:
             socket_fd = keep(os.open(socket_mount.source, os.O_PATH | os.O_CLOEXEC))
         except OSError as exc:
             raise EngineError(f"moat's proxy socket {socket_mount.source} cannot be opened: {exc.strerror}") from None
-        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), [], hosts_fd)
+        view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), [], hosts_fd, hidden=self.hidden())
         command = [python, "-I", f"/proc/self/fd/{source}", *(spec.command or ()), "--to", f"/proc/self/fd/{socket_fd}"]
         return _Launch(view, command, launch.base_env(self.identity, {"HOME": AGENT_HOME}), "/", io)
+
+    def hidden(self) -> list[Path]:
+        """MOAT_HOME and the credentials in the homes of the identity, of whoever runs moat and of root."""
+        homes = [os.path.expanduser("~"), "/root"]
+        with contextlib.suppress(KeyError):
+            homes.append(pwd.getpwuid(self.identity.uid).pw_dir)
+        return launch.hidden_paths(self.records.root.parent, homes, self.identity)
 
     def _python(self) -> str:
         """A python3 the identity can run (moat's own may live where it cannot: a venv under /root)."""
@@ -178,7 +186,7 @@ class Starter:
         copies = [arg for m in spec.mounts if m.read_only and Path(m.source).is_file()
                   for arg in ("--ro-bind-data", str(keep(_data_fd(Path(m.source).read_bytes()))), m.target)]
         view = [*launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
-                                   tty.slave_path if tty is not None else None), *copies]
+                                   tty.slave_path if tty is not None else None, hidden=self.hidden()), *copies]
         command = ["/bin/sh", "-c", launch.AGENT_SCRIPT, *(spec.command or ())]
         if tty is not None:  # setsid --ctty: the pty on its stdin becomes its terminal (-w: its exit code)
             command = ["setsid", "--wait", "--ctty", *command]
