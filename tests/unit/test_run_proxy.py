@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from moat.credentials.rules import GrantRules, HeaderInjection, Substitution
+from moat.credentials.rules import GrantRules, HeaderInjection, Registration, Substitution
 from moat.errors import ConfigError, MoatError, UsageError
 from moat.plan.model import Plan
 from moat.plan.proxy import PROXY_HOST, RELAY_PORT, ResolvedGrant
@@ -256,3 +256,44 @@ def test_a_sandbox_run_waits_for_its_relay_before_the_agent(tmp_path: Path) -> N
     assert created.index("relay") < created.index("agent")
     assert "listen" not in [op for op, _ in proxy.calls]  # no gateway listener for the sandbox
     assert runtime.left() == []
+
+
+@pytest.mark.parametrize("name", ["NO_proxy", "Https_Proxy", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_KEY_3",
+                                  "SSL_CERT_DIR", "curl_all_proxy", "NODE_TLS_REJECT_UNAUTHORIZED"])
+def test_any_spelling_of_a_way_around_the_proxy_is_refused(tmp_path: Path, name: str) -> None:
+    # Python's urllib reads NO_proxy as NO_PROXY: an exact-case check let it through (review).
+    with pytest.raises(ConfigError, match=f"{name} would send the agent around"):
+        grant_plan(tmp_path, REDIS + f"env:\n  {name}: x\n")
+    with pytest.raises(UsageError, match=f"-e {name}"):
+        grant_plan(tmp_path, env=(f"{name}=x",))
+    assert grant_plan(tmp_path, REDIS + f"env:\n  {name}: x\n", grants=()).env[name] == "x"  # no proxy: theirs
+
+
+@pytest.mark.parametrize("variable", ["MOAT_RUN_ID", "NO_PROXY", "no_proxy", "MOAT_REDIS_URL", "PATH"])
+def test_a_providers_variable_cannot_replace_one_of_moats(tmp_path: Path, variable: str) -> None:
+    bad = ResolvedGrant("acme", GrantRules("acme"), {variable: "moat-proxy-injected"})
+    with pytest.raises(UsageError, match=f"grant acme: its provider sets {variable}"):
+        grant_plan(tmp_path, grants=(GITHUB, bad))
+
+
+def test_two_grants_cannot_set_the_same_variable(tmp_path: Path) -> None:
+    twin = ResolvedGrant("gh-work", GrantRules("gh-work"), {"GH_TOKEN": "ghp_other"})
+    with pytest.raises(UsageError, match="grants github and gh-work both set GH_TOKEN"):
+        grant_plan(tmp_path, grants=(GITHUB, twin))
+
+
+def test_the_proxy_masks_the_runs_other_secrets_in_its_trace(tmp_path: Path) -> None:
+    plan = grant_plan(tmp_path, REDIS + "secrets:\n  API_KEY: env://API_KEY\n", secrets={"API_KEY": "s3cr3t-value"})
+    assert plan.proxy is not None
+    masked = plan.proxy.registration.secret_values()
+    assert "s3cr3t-value" in masked and plan.env["MOAT_REDIS_PASSWORD"] in masked
+    assert "s3cr3t-value" in Registration.from_json(plan.proxy.registration.to_json()).secret_values()
+
+
+def test_a_fixed_header_of_a_grant_is_no_secret() -> None:
+    oauth = "sk-ant-oat01-realOAuthToken"
+    rules = GrantRules("claude", injections=(
+        HeaderInjection(("api.anthropic.com",), (("Authorization", f"Bearer {oauth}"),)),
+        HeaderInjection(("api.anthropic.com",), (("anthropic-beta", "oauth-2025-04-20"),)),
+    ), values=(oauth,))
+    assert oauth in rules.secret_values() and "oauth-2025-04-20" not in rules.secret_values()

@@ -63,6 +63,8 @@ class GrantRules:
         values = set(self.values)
         for rule in self.injections:
             for _, value in rule.set:
+                if self.values and not any(v in value for v in self.values if v):
+                    continue  # a fixed header (anthropic-beta: oauth-…) is no secret: never masked
                 values.add(value)
                 scheme, space, credential = value.partition(" ")
                 if space and scheme.isalpha():  # "Bearer <token>": the token on its own too
@@ -81,6 +83,9 @@ class Registration:
     trace_file: str | None = None  # the run's network.jsonl
     host_ports: tuple[int, ...] = ()  # network.host: the host's ports the agent may reach as moat-host
     extra: dict[str, Any] = field(default_factory=dict)  # room for the network policy
+    # Every other secret of the run (its services' passwords, moat.yaml's secrets): masked in the trace
+    # too, should the agent send one through the proxy.
+    mask: tuple[str, ...] = field(default=(), repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +105,7 @@ class Registration:
             "trace_file": self.trace_file,
             "host_ports": list(self.host_ports),
             "extra": self.extra,
+            "mask": list(self.mask),
         }
 
     @classmethod
@@ -117,10 +123,10 @@ class Registration:
         )
         return cls(run_id=str(data["run_id"]), token=str(data["token"]), grants=grants,
                    trace_file=data.get("trace_file"), host_ports=tuple(int(p) for p in data.get("host_ports", ())),
-                   extra=dict(data.get("extra") or {}))
+                   extra=dict(data.get("extra") or {}), mask=tuple(str(v) for v in data.get("mask", ())))
 
     def secret_values(self) -> set[str]:
-        values = {self.token}
+        values = {self.token, *self.mask}
         for grant in self.grants:
             values |= grant.secret_values()
         return values

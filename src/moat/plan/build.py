@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets as secrets_module
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moat.catalog import Catalog, DepType
@@ -52,7 +52,7 @@ from moat.plan.proxy import (
     ProxySpec,
     ResolvedGrant,
     Route,
-    reserved_names,
+    routes_around,
     static_env,
 )
 
@@ -164,13 +164,17 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
     if proxy is not None:
-        grant_env = {k: v for g in request.grants for k, v in g.env.items()}
+        grant_env = _grant_env(request.grants, set(env), proxy)
         proxy_env = static_env(proxy, tuple(s.name for s in services), grant_env)
         env.update(proxy_env)
         secrets |= proxy.registration.secret_values()
-    injected = set(env) | reserved_names(proxy)
-    clashes = [("env", k) for k in model.env if k in injected]
-    clashes += [("secrets", k) for k in model.secrets if k in injected]
+    moat_set = set(env)
+
+    def taken(key: str) -> bool:
+        return key in moat_set or routes_around(key, proxy)
+
+    clashes = [("env", k) for k in model.env if taken(k)]
+    clashes += [("secrets", k) for k in model.secrets if taken(k)]
     if clashes:
         raise ConfigError(config.file, [
             Located(where, _clash(where[1], env), *config.marks.locate(where, prefer_key=True))
@@ -179,10 +183,12 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     env.update(model.env)
     env.update(request.secrets)  # moat.yaml's secrets, resolved: values the agent needs, masked everywhere
     secrets |= {v for v in request.secrets.values() if v}
-    env.update(_cli_env(request, injected | set(request.secrets)))
+    env.update(_cli_env(request, lambda key: taken(key) or key in request.secrets, env))
     # moat's own proxy settings and placeholders are no secrets (GIT_CONFIG_KEY_0 names a git setting).
     secrets |= credential_values({k: v for k, v in env.items() if k not in proxy_env or v != proxy_env[k]})
 
+    if proxy is not None:  # the trace masks the run's other secrets too, should the agent send one
+        proxy = replace(proxy, registration=replace(proxy.registration, mask=tuple(sorted(secrets))))
     interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
     if not command:
@@ -383,7 +389,25 @@ def _runtime(request: RunRequest, configured: str) -> str:
     return choice
 
 
-def _cli_env(request: RunRequest, injected: set[str]) -> dict[str, str]:
+def _grant_env(grants: tuple[ResolvedGrant, ...], moat_set: set[str], proxy: ProxySpec) -> dict[str, str]:
+    """The grants' placeholder variables: none may replace one of moat's, open a way around the proxy,
+    or be another grant's."""
+    out: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for grant in grants:
+        for key, value in grant.env.items():
+            if key in moat_set or routes_around(key, proxy) or key in ("PATH", "HOME"):
+                raise UsageError(f"grant {grant.name}: its provider sets {key}, which is moat's to set",
+                                 hint="Give the provider's container_env another name.")
+            if key in owner:
+                raise UsageError(f"grants {owner[key]} and {grant.name} both set {key}",
+                                 hint="Keep one of them, or give one provider's container_env another name.")
+            owner[key] = grant.name
+            out[key] = value
+    return out
+
+
+def _cli_env(request: RunRequest, taken: Callable[[str], bool], env: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in request.env:
         key, sep, value = item.partition("=")
@@ -395,7 +419,7 @@ def _cli_env(request: RunRequest, injected: set[str]) -> dict[str, str]:
             value = request.host_env[key]
         if _CONTROL.search(value):
             raise UsageError(f"-e {key}: the value contains a control character; values must be a single line")
-        if key in injected:
-            raise UsageError(f"-e {key}: {key} is set by moat for the agent; choose another name")
+        if taken(key):
+            raise UsageError(f"-e {key}: {_clash(key, env)}")
         out[key] = value
     return out

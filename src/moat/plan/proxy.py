@@ -84,10 +84,17 @@ def static_env(spec: ProxySpec, services: tuple[str, ...], grant_env: Mapping[st
     return env
 
 
-def reserved_names(spec: ProxySpec | None) -> set[str]:
-    """Variables a user may not set when the run uses the proxy (they would route around it)."""
+# Clients read these in any case (Python's urllib takes NO_proxy): compared without case.
+_AROUND = {n.upper() for n in (*PROXY_VARIABLES, *NO_PROXY_VARIABLES, *CA_VARIABLES, *GIT_VARIABLES,
+                               HOST_GATEWAY_VARIABLE, "ALL_PROXY", "CURL_ALL_PROXY", "SSL_CERT_DIR",
+                               "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
+                               "GIT_SSL_NO_VERIFY", "NODE_TLS_REJECT_UNAUTHORIZED")}
+_AROUND_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+
+
+def routes_around(name: str, spec: ProxySpec | None) -> bool:
+    """Whether a variable the user sets would send the agent around moat's proxy (or past its CA)."""
     if spec is None:
-        return set()
-    names = {*PROXY_VARIABLES, *NO_PROXY_VARIABLES, *CA_VARIABLES, *GIT_VARIABLES, HOST_GATEWAY_VARIABLE,
-             "ALL_PROXY", "all_proxy"}
-    return names
+        return False
+    upper = name.upper()
+    return upper in _AROUND or upper.startswith(_AROUND_PREFIXES)
