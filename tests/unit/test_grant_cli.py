@@ -305,3 +305,17 @@ def test_the_prompt_on_a_terminal_does_not_echo(tmp_path: Path, home: Path) -> N
 
     stored = CredentialStore(home).get("linear")
     assert stored is not None and (stored.token, stored.source) == (typed, "prompt")
+
+
+def test_a_run_with_a_grant_twice_by_alias_has_it_once(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    grant_github(capsys, monkeypatch)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "moat.yaml").write_text("grants: [gh]\n")
+    code, out, err = moat(capsys, "run", "--dry-run", "--json", "--runtime", "docker", str(workspace),
+                          "--grant", "github:repo", "--", "true")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert [g["grant"] for g in plan["proxy"]["grants"]] == ["github"]
+    assert TOKEN not in out and not (tmp_path / "moat-home" / "proxy" / "ca").exists()  # a dry run writes no CA

@@ -66,3 +66,17 @@ def test_without_network_it_says_what_it_can_trace(home: Path, capsys: pytest.Ca
 def test_an_unknown_run_is_a_usage_error(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "--network", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_what_the_agent_sent_cannot_drive_the_terminal_and_odd_records_do_not_crash(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = home / "runs" / "run_000000000002" / "network.jsonl"
+    odd = [{"ts": "2026-11-26T10:00:03.000000Z", "method": "GET", "url": "https://x/\x1b]0;pwned\x07",
+            "req_headers": {"X-Evil": "a\x1b]52;c;Y2xpcA==\x07b"}, "status_code": 200, "duration_ms": 1},
+           {"ts": 5, "method": ["x"], "req_headers": ["a", "b"], "req_body": {"k": 1}, "duration_ms": None}]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in odd) + '{"ts": "x", "duration_ms": Infinity}\n')
+    assert main(["trace", "--network", "-v", "quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned\\x07" in out
+    assert main(["trace", "--network", "--json", "quiet"]) == 0
+    assert "Infinity" not in capsys.readouterr().out

@@ -37,16 +37,22 @@ def resolve_grants(names: list[str], home: Path, run_id: str, profile: str | Non
 
     providers = ProviderRegistry.load(home)
     store = CredentialStore(home, profile)
-    resolved: list[ResolvedGrant] = []
-    missing: list[str] = []
+    chosen: dict[str, str] = {}  # provider → the grant as written (an alias and its name are one grant)
     for name in names:
         provider = providers.get(name)  # an unknown name: a usage error with a did-you-mean
+        chosen.pop(provider.name, None)
+        chosen[provider.name] = name
+    resolved: list[ResolvedGrant] = []
+    missing: list[str] = []
+    for provider_name, name in chosen.items():
+        provider = providers.get(provider_name)
         credential = store.get(provider.name)
         if credential is None:
             missing.append(provider.name)
             continue
-        rules, env = rules_for(provider, credential, run_id, grant=parse_grant(name).provider)
-        resolved.append(ResolvedGrant(name, rules, env))
+        rules, env = rules_for(provider, credential, run_id, grant=provider.name)
+        scopes = parse_grant(name).scopes
+        resolved.append(ResolvedGrant(provider.name + (f":{','.join(scopes)}" if scopes else ""), rules, env))
     if missing:
         where = f" in profile '{profile}'" if profile else ""
         commands = "; ".join(f"`moat grant {m}" + (f" --profile {profile}" if profile else "") + "`" for m in missing)

@@ -20,26 +20,40 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     records = []
     for line in text.splitlines():
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=lambda name: None)  # NaN, Infinity: not JSON
         except ValueError:
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append({str(k): v for k, v in record.items()})
     return records
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def shown(value: Any) -> str:
+    """A recorded value as text that cannot drive the terminal: what the agent sent is in the trace,
+    and an escape sequence there (a window title, the clipboard) must not reach the user's terminal."""
+    return str(value).translate(_CONTROL)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def summary(record: dict[str, Any]) -> str:
     stamp = str(record.get("ts", ""))
     clock = stamp[11:23] if len(stamp) >= 23 else stamp
     status = "ERR" if record.get("error") else str(record.get("status_code") or "-")
-    line = f"[{clock}] {record.get('method', '?')} {record.get('url', '')} {status} ({record.get('duration_ms', 0)}ms)"
+    line = (f"[{shown(clock)}] {shown(record.get('method', '?'))} {shown(record.get('url', ''))} {shown(status)}"
+            f" ({shown(record.get('duration_ms', 0))}ms)")
     extras = []
     if record.get("grant"):
-        extras.append(f"grant {record['grant']}")
+        extras.append(f"grant {shown(record['grant'])}")
     if record.get("blocked"):
-        extras.append(f"blocked: {record.get('reason') or 'refused by moat'}")
+        extras.append(f"blocked: {shown(record.get('reason') or 'refused by moat')}")
     if record.get("error"):
-        extras.append(f"error: {record['error']}")
+        extras.append(f"error: {shown(record['error'])}")
     return line + (f"  [{'; '.join(extras)}]" if extras else "")
 
 
@@ -47,14 +61,15 @@ def details(record: dict[str, Any]) -> list[str]:
     out = []
     for title, headers_key, body_key in (("Request", "req_headers", "req_body"),
                                          ("Response", "resp_headers", "resp_body")):
-        headers = record.get(headers_key) or {}
+        headers = _mapping(record.get(headers_key))
         if headers:
             out.append(f"  {title} Headers:")
-            out += [f"    {name}: {headers[name]}" for name in sorted(headers)]
+            out += [f"    {shown(name)}: {shown(headers[name])}" for name in sorted(headers, key=str)]
         body = record.get(body_key)
         if body:
-            shown = body if len(body) <= BODY_SHOWN else body[:BODY_SHOWN] + "..."
-            out += [f"  {title} Body:", *(f"    {line}" for line in str(shown).splitlines())]
+            text = str(body)
+            text = text if len(text) <= BODY_SHOWN else text[:BODY_SHOWN] + "..."
+            out += [f"  {title} Body:", *(f"    {shown(line)}" for line in text.splitlines())]
     if record.get("truncated"):
         out.append("  [Body truncated in storage]")
     return [*out, ""]
@@ -79,7 +94,7 @@ def trace(run: str | None, network: bool, verbose: bool, as_json: bool) -> None:
     info = registry.resolve(run) if run else registry.latest(active=False)
     records = read_trace(info.directory / NETWORK_TRACE)
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        click.echo(json.dumps(records, indent=2, default=str))
         return
     if not records:
         click.echo("No network requests recorded")
