@@ -319,3 +319,23 @@ def test_a_run_with_a_grant_twice_by_alias_has_it_once(capsys: pytest.CaptureFix
     plan = json.loads(out)
     assert [g["grant"] for g in plan["proxy"]["grants"]] == ["github"]
     assert TOKEN not in out and not (tmp_path / "moat-home" / "proxy" / "ca").exists()  # a dry run writes no CA
+
+
+def test_odd_files_under_moat_home_are_errors_that_say_where(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    (home / "credentials" / "foo.enc").mkdir(parents=True)
+    code, _, err = moat(capsys, "revoke", "foo")
+    assert code == 1 and "cannot remove" in err and "foo.enc" in err and "internal error" not in err
+    (home / "credentials" / "foo.enc").rmdir()
+    (home / "credentials").rmdir()
+    (home / "credentials").write_text("")
+    monkeypatch.setenv("CI_TOKEN", TOKEN)
+    code, _, err = moat(capsys, "grant", "github", "--token-env", "CI_TOKEN", "--no-validate")
+    assert code == 1 and f"{home / 'credentials'}" in err and "internal error" not in err
+
+
+def test_a_token_that_is_not_printable_ascii_is_refused(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI_TOKEN", "tok\u00e9en")
+    code, _, err = moat(capsys, "grant", "telegram", "--token-env", "CI_TOKEN", "--no-validate")
+    assert code == 2 and "not printable ASCII" in err and "tok\u00e9en" not in err

@@ -43,9 +43,12 @@ def token_problem(token: str) -> str | None:
     if not token:
         return "the token is empty"
     for char in token:
-        # A token ends up in an HTTP header: a line break there would be a header of the agent's making.
+        # A token ends up in an HTTP header: a line break there would be a header of the agent's making;
+        # anything but printable ASCII cannot be a header's value at all.
         if char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F:
             return "the token contains a space or a control character; a token is one word"
+        if not 0x21 <= ord(char) <= 0x7E:
+            return "the token contains a character that is not printable ASCII; tokens are ASCII"
     return None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from moat.credentials.credential import Credential, check_profile_name, check_provider_name
+from moat.credentials.credential import Credential, check_profile_name, check_provider_name, token_problem
 from moat.credentials.keys import encryption_key
 from moat.credentials.privatefile import write_private_bytes
 from moat.errors import MoatError
@@ -58,9 +58,14 @@ class CredentialStore:
         plaintext = json.dumps(credential.to_json(), separators=(",", ":")).encode()
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self._encryption_key()).encrypt(nonce, plaintext, _associated(credential.provider))
-        private_dir(self.directory)
-        _tighten(self.directory)
-        write_private_bytes(path, MAGIC + nonce + sealed)
+        try:
+            private_dir(self.directory)
+            _tighten(self.directory)
+            write_private_bytes(path, MAGIC + nonce + sealed)
+        except OSError as exc:
+            where = exc.filename or self.directory
+            raise CredentialFileError(f"cannot store the {credential.provider} credential: {where}: {exc.strerror}",
+                                      hint=f"Check {self.root} (it must be a directory you can write).") from None
         return path
 
     def get(self, provider: str) -> Credential | None:
@@ -110,10 +115,14 @@ class CredentialStore:
 
     def delete(self, provider: str) -> bool:
         """Remove the provider's credential (readable or not); whether there was one."""
+        path = self.path_for(provider)
         try:
-            self.path_for(provider).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise CredentialFileError(f"cannot remove {path}: {exc.strerror}",
+                                      hint="Move it away by hand: moat only ever writes files there.") from None
         return True
 
     def _open(self, path: Path, provider: str, data: bytes) -> Credential:
@@ -134,11 +143,18 @@ class CredentialStore:
             raise _unreadable(path, provider, "its content is not a credential", self.profile) from None
         if credential.provider != provider:
             raise _unreadable(path, provider, f"it holds a credential for '{credential.provider}'", self.profile)
+        problem = token_problem(credential.token)
+        if problem is not None:  # stored by an older moat that let it through
+            raise _unreadable(path, provider, problem, self.profile)
         return credential
 
     def _encryption_key(self) -> bytes:
         if self._key is None:
-            self._key = encryption_key(self.root)
+            try:
+                self._key = encryption_key(self.root)
+            except OSError as exc:  # MOAT_HOME/credentials is a file, or not ours to write
+                raise CredentialFileError(f"cannot use {exc.filename or self.root} for credentials: {exc.strerror}",
+                                          hint=f"{self.root} must be a directory you can write.") from None
         return self._key
 
 

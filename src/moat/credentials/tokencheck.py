@@ -6,7 +6,7 @@ token (Telegram's is in the path).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -23,7 +23,7 @@ class TokenRejected(MoatError):
 
 
 def check_token(provider: str, check: TokenCheck, token: str, *, timeout: float = TIMEOUT) -> None:
-    url = check.url.replace(TOKEN, token)
+    url = check.url.replace(TOKEN, quote(token, safe=""))  # a token is never a path of its own making
     host = urlsplit(check.url).hostname or "the provider"
     headers = {"User-Agent": USER_AGENT}
     headers.update({name: value.replace(TOKEN, token) for name, value in check.headers})
