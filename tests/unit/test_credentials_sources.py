@@ -234,3 +234,9 @@ def test_the_agents_npmrc_has_placeholders_only() -> None:
 def test_fake_cli_really_runs(tmp_path: Path) -> None:
     env = fake_cli(tmp_path, "gh", "exit 0")
     assert os.access(Path(env["PATH"].split(":")[0]) / "gh", os.X_OK)
+
+
+def test_an_npmrc_pattern_or_port_never_widens_where_the_token_goes() -> None:
+    tokens, _ = npm.parse_npmrc("//*.x.com/:_authToken=abc123\n//bad host/:_authToken=abc123\n"
+                                "//registry.example:8443/:_authToken=abc123\n")
+    assert tokens == {"registry.example": "abc123"}  # no wildcard, no name with a space; the host of a port

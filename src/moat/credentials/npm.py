@@ -38,8 +38,12 @@ def parse_npmrc(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
         if line.startswith("//") and ":_authToken=" in line:
             where, _, token = line[2:].partition(":_authToken=")
             host = normalize_host(where.split("/", 1)[0])
+            if ":" in host and not host.startswith("["):
+                host = host.rsplit(":", 1)[0]  # //registry.example:8443/: the proxy matches hosts, not ports
             token = token.strip().strip('"')
-            if host and not token.startswith("$") and token_problem(token) is None:
+            # Only a host: a pattern (//*.x.com/) would send the token to every name below it.
+            if (host and valid_pattern(host) is None and not host.startswith("*.") and not token.startswith("$")
+                    and token_problem(token) is None):
                 tokens[host] = token
         elif line.startswith("@") and ":registry=" in line:
             scope, _, url = line.partition(":registry=")
