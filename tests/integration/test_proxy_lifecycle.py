@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,11 +100,16 @@ def test_a_second_daemon_for_the_same_home_refuses_to_start(tmp_path: Path) -> N
         assert client.status(home).pid == info.pid  # type: ignore[union-attr]
 
 
-def test_sigterm_stops_it_cleanly(tmp_path: Path) -> None:
+def test_sigterm_stops_it_cleanly_even_with_clients_connected(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with running_daemon(home) as info:
-        os.kill(info.pid, signal.SIGTERM)
-        assert wait_gone(info, 10)
+        token = secrets.token_hex(32)
+        client.register(home, registration("run_open", token, None))
+        with socket.create_connection(("127.0.0.1", info.port)) as open_client:
+            open_client.sendall(b"GET http://moat-host:1/ HTTP/1.1\r\n")  # half a request, then nothing
+            time.sleep(0.2)
+            os.kill(info.pid, signal.SIGTERM)
+            assert wait_gone(info, 10)
         assert not (home / "proxy" / "daemon.json").exists()
         assert not (home / "proxy" / "control.sock").exists()
 

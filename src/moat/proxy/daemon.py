@@ -124,6 +124,7 @@ class Daemon:
     # -- life -------------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
         ca = ensure_ca(self.paths.home)
         opts = options.Options()
         self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)
@@ -222,6 +223,14 @@ class Daemon:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(self.paths.state.read_text()).get("pid") == os.getpid():
                 self.paths.state.unlink()
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections still open when the daemon stops are cancelled; asyncio would log each as an
+    error (with a traceback) although nothing went wrong."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def _upstream_trust(env: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
