@@ -361,6 +361,7 @@ class Trace:
     def __init__(self, state: ProxyState, write: Callable[[str, dict[str, Any]], None] = trace.append) -> None:
         self.state = state
         self.write = write
+        self._failing: set[str] = set()  # runs whose trace cannot be written: said once, not per request
 
     def response(self, flow: Any) -> None:
         self._record(flow)
@@ -423,7 +424,11 @@ class Trace:
         try:
             self.write(path, line)
         except OSError as exc:  # a full disk or a removed run directory must not stop the proxy
-            log.warning("cannot write the trace of run %s: %s", run.run_id, exc.strerror or exc)
+            if run.run_id not in self._failing:
+                self._failing.add(run.run_id)
+                log.warning("cannot write the trace of run %s: %s", run.run_id, exc.strerror or exc)
+        else:
+            self._failing.discard(run.run_id)
 
 
 def addons(state: ProxyState) -> list[Any]:
