@@ -126,6 +126,10 @@ def test_the_registry_finds_runs_by_token_only() -> None:
     assert runs.authenticate("") is None
     assert run.injected_names == frozenset({"authorization"})
     assert run.masker.text("Bearer ghp_real and ghp_real") == "**** and ****"
+    oauth = GrantRules("claude", injections=CLAUDE.injections, values=("oat-real",))
+    runs.register(registration("run_b", "v" * 32, grants=(oauth,)))
+    claude_run = runs.get("run_b")
+    assert claude_run is not None and claude_run.injected_names == frozenset({"authorization"})  # not the beta
 
 
 def test_a_run_registers_again_with_new_rules_and_a_token_is_one_runs() -> None:

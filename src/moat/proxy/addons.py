@@ -37,7 +37,6 @@ OWN_RESPONSE = "moat.own-response"  # the proxy answered itself (a refusal, a 40
 BLOCKED = "moat.blocked"  # the Refusal
 MAPPED = "moat.mapped"  # moat-host:<port>, sent to the host's port
 GRANTS = "moat.grants"  # the grants applied
-INJECTED = "moat.injected"  # header names the grants set
 SUBSTITUTIONS = "moat.substitutions"  # token substitutions still to apply to the body
 REQ_BYTES = "moat.req-bytes"
 RESP_BYTES = "moat.resp-bytes"
@@ -291,7 +290,6 @@ class Inject:
         pairs = injected.headers if injected else sent
         if injected:
             used.update(dict.fromkeys(injected.grants))
-            flow.metadata[INJECTED] = injected.names
         substitutions = inject.substitutions_for(grants, host)
         if substitutions:
             request.path, path_grants = inject.substitute(request.path, substitutions)
@@ -414,8 +412,7 @@ class Trace:
             req_headers=request.headers.items(multi=True),
             resp_headers=response.headers.items(multi=True) if response is not None else (),
         )
-        injected = run.injected_names | flow.metadata.get(INJECTED, frozenset())
-        self._write(run, trace.record(exchange, run.masker, injected))
+        self._write(run, trace.record(exchange, run.masker, run.injected_names))
 
     def _write(self, run: Run, line: dict[str, Any]) -> None:
         path = run.registration.trace_file

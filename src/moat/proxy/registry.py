@@ -25,7 +25,7 @@ MIN_TOKEN_LENGTH = 16  # a run's token is random (the run makes 32 bytes); a sho
 class Run:
     registration: Registration
     masker: Masker  # every secret of the run: the trace passes through it
-    injected_names: frozenset[str] = field(default_factory=frozenset)  # headers its grants set, lower case
+    injected_names: frozenset[str] = field(default_factory=frozenset)  # headers its grants put secrets in
 
     @property
     def run_id(self) -> str:
@@ -79,7 +79,8 @@ class RunRegistry:
         if holder is not None and holder.run_id != registration.run_id:
             raise ValueError("another run holds this proxy token")
         self.unregister(registration.run_id)
-        injected = frozenset(name.lower() for g in registration.grants for i in g.injections for name, _ in i.set)
+        injected = frozenset(name.lower() for g in registration.grants for i in g.injections for name, value in i.set
+                             if value in g.secret_values())  # a fixed header (anthropic-beta) is no secret
         masker = Masker(secret_forms(registration.secret_values()))
         self._by_digest[digest] = Run(registration, masker, injected)
         self._digest_of[registration.run_id] = digest
