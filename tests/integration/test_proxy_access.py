@@ -78,7 +78,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         with running_daemon(tmp / "home", env=env) as info:
             token, secret = secrets.token_hex(32), secrets.token_hex(16)
             grant = GrantRules("local", injections=(HeaderInjection(("moat-host",), (("X-Key", secret),)),))
-            trace = tmp / "trace.jsonl"
+            trace = tmp / "home" / "runs" / "run_host" / "network.jsonl"  # the only trace a run may have
+            trace.parent.mkdir(parents=True)
             client.register(tmp / "home", registration("run_host", token, trace, grant,
                                                        host_ports=(https.port, plain.port)))
             yield Host(tmp / "home", info, https, plain, token, secret, trace)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from moat.credentials.rules import GrantRules, HeaderInjection, Substitution
+from moat.errors import MoatError
 from moat.proxy import client
 from tests.integration.proxy_support import (
     Seen,
@@ -55,7 +56,8 @@ class World:
 
     def register(self, run_id: str, *grants: GrantRules) -> tuple[str, Path]:
         token = secrets.token_hex(32)
-        trace = self.tmp / f"{run_id}.jsonl"
+        trace = self.home / "runs" / run_id / "network.jsonl"  # the only trace a run may have
+        trace.parent.mkdir(parents=True, exist_ok=True)
         client.register(self.home, registration(run_id, token, trace, *grants))
         return token, trace
 
@@ -102,6 +104,8 @@ def test_the_real_token_reaches_the_upstream_in_place_of_the_placeholder(world: 
     assert result.returncode == 0, result.stderr
     seen = world.last("/echo/user")
     assert seen.header("Authorization") == f"Bearer {real}"
+    assert real not in result.stdout  # the echo carries it back scrubbed
+    assert seen.header("Accept-Encoding") is None  # asked for uncompressed, so nothing slips past the scrub
     assert seen.header("Proxy-Authorization") is None  # the run's token stays with moat
     assert "moatProxyInjectedPlaceholder" not in json.dumps(seen.headers)
     # Through moat's own upstream proxy, with its credentials on the CONNECT only.
@@ -183,6 +187,9 @@ def test_tokens_are_substituted_in_path_query_headers_and_body(world: World) -> 
     assert seen.header("X-Token") == real
     assert json.loads(seen.body) == {"text": f"token {real}"}
     assert seen.header("Content-Length") == str(len(seen.body))
+    # The upstream echoes the request: the agent must not get the token back that way (review).
+    assert real not in result.stdout and "*" * len(real) in result.stdout
+    assert json.loads(result.stdout)["path"] == f"/echo/bot{'*' * len(real)}/send?key={'*' * len(real)}&x=1"
     # Another host keeps the placeholder: a grant's value goes only where the grant says.
     assert curl(world.info, token, f"https://api.example.test/echo/elsewhere/{placeholder}").returncode == 0
     assert world.last("/echo/elsewhere/").path == f"/echo/elsewhere/{placeholder}"
@@ -307,3 +314,14 @@ def test_a_tls_client_that_refuses_moats_ca_is_named_in_the_trace(world: World) 
             context.wrap_socket(sock, server_hostname="api.github.com")
     [line] = wait_for_trace(trace, 1)
     assert "moat's CA" in line["error"]
+
+
+def test_a_registration_may_only_trace_into_its_own_record(world: World) -> None:
+    # Whoever reaches the control socket must not make the daemon append to a file of their choosing.
+    elsewhere = world.tmp / "not-a-trace.sh"
+    with pytest.raises(MoatError, match="a run's trace is"):
+        client.register(world.home, registration("run_elsewhere", secrets.token_hex(32), elsewhere))
+    with pytest.raises(MoatError, match="a run's trace is"):
+        client.register(world.home, registration("run_x", secrets.token_hex(32),
+                                                 world.home / "runs" / "run_y" / "network.jsonl"))
+    assert not elsewhere.exists()

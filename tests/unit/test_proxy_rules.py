@@ -167,3 +167,27 @@ def test_secret_forms_include_what_a_basic_header_hides() -> None:
     basic = "Basic " + base64.b64encode(b"x-access-token:ghp_real").decode()
     forms = secret_forms([basic])
     assert {"x-access-token:ghp_real", "ghp_real", basic} <= forms
+
+
+def test_the_scrubber_hides_a_secret_even_split_across_chunks_and_keeps_lengths() -> None:
+    from moat.proxy.inject import Scrubber
+
+    secret = "123456:telegram-secret-value"
+    scrubber = Scrubber([secret, "short"])
+    body = f'{{"text": "bot{secret}", "again": "{secret}", "tail": "sho'.encode()
+    chunks = [body[i:i + 7] for i in range(0, len(body), 7)] + [b'rt"}']
+    out = b"".join(scrubber(chunk) for chunk in chunks) + scrubber(b"")
+    assert len(out) == len(body) + len(b'rt"}')
+    assert secret.encode() not in out and b"short" not in out
+    assert out.count(b"*" * len(secret)) == 2
+    assert Scrubber([secret]).text(f"Location: /bot{secret}/x") == f"Location: /bot{'*' * len(secret)}/x"
+
+
+def test_the_secrets_a_host_must_not_echo_are_its_grants_only() -> None:
+    from moat.proxy.inject import grant_secrets
+
+    token = "ghp_" + "a" * 36
+    bearer = HeaderInjection(("api.github.com",), (("Authorization", f"Bearer {token}"),))
+    github = GrantRules("github", injections=(bearer,), values=(token,))
+    assert token in grant_secrets([github], "api.github.com")
+    assert grant_secrets([github], "example.com") == ()

@@ -37,6 +37,7 @@ OWN_RESPONSE = "moat.own-response"  # the proxy answered itself (a refusal, a 40
 BLOCKED = "moat.blocked"  # the Refusal
 MAPPED = "moat.mapped"  # moat-host:<port>, sent to the host's port
 GRANTS = "moat.grants"  # the grants applied
+SCRUB = "moat.scrub"  # the credentials a response from this host must not carry back
 SUBSTITUTIONS = "moat.substitutions"  # token substitutions still to apply to the body
 REQ_BYTES = "moat.req-bytes"
 RESP_BYTES = "moat.resp-bytes"
@@ -304,6 +305,13 @@ class Inject:
             request.headers = http.Headers([(n.encode("utf-8", "surrogateescape"),
                                              v.encode("utf-8", "surrogateescape")) for n, v in pairs])
         flow.metadata[GRANTS] = tuple(used)
+        secrets = inject.grant_secrets(grants, host)
+        if secrets:
+            # The response is scrubbed of the credentials (see inject.Scrubber): asked for uncompressed,
+            # so that a compressed echo cannot carry one past the scrubber.
+            flow.metadata[SCRUB] = secrets
+            if "accept-encoding" in request.headers:
+                del request.headers["accept-encoding"]
         length = request.headers.get("content-length", "")
         if substitutions and length.isdigit() and int(length) <= BUFFER_LIMIT:
             flow.metadata[SUBSTITUTIONS] = substitutions  # read whole: the body may hold a placeholder
@@ -349,8 +357,21 @@ class Stream:
     sent, a download never sits whole in the proxy's memory."""
 
     def responseheaders(self, flow: Any) -> None:
-        if not flow.metadata.get(OWN_RESPONSE):
-            flow.response.stream = Counter(flow.metadata, RESP_BYTES)
+        if flow.metadata.get(OWN_RESPONSE):
+            return
+        counter = Counter(flow.metadata, RESP_BYTES)
+        secrets = flow.metadata.get(SCRUB)
+        if not secrets:
+            flow.response.stream = counter
+            return
+        scrubber = inject.Scrubber(secrets)
+        headers = flow.response.headers
+        for name in list(headers.keys()):
+            values = headers.get_all(name)
+            cleaned = [scrubber.text(v) for v in values]
+            if cleaned != values:
+                headers.set_all(name, cleaned)
+        flow.response.stream = lambda data: counter(scrubber(data))
 
 
 class Trace:

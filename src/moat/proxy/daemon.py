@@ -55,7 +55,7 @@ class Daemon:
     def __init__(self, paths: ProxyPaths, idle: float) -> None:
         self.paths = paths
         self.idle = idle
-        self.runs = RunRegistry()
+        self.runs = RunRegistry(paths.home)
         self.upstream = UpstreamConfig.from_env(os.environ)
         self.state = ProxyState(self.runs, self.upstream)
         self.port = 0

@@ -93,3 +93,48 @@ def substitute_bytes(data: bytes, substitutions: Sequence[tuple[str, Substitutio
             data = data.replace(placeholder, rule.value.encode())
             used[grant] = None
     return data, tuple(used)
+
+
+def grant_secrets(grants: Sequence[GrantRules], host: str) -> tuple[str, ...]:
+    """Every form of the credentials that apply to ``host`` (the token, a Basic form, a substituted
+    value): what a response from that host must never carry back to the agent."""
+    found: dict[str, None] = {}
+    for grant in grants:
+        if any(i.applies_to(host) for i in grant.injections) or any(s.applies_to(host) for s in grant.substitutions):
+            found.update(dict.fromkeys(sorted(grant.secret_values(), key=len, reverse=True)))
+    return tuple(v for v in found if len(v) >= MIN_SCRUBBED)
+
+
+MIN_SCRUBBED = 4  # shorter "secrets" would blot out ordinary text (no real token is this short)
+
+
+class Scrubber:
+    """A streaming filter that replaces each secret with as many ``*`` (the same length: a response's
+    Content-Length stays right). A server that echoes a request (Telegram's sendMessage returns the
+    text; some APIs reflect headers) would otherwise hand the agent the credential it must not hold.
+    A secret split across two chunks is caught: the last bytes of a chunk wait for the next."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self.secrets = [s.encode() for s in secrets if s]
+        self.keep = max((len(s) for s in self.secrets), default=1) - 1
+        self.pending = b""
+
+    def scrub(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, b"*" * len(secret))
+        return data
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:  # the end of the body: what was held back goes now
+            out, self.pending = self.scrub(self.pending), b""
+            return out
+        buffered = self.scrub(self.pending + data)
+        if self.keep <= 0:
+            self.pending = b""
+            return buffered
+        self.pending = buffered[-self.keep:]
+        return buffered[: -self.keep] if len(buffered) > self.keep else b""
+
+    def text(self, value: str) -> str:
+        return self.scrub(value.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")

@@ -14,7 +14,9 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from moat.constants import NETWORK_TRACE, RUNS_DIR
 from moat.credentials.rules import Registration
 from moat.masking import Masker
 
@@ -49,14 +51,20 @@ def secret_forms(values: Iterable[str]) -> set[str]:
     return {f for f in forms if f}
 
 
-def validate(registration: Registration) -> str | None:
-    """Why the daemon refuses ``registration``, or None."""
+def validate(registration: Registration, home: Path | None = None) -> str | None:
+    """Why the daemon refuses ``registration``, or None. The trace goes to the run's own record and
+    nowhere else: whoever can reach the control socket must not make the daemon append to any file."""
     if not registration.run_id or len(registration.run_id) > 200:
         return "a registration needs a run id"
     if len(registration.token) < MIN_TOKEN_LENGTH:
         return f"a run's proxy token must be at least {MIN_TOKEN_LENGTH} characters"
     if registration.trace_file is not None and not os.path.isabs(registration.trace_file):
         return "the trace file must be an absolute path"
+    if registration.trace_file is not None and home is not None:
+        expected = home / RUNS_DIR / registration.run_id / NETWORK_TRACE
+        if "/" in registration.run_id or registration.run_id in (".", "..") or \
+                Path(registration.trace_file) != expected:
+            return f"a run's trace is {home / RUNS_DIR}/<run id>/{NETWORK_TRACE}"
     bad_ports = [p for p in registration.host_ports if not 1 <= p <= 65535]
     if bad_ports:
         return f"host port {bad_ports[0]} is out of range (1-65535)"
@@ -64,14 +72,15 @@ def validate(registration: Registration) -> str | None:
 
 
 class RunRegistry:
-    def __init__(self) -> None:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home  # MOAT_HOME: where runs' traces must be
         self._by_digest: dict[bytes, Run] = {}
         self._digest_of: dict[str, bytes] = {}  # run id → its token's digest
         self._empty_since: float | None = time.monotonic()
 
     def register(self, registration: Registration) -> None:
         """Add a run, or replace what a run registered before (same id). ValueError when refused."""
-        problem = validate(registration)
+        problem = validate(registration, self.home)
         if problem:
             raise ValueError(problem)
         digest = _digest(registration.token)
