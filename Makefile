@@ -65,6 +65,7 @@ bench: install engine sandbox
 	bash benchmarks/peers.sh
 	$(BIN)/python benchmarks/startup.py --json benchmarks/last-startup.json
 	$(BIN)/python benchmarks/runtimes.py --json benchmarks/last-runtimes.json
+	$(BIN)/python benchmarks/proxy.py --json benchmarks/last-proxy.json
 
 clean-engine:
 	bash engine/stop.sh
