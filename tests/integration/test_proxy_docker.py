@@ -107,7 +107,8 @@ def check_injected(setup: Setup, answer: dict[str, object]) -> None:
     body = answer["body"]
     assert isinstance(body, dict)
     headers = {k.lower(): v for k, v in body["headers"]}
-    assert headers["x-key"] == setup.secret
+    assert setup.upstream.seen[-1].header("X-Key") == setup.secret  # it arrived for real
+    assert headers["x-key"] == "*" * len(setup.secret)  # and the echo never brought it back to the agent
     assert "proxy-authorization" not in headers
 
 

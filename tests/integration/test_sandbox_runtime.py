@@ -116,12 +116,20 @@ def assert_gone(home: Path, scratch: Path, run_id: str) -> None:
     for base in (Path("/sys/fs/cgroup/memory/moat"), Path("/sys/fs/cgroup/cpu/moat")):
         assert not (base / run_id).exists(), "cgroup left"
     tag = f"moat-sandbox:{home_id(home)}:".encode()
-    left = []
-    for pid, _ in procs.processes():
-        with contextlib.suppress(OSError):
-            if tag in Path(f"/proc/{pid}/cmdline").read_bytes():
-                left.append(pid)
-    assert left == [], f"processes left: {left}"
+
+    def tagged() -> list[int]:
+        left = []
+        for pid, _ in procs.processes():
+            with contextlib.suppress(OSError):
+                if tag in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    left.append(pid)
+        return left
+
+    # Killed processes take a moment to be gone (their exit, their reaping): a few seconds, never more.
+    deadline = time.monotonic() + 5
+    while tagged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tagged() == [], f"processes left: {tagged()}"
 
 
 @pytest.fixture
