@@ -66,15 +66,16 @@ def test_wildcard_hosts_reach_the_proxy_rules() -> None:
     assert env == {"GITLAB_TOKEN": "moat-proxy-injected"}
 
 
-def test_substitution_placeholder_is_per_run_stable_and_hides_the_token() -> None:
+def test_substitution_placeholder_is_random_per_run_and_hides_the_token() -> None:
     rules, env = grant("telegram", run_id="run_1")
     placeholder = env["TELEGRAM_BOT_TOKEN"]
     assert placeholder.startswith("moat-") and len(placeholder) == len("moat-") + 16
     assert rules == GrantRules("telegram", substitutions=(Substitution(("api.telegram.org",), placeholder, TOKEN),),
                                values=(TOKEN,))
-    assert grant("telegram", run_id="run_1")[1] == env  # the same run: the same placeholder
+    # Nothing about the token is in it (review: an HMAC of the run id let an agent test weak tokens
+    # offline): each resolution draws a new one.
+    assert grant("telegram", run_id="run_1")[1]["TELEGRAM_BOT_TOKEN"] != placeholder
     assert grant("telegram", run_id="run_2")[1]["TELEGRAM_BOT_TOKEN"] != placeholder
-    assert grant("telegram", token=TOKEN + "x", run_id="run_1")[1]["TELEGRAM_BOT_TOKEN"] != placeholder
     no_token_in(env)
 
 
@@ -108,8 +109,8 @@ def test_a_token_no_placeholder_can_hide_is_refused() -> None:
         derived_placeholder("moat", "run", "telegram")
     with pytest.raises(MoatError, match="too short"):
         derived_placeholder("a", "run", "telegram")  # every placeholder starts with "moat-"
-    placeholder = derived_placeholder("0", "run", "telegram")  # a digest without a 0 is found
-    assert "0" not in placeholder
+    placeholder = derived_placeholder("ab", "run", "telegram")  # one without "ab" is drawn
+    assert "ab" not in placeholder
 
 
 def test_npm_gets_one_rule_per_registry_and_no_env() -> None:

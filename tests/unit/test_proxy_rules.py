@@ -191,3 +191,22 @@ def test_the_secrets_a_host_must_not_echo_are_its_grants_only() -> None:
     github = GrantRules("github", injections=(bearer,), values=(token,))
     assert token in grant_secrets([github], "api.github.com")
     assert grant_secrets([github], "example.com") == ()
+
+
+def test_the_scrubber_holds_back_only_what_could_begin_a_secret() -> None:
+    from moat.proxy.inject import Scrubber
+
+    scrubber = Scrubber(["ghp_secretsecretsecret"])
+    assert scrubber(b"data: one\n\n") == b"data: one\n\n"  # an event goes at once
+    assert scrubber(b"token ghp_sec") == b"token "  # the start of a secret waits
+    assert scrubber(b"retsecretsecret!") + scrubber(b"") == b"*" * 22 + b"!"
+
+
+def test_a_secret_echoed_percent_encoded_or_json_escaped_is_scrubbed_too() -> None:
+    from moat.proxy.inject import Scrubber, grant_secrets
+
+    token = "123456:ABC/def+ghi"
+    rules = GrantRules("telegram", substitutions=(Substitution(("api.telegram.org",), "moat-0123456789abcdef", token),))
+    scrubber = Scrubber(grant_secrets([rules], "api.telegram.org"))
+    for echoed in (token, "123456%3AABC%2Fdef%2Bghi", "123456%3AABC/def%2Bghi"):
+        assert echoed not in scrubber.text(f"Location: /bot{echoed}/getMe")

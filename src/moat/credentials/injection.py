@@ -1,18 +1,15 @@
 """A grant, resolved for one run: the proxy's rules (real values inside) and the agent's variables
 (placeholders only).
 
-A substitution placeholder (``moat-`` + 16 hex, the Go tool's shape) is derived per run and
-provider: HMAC-SHA256 keyed by the token over the run id. The same run always gets the same
-placeholder (a run that registers again with a restarted proxy keeps matching the environment its
-agent already has), different runs and providers get different ones, and the placeholder says
-nothing about the token. No placeholder ever contains the token: a fixed placeholder that happens to
-(a token of a few characters) is replaced by a derived one.
+A substitution placeholder (``moat-`` + 16 hex, the Go tool's shape) is drawn at random for each
+run and provider and travels in the run's registration: it says nothing about the token (one derived
+from it would let the agent, which holds it, test guesses offline). No placeholder ever contains the
+token: a fixed placeholder that happens to (a token of a few characters) is replaced by a drawn one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import secrets
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -81,10 +78,11 @@ def _hiding(value: str, token: str, run_id: str, provider: str) -> str:
 
 
 def derived_placeholder(token: str, run_id: str, provider: str) -> str:
-    for attempt in range(_ATTEMPTS):
-        message = f"moat-placeholder\0{run_id}\0{provider}\0{attempt}".encode()
-        digest = hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:PLACEHOLDER_HEX]
-        candidate = PLACEHOLDER_PREFIX + digest
+    """A random placeholder (``moat-`` + 16 hex), made once per run and carried in its registration.
+    Random, not derived from the token: the agent holds the placeholder and its run id, and anything
+    computed from the token would let it try weak tokens offline until one gives the placeholder."""
+    for _ in range(_ATTEMPTS):
+        candidate = PLACEHOLDER_PREFIX + secrets.token_hex(PLACEHOLDER_HEX // 2)
         if token not in candidate:
             return candidate
     raise MoatError(f"the {provider} token is too short to be hidden behind a placeholder",

@@ -10,8 +10,11 @@ on *addresses*: a name is refused when what it resolves to is one of these (stan
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import socket
+import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,10 +75,45 @@ def what_address(address: IPAddress) -> str | None:
         return "the unspecified address"
     if is_local_address(address):
         return "an address of this host"
+    if address in _METADATA:
+        return "a cloud metadata address"
+    if any(address in network for network in container_networks()):
+        return "on a container network of this host"
     return None
 
 
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host on this network": reaches the host
+# Metadata services outside 169.254/16 (link-local is refused already): Alibaba's, AWS's over IPv6.
+_METADATA = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
+# Bridges of container engines on this host: other runs' sidecars (an ollama without a password) and
+# any container live there. The proxy sits in the host's network namespace, so it could reach them
+# where the engine's own isolation drops an agent's packets: refused.
+CONTAINER_BRIDGES = ("docker", "br-", "cni", "podman", "virbr")
+_SIOCGIFADDR, _SIOCGIFNETMASK = 0x8915, 0x891B
+_BRIDGES_TTL = 1.0  # seconds: engines add and remove bridges while the proxy runs
+_bridges: tuple[float, tuple[ipaddress.IPv4Network, ...]] = (0.0, ())
+
+
+def container_networks() -> tuple[ipaddress.IPv4Network, ...]:
+    """The IPv4 networks of the host's container bridges (read from the kernel, briefly cached)."""
+    global _bridges  # noqa: PLW0603 — a cache of one value
+    now = time.monotonic()
+    if now - _bridges[0] < _BRIDGES_TTL:
+        return _bridges[1]
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            if not name.startswith(CONTAINER_BRIDGES):
+                continue
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24])
+                netmask = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), _SIOCGIFNETMASK, request)[20:24])
+            except OSError:
+                continue  # no IPv4 address (yet)
+            found.append(ipaddress.IPv4Network(f"{address}/{netmask}", strict=False))
+    _bridges = (now, tuple(found))
+    return _bridges[1]
 
 
 def is_local_address(address: IPAddress) -> bool:

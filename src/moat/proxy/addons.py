@@ -38,6 +38,7 @@ BLOCKED = "moat.blocked"  # the Refusal
 MAPPED = "moat.mapped"  # moat-host:<port>, sent to the host's port
 GRANTS = "moat.grants"  # the grants applied
 SCRUB = "moat.scrub"  # the credentials a response from this host must not carry back
+SCRUB_WHOLE = "moat.scrub-whole"  # a compressed response, scrubbed once read whole
 SUBSTITUTIONS = "moat.substitutions"  # token substitutions still to apply to the body
 REQ_BYTES = "moat.req-bytes"
 RESP_BYTES = "moat.resp-bytes"
@@ -94,7 +95,20 @@ class ProxyState:
         return self._pinned.pop(server_id, None)
 
 
+REFUSED_BODY_LIMIT = 64 * 1024  # bytes of a refused request's body read before the answer
+
+
 def respond(flow: Any, status: int, body: str, headers: dict[str, str]) -> None:
+    """Answer the request here. mitmproxy reads a request's whole body before it answers: a refused
+    request with a large (or unknown) body is cut off instead, or anyone could fill the shared
+    daemon's memory with one unauthenticated upload."""
+    request = flow.request
+    length = request.headers.get("content-length", "0").strip()
+    if "transfer-encoding" in request.headers or not length.isdigit() or int(length) > REFUSED_BODY_LIMIT:
+        flow.metadata[OWN_RESPONSE] = True
+        if flow.killable:
+            flow.kill()
+        return
     flow.response = http.Response.make(status, body.encode(), {
         "Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", **headers})
     flow.metadata[OWN_RESPONSE] = True
@@ -118,6 +132,16 @@ class Auth:
         self.state.connections.pop(client.id, None)
 
     def _identify(self, flow: Any) -> None:
+        # Fail closed: whatever goes wrong here, the request is refused (an exception in an addon
+        # would let mitmproxy carry on with a flow that no run owns: an open, untraced proxy).
+        try:
+            self._check(flow)
+        except Exception:
+            log.exception("refusing a request the proxy could not authenticate")
+            flow.metadata.pop(RUN, None)
+            self._deny(flow, "Proxy authentication required\n")
+
+    def _check(self, flow: Any) -> None:
         headers = flow.request.headers
         header = headers.get("proxy-authorization")
         headers.pop("proxy-authorization", None)
@@ -232,10 +256,15 @@ class HostAccess:
 
     async def server_connect(self, data: Any) -> None:
         server = data.server
-        if server.error or not server.address or self.state.upstream_at(server.address) is not None:
+        if server.error or not server.address:
+            return
+        run = self.state.run_of_client(data.client.id)
+        if run is None:  # fail closed: no connection leaves for a client that proved no run
+            server.error = GUARD_PREFIX + "the connection belongs to no run"
+            return
+        if self.state.upstream_at(server.address) is not None:
             return  # moat's own upstream proxy is moat's configuration, not the agent's choice
         host, port = str(server.address[0]), int(server.address[1])
-        run = self.state.run_of_client(data.client.id)
         if normalize_host(host) == access.HOST_GATEWAY:
             if run is None or not access.gateway_port_allowed(port, run.registration.host_ports):
                 server.error = GUARD_PREFIX + access.host_service_refusal(port).reason
@@ -365,13 +394,28 @@ class Stream:
             flow.response.stream = counter
             return
         scrubber = inject.Scrubber(secrets)
-        headers = flow.response.headers
+        response = flow.response
+        response.reason = scrubber.text(response.reason or "")
+        headers = response.headers
         for name in list(headers.keys()):
             values = headers.get_all(name)
             cleaned = [scrubber.text(v) for v in values]
             if cleaned != values:
                 headers.set_all(name, cleaned)
-        flow.response.stream = lambda data: counter(scrubber(data))
+        if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            # Compressed though it was asked not to be: the scrubber would see compressed bytes and
+            # the client would inflate the credential. Read whole, decoded, scrubbed (``response``).
+            flow.metadata[SCRUB_WHOLE] = True
+            return
+        response.stream = lambda data: counter(scrubber(data))
+
+    def response(self, flow: Any) -> None:
+        if not flow.metadata.pop(SCRUB_WHOLE, False):
+            return
+        scrubber = inject.Scrubber(flow.metadata[SCRUB])
+        body = flow.response.get_content(strict=False) or b""
+        flow.metadata[RESP_BYTES] = len(flow.response.raw_content or b"")
+        flow.response.set_content(scrubber(body) + scrubber(b""))
 
 
 class Trace:
@@ -386,6 +430,11 @@ class Trace:
         self._record(flow)
 
     def error(self, flow: Any) -> None:
+        # mitmproxy's own error page quotes what it received: from a granted host, that may be an echo
+        # of the request with the credential in it. Such a flow ends without an answer.
+        secrets = flow.metadata.get(SCRUB)
+        if secrets and flow.error and flow.killable and inject.Scrubber(secrets).text(flow.error.msg) != flow.error.msg:
+            flow.kill()  # (its message stays mitmproxy's own "killed": that is how it knows not to answer)
         self._record(flow)
 
     def http_connect_error(self, flow: Any) -> None:
@@ -441,10 +490,11 @@ class Trace:
             return
         try:
             self.write(path, line)
-        except OSError as exc:  # a full disk or a removed run directory must not stop the proxy
+        except Exception as exc:  # a full disk, a removed run directory, odd data: never stop the proxy
             if run.run_id not in self._failing:
                 self._failing.add(run.run_id)
-                log.warning("cannot write the trace of run %s: %s", run.run_id, exc.strerror or exc)
+                log.warning("cannot write the trace of run %s: %s", run.run_id,
+                            getattr(exc, "strerror", None) or type(exc).__name__)
         else:
             self._failing.discard(run.run_id)
 

@@ -250,7 +250,11 @@ def _reuse(paths: ProxyPaths, ca_cert: Path) -> ProxyInfo | None:
         return None
     state = _read_state(paths)
     if state is not None and process_alive(int(state["pid"]), None, state.get("pid_start")):
-        _terminate(int(state["pid"]), state.get("pid_start"))  # it does not answer: a hung daemon
+        # Alive but not answering in time: busy (a burst of connections, a slow disk), or hung. It may
+        # serve other runs, whose agents would lose their proxy without a word if it were ended here.
+        raise ProxyError(f"moat's proxy (pid {state['pid']}) is running but did not answer in time",
+                         hint=f"It may be busy; run again in a moment. If it stays so, `moat proxy stop`"
+                              f" (runs using it lose their grants) and see {paths.log}.")
     _remove_state(paths, None)
     return None
 

@@ -60,7 +60,7 @@ async def answer(controller: Controller, line: bytes) -> tuple[dict[str, Any], b
     """The reply to one request line, and whether the daemon stops once it is sent."""
     try:
         request = protocol.decode(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a request nested too deep
         return protocol.error("a request is one JSON object per line", protocol.CODE_BAD_REQUEST), False
     op = request.get("op")
     controller.touch()
@@ -70,7 +70,7 @@ async def answer(controller: Controller, line: bytes) -> tuple[dict[str, Any], b
         if op == protocol.OP_REGISTER:
             try:
                 registration = Registration.from_json(_mapping(request.get("registration")))
-            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            except (AttributeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
                 # Never echoed: a registration holds the run's secrets.
                 return protocol.error(f"register: malformed registration ({type(exc).__name__})",
                                       protocol.CODE_BAD_REQUEST), False
@@ -95,7 +95,10 @@ async def answer(controller: Controller, line: bytes) -> tuple[dict[str, Any], b
         return protocol.error(f"{op}: {exc}", protocol.CODE_BAD_REQUEST), False
     except OSError as exc:
         return protocol.error(f"{op}: {exc.strerror or exc}"), False
-    return protocol.error(f"unknown request {op!r}", protocol.CODE_BAD_REQUEST), False
+    except Exception as exc:  # always an answer (a dropped connection reads as a dead daemon to the client)
+        log.exception("control request %r failed", op)
+        return protocol.error(f"{op}: failed ({type(exc).__name__})"), False
+    return protocol.error(f"unknown request {str(op)[:40]!r}", protocol.CODE_BAD_REQUEST), False
 
 
 def _mapping(value: object) -> dict[str, Any]:

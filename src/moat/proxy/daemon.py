@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -49,6 +50,16 @@ EXIT_ALREADY_RUNNING = 3
 
 class StartupError(Exception):
     pass
+
+
+def _raise_open_files_limit() -> None:
+    """Every run's connections share this one process: the usual soft limit (1024) is soon reached
+    (then every run, and the control socket, wait), the hard limit is there to be used."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if wanted > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 class Daemon:
@@ -113,6 +124,8 @@ class Daemon:
         except ValueError:
             raise ValueError(f"'{host}' is not an IP address") from None
         host = str(address)
+        if address.is_unspecified:  # every interface: the proxy would be open to the network
+            raise ValueError(f"{host} is every interface, not an address of this machine")
         if not access.is_local_address(address):
             raise ValueError(f"{host} is not an address of this machine")
         async with self._listen_lock:
@@ -125,6 +138,7 @@ class Daemon:
 
     async def run(self) -> int:
         asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
+        _raise_open_files_limit()
         ca = ensure_ca(self.paths.home)
         opts = options.Options()
         self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)

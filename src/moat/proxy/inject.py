@@ -7,8 +7,10 @@ header the client could set to anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from moat.credentials.rules import GrantRules, Substitution
 
@@ -101,8 +103,10 @@ def grant_secrets(grants: Sequence[GrantRules], host: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for grant in grants:
         if any(i.applies_to(host) for i in grant.injections) or any(s.applies_to(host) for s in grant.substitutions):
-            found.update(dict.fromkeys(sorted(grant.secret_values(), key=len, reverse=True)))
-    return tuple(v for v in found if len(v) >= MIN_SCRUBBED)
+            for value in grant.secret_values():
+                # As a server may echo it: as sent, percent-encoded (a Location, a query), JSON-escaped.
+                found.update(dict.fromkeys((value, quote(value, safe=""), quote(value), json.dumps(value)[1:-1])))
+    return tuple(sorted((v for v in found if len(v) >= MIN_SCRUBBED), key=len, reverse=True))
 
 
 MIN_SCRUBBED = 4  # shorter "secrets" would blot out ordinary text (no real token is this short)
@@ -116,7 +120,6 @@ class Scrubber:
 
     def __init__(self, secrets: Sequence[str]) -> None:
         self.secrets = [s.encode() for s in secrets if s]
-        self.keep = max((len(s) for s in self.secrets), default=1) - 1
         self.pending = b""
 
     def scrub(self, data: bytes) -> bytes:
@@ -130,11 +133,21 @@ class Scrubber:
             out, self.pending = self.scrub(self.pending), b""
             return out
         buffered = self.scrub(self.pending + data)
-        if self.keep <= 0:
-            self.pending = b""
-            return buffered
-        self.pending = buffered[-self.keep:]
-        return buffered[: -self.keep] if len(buffered) > self.keep else b""
+        # Only what could be the start of a secret waits for the next chunk (usually nothing: an
+        # event stream is never held back).
+        held = self._partial(buffered)
+        self.pending = buffered[len(buffered) - held:] if held else b""
+        return buffered[: len(buffered) - held]
+
+    def _partial(self, data: bytes) -> int:
+        """The length of the longest end of ``data`` that begins some secret (and is not all of it)."""
+        longest = 0
+        for secret in self.secrets:
+            for size in range(min(len(secret) - 1, len(data)), longest, -1):
+                if data.endswith(secret[:size]):
+                    longest = size
+                    break
+        return longest
 
     def text(self, value: str) -> str:
         return self.scrub(value.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")

@@ -139,13 +139,18 @@ def token_from_header(value: str) -> str | None:
     password; any user name) or ``Bearer <token>``."""
     scheme, _, credential = value.strip().partition(" ")
     credential = credential.strip()
+    if not credential.isascii():  # a header of any bytes: never a token, never an error
+        return None
     if scheme.lower() == "bearer":
-        return credential or None
-    if scheme.lower() != "basic":
+        token = credential
+    elif scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode("ascii")
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            return None
+        _user, colon, token = decoded.partition(":")
+        if not colon:
+            return None
+    else:
         return None
-    try:
-        decoded = base64.b64decode(credential, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _user, colon, password = decoded.partition(":")
-    return password if colon and password else None
+    return token if token and token.isascii() and token.isprintable() else None

@@ -113,8 +113,9 @@ def _iso(epoch: float) -> str:
 def append(path: str, line: dict[str, Any]) -> None:
     """One line, appended whole (O_APPEND: lines from concurrent requests never interleave); the
     file is created 0600."""
-    data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # ASCII: a header of arbitrary bytes (surrogate-escaped) cannot stop its own request's line.
+    data = (json.dumps(line, separators=(",", ":"), ensure_ascii=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, data)
     finally:
