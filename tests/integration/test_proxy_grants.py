@@ -9,6 +9,7 @@ daemon reaches them as api.github.com & co. through an upstream-proxy stand-in i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import socket
@@ -325,3 +326,39 @@ def test_a_registration_may_only_trace_into_its_own_record(world: World) -> None
         client.register(world.home, registration("run_x", secrets.token_hex(32),
                                                  world.home / "runs" / "run_y" / "network.jsonl"))
     assert not elsewhere.exists()
+
+
+def test_server_sent_events_from_a_granted_host_are_not_held_back_either(world: World) -> None:
+    # The response scrubber once held back the last bytes of every chunk: an event never came alone.
+    token, _ = world.register("run_sse_granted", github("ghp_" + secrets.token_hex(18)))
+    world.upstream.gate.clear()
+    connection = tunnel(world.info, token, "api.github.com", timeout=10)
+    connection.request("GET", "/sse")
+    response = connection.getresponse()
+    assert response.readline() == b"data: one\n"
+    world.upstream.gate.set()
+    assert b"data: two" in response.read()
+    connection.close()
+
+
+@pytest.mark.parametrize("header", [b"Bearer \xff", b"Basic \xe9\xe9", b"Basic bW9hdDrp"])
+def test_a_malformed_proxy_authorization_is_refused_not_let_through(world: World, header: bytes) -> None:
+    # A header that made the authentication fail with an error let mitmproxy carry on: an open proxy.
+    for request in (b"CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\n",
+                    b"GET http://api.github.com/x HTTP/1.1\r\nHost: api.github.com\r\n"):
+        with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
+            sock.sendall(request + b"Proxy-Authorization: " + header + b"\r\n\r\n")
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 407"), answer[:80]
+
+
+def test_a_refused_upload_is_cut_off_not_read_into_memory(world: World) -> None:
+    with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
+        sock.sendall(b"POST http://api.github.com/upload HTTP/1.1\r\nHost: api.github.com\r\n"
+                     b"Content-Length: 629145600\r\n\r\n" + b"x" * 65536)
+        sock.settimeout(5)
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert not answer.startswith(b"HTTP/1.1 200")  # closed (or refused) at once, without 600 MB read

@@ -107,3 +107,16 @@ def test_the_environment_lower_case_first_all_proxy_last() -> None:
 ])
 def test_no_proxy_entries(entries: tuple[str, ...], host: str, port: int, expected: bool) -> None:
     assert bypassed(entries, host, port) is expected
+
+
+def test_other_container_networks_and_metadata_addresses_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from moat.proxy import access
+
+    monkeypatch.setattr(access, "container_networks", lambda: (ipaddress.IPv4Network("172.19.0.0/16"),))
+    assert access.what_address(ipaddress.ip_address("172.19.0.2")) == "on a container network of this host"
+    assert access.what_address(ipaddress.ip_address("100.100.100.200")) == "a cloud metadata address"
+    assert access.what_address(ipaddress.ip_address("fd00:ec2::254")) == "a cloud metadata address"
+    assert access.what_address(ipaddress.ip_address("93.184.216.34")) is None  # the internet is the internet
+
