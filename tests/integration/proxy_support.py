@@ -37,17 +37,11 @@ from moat.credentials.rules import Registration
 from moat.ownership import process_alive, signal_process
 from moat.proxy import client
 from moat.proxy.errors import ProxyError
+from tests.conftest import skip_or_fail
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 UPSTREAM_NAMES = ("api.github.com", "github.com", "api.anthropic.com", "api.telegram.org", "api.example.test",
                   "untrusted.test", "moat-host", "localhost")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
-def skip_or_fail(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true and this test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def require_proxy_python() -> Path:

@@ -44,18 +44,21 @@ def grant_plan(home: Path, text: str = REDIS, grants: tuple[ResolvedGrant, ...] 
                     grants=grants, proxy_ca=ca, **request)
 
 
+class Quiet:
+    """A terminal that hears nothing (the reporter's stream)."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 def run_plan(plan: Plan, runtime: FakeRuntime, proxy: FakeProxy, home: Path
              ) -> tuple[Outcome | None, MoatError | None, dict[str, Any]]:
-    class Quiet:
-        def write(self, text: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-        def isatty(self) -> bool:
-            return False
-
     run = Run(plan, runtime, RunStore(home), PlainReporter(Quiet()), proxy=proxy)  # type: ignore[arg-type]
     try:
         return run.execute(), None, json.loads((home / "runs" / plan.run_id / "metadata.json").read_text())
@@ -209,16 +212,6 @@ def test_a_cancel_while_the_proxy_starts_tears_everything_down(tmp_path: Path) -
     proxy.faults["ensure_running"] = lambda: release.wait(5)
     plan = grant_plan(tmp_path)
     result: dict[str, Any] = {}
-
-    class Quiet:
-        def write(self, text: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-        def isatty(self) -> bool:
-            return False
 
     run = Run(plan, runtime, RunStore(tmp_path), PlainReporter(Quiet()), proxy=proxy)  # type: ignore[arg-type]
 
