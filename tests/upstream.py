@@ -1,14 +1,13 @@
 """Local stand-ins for the internet, for the proxy's tests (nothing here ever reaches another host).
 
-- ``TestCA``: a certificate authority made for the test, and a server certificate it signs for the
-  names the tests use (``api.github.com``, ``github.com``, …).
-- ``Upstream``: an HTTPS and a plain-HTTP server on 127.0.0.1 standing in for those hosts. It records
-  every request it receives (method, path, headers, body) and answers JSON; paths under ``/git/``
-  are served by ``git http-backend`` (git's smart HTTP), and ``/events`` streams server-sent events.
-- ``ConnectStandIn``: the "corporate upstream proxy" moat's proxy is told about through its
-  ``HTTPS_PROXY``/``HTTP_PROXY`` environment: every CONNECT, whatever host it names, goes to the
-  local ``Upstream`` (like a DNS override), and every plain-HTTP request to its HTTP port. It records
-  the hosts it was asked for.
+- ``make_ca``: a certificate authority made for the test, and a server certificate it signs for
+  every name the tests use (``api.github.com``, ``github.com``, …, and 127.0.0.1).
+- ``upstream_server``: an HTTPS (or plain-HTTP) server on 127.0.0.1 standing in for those hosts. It
+  records every request (``Seen``) and answers: ``/echo…`` the request as JSON, ``/sse`` an event
+  stream, ``/bytes/<n>`` n bytes, ``/git/<repo>.git/…`` git's smart HTTP (``git http-backend``).
+- ``stand_in_proxy``: the "corporate upstream proxy" moat's proxy is told about in its own
+  environment (``HTTPS_PROXY``): a CONNECT to any name goes to a local upstream (like a DNS override);
+  a tunnel to port 80 goes to the plain-HTTP one. It records what it was asked for.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import socketserver
 import ssl
 import subprocess
 import threading
-import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,229 +34,279 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-NAMES = ("api.github.com", "github.com", "api.telegram.org", "api.example.test", "localhost")
+UPSTREAM_NAMES = ("api.github.com", "github.com", "api.anthropic.com", "api.telegram.org", "api.example.test",
+                  "untrusted.test", "moat-host", "localhost")
 
 
+# -- certificates ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class TestCA:
-    """A CA and one server certificate for ``NAMES`` (and 127.0.0.1), written under ``directory``."""
-
     __test__ = False  # a helper, not a test class
 
-    def __init__(self, directory: Path, names: tuple[str, ...] = NAMES) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moat tests' upstream CA")])
-        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                           data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                           crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-              .sign(ca_key, hashes.SHA256()))
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        self.ca_file = directory / "upstream-ca.crt"
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        self.cert_file = directory / "upstream.crt"
-        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.key_file = directory / "upstream.key"
-        self.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
+    cert_file: Path
+    leaf_cert: Path
+    leaf_key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.leaf_cert, self.leaf_key)
+        return context
+
+
+def make_ca(directory: Path, name: str = "moat test CA") -> TestCA:
+    """A CA and one server certificate for every upstream name (and 127.0.0.1) the tests use."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in UPSTREAM_NAMES]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "leaf.pem", directory / "leaf.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return TestCA(ca_file, cert_file, key_file)
+
+
+# -- an upstream server ------------------------------------------------------------------------------
 
 
 @dataclass
 class Seen:
     method: str
     path: str
-    headers: dict[str, str]  # names lower-cased; repeated headers joined with ", "
+    headers: list[tuple[str, str]]
     body: bytes
-    tls: bool
+    client_port: int = 0  # which connection it came on
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
 
 
 @dataclass
 class Upstream:
-    ca: TestCA
-    git_root: Path | None = None  # repositories served under /git/<name>.git
-    requests: list[Seen] = field(default_factory=list)
-    https_port: int = 0
-    http_port: int = 0
-    _servers: list[ThreadingHTTPServer] = field(default_factory=list)
+    """An HTTP(S) server on 127.0.0.1 that records every request.
 
-    def start(self) -> Upstream:
-        upstream = self
+    /echo…       → 200, the request as JSON
+    /sse         → text/event-stream without a length: "one", then (once ``gate`` is set) "two"
+    /bytes/<n>   → n bytes, with a Content-Length
+    /git/<repo>… → git's smart HTTP for the bare repositories under ``git_root``
+    """
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    port: int = 0
+    git_root: Path | None = None
+    seen: list[Seen] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    sse_first_sent: threading.Event = field(default_factory=threading.Event)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
-            def _record(self) -> Seen:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers: dict[str, str] = {}
-                for name, value in self.headers.items():
-                    key = name.lower()
-                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
-                seen = Seen(self.command, self.path, headers, body, isinstance(self.connection, ssl.SSLSocket))
-                upstream.requests.append(seen)
-                return seen
+def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-            def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def log_message(self, *args: Any) -> None:
+            pass
 
-            def do_GET(self) -> None:
-                self._handle()
+        def _record(self) -> Seen:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            seen = Seen(self.command, self.path, list(self.headers.items()), body, self.client_address[1])
+            upstream.seen.append(seen)
+            return seen
 
-            def do_POST(self) -> None:
-                self._handle()
-
-            def _handle(self) -> None:
-                seen = self._record()
-                path = seen.path.split("://", 1)[-1].split("/", 1)[-1] if "://" in seen.path else seen.path[1:]
-                if path.startswith("git/") and upstream.git_root is not None:
-                    self._git(path[len("git"):], seen)
-                elif path.startswith("events"):
-                    self._events()
-                else:
-                    self._answer(200, json.dumps({"path": seen.path, "method": seen.method}).encode())
-
-            def _events(self) -> None:
-                """Three events, 0.3 s apart: a proxy that buffers delivers them all at once."""
+        def do_GET(self) -> None:
+            seen = self._record()
+            if self.path.startswith("/git/") and upstream.git_root is not None:
+                self._git(seen)
+                return
+            if self.path == "/sse":
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for index in range(3):
-                    self.wfile.write(f"data: {index} {time.time():.3f}\n\n".encode())
-                    self.wfile.flush()
-                    time.sleep(0.3)
+                self.wfile.write(b"data: one\n\n")
+                self.wfile.flush()
+                upstream.sse_first_sent.set()
+                upstream.gate.wait(15)
+                self.wfile.write(b"data: two\n\n")
+                self.wfile.flush()
                 self.close_connection = True
-
-            def _git(self, path: str, seen: Seen) -> None:
-                query = path.partition("?")[2]
-                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": str(upstream.git_root),
-                       "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path.partition("?")[0], "QUERY_STRING": query,
-                       "REQUEST_METHOD": seen.method, "CONTENT_TYPE": seen.headers.get("content-type", ""),
-                       "CONTENT_LENGTH": str(len(seen.body)), "REMOTE_USER": "moat-test",
-                       "HTTP_CONTENT_ENCODING": seen.headers.get("content-encoding", ""),
-                       "GIT_PROTOCOL": seen.headers.get("git-protocol", ""),
-                       "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
-                done = subprocess.run(["git", "http-backend"], input=seen.body, env=env, capture_output=True,
-                                      check=False, timeout=60)
-                head, _, body = done.stdout.partition(b"\r\n\r\n")
-                status = 200
-                headers = []
-                for line in head.decode("latin-1").split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name.lower() == "status":
-                        status = int(value.strip().split()[0])
-                    elif name:
-                        headers.append((name, value.strip()))
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca.cert_file, self.ca.key_file)
-        https = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        https.socket = context.wrap_socket(https.socket, server_side=True)
-        http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        for server in (https, http):
-            server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, name="upstream", daemon=True).start()
-            self._servers.append(server)
-        self.https_port, self.http_port = https.server_address[1], http.server_address[1]
-        return self
-
-    def stop(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
-
-    def seen(self, path_part: str) -> list[Seen]:
-        return [r for r in self.requests if path_part in r.path]
-
-
-class ConnectStandIn:
-    """An upstream HTTP proxy that sends everything to the local ``Upstream``."""
-
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.hosts: list[str] = []  # what each CONNECT or request named
-        stand_in = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                client: socket.socket = self.request
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = client.recv(65536)
-                    if not chunk:
-                        return
-                    head += chunk
-                first = head.split(b"\r\n", 1)[0].decode("latin-1")
-                method, target, _ = first.split(" ", 2)
-                if method == "CONNECT":
-                    stand_in.hosts.append(target)
-                    # A tunnel to port 80 carries plain HTTP (a proxy may tunnel it too); anything else TLS.
-                    port = stand_in.upstream.http_port if target.endswith(":80") else stand_in.upstream.https_port
-                    server = socket.create_connection(("127.0.0.1", port))
-                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    rest = head.split(b"\r\n\r\n", 1)[1]
-                else:  # absolute form: http://host/path
-                    stand_in.hosts.append(target.split("/")[2] if "://" in target else target)
-                    server = socket.create_connection(("127.0.0.1", stand_in.upstream.http_port))
-                    rest = head
-                if rest:
-                    server.sendall(rest)
-                _pump(client, server)
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, name="connect-stand-in", daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _pump(one: socket.socket, other: socket.socket) -> None:
-    sockets = [one, other]
-    try:
-        while True:
-            readable, _, _ = select.select(sockets, [], [], 60)
-            if not readable:
                 return
-            for sock in readable:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                (other if sock is one else one).sendall(data)
-    except OSError:
-        return
+            if self.path.startswith("/bytes/"):
+                size = int(self.path.rsplit("/", 1)[1])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                block = b"x" * 65536
+                left = size
+                while left:
+                    n = min(left, len(block))
+                    self.wfile.write(block[:n])
+                    left -= n
+                return
+            self._json(seen)
+
+        do_POST = do_GET
+        do_PUT = do_GET
+
+        def _git(self, seen: Seen) -> None:
+            path, _, query = seen.path[len("/git"):].partition("?")
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": str(upstream.git_root),
+                   "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path, "QUERY_STRING": query,
+                   "REQUEST_METHOD": seen.method, "CONTENT_TYPE": seen.header("Content-Type") or "",
+                   "CONTENT_LENGTH": str(len(seen.body)), "REMOTE_USER": "moat-test",
+                   "HTTP_CONTENT_ENCODING": seen.header("Content-Encoding") or "",
+                   "GIT_PROTOCOL": seen.header("Git-Protocol") or "",
+                   "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+            done = subprocess.run(["git", "http-backend"], input=seen.body, env=env, capture_output=True,
+                                  check=False, timeout=60)
+            head, _, body = done.stdout.partition(b"\r\n\r\n")
+            status, headers = 200, []
+            for line in head.decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.lower() == "status":
+                    status = int(value.strip().split()[0])
+                elif name:
+                    headers.append((name, value.strip()))
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, seen: Seen) -> None:
+            body = json.dumps({"method": seen.method, "path": seen.path, "headers": seen.headers,
+                               "body": seen.body.decode(errors="replace")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@contextmanager
+def upstream_server(ca: TestCA | None, git_root: Path | None = None) -> Iterator[Upstream]:
+    """HTTPS when ``ca`` is given (its leaf certificate), else plain HTTP."""
+    upstream = Upstream(git_root=git_root)
+    server = _Server(("127.0.0.1", 0), _handler(upstream))
+    if ca is not None:
+        context = ca.server_context()
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    upstream.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield upstream
     finally:
-        for sock in sockets:
-            sock.close()
+        upstream.gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# -- an upstream proxy stand-in ----------------------------------------------------------------------
+
+
+@dataclass
+class StandIn:
+    """A corporate proxy stand-in: CONNECT <name>:<port> is tunnelled to 127.0.0.1:<routes[name]>
+    (or the default port) — so the daemon can talk to api.github.com without any DNS or network."""
+
+    default_port: int
+    routes: dict[str, int] = field(default_factory=dict)
+    plain_port: int | None = None  # where a tunnel to port 80 goes (a plain-HTTP upstream)
+    port: int = 0
+    connects: list[tuple[str, str | None]] = field(default_factory=list)  # (target, Proxy-Authorization)
+
+
+def _stand_in_handler(stand_in: StandIn) -> type[socketserver.BaseRequestHandler]:
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sock: socket.socket = self.request
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            auth = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                         if line.lower().startswith("proxy-authorization:")), None)
+            stand_in.connects.append((target, auth))
+            if method != "CONNECT":
+                sock.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            name, _, port = target.rpartition(":")
+            where = stand_in.routes.get(name, stand_in.default_port)
+            if port == "80" and stand_in.plain_port is not None and name not in stand_in.routes:
+                where = stand_in.plain_port  # a proxy may tunnel plain HTTP too
+            with socket.create_connection(("127.0.0.1", where)) as out:
+                sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                _pipe(sock, out)
+
+    return Handler
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    peers = {a: b, b: a}
+    while True:
+        ready, _, _ = select.select(list(peers), [], [], 30)
+        if not ready:
+            return
+        for sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            peers[sock].sendall(data)
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@contextmanager
+def stand_in_proxy(default_port: int, routes: Mapping[str, int] | None = None,
+                   plain_port: int | None = None) -> Iterator[StandIn]:
+    stand_in = StandIn(default_port, dict(routes or {}), plain_port)
+    server = _TCPServer(("127.0.0.1", 0), _stand_in_handler(stand_in))
+    stand_in.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield stand_in
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from tests.helpers import (
     wait_for,
     write_workspace,
 )
-from tests.upstream import ConnectStandIn, TestCA, Upstream
+from tests.upstream import Seen, StandIn, Upstream, make_ca, stand_in_proxy, upstream_server
 
 TOKEN = "ghp_e2eRealToken0123456789abcdefABCDEF0123"
 CONFIG = "name: granted\ndependencies: [curl, git]\ngrants: [github]\n"
@@ -44,19 +45,33 @@ DUMP = ("env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n';"
         " find /tmp /home /workspace /run /etc/ssl/certs/moat-ca -type f 2>/dev/null | xargs cat 2>/dev/null;")
 
 
+@dataclass
+class Internet:
+    https: Upstream  # api.github.com, github.com, api.example.test … on 127.0.0.1
+    plain: Upstream  # the same names over plain HTTP
+    stand_in: StandIn  # the corporate proxy moat's proxy goes through
+    env: dict[str, str]  # what moat's environment needs for that
+
+    def seen(self, path_part: str) -> list[Seen]:
+        return [r for r in self.https.seen if path_part in r.path]
+
+    @property
+    def hosts(self) -> list[str]:
+        return [target for target, _ in self.stand_in.connects]
+
+
 @pytest.fixture
-def internet(tmp_path: Path) -> Iterator[tuple[Upstream, ConnectStandIn, dict[str, str]]]:
-    ca = TestCA(tmp_path / "upstream-ca")
+def internet(tmp_path: Path) -> Iterator[Internet]:
+    ca = make_ca(tmp_path / "upstream-ca")
     git_root = tmp_path / "git"
     _bare_repository(git_root / "repo.git")
-    upstream = Upstream(ca, git_root=git_root).start()
-    stand_in = ConnectStandIn(upstream)
-    # moat's proxy trusts the stand-in's certificates (SSL_CERT_FILE), and goes through the stand-in.
-    env = {"HTTPS_PROXY": stand_in.url, "HTTP_PROXY": stand_in.url, "SSL_CERT_FILE": str(ca.ca_file),
-           "SSL_CERT_DIR": "", "NO_PROXY": ""}
-    yield upstream, stand_in, env
-    stand_in.stop()
-    upstream.stop()
+    with (upstream_server(ca, git_root) as https, upstream_server(None) as plain,
+          stand_in_proxy(https.port, plain_port=plain.port) as stand_in):
+        # moat's proxy trusts the stand-in's certificates (SSL_CERT_FILE), and goes through the stand-in.
+        url = f"http://127.0.0.1:{stand_in.port}"
+        env = {"HTTPS_PROXY": url, "HTTP_PROXY": url, "SSL_CERT_FILE": str(ca.cert_file), "SSL_CERT_DIR": "",
+               "NO_PROXY": ""}
+        yield Internet(https, plain, stand_in, env)
 
 
 @pytest.fixture
@@ -91,10 +106,10 @@ def _no_token_anywhere(home: Path, output: str) -> None:
 
 @pytest.mark.parametrize("runtime", ["docker", "sandbox"])
 def test_the_agent_uses_the_token_and_never_holds_it(request: pytest.FixtureRequest, granted: Path, tmp_path: Path,
-                                                     internet: tuple[Upstream, ConnectStandIn, dict[str, str]],
+                                                     internet: Internet,
                                                      runtime: str) -> None:
     request.getfixturevalue("engine" if runtime == "docker" else "sandbox")
-    upstream, stand_in, env = internet
+    env = internet.env
     workspace = write_workspace(tmp_path / "ws", CONFIG)
     script = DUMP + (
         " echo; echo API=$(curl -sS https://api.github.com/user);"
@@ -106,19 +121,19 @@ def test_the_agent_uses_the_token_and_never_holds_it(request: pytest.FixtureRequ
     assert result.code == 0, result.output
     out = result.stdout
     assert "GH_TOKEN=ghp_moatProxyInjectedPlaceholder000000000000" in out
-    assert 'API={"path": "/user", "method": "GET"}' in out
+    assert 'API={"method": "GET", "path": "/user"' in out
     assert "CLONED=served by the local upstream" in out
     assert "WRONG=407" in out
     # The real values arrived at the upstream, for their hosts only.
-    [api] = [r for r in upstream.seen("/user") if r.tls]
-    assert api.headers["authorization"] == f"Bearer {TOKEN}"
+    [api] = internet.seen("/user")
+    assert api.header("Authorization") == f"Bearer {TOKEN}"
     basic = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
-    git = upstream.seen("/git/repo.git/info/refs")
-    assert git and all(r.headers.get("authorization") == f"Basic {basic}" for r in git)
-    assert "proxy-authorization" not in api.headers
-    [plain] = upstream.seen("/plain")  # plain HTTP to a granted host gets the same injection
-    assert plain.headers["authorization"] == f"Bearer {TOKEN}" and not plain.tls
-    assert "api.github.com:443" in stand_in.hosts and "github.com:443" in stand_in.hosts
+    git = internet.seen("/git/repo.git/info/refs")
+    assert git and all(r.header("Authorization") == f"Basic {basic}" for r in git)
+    assert api.header("Proxy-Authorization") is None
+    [plain] = [r for r in internet.plain.seen if r.path.endswith("/plain")]  # plain HTTP: the same injection
+    assert plain.header("Authorization") == f"Bearer {TOKEN}"
+    assert "api.github.com:443" in internet.hosts and "github.com:443" in internet.hosts
     _no_token_anywhere(granted, result.output)
     # The trace lists every call, with its grant, and no secret.
     [run] = runs(granted)
@@ -148,9 +163,8 @@ def test_a_wrong_provider_name_gets_a_suggestion(moat_home: Path, tmp_path: Path
 
 
 def test_a_killed_run_leaves_nothing_in_the_proxy_after_clean(engine: DockerRuntime, granted: Path, tmp_path: Path,
-                                                              internet: tuple[Upstream, ConnectStandIn,
-                                                                              dict[str, str]]) -> None:
-    _, _, env = internet
+                                                              internet: Internet) -> None:
+    env = internet.env
     workspace = write_workspace(tmp_path / "ws", CONFIG)
     proc = start_moat(["run", str(workspace), "--", "sleep", "300"], env=env)
     run_id = wait_for(lambda: [r["id"] for r in runs(granted) if r.get("state") == "running"], 120, "the run")[0]
@@ -166,8 +180,8 @@ def test_a_killed_run_leaves_nothing_in_the_proxy_after_clean(engine: DockerRunt
 
 
 def test_the_sandbox_relay_is_gone_with_its_run(sandbox: SandboxRuntime, granted: Path, tmp_path: Path,
-                                                internet: tuple[Upstream, ConnectStandIn, dict[str, str]]) -> None:
-    _, _, env = internet
+                                                internet: Internet) -> None:
+    env = internet.env
     workspace = write_workspace(tmp_path / "ws", CONFIG)
     result = run_moat(["run", "--runtime", "sandbox", str(workspace), "--", "curl", "-sS",
                        "https://api.github.com/user"], env=env)
@@ -178,8 +192,8 @@ def test_the_sandbox_relay_is_gone_with_its_run(sandbox: SandboxRuntime, granted
 
 
 def test_the_grants_example_with_its_own_provider(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
-                                                  internet: tuple[Upstream, ConnectStandIn, dict[str, str]]) -> None:
-    upstream, _, env = internet
+                                                  internet: Internet) -> None:
+    env = internet.env
     workspace = tmp_path / "grants"
     shutil.copytree(EXAMPLES / "grants", workspace)
     share(workspace)
@@ -195,5 +209,5 @@ def test_the_grants_example_with_its_own_provider(engine: DockerRuntime, moat_ho
     assert result.code == 0, result.output
     assert "EXAMPLE_API_KEY in the container: moat-proxy-injected" in result.stdout
     assert '"path": "/v1/me"' in result.stdout and key not in result.output
-    [seen] = upstream.seen("/v1/me")
-    assert seen.headers["authorization"] == f"Bearer {key}"
+    [seen] = internet.seen("/v1/me")
+    assert seen.header("Authorization") == f"Bearer {key}"
