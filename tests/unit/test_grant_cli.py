@@ -339,3 +339,20 @@ def test_a_token_that_is_not_printable_ascii_is_refused(capsys: pytest.CaptureFi
     monkeypatch.setenv("CI_TOKEN", "tok\u00e9en")
     code, _, err = moat(capsys, "grant", "telegram", "--token-env", "CI_TOKEN", "--no-validate")
     assert code == 2 and "not printable ASCII" in err and "tok\u00e9en" not in err
+
+
+def test_an_npm_grant_gives_the_agent_an_npmrc_with_placeholders(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("NPM_TOKEN", "npm_realSecretToken0123456789")
+    code, _, err = moat(capsys, "grant", "npm", "--no-validate")
+    assert code == 0, err
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "moat.yaml").write_text("grants: [npm]\n")
+    code, out, err = moat(capsys, "run", "--dry-run", "--json", "--runtime", "docker", str(workspace), "--", "true")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["env"]["NPM_CONFIG_USERCONFIG"] == "/etc/moat/npm_config_userconfig"
+    assert any(m["target"] == "/etc/moat/npm_config_userconfig" and m["read_only"] for m in plan["agent"]["mounts"])
+    assert "npm_realSecretToken0123456789" not in out

@@ -290,3 +290,38 @@ def test_a_fixed_header_of_a_grant_is_no_secret() -> None:
         HeaderInjection(("api.anthropic.com",), (("anthropic-beta", "oauth-2025-04-20"),)),
     ), values=(oauth,))
     assert oauth in rules.secret_values() and "oauth-2025-04-20" not in rules.secret_values()
+
+
+NPM = ResolvedGrant(
+    name="npm",
+    rules=GrantRules("npm", injections=(HeaderInjection(("registry.npmjs.org",),
+                                                        (("Authorization", "Bearer npm_realToken123"),)),),
+                     values=("npm_realToken123",)),
+    env={},
+    files={"NPM_CONFIG_USERCONFIG": "//registry.npmjs.org/:_authToken=npm_moatProxyInjected00000000\n"},
+)
+
+
+@pytest.mark.parametrize(("runtime", "where"), [("docker", "/etc/moat/npm_config_userconfig"),
+                                                ("sandbox", "/tmp/moat-grants/npm_config_userconfig")])
+def test_a_grants_file_is_mounted_read_only_and_named_by_its_variable(tmp_path: Path, runtime: str,
+                                                                     where: str) -> None:
+    plan = grant_plan(tmp_path, grants=(GITHUB, NPM), runtime=runtime)
+    assert plan.env["NPM_CONFIG_USERCONFIG"] == where
+    [mount] = [m for m in plan.agent.mounts if m.target == where]
+    assert mount.read_only and mount.source.startswith(str(plan.scratch))
+    assert plan.agent.files == ((mount.source, NPM.files["NPM_CONFIG_USERCONFIG"]),)
+    with pytest.raises(ConfigError):  # moat's to set, like the rest
+        grant_plan(tmp_path, REDIS + "env:\n  NPM_CONFIG_USERCONFIG: /x\n", grants=(NPM,))
+
+
+def test_a_grants_file_is_written_before_the_agent_and_removed_with_the_run(tmp_path: Path) -> None:
+    runtime, proxy = FakeRuntime(), FakeProxy()
+    plan = grant_plan(tmp_path, grants=(NPM,))
+    [(source, text)] = plan.agent.files
+    seen: list[str] = []
+    runtime.on_create = lambda c: seen.append(Path(source).read_text()) if c.spec.role == "agent" else None
+    outcome, error, _ = run_plan(plan, runtime, proxy, tmp_path)
+    assert error is None and outcome is not None
+    assert seen == [text]  # there when the agent's container was made
+    assert not Path(source).parent.exists() and runtime.left() == []

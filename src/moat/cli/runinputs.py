@@ -31,6 +31,7 @@ def resolve_grants(names: list[str], home: Path, run_id: str, profile: str | Non
     """Each grant with its stored credential turned into the proxy's rules; every missing one said at once."""
     if not names:
         return ()
+    from moat.credentials import npm
     from moat.credentials.injection import rules_for
     from moat.credentials.providers.registry import ProviderRegistry, parse_grant
     from moat.credentials.store import CredentialStore
@@ -52,7 +53,11 @@ def resolve_grants(names: list[str], home: Path, run_id: str, profile: str | Non
             continue
         rules, env = rules_for(provider, credential, run_id, grant=provider.name)
         scopes = parse_grant(name).scopes
-        resolved.append(ResolvedGrant(provider.name + (f":{','.join(scopes)}" if scopes else ""), rules, env))
+        # npm sends a registry's token (and knows a scope's registry) only from its .npmrc: one with
+        # placeholders, where NPM_CONFIG_USERCONFIG points.
+        files = {npm.USERCONFIG_VARIABLE: npm.npmrc_text(credential)} if provider.kind == "npm" else {}
+        resolved.append(ResolvedGrant(provider.name + (f":{','.join(scopes)}" if scopes else ""), rules, env,
+                                      files))
     if missing:
         where = f" in profile '{profile}'" if profile else ""
         commands = "; ".join(f"`moat grant {m}" + (f" --profile {profile}" if profile else "") + "`" for m in missing)

@@ -19,6 +19,7 @@ from moat.errors import MoatError, UsageError
 DEFAULT_REGISTRY = "registry.npmjs.org"
 PLACEHOLDER = "npm_moatProxyInjected00000000"  # the Go tool's, shaped like an npm token
 ENV_USERCONFIG = "NPM_CONFIG_USERCONFIG"  # npm's own way to name another .npmrc
+USERCONFIG_VARIABLE = ENV_USERCONFIG  # what points the agent's npm at the .npmrc moat gives it
 
 
 def npmrc_path(env: Mapping[str, str]) -> Path:

@@ -81,13 +81,15 @@ class RuntimeTraits:
     # sandbox shows the host's /etc read-only: nothing can be mounted below it).
     proxy_route: Route
     ca_path: str
+    grant_files: str  # where a grant's files are mounted for the agent
 
 
 TRAITS = {
     "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
-                            proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}"),
+                            proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat"),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
-                             proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}"),  # noqa: S108 — its private /tmp
+                             proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
+                             grant_files="/tmp/moat-grants"),  # noqa: S108 — its private /tmp
 }
 
 
@@ -163,8 +165,10 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     for service in services:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
+    grant_files = _grant_files(request.grants, scratch, traits)
     if proxy is not None:
         grant_env = _grant_env(request.grants, set(env), proxy)
+        grant_env.update({variable: target for variable, (_, target, _) in grant_files.items()})
         proxy_env = static_env(proxy, tuple(s.name for s in services), grant_env)
         env.update(proxy_env)
         secrets |= proxy.registration.secret_values()
@@ -212,7 +216,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         env=env,
         working_dir=WORKSPACE_MOUNT,
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
-                *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ())),
+                *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
+                *(Mount(source, target, read_only=True) for source, target, _ in grant_files.values())),
+        files=tuple((source, text) for source, _, text in grant_files.values()),
         extra_hosts=_proxy_hosts(proxy),
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
@@ -389,13 +395,24 @@ def _runtime(request: RunRequest, configured: str) -> str:
     return choice
 
 
+def _grant_files(grants: tuple[ResolvedGrant, ...], scratch: Path, traits: RuntimeTraits
+                 ) -> dict[str, tuple[str, str, str]]:
+    """variable → (host file, where the agent sees it, its text) for every file a grant gives."""
+    out = {}
+    for grant in grants:
+        for variable, text in grant.files.items():
+            name = variable.lower()
+            out[variable] = (str(scratch / "grant-files" / name), f"{traits.grant_files}/{name}", text)
+    return out
+
+
 def _grant_env(grants: tuple[ResolvedGrant, ...], moat_set: set[str], proxy: ProxySpec) -> dict[str, str]:
     """The grants' placeholder variables: none may replace one of moat's, open a way around the proxy,
     or be another grant's."""
     out: dict[str, str] = {}
     owner: dict[str, str] = {}
     for grant in grants:
-        for key, value in grant.env.items():
+        for key, value in {**grant.env, **dict.fromkeys(grant.files, "")}.items():
             if key in moat_set or routes_around(key, proxy) or key in ("PATH", "HOME"):
                 raise UsageError(f"grant {grant.name}: its provider sets {key}, which is moat's to set",
                                  hint="Give the provider's container_env another name.")

@@ -58,6 +58,9 @@ class ContainerSpec:
     # a container costs a few hundred milliseconds, which are then off the run's critical path.
     held: bool = False
     scratch: str | None = None  # a private host directory a runtime may keep this container's files in
+    # Files moat writes before creating the container (host path, text), for its read-only mounts:
+    # what they hold is never a secret (a grant's configuration with placeholders).
+    files: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self, mask: Any) -> dict[str, Any]:
         """JSON-ready, secrets masked by ``mask`` (a ``Masker``)."""
@@ -85,6 +88,7 @@ class ContainerSpec:
             "stdin_open": self.stdin_open,
             "init": self.init,
             "held": self.held,
+            "files": [path for path, _ in self.files],
         }
 
 

@@ -8,7 +8,7 @@ values into requests for the hosts each grant names. Pure: the values arrive res
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from moat.credentials.rules import GrantRules, Registration
@@ -39,6 +39,9 @@ class ResolvedGrant:
     name: str  # as the run asked for it (``github``, ``github:repo``)
     rules: GrantRules  # what the proxy does for it (real values inside)
     env: Mapping[str, str]  # what the agent sees instead (placeholders)
+    # Files the agent gets, by the variable that names where (npm's NPM_CONFIG_USERCONFIG → its .npmrc,
+    # with placeholders): mounted read-only, the variable set to the path.
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

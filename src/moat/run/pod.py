@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from moat.cache import HostCache
 from moat.constants import LABEL_RUN_ID
 from moat.credentials.rules import Registration
 from moat.errors import MoatError
-from moat.files import private_dir
+from moat.files import private_dir, write_private
 from moat.plan.containers import ContainerSpec
 from moat.plan.model import Plan
 from moat.run.proxyuse import ProxyClient
@@ -36,6 +37,7 @@ CONTAINER = "container"
 CACHE_HOLD = "cache-hold"
 SWEEP = "sweep"
 PROXY_REGISTRATION = "proxy-registration"
+DIRECTORY = "directory"
 
 
 class TeardownProblem(MoatError):
@@ -94,6 +96,12 @@ class Pod:
         for mount in spec.mounts:
             if mount.create:
                 private_dir(Path(mount.source))
+        for path, text in spec.files:
+            directory = Path(path).parent
+            # In the scope first: removed with the run, however far the writing got.
+            self.scope.add(Resource(DIRECTORY, str(directory), f"directory {directory}"), [self.sweep])
+            private_dir(directory)
+            write_private(Path(path), text)
         container_id = self.runtime.create_container(spec, self.owner_labels)
         attrs = [("role", spec.role), ("name", spec.name)]
         if spec.service:
@@ -160,6 +168,8 @@ class Remover:
             self._sweep()
         elif resource.kind == PROXY_REGISTRATION:
             self.proxy.unregister(resource.id)
+        elif resource.kind == DIRECTORY:
+            shutil.rmtree(resource.id, ignore_errors=True)
         else:
             raise TeardownProblem(f"moat does not know how to remove a {resource.kind}")
 
