@@ -23,33 +23,24 @@ from moat.constants import (
     LABEL_RUN_ID,
     LABEL_SERVICE,
     NETWORK_PREFIX,
-    NETWORK_TRACE,
-    PROXY_DIR,
-    PROXY_SOCKET,
     ROLE_AGENT,
-    ROLE_RELAY,
     ROLE_SERVICE,
-    RUNS_DIR,
     RUNTIMES,
     WORKSPACE_MOUNT,
 )
-from moat.credentials.rules import Registration
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
 from moat.plan import dockerfile
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.contract import contract, generate_password
+from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
 from moat.plan.proxy import (
     CA_DIR,
     CA_FILE_NAME,
-    HOST_GATEWAY,
-    PROXY_HOST,
-    RELAY_PORT,
-    ProxySpec,
     ResolvedGrant,
     Route,
     routes_around,
@@ -160,16 +151,17 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         services.append(service_spec)
         secrets |= service_secrets
 
-    proxy = _proxy_spec(config, request, run_id, traits, new_token)
+    proxy = proxy_spec(request.grants, tuple(model.network.host), run_id, request.home, request.proxy_ca,
+                       traits.ca_path, traits.proxy_route, new_token())
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name}
     for service in services:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
-    grant_files = _grant_files(request.grants, scratch, traits)
+    files = grant_files(request.grants, scratch, traits.grant_files)
     if proxy is not None:
-        grant_env = _grant_env(request.grants, set(env), proxy)
-        grant_env.update({variable: target for variable, (_, target, _) in grant_files.items()})
-        proxy_env = static_env(proxy, tuple(s.name for s in services), grant_env)
+        placeholders = grant_env(request.grants, set(env), proxy)
+        placeholders.update({variable: target for variable, (_, target, _) in files.items()})
+        proxy_env = static_env(proxy, tuple(s.name for s in services), placeholders)
         env.update(proxy_env)
         secrets |= proxy.registration.secret_values()
     moat_set = set(env)
@@ -181,7 +173,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     clashes += [("secrets", k) for k in model.secrets if taken(k)]
     if clashes:
         raise ConfigError(config.file, [
-            Located(where, _clash(where[1], env), *config.marks.locate(where, prefer_key=True))
+            Located(where, clash_message(where[1], env), *config.marks.locate(where, prefer_key=True))
             for where in clashes
         ])
     env.update(model.env)
@@ -217,9 +209,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         working_dir=WORKSPACE_MOUNT,
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
-                *(Mount(source, target, read_only=True) for source, target, _ in grant_files.values())),
-        files=tuple((source, text) for source, _, text in grant_files.values()),
-        extra_hosts=_proxy_hosts(proxy),
+                *(Mount(source, target, read_only=True) for source, target, _ in files.values())),
+        files=tuple((source, text) for source, _, text in files.values()),
+        extra_hosts=proxy_hosts(proxy),
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
         # workspace) this leaves it owning root's files in /workspace and nothing more.
@@ -254,58 +246,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         limits=limits,
         secrets=frozenset(secrets),
         proxy=proxy,
-        relay=_relay(proxy, run_id, network, labels, scratch, request.home),
+        relay=relay_spec(proxy, run_id, network, labels, scratch, request.home),
     )
-
-
-def _relay(proxy: ProxySpec | None, run_id: str, network: str, labels: Mapping[str, str], scratch: Path,
-           home: Path) -> ContainerSpec | None:
-    """The sandbox's way to the proxy: a relay in the run's network, from 127.0.0.1:RELAY_PORT to the
-    proxy's Unix socket (the only mount it has)."""
-    if proxy is None or proxy.route != "relay":
-        return None
-    return ContainerSpec(
-        role="relay",
-        name=f"{CONTAINER_PREFIX}relay-{run_id}",
-        image="",
-        labels={**labels, LABEL_ROLE: ROLE_RELAY},
-        network=network,
-        command=("--listen", f"127.0.0.1:{RELAY_PORT}"),
-        mounts=(Mount(str(home / PROXY_DIR / PROXY_SOCKET), PROXY_SOCKET, read_only=True),),
-        scratch=str(scratch / "relay"),
-    )
-
-
-def _clash(name: str, env: Mapping[str, str]) -> str:
-    if name in env:
-        return f"{name} is set by moat for the agent; choose another name"
-    return f"{name} would send the agent around moat's proxy, which this run's grants need; remove it"
-
-
-def _proxy_spec(config: Config, request: RunRequest, run_id: str, traits: RuntimeTraits,
-                new_token: Callable[[], str]) -> ProxySpec | None:
-    """The run goes through moat's proxy when it has grants or opens host ports (network.host)."""
-    model = config.model
-    if not request.grants and not model.network.host:
-        return None
-    if request.proxy_ca is None:
-        raise UsageError("this run needs moat's proxy, but its CA was not prepared (a bug in the caller)")
-    registration = Registration(
-        run_id=run_id,
-        token=new_token(),
-        grants=tuple(g.rules for g in request.grants),
-        trace_file=str(request.home / RUNS_DIR / run_id / NETWORK_TRACE),
-        host_ports=tuple(model.network.host),
-    )
-    return ProxySpec(registration, str(request.proxy_ca), traits.ca_path, traits.proxy_route,
-                     tuple(g.name for g in request.grants))
-
-
-def _proxy_hosts(proxy: ProxySpec | None) -> tuple[tuple[str, str], ...]:
-    """Docker: moat-proxy and moat-host are the engine's host gateway, where the proxy listens."""
-    if proxy is None or proxy.route != "gateway":
-        return ()
-    return ((PROXY_HOST, "host-gateway"), (HOST_GATEWAY, "host-gateway"))
 
 
 @dataclass(frozen=True)
@@ -395,35 +337,6 @@ def _runtime(request: RunRequest, configured: str) -> str:
     return choice
 
 
-def _grant_files(grants: tuple[ResolvedGrant, ...], scratch: Path, traits: RuntimeTraits
-                 ) -> dict[str, tuple[str, str, str]]:
-    """variable → (host file, where the agent sees it, its text) for every file a grant gives."""
-    out = {}
-    for grant in grants:
-        for variable, text in grant.files.items():
-            name = variable.lower()
-            out[variable] = (str(scratch / "grant-files" / name), f"{traits.grant_files}/{name}", text)
-    return out
-
-
-def _grant_env(grants: tuple[ResolvedGrant, ...], moat_set: set[str], proxy: ProxySpec) -> dict[str, str]:
-    """The grants' placeholder variables: none may replace one of moat's, open a way around the proxy,
-    or be another grant's."""
-    out: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    for grant in grants:
-        for key, value in {**grant.env, **dict.fromkeys(grant.files, "")}.items():
-            if key in moat_set or routes_around(key, proxy) or key in ("PATH", "HOME"):
-                raise UsageError(f"grant {grant.name}: its provider sets {key}, which is moat's to set",
-                                 hint="Give the provider's container_env another name.")
-            if key in owner:
-                raise UsageError(f"grants {owner[key]} and {grant.name} both set {key}",
-                                 hint="Keep one of them, or give one provider's container_env another name.")
-            owner[key] = grant.name
-            out[key] = value
-    return out
-
-
 def _cli_env(request: RunRequest, taken: Callable[[str], bool], env: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in request.env:
@@ -437,6 +350,6 @@ def _cli_env(request: RunRequest, taken: Callable[[str], bool], env: Mapping[str
         if _CONTROL.search(value):
             raise UsageError(f"-e {key}: the value contains a control character; values must be a single line")
         if taken(key):
-            raise UsageError(f"-e {key}: {_clash(key, env)}")
+            raise UsageError(f"-e {key}: {clash_message(key, env)}")
         out[key] = value
     return out
