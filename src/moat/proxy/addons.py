@@ -4,114 +4,41 @@
 
 Auth says which run a request belongs to (or answers 407); Upstream picks moat's own upstream
 proxy, if any, for the destination; HostAccess keeps the agent off the host; Inject applies the
-run's grants; Stream passes bodies through as they come; Trace writes the run's network.jsonl. The
-decisions themselves are plain functions in inject/access/upstream/trace; these classes only
-connect them to mitmproxy's hooks (imported in the daemon's virtualenv only).
+run's grants; Stream passes bodies through as they come; Trace writes the run's network.jsonl (the
+last two in ``responses``, what they share in ``flows``). The decisions themselves are plain
+functions in inject/access/upstream/trace; these classes only connect them to mitmproxy's hooks
+(imported in the daemon's virtualenv only).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
-import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
 
 from moat.credentials.hosts import normalize_host
-from moat.proxy import access, inject, trace
-from moat.proxy.registry import Run, RunRegistry, token_from_header
-from moat.proxy.upstream import UpstreamConfig, UpstreamProxy
-
-log = logging.getLogger("moat.proxy")
-
-# What the addons leave on a flow for the next ones (flow.metadata keys).
-RUN = "moat.run"  # the Run the request belongs to
-URL = "moat.url"  # the URL as the client asked for it (before any substitution or mapping)
-HOST = "moat.host"  # the host as the client named it (moat-host stays moat-host)
-VIA = "moat.via"  # the upstream proxy chosen for it, or None
-OWN_RESPONSE = "moat.own-response"  # the proxy answered itself (a refusal, a 407)
-BLOCKED = "moat.blocked"  # the Refusal
-MAPPED = "moat.mapped"  # moat-host:<port>, sent to the host's port
-GRANTS = "moat.grants"  # the grants applied
-SCRUB = "moat.scrub"  # the credentials a response from this host must not carry back
-SCRUB_WHOLE = "moat.scrub-whole"  # a compressed response, scrubbed once read whole
-SUBSTITUTIONS = "moat.substitutions"  # token substitutions still to apply to the body
-REQ_BYTES = "moat.req-bytes"
-RESP_BYTES = "moat.resp-bytes"
-
-GUARD_PREFIX = "moat refused the connection: "  # in a server error: the connect-time guard said no
-RESOLVE_TTL = 5.0  # seconds a name's addresses are reused for the request-time check
-BUFFER_LIMIT = 1024 * 1024  # request bodies a substitution may apply to are read whole up to this
-
-
-class ProxyState:
-    """What the addons share: the registry, which client connection is which run, the upstream
-    proxy configuration, and names resolved recently."""
-
-    def __init__(self, runs: RunRegistry, upstream: UpstreamConfig) -> None:
-        self.runs = runs
-        self.upstream = upstream
-        self.connections: dict[str, str] = {}  # client connection id → run id
-        self._resolved: dict[tuple[str, int], tuple[float, list[str]]] = {}
-        self._pinned: dict[str, tuple[str, int]] = {}  # server connection id → the address it was for
-
-    def run_of_client(self, client_id: str) -> Run | None:
-        run_id = self.connections.get(client_id)
-        return self.runs.get(run_id) if run_id is not None else None
-
-    def upstream_at(self, address: tuple[str, int]) -> UpstreamProxy | None:
-        for proxy in self.upstream.proxies:
-            if (normalize_host(proxy.host), proxy.port) == (normalize_host(str(address[0])), address[1]):
-                return proxy
-        return None
-
-    async def resolve(self, host: str, port: int, *, fresh: bool) -> list[str]:
-        """The addresses ``host`` stands for ([] when it resolves to nothing)."""
-        if access.parse_ip(host) is not None:
-            return [host.strip("[]")]
-        key = (host, port)
-        now = time.monotonic()
-        cached = self._resolved.get(key)
-        if not fresh and cached is not None and cached[0] > now:
-            return cached[1]
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return []
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if len(self._resolved) > 4096:
-            self._resolved.clear()
-        self._resolved[key] = (now + RESOLVE_TTL, addresses)
-        return addresses
-
-    def pin(self, server_id: str, address: tuple[str, int]) -> None:
-        self._pinned[server_id] = address
-
-    def unpin(self, server_id: str) -> tuple[str, int] | None:
-        return self._pinned.pop(server_id, None)
-
-
-REFUSED_BODY_LIMIT = 64 * 1024  # bytes of a refused request's body read before the answer
-
-
-def respond(flow: Any, status: int, body: str, headers: dict[str, str]) -> None:
-    """Answer the request here. mitmproxy reads a request's whole body before it answers: a refused
-    request with a large (or unknown) body is cut off instead, or anyone could fill the shared
-    daemon's memory with one unauthenticated upload."""
-    request = flow.request
-    length = request.headers.get("content-length", "0").strip()
-    if "transfer-encoding" in request.headers or not length.isdigit() or int(length) > REFUSED_BODY_LIMIT:
-        flow.metadata[OWN_RESPONSE] = True
-        if flow.killable:
-            flow.kill()
-        return
-    flow.response = http.Response.make(status, body.encode(), {
-        "Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", **headers})
-    flow.metadata[OWN_RESPONSE] = True
+from moat.proxy import access, inject
+from moat.proxy.flows import (
+    BLOCKED,
+    BUFFER_LIMIT,
+    GRANTS,
+    GUARD_PREFIX,
+    HOST,
+    MAPPED,
+    OWN_RESPONSE,
+    REQ_BYTES,
+    RUN,
+    SCRUB,
+    SUBSTITUTIONS,
+    URL,
+    VIA,
+    ProxyState,
+    log,
+    respond,
+)
+from moat.proxy.registry import Run, token_from_header
+from moat.proxy.responses import Counter, Stream, Trace
 
 
 class Auth:
@@ -366,137 +293,6 @@ class Inject:
             if used:
                 flow.request.set_content(replaced)
         flow.metadata[GRANTS] = tuple(dict.fromkeys((*flow.metadata.get(GRANTS, ()), *used)))
-
-
-class Counter:
-    """A streaming callable that counts the bytes passing through it."""
-
-    def __init__(self, metadata: dict[str, Any], key: str) -> None:
-        self.metadata = metadata
-        self.key = key
-        metadata[key] = 0
-
-    def __call__(self, data: bytes) -> bytes:
-        self.metadata[self.key] += len(data)
-        return data
-
-
-class Stream:
-    """Responses pass through as they arrive — a server-sent event reaches the agent when it is
-    sent, a download never sits whole in the proxy's memory."""
-
-    def responseheaders(self, flow: Any) -> None:
-        if flow.metadata.get(OWN_RESPONSE):
-            return
-        counter = Counter(flow.metadata, RESP_BYTES)
-        secrets = flow.metadata.get(SCRUB)
-        if not secrets:
-            flow.response.stream = counter
-            return
-        scrubber = inject.Scrubber(secrets)
-        response = flow.response
-        response.reason = scrubber.text(response.reason or "")
-        headers = response.headers
-        for name in list(headers.keys()):
-            values = headers.get_all(name)
-            cleaned = [scrubber.text(v) for v in values]
-            if cleaned != values:
-                headers.set_all(name, cleaned)
-        if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-            # Compressed though it was asked not to be: the scrubber would see compressed bytes and
-            # the client would inflate the credential. Read whole, decoded, scrubbed (``response``).
-            flow.metadata[SCRUB_WHOLE] = True
-            return
-        response.stream = lambda data: counter(scrubber(data))
-
-    def response(self, flow: Any) -> None:
-        if not flow.metadata.pop(SCRUB_WHOLE, False):
-            return
-        scrubber = inject.Scrubber(flow.metadata[SCRUB])
-        body = flow.response.get_content(strict=False) or b""
-        flow.metadata[RESP_BYTES] = len(flow.response.raw_content or b"")
-        flow.response.set_content(scrubber(body) + scrubber(b""))
-
-
-class Trace:
-    """One line per request in the run's trace file."""
-
-    def __init__(self, state: ProxyState, write: Callable[[str, dict[str, Any]], None] = trace.append) -> None:
-        self.state = state
-        self.write = write
-        self._failing: set[str] = set()  # runs whose trace cannot be written: said once, not per request
-
-    def response(self, flow: Any) -> None:
-        self._record(flow)
-
-    def error(self, flow: Any) -> None:
-        # mitmproxy's own error page quotes what it received: from a granted host, that may be an echo
-        # of the request with the credential in it. Such a flow ends without an answer.
-        secrets = flow.metadata.get(SCRUB)
-        if secrets and flow.error and flow.killable and inject.Scrubber(secrets).text(flow.error.msg) != flow.error.msg:
-            flow.kill()  # (its message stays mitmproxy's own "killed": that is how it knows not to answer)
-        self._record(flow)
-
-    def http_connect_error(self, flow: Any) -> None:
-        self._record(flow)  # a refused CONNECT: no request follows it
-
-    def tls_failed_client(self, data: Any) -> None:
-        """The agent refused the certificate moat's CA signed: say so in its trace, it is the
-        first thing to check when a tool reports a TLS error."""
-        run = self.state.run_of_client(data.context.client.id)
-        if run is None or not run.registration.trace_file:
-            return
-        sni = data.conn.sni or "(no server name)"
-        exchange = trace.Exchange(started=time.time(), method="CONNECT", url=sni, host=sni,
-                                  error=f"the client refused moat's certificate for {sni}: does it trust "
-                                        "moat's CA (SSL_CERT_FILE and friends)?")
-        self._write(run, trace.record(exchange, run.masker, run.injected_names))
-
-    def _record(self, flow: Any) -> None:
-        run: Run | None = flow.metadata.get(RUN)
-        if run is None or not run.registration.trace_file or flow.metadata.get("moat.traced"):
-            return
-        flow.metadata["moat.traced"] = True
-        request, response = flow.request, flow.response
-        started = request.timestamp_start or time.time()
-        ended = (response.timestamp_end if response is not None else None) or time.time()
-        refusal: access.Refusal | None = flow.metadata.get(BLOCKED)
-        error = flow.error.msg if flow.error is not None else None
-        blocked = refusal is not None
-        reason = refusal.reason if refusal is not None else None
-        if error and GUARD_PREFIX in error:
-            blocked, reason = True, error.split(GUARD_PREFIX, 1)[1]
-        exchange = trace.Exchange(
-            started=started,
-            method=request.method,
-            url=flow.metadata.get(URL, request.url),
-            host=flow.metadata.get(HOST, request.host),
-            status_code=response.status_code if response is not None else (502 if error else None),
-            duration_ms=max(0, round((ended - started) * 1000)),
-            req_bytes=flow.metadata.get(REQ_BYTES, len(request.raw_content or b"")),
-            resp_bytes=flow.metadata.get(RESP_BYTES, len(response.raw_content or b"") if response else 0),
-            grants=flow.metadata.get(GRANTS, ()),
-            blocked=blocked,
-            reason=reason,
-            error=error,
-            req_headers=request.headers.items(multi=True),
-            resp_headers=response.headers.items(multi=True) if response is not None else (),
-        )
-        self._write(run, trace.record(exchange, run.masker, run.injected_names))
-
-    def _write(self, run: Run, line: dict[str, Any]) -> None:
-        path = run.registration.trace_file
-        if not path:
-            return
-        try:
-            self.write(path, line)
-        except Exception as exc:  # a full disk, a removed run directory, odd data: never stop the proxy
-            if run.run_id not in self._failing:
-                self._failing.add(run.run_id)
-                log.warning("cannot write the trace of run %s: %s", run.run_id,
-                            getattr(exc, "strerror", None) or type(exc).__name__)
-        else:
-            self._failing.discard(run.run_id)
 
 
 def addons(state: ProxyState) -> list[Any]:

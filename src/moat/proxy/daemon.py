@@ -34,8 +34,9 @@ from moat.credentials.rules import Registration
 from moat.files import now_iso, private_dir, write_private
 from moat.ownership import process_start
 from moat.proxy import access, control, protocol, relay
-from moat.proxy.addons import ProxyState, addons
+from moat.proxy.addons import addons
 from moat.proxy.ca import ensure_ca
+from moat.proxy.flows import ProxyState
 from moat.proxy.paths import PROTOCOL_VERSION, ProxyPaths
 from moat.proxy.registry import RunRegistry
 from moat.proxy.upstream import UpstreamConfig
