@@ -145,7 +145,9 @@ def test_a_tunnel_to_moat_host_carries_any_protocol_even_server_first(host: Host
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        client.register(host.home, registration("run_tcp", host.token + "tcp", None, host_ports=(port,)))
+        trace = host.home / "runs" / "run_tcp" / "network.jsonl"
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        client.register(host.home, registration("run_tcp", host.token + "tcp", trace, host_ports=(port,)))
         try:
             with socket.create_connection(("127.0.0.1", host.info.port), timeout=10) as sock:
                 sock.sendall(f"CONNECT moat-host:{port} HTTP/1.1\r\n"
@@ -157,6 +159,9 @@ def test_a_tunnel_to_moat_host_carries_any_protocol_even_server_first(host: Host
                     assert sock.recv(4096) == b"220 greeting from the server\r\n"
                     sock.sendall(b"QUIT\r\n")
                     assert accepted.recv(4096) == b"QUIT\r\n"
+            # What went through is in the run's trace, though none of it was HTTP.
+            [line] = [r for r in wait_for_trace(trace, 1) if r["method"] == "TCP"]
+            assert line["url"] == f"moat-host:{port}" and (line["req_bytes"], line["resp_bytes"]) == (6, 30)
         finally:
             client.unregister(host.home, "run_tcp")
 

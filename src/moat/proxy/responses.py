@@ -110,6 +110,29 @@ class Trace:
                                         "moat's CA (SSL_CERT_FILE and friends)?")
         self._write(run, trace.record(exchange, run.masker, run.injected_names))
 
+    def tcp_end(self, flow: Any) -> None:
+        """A tunnel that carried no HTTP (a database protocol to moat-host, anything raw): one line
+        when it closes, so that nothing an agent sends through the proxy goes unrecorded."""
+        self._tcp(flow)
+
+    def tcp_error(self, flow: Any) -> None:
+        self._tcp(flow)
+
+    def _tcp(self, flow: Any) -> None:
+        run = self.state.run_of_client(flow.client_conn.id)
+        if run is None or not run.registration.trace_file or flow.metadata.get("moat.traced"):
+            return
+        flow.metadata["moat.traced"] = True
+        address = flow.server_conn.address
+        target = f"{address[0]}:{address[1]}" if address else "(unknown)"
+        sent = sum(len(m.content) for m in flow.messages if m.from_client)
+        received = sum(len(m.content) for m in flow.messages if not m.from_client)
+        started = flow.client_conn.timestamp_start or time.time()
+        exchange = trace.Exchange(started=started, method="TCP", url=target, host=str(address[0] if address else ""),
+                                  duration_ms=int((time.time() - started) * 1000), req_bytes=sent,
+                                  resp_bytes=received, error=flow.error.msg if flow.error else None)
+        self._write(run, trace.record(exchange, run.masker, run.injected_names))
+
     def _record(self, flow: Any) -> None:
         run: Run | None = flow.metadata.get(RUN)
         if run is None or not run.registration.trace_file or flow.metadata.get("moat.traced"):
