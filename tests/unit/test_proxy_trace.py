@@ -67,3 +67,14 @@ def test_lines_are_appended_to_a_private_file(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"b": "é"}]
+
+
+def test_a_redirect_to_a_presigned_url_is_redacted_in_the_trace() -> None:
+    from moat.masking import Masker
+    from moat.proxy.trace import Exchange, record
+
+    exchange = Exchange(started=0.0, method="GET", url="https://github.com/o/r/releases/download/v1/x.tgz",
+                        host="github.com", status_code=302,
+                        resp_headers=[("Location", "https://objects.example/x?X-Amz-Signature=abc123&id=7")])
+    line = record(exchange, Masker(frozenset()), frozenset())
+    assert line["resp_headers"]["Location"] == "https://objects.example/x?X-Amz-Signature=REDACTED&id=7"

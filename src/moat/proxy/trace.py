@@ -23,6 +23,7 @@ from moat.masking import Masker, is_credential_name
 REDACTED_HEADER = "[REDACTED]"  # the Go tool's marker
 REDACTED_QUERY = "REDACTED"
 DROPPED_HEADERS = frozenset({"proxy-authorization", "proxy-connection"})  # the run's own token: never
+URL_HEADERS = frozenset({"location", "content-location", "link"})  # headers that carry URLs
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "x-api-key"})
 _SIGNATURE_WORDS = frozenset({"sig", "signature"})  # presigned URLs: X-Amz-Signature, sig
 _SECRET_QUERY_KEYS = frozenset({"code"})  # an OAuth authorization code
@@ -101,6 +102,9 @@ def record(exchange: Exchange, masker: Masker, injected: frozenset[str]) -> dict
     if req_headers:
         line["req_headers"] = req_headers
     resp_headers = redact_headers(exchange.resp_headers, frozenset(), masker)
+    for name in [n for n in resp_headers if n.lower() in URL_HEADERS]:
+        # A redirect to a presigned URL (a release download's X-Amz-Signature) is a credential too.
+        resp_headers[name] = redact_url(resp_headers[name])
     if resp_headers:
         line["resp_headers"] = resp_headers
     return line
