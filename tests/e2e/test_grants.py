@@ -160,6 +160,7 @@ def test_a_wrong_provider_name_gets_a_suggestion(moat_home: Path, tmp_path: Path
     workspace = write_workspace(tmp_path / "ws", "grants: [githbu]\n")
     result = run_moat(["run", "--dry-run", str(workspace)])
     assert result.code == 2 and "did you mean 'github'" in result.stderr, result.output
+    assert "moat.yaml:1:" in result.stderr and "grants[0]" in result.stderr  # where, as for any typo
 
 
 def test_a_killed_run_leaves_nothing_in_the_proxy_after_clean(engine: DockerRuntime, granted: Path, tmp_path: Path,

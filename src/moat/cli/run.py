@@ -63,7 +63,13 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     """
     from moat.catalog import load_catalog
     from moat.cli.planview import render_plan
-    from moat.cli.runinputs import grant_names, proxy_ca_for, resolve_grants, resolve_secrets
+    from moat.cli.runinputs import (
+        check_configured_grants,
+        grant_names,
+        proxy_ca_for,
+        resolve_grants,
+        resolve_secrets,
+    )
     from moat.config.features import require_supported
     from moat.config.load import load_config
     from moat.plan.build import RunRequest, build_plan
@@ -88,6 +94,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     invoker = (os.getuid(), os.getgid())
     home = moat_home()
     run_id = new_run_id()
+    check_configured_grants(config, home)
     resolved = resolve_grants(grant_names(config.model.grants, grants), home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
     proxy_ca = proxy_ca_for(home, create=not dry_run) if resolved or config.model.network.host else None

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from moat.errors import UsageError
+from moat.config.load import Config
+from moat.errors import ConfigError, Located, UsageError
 from moat.plan.proxy import ResolvedGrant
 
 # The credential store, the providers and moat's CA cost imports (cryptography, the providers' YAML):
@@ -25,6 +26,27 @@ def grant_names(configured: Iterable[str], given: Iterable[str]) -> list[str]:
         chosen.pop(key, None)
         chosen[key] = name.strip()
     return list(chosen.values())
+
+
+def check_configured_grants(config: Config, home: Path) -> None:
+    """moat.yaml's grants name known providers: a typo is a located error with a suggestion, as any
+    other mistake in the file."""
+    if not config.model.grants:
+        return
+    from moat.credentials.providers.registry import ProviderRegistry, parse_grant
+    from moat.suggest import did_you_mean
+
+    providers = ProviderRegistry.load(home)
+    known = [*providers.names(), *(a for p in providers.providers() for a in p.aliases)]
+    problems = []
+    for index, name in enumerate(config.model.grants):
+        if providers.find(name) is None:
+            key = parse_grant(name).provider
+            problems.append(Located(("grants", index), f"unknown provider '{key[:64]}'{did_you_mean(key, known)}",
+                                    *config.marks.locate(("grants", index))))
+    if problems:
+        raise ConfigError(config.file, problems, hint="`moat grant providers` lists them; your own go in"
+                                                      f" {home / 'providers'}/NAME.yaml.")
 
 
 def resolve_grants(names: list[str], home: Path, run_id: str, profile: str | None) -> tuple[ResolvedGrant, ...]:
