@@ -1,0 +1,140 @@
+"""Network rules as moat.yaml writes them, and the decision they give a request (the Go tool's
+``network.rules``): host entries, each with an ordered list of ``allow|deny METHOD /path`` rules,
+first match wins, then the policy's default (strict: deny; permissive: allow).
+
+Paths are compared as the server will read them: percent-encoded octets decoded, then dot segments
+and repeated slashes resolved, so ``/repos/..%2F..%2Fadmin`` is ``/admin`` (a rule cannot be stepped
+around by spelling). Standard library only: the proxy daemon imports it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote
+
+from moat.credentials.hosts import host_matches, normalize_host, valid_pattern
+
+Action = Literal["allow", "deny"]
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "*"})
+
+
+class RuleError(ValueError):
+    """A rule or host entry that does not parse (its message never holds more than the rule)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action
+    method: str  # upper case, or "*"
+    pattern: str  # "/repos/*/issues/**"
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in ("*", method.upper()) and match_path(self.pattern, path)
+
+
+@dataclass(frozen=True)
+class HostRules:
+    host: str  # "api.github.com", "*.example.com"
+    rules: tuple[Rule, ...] = ()  # none: the whole host is allowed
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    why: str  # for the trace and the refusal's body
+
+
+def parse_rule(text: str) -> Rule:
+    parts = text.split()
+    if len(parts) != 3:
+        raise RuleError(f"rule {text.strip()[:80]!r} must read 'allow|deny METHOD /path', e.g. 'allow GET /repos/**'")
+    action, method, pattern = parts[0].lower(), parts[1].upper(), parts[2]
+    if action not in ("allow", "deny"):
+        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[0][:20]}' is neither allow nor deny")
+    if method not in METHODS:
+        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[1][:20]}' is not an HTTP method (or *)")
+    if not pattern.startswith("/"):
+        raise RuleError(f"rule {text.strip()[:80]!r}: the path must start with /")
+    segments = _segments(pattern, decode=False)
+    for index, segment in enumerate(segments):
+        if "*" in segment and segment not in ("*", "**"):
+            raise RuleError(f"rule {text.strip()[:80]!r}: '*' matches a whole path segment ('/a/*/b'), not part"
+                            " of one")
+        if segment == "**" and index > 0 and segments[index - 1] == "**":
+            raise RuleError(f"rule {text.strip()[:80]!r}: '**/**' is '**'")
+    return Rule(action, method, pattern)  # type: ignore[arg-type]  # checked above
+
+
+def parse_host_rules(host: str, rules: Iterable[str]) -> HostRules:
+    problem = valid_pattern(host)
+    if problem:
+        raise RuleError(problem)
+    return HostRules(normalize_host(host), tuple(parse_rule(r) for r in rules))
+
+
+def match_path(pattern: str, path: str) -> bool:
+    """``*`` is one segment, ``**`` any number of them (none at all only when nothing precedes it:
+    ``/repos/**`` needs something below /repos, ``/**`` matches every path)."""
+    return _match(_segments(pattern, decode=False), _segments(path, decode=True), consumed=False)
+
+
+def _segments(path: str, *, decode: bool) -> list[str]:
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if decode:
+        path = unquote(path)
+    cleaned = posixpath.normpath("/" + path.lstrip("/"))
+    cleaned = "/" + cleaned.lstrip("/")  # normpath keeps a leading "//"
+    return [] if cleaned == "/" else cleaned[1:].split("/")
+
+
+def _match(pattern: Sequence[str], path: Sequence[str], *, consumed: bool) -> bool:
+    if not pattern:
+        return not path
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        if not rest:
+            return bool(path) or not consumed
+        start = 1 if consumed else 0
+        return any(_match(rest, path[i:], consumed=True) for i in range(start, len(path) + 1))
+    if not path:
+        return False
+    if head != "*" and head != path[0]:
+        return False
+    return _match(rest, path[1:], consumed=True)
+
+
+def evaluate(rules: Sequence[Rule], method: str, path: str) -> Rule | None:
+    """The first rule that matches, if any."""
+    return next((rule for rule in rules if rule.matches(method, path)), None)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    strict: bool
+    hosts: tuple[HostRules, ...] = ()
+    granted: tuple[str, ...] = ()  # the run's grants' hosts: reachable in strict mode too
+
+    def decide(self, host: str, method: str, path: str) -> Decision:
+        for entry in self.hosts:
+            if not host_matches(entry.host, host):
+                continue
+            if not entry.rules:
+                return Decision(True, f"{entry.host} is listed in network.rules")
+            rule = evaluate(entry.rules, method, path)
+            if rule is not None:
+                verb = "allows" if rule.action == "allow" else "denies"
+                return Decision(rule.action == "allow",
+                                f"'{rule.action} {rule.method} {rule.pattern}' for {entry.host} {verb} it")
+            shown = path.partition("?")[0]
+            return self._default(host, f"no rule for {entry.host} matches {method.upper()} {shown}")
+        if any(host_matches(pattern, host) for pattern in self.granted):
+            return Decision(True, f"{normalize_host(host)} is a host of the run's grants")
+        return self._default(host, f"{normalize_host(host)} is not in network.rules")
+
+    def _default(self, host: str, why: str) -> Decision:
+        if self.strict:
+            return Decision(False, f"{why} (network.policy: strict)")
+        return Decision(True, f"{why} (network.policy: permissive)")

@@ -1,0 +1,113 @@
+"""network.rules: parsing, path matching and the decision for a request, case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from moat.policy.rules import NetworkPolicy, RuleError, match_path, parse_host_rules, parse_rule
+
+# (pattern, path, matches)
+PATHS = [
+    ("/", "/", True),
+    ("/", "/a", False),
+    ("/**", "/", True),
+    ("/**", "/a/b/c", True),
+    ("/repos/**", "/repos", False),  # ** after a segment needs something below it
+    ("/repos/**", "/repos/", False),
+    ("/repos/**", "/repos/o", True),
+    ("/repos/**", "/repos/o/r/issues", True),
+    ("/repos/*", "/repos/o", True),
+    ("/repos/*", "/repos/o/r", False),
+    ("/repos/*/issues", "/repos/o/issues", True),
+    ("/repos/*/issues", "/repos/o/r/issues", False),
+    ("/repos/**/issues", "/repos/o/r/issues", True),
+    ("/repos/**/issues", "/repos/issues", False),
+    ("/a/**/b/**", "/a/x/b/y", True),
+    ("/a/**/b/**", "/a/b/y", False),
+    ("/user", "/user", True),
+    ("/user", "/user/", True),  # a trailing slash is the same path
+    ("/user", "/users", False),
+    ("/user", "/user?tab=repos", True),  # the query is not the path
+    ("/user", "//user", True),  # repeated slashes collapse
+    ("/admin/**", "/repos/../admin/x", True),  # dot segments resolved
+    ("/admin/**", "/repos/..%2F..%2Fadmin/x", True),  # even encoded
+    ("/admin/**", "/%61dmin/x", True),  # an encoded letter is the letter
+    ("/repos/**", "/repos/../admin", False),
+    ("/repos/**", "/repos/%2e%2e/admin", False),
+    ("/a b", "/a%20b", True),
+    ("/API", "/api", False),  # paths are case-sensitive
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), PATHS)
+def test_path_matching(pattern: str, path: str, expected: bool) -> None:
+    assert match_path(pattern, path) is expected
+
+
+@pytest.mark.parametrize(("text", "action", "method", "pattern"), [
+    ("allow GET /repos/**", "allow", "GET", "/repos/**"),
+    ("deny * /admin/**", "deny", "*", "/admin/**"),
+    ("ALLOW post /graphql", "allow", "POST", "/graphql"),
+    ("  deny   DELETE   /x  ", "deny", "DELETE", "/x"),
+])
+def test_rules_parse(text: str, action: str, method: str, pattern: str) -> None:
+    rule = parse_rule(text)
+    assert (rule.action, rule.method, rule.pattern) == (action, method, pattern)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("alow GET /x", "neither allow nor deny"),
+    ("allow GRAB /x", "not an HTTP method"),
+    ("allow GET x", "must start with /"),
+    ("allow GET", "must read"),
+    ("allow GET /x extra", "must read"),
+    ("allow GET /repo*", "whole path segment"),
+    ("allow GET /a/**/**", r"'\*\*/\*\*' is"),
+])
+def test_bad_rules_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(RuleError, match=says):
+        parse_rule(text)
+
+
+@pytest.mark.parametrize("host", ["https://api.github.com", "api.github.com/repos", "*.*.com", "a*.com", ""])
+def test_bad_hosts_are_refused(host: str) -> None:
+    with pytest.raises(RuleError):
+        parse_host_rules(host, [])
+
+
+GITHUB = parse_host_rules("api.github.com", ["allow GET /repos/**", "deny * /repos/*/*/actions/**",
+                                             "allow POST /graphql"])
+STRICT = NetworkPolicy(True, (GITHUB, parse_host_rules("*.npmjs.org", [])), granted=("github.com",))
+PERMISSIVE = NetworkPolicy(False, STRICT.hosts, STRICT.granted)
+
+# (policy, host, method, path, allowed)
+DECISIONS = [
+    (STRICT, "api.github.com", "GET", "/repos/o/r", True),
+    (STRICT, "API.GitHub.com.", "get", "/repos/o/r", True),  # names and methods in any case
+    (STRICT, "api.github.com", "POST", "/repos/o/r", False),  # no rule for POST there: strict denies
+    (STRICT, "api.github.com", "GET", "/repos/o/r/actions/runs", True),  # first match wins: the allow
+    (STRICT, "api.github.com", "DELETE", "/repos/o/r/actions/runs", False),  # the deny
+    (STRICT, "api.github.com", "POST", "/graphql", True),
+    (STRICT, "api.github.com", "GET", "/user", False),
+    (STRICT, "registry.npmjs.org", "GET", "/left-pad", True),  # a host entry without rules
+    (STRICT, "npmjs.org", "GET", "/", False),  # *.x is not x
+    (STRICT, "github.com", "GET", "/o/r.git/info/refs", True),  # a grant's host
+    (STRICT, "evil.example", "GET", "/", False),
+    (PERMISSIVE, "evil.example", "GET", "/", True),
+    (PERMISSIVE, "api.github.com", "PUT", "/user", True),  # no rule matches: permissive allows
+    (PERMISSIVE, "api.github.com", "DELETE", "/repos/o/r/actions/x", False),  # but a deny denies
+]
+
+
+@pytest.mark.parametrize(("policy", "host", "method", "path", "allowed"), DECISIONS)
+def test_decisions(policy: NetworkPolicy, host: str, method: str, path: str, allowed: bool) -> None:
+    decision = policy.decide(host, method, path)
+    assert decision.allowed is allowed, decision.why
+    assert decision.why
+
+
+def test_a_refusal_says_why_in_words_a_human_can_act_on() -> None:
+    assert STRICT.decide("evil.example", "GET", "/").why == \
+        "evil.example is not in network.rules (network.policy: strict)"
+    assert "'deny * /repos/*/*/actions/**' for api.github.com denies it" in \
+        STRICT.decide("api.github.com", "DELETE", "/repos/o/r/actions/x").why
