@@ -362,3 +362,38 @@ def test_a_refused_upload_is_cut_off_not_read_into_memory(world: World) -> None:
             while chunk := sock.recv(65536):
                 answer += chunk
     assert not answer.startswith(b"HTTP/1.1 200")  # closed (or refused) at once, without 600 MB read
+
+
+def test_a_strict_policy_admits_listed_hosts_and_allowed_requests_only(world: World) -> None:
+    from moat.credentials.rules import Registration
+    from moat.policy.rules import NetworkPolicy, parse_host_rules
+
+    policy = NetworkPolicy(True, (parse_host_rules("api.github.com", ["allow GET /echo/repos/**"]),),
+                           granted=("github.com",))
+    token = secrets.token_hex(32)
+    trace = world.home / "runs" / "run_strict" / "network.jsonl"
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    client.register(world.home, Registration("run_strict", token, trace_file=str(trace),
+                                             extra={"policy": policy.to_json()}))
+    assert curl(world.info, token, "https://api.github.com/echo/repos/o/r").returncode == 0  # a rule allows it
+    assert curl(world.info, token, "https://github.com/echo/x").returncode == 0  # a grant's host
+    denied = curl(world.info, token, "https://api.github.com/echo/user", "-i")  # no rule: strict denies
+    shown = denied.stdout.lower()  # inside the tunnel it is HTTP/2: lower-case header names
+    assert "http/2 407" in shown and "x-moat-blocked: request-rule" in shown
+    assert "proxy-authenticate: moat-policy" in shown and "- allow GET /echo/user" in denied.stdout
+    status, headers, body = raw_connect(world.info.port, "evil.example:443", proxy_auth(token))
+    assert (status, headers["x-moat-blocked"]) == (407, "request-rule")
+    assert b'Host "evil.example" is not in the allow list' in body and b"      - evil.example" in body
+    assert not [s for s in world.stand_in.connects if s[0].startswith("evil.example")]  # never left
+    lines = wait_for_trace(trace, 4)
+    assert [(line["blocked"], line["url"].split("?")[0]) for line in lines if line["blocked"]] == [
+        (True, "https://api.github.com/echo/user"), (True, "evil.example:443")]
+
+
+def test_a_policy_that_does_not_parse_is_refused_at_registration(world: World) -> None:
+    from moat.credentials.rules import Registration
+
+    policy = {"hosts": [{"host": "x.example", "rules": ["alow GET /"]}]}
+    bad = Registration("run_badpolicy", secrets.token_hex(32), extra={"policy": policy})
+    with pytest.raises(MoatError, match="its network policy"):
+        client.register(world.home, bad)

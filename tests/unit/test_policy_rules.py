@@ -111,3 +111,21 @@ def test_a_refusal_says_why_in_words_a_human_can_act_on() -> None:
         "evil.example is not in network.rules (network.policy: strict)"
     assert "'deny * /repos/*/*/actions/**' for api.github.com denies it" in \
         STRICT.decide("api.github.com", "DELETE", "/repos/o/r/actions/x").why
+
+
+@pytest.mark.parametrize(("policy", "host", "allowed"), [
+    (STRICT, "api.github.com", True),  # listed (its requests are judged inside the tunnel)
+    (STRICT, "github.com", True),  # a grant's host
+    (STRICT, "a.npmjs.org", True),
+    (STRICT, "evil.example", False),
+    (PERMISSIVE, "evil.example", True),
+])
+def test_which_tunnels_may_open(policy: NetworkPolicy, host: str, allowed: bool) -> None:
+    assert policy.admits_host(host).allowed is allowed
+
+
+def test_a_policy_survives_the_trip_to_the_proxy_and_a_bad_one_does_not_load() -> None:
+    assert NetworkPolicy.from_json(STRICT.to_json()) == STRICT
+    for bad in ({"hosts": "x"}, {"hosts": [{"host": "a.example", "rules": ["alow GET /"]}]}, {"hosts": [5]}):
+        with pytest.raises(RuleError):
+            NetworkPolicy.from_json(bad)  # type: ignore[arg-type]

@@ -134,7 +134,47 @@ class NetworkPolicy:
             return Decision(True, f"{normalize_host(host)} is a host of the run's grants")
         return self._default(host, f"{normalize_host(host)} is not in network.rules")
 
+    def admits_host(self, host: str) -> Decision:
+        """Whether a tunnel to ``host`` may open at all (its requests are judged one by one inside)."""
+        if any(host_matches(entry.host, host) for entry in self.hosts):
+            return Decision(True, f"{normalize_host(host)} is listed in network.rules")
+        if any(host_matches(pattern, host) for pattern in self.granted):
+            return Decision(True, f"{normalize_host(host)} is a host of the run's grants")
+        return self._default(host, f"{normalize_host(host)} is not in network.rules")
+
+    def to_json(self) -> dict[str, object]:
+        return {"strict": self.strict, "granted": list(self.granted),
+                "hosts": [{"host": e.host, "rules": [f"{r.action} {r.method} {r.pattern}" for r in e.rules]}
+                          for e in self.hosts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> NetworkPolicy:
+        """RuleError (a ValueError) for anything that is not a policy."""
+        hosts = data.get("hosts") or []
+        granted = data.get("granted") or []
+        if not isinstance(hosts, list) or not isinstance(granted, list):
+            raise RuleError("a network policy's hosts and granted hosts are lists")
+        entries = []
+        for entry in hosts:
+            if not isinstance(entry, dict) or not isinstance(entry.get("rules", []), list):
+                raise RuleError("a network policy's host entry is {host, rules}")
+            entries.append(parse_host_rules(str(entry.get("host", "")), [str(r) for r in entry.get("rules", [])]))
+        return cls(bool(data.get("strict")), tuple(entries), tuple(str(g) for g in granted))
+
     def _default(self, host: str, why: str) -> Decision:
         if self.strict:
             return Decision(False, f"{why} (network.policy: strict)")
         return Decision(True, f"{why} (network.policy: permissive)")
+
+
+def refusal_text(host: str, method: str, path: str, decision: Decision, *, tunnel: bool) -> str:
+    """What an agent reads when the policy refuses it: why, and the moat.yaml lines that would allow
+    it (so that it can tell a human)."""
+    name = normalize_host(host)
+    shown = path.partition("?")[0] or "/"
+    if tunnel:
+        return (f"Moat: request blocked by network policy.\nHost \"{name}\" is not in the allow list"
+                f" ({decision.why}).\nTo allow it, add to moat.yaml:\n\n  network:\n    rules:\n      - {name}\n")
+    return (f"Moat: request blocked by network policy.\n{method.upper()} {shown} on {name}: {decision.why}.\n"
+            f"To allow it, add a rule for the host in moat.yaml:\n\n  network:\n    rules:\n      - {name}:\n"
+            f"          - allow {method.upper()} {shown}\n")

@@ -1,9 +1,10 @@
 """The proxy's mitmproxy addons, one concern each, in the order the daemon installs them:
 
-    Auth → Upstream → HostAccess → Inject → Stream → Trace
+    Auth → Upstream → HostAccess → Policy → Inject → Stream → Trace
 
 Auth says which run a request belongs to (or answers 407); Upstream picks moat's own upstream
-proxy, if any, for the destination; HostAccess keeps the agent off the host; Inject applies the
+proxy, if any, for the destination; HostAccess keeps the agent off the host; Policy applies the
+run's network rules; Inject applies the
 run's grants; Stream passes bodies through as they come; Trace writes the run's network.jsonl (the
 last two in ``responses``, what they share in ``flows``). The decisions themselves are plain
 functions in inject/access/upstream/trace; these classes only connect them to mitmproxy's hooks
@@ -18,6 +19,7 @@ from typing import Any
 from mitmproxy import http
 
 from moat.credentials.hosts import normalize_host
+from moat.policy import rules
 from moat.proxy import access, inject
 from moat.proxy.flows import (
     BLOCKED,
@@ -228,6 +230,35 @@ class HostAccess:
             object.__setattr__(server, "address", original)
 
 
+class Policy:
+    """The run's network policy (network.rules; strict mode): a tunnel to a host it does not admit
+    never opens, and each request — plain, or inside an admitted tunnel — is judged by the rules.
+    A refusal is a 407 the agent can read (``X-Moat-Blocked: request-rule``, ``Proxy-Authenticate:
+    Moat-Policy``, the moat.yaml lines that would allow it), and a line of the trace."""
+
+    def http_connect(self, flow: Any) -> None:
+        self._check(flow, tunnel=True)
+
+    def requestheaders(self, flow: Any) -> None:
+        self._check(flow, tunnel=False)
+
+    @staticmethod
+    def _check(flow: Any, *, tunnel: bool) -> None:
+        if not _active(flow):
+            return
+        policy = flow.metadata[RUN].policy
+        host = flow.metadata[HOST]
+        if policy is None or host == access.HOST_GATEWAY:  # the host's ports are network.host's
+            return
+        request = flow.request
+        decision = policy.admits_host(host) if tunnel else policy.decide(host, request.method, request.path)
+        if decision.allowed:
+            return
+        body = rules.refusal_text(host, request.method, request.path, decision, tunnel=tunnel)
+        respond(flow, 407, body, {"X-Moat-Blocked": access.KIND_REQUEST_RULE, "Proxy-Authenticate": "Moat-Policy"})
+        flow.metadata[BLOCKED] = access.Refusal(access.KIND_REQUEST_RULE, decision.why, body)
+
+
 class Inject:
     """The run's grants for the request's real destination: headers set and removed, placeholders
     replaced in the path, the query, the headers and (read whole up to 1 MiB) the body."""
@@ -296,4 +327,4 @@ class Inject:
 
 
 def addons(state: ProxyState) -> list[Any]:
-    return [Auth(state), Upstream(state), HostAccess(state), Inject(state), Stream(), Trace(state)]
+    return [Auth(state), Upstream(state), HostAccess(state), Policy(), Inject(state), Stream(), Trace(state)]

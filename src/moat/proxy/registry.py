@@ -19,6 +19,7 @@ from pathlib import Path
 from moat.constants import NETWORK_TRACE, RUNS_DIR
 from moat.credentials.rules import Registration
 from moat.masking import Masker
+from moat.policy.rules import NetworkPolicy
 
 MIN_TOKEN_LENGTH = 16  # a run's token is random (the run makes 32 bytes); a short one is a mistake
 
@@ -28,6 +29,7 @@ class Run:
     registration: Registration
     masker: Masker  # every secret of the run: the trace passes through it
     injected_names: frozenset[str] = field(default_factory=frozenset)  # headers its grants put secrets in
+    policy: NetworkPolicy | None = None  # network.rules and strict mode, when the run has them
 
     @property
     def run_id(self) -> str:
@@ -51,6 +53,16 @@ def secret_forms(values: Iterable[str]) -> set[str]:
     return {f for f in forms if f}
 
 
+def policy_of(registration: Registration) -> NetworkPolicy | None:
+    """The run's network policy, as the plan wrote it into the registration (ValueError if malformed)."""
+    data = registration.extra.get("policy")
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("a network policy is an object")
+    return NetworkPolicy.from_json(data)
+
+
 def validate(registration: Registration, home: Path | None = None) -> str | None:
     """Why the daemon refuses ``registration``, or None. The trace goes to the run's own record and
     nowhere else: whoever can reach the control socket must not make the daemon append to any file."""
@@ -65,6 +77,10 @@ def validate(registration: Registration, home: Path | None = None) -> str | None
         if "/" in registration.run_id or registration.run_id in (".", "..") or \
                 Path(registration.trace_file) != expected:
             return f"a run's trace is {home / RUNS_DIR}/<run id>/{NETWORK_TRACE}"
+    try:
+        policy_of(registration)
+    except ValueError as exc:
+        return f"its network policy: {exc}"
     bad_ports = [p for p in registration.host_ports if not 1 <= p <= 65535]
     if bad_ports:
         return f"host port {bad_ports[0]} is out of range (1-65535)"
@@ -91,7 +107,7 @@ class RunRegistry:
         injected = frozenset(name.lower() for g in registration.grants for i in g.injections for name, value in i.set
                              if value in g.secret_values())  # a fixed header (anthropic-beta) is no secret
         masker = Masker(secret_forms(registration.secret_values()))
-        self._by_digest[digest] = Run(registration, masker, injected)
+        self._by_digest[digest] = Run(registration, masker, injected, policy_of(registration))
         self._digest_of[registration.run_id] = digest
         self._empty_since = None
 
