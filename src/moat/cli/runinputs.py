@@ -17,15 +17,9 @@ from moat.plan.proxy import ResolvedGrant
 
 
 def grant_names(configured: Iterable[str], given: Iterable[str]) -> list[str]:
-    """moat.yaml's grants, then --grant's, each provider once (the later spelling wins its scopes)."""
-    from moat.credentials.providers.registry import parse_grant
-
-    chosen: dict[str, str] = {}
-    for name in (*configured, *given):
-        key = parse_grant(name).provider
-        chosen.pop(key, None)
-        chosen[key] = name.strip()
-    return list(chosen.values())
+    """moat.yaml's grants, then --grant's (``resolve_grants`` keeps each provider once, the later
+    spelling winning, whether it is named by its name or an alias)."""
+    return [name.strip() for name in (*configured, *given)]
 
 
 def check_configured_grants(config: Config, home: Path) -> None:
