@@ -151,7 +151,7 @@ def write(path):
     except OSError as exc:
         return type(exc).__name__
 print("host-loopback", connect("127.0.0.1", {host_listener}))
-print("outside", connect("192.0.2.1", 80))
+print("routes", len(open("/proc/net/route").read().splitlines()) - 1)
 print("etc", write("/etc/moat-sandbox-test"))
 print("home", write(os.path.expanduser("~root") + "/moat-sandbox-test"))
 print("host-tmp", write("/tmp/moat-sandbox-test"))
@@ -181,7 +181,7 @@ print("sees-moat", any(host_moat in open(f"/proc/{{p}}/cmdline", "rb").read() fo
     assert result.code == 0, result.output
     seen = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     assert seen["host-loopback"] == "ConnectionRefusedError:111"  # its own loopback: nothing listens
-    assert seen["outside"] == "OSError:101"  # ENETUNREACH: no route out at all
+    assert seen["routes"] == "0"  # no route out at all (probed without sending anything anywhere)
     assert seen["etc"] == "OSError" and seen["home"] in ("OSError", "PermissionError")
     assert seen["host-tmp"] == "written" and not Path("/tmp/moat-sandbox-test").exists()  # a private /tmp
     assert seen["workspace"] == "written" and (workspace / "ok.txt").exists()
