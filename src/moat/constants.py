@@ -43,8 +43,11 @@ ROLE_SERVICE = "service"
 ROLE_NETWORK = "network"
 ROLE_IMAGE = "image"
 ROLE_RELAY = "relay"
-# moat's shared proxy: MOAT_HOME/proxy/, its public socket for runs in namespaces of their own.
+ROLE_HOLDER = "holder"  # a strict Docker run's pod: holds its network namespace (loopback only) and the relay
+# moat's shared proxy: MOAT_HOME/proxy/, its public socket for runs in namespaces of their own, alone
+# in a directory of its own (mounted into a pod's holder: a restarted daemon's new socket is seen too).
 PROXY_DIR = "proxy"
+PROXY_RELAY_DIR = "relay"
 PROXY_SOCKET = "proxy.sock"
 AGENT_CONTAINER_PREFIX = "moat-agent-"
 

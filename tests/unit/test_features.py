@@ -12,7 +12,6 @@ from moat.errors import EXIT_USAGE, MoatError, UnsupportedFeatureError
 from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
 
 UNSUPPORTED = [
-    ("network:\n  policy: strict\n", "network.policy"),
     ("mounts: [./data:/data]\n", "mounts"),
     ("mounts:\n  - source: ./data\n    target: /data\n", "mounts"),
     ("volumes: [{name: cache, target: /cache}]\n", "volumes"),
@@ -20,7 +19,6 @@ UNSUPPORTED = [
     ("hooks: {pre_run: make setup}\n", "hooks"),
     ("workspace: {mode: volume}\n", "workspace.mode"),
     ("mcp: [context7]\n", "mcp"),
-    ("network:\n  rules: [api.github.com]\n", "network.rules"),
     ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
     ("snapshots: {retention: {max_count: 3}}\n", "snapshots"),
     ("snapshots: {disabled: false}\n", "snapshots"),
@@ -61,6 +59,7 @@ SUPPORTED = [
     "snapshots: {disabled: true}\ntracing: {disable_exec: true}\n",
     "network: {policy: permissive}\n",
     "network: {rules: []}\n",
+    "network:\n  policy: strict\n  rules: [api.github.com, {'*.npmjs.org': ['allow GET /**']}]\n",
     "clipboard: false\n",
     "runtime: docker\n",
     "runtime: sandbox\n",
@@ -90,22 +89,22 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     head = info.value.message.splitlines()[0]
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
-        "network.policy", "network.rules", "network.keep_policy", "mounts",
+        "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude", "codex", "copilot", "gemini", "kiro", "pi",
     ]
 
 
 def test_each_feature_says_where_and_why(workspace: Path) -> None:
-    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  policy: strict\nmounts: [./data:/data]\n")
+    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  keep_policy: my-pack\nmounts: [./data:/data]\n")
     config = load_config(workspace, CATALOG)
     with pytest.raises(UnsupportedFeatureError) as info:
         require_supported(config)
     message = info.value.message
-    assert "not supported yet: network.policy, mounts" in message
-    assert "network.policy (moat.yaml:3):" in message
+    assert "not supported yet: network.keep_policy, mounts" in message
+    assert "network.keep_policy (moat.yaml:3):" in message
     assert "mounts (moat.yaml:4):" in message
-    assert "open network access" in message  # a security setting is never silently ignored
+    assert "keep policies are not enforced" in message  # a security setting is never silently ignored
 
 
 def test_no_config_file_is_supported(workspace: Path) -> None:

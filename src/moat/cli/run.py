@@ -47,12 +47,15 @@ class RunCommand(click.Command):
                    " moat.yaml's grants).")
 @click.option("--profile", envvar="MOAT_PROFILE", metavar="NAME",
               help="The credential profile the grants come from (default: $MOAT_PROFILE; see `moat grant`).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
+              help="Let the agent reach HOST (or *.example.com) in this run, as a network.rules entry would"
+                   " (repeatable; matters under network.policy: strict).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.pass_context
 def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
         interactive: bool | None, detach: bool, rebuild: bool, keep: bool, grants: tuple[str, ...],
-        profile: str | None, dry_run: bool, as_json: bool) -> Any:
+        profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool, as_json: bool) -> Any:
     """Run a command in an isolated container against the workspace PATH (default: .), with the
     services moat.yaml declares started, ready and described in MOAT_* variables.
 
@@ -97,7 +100,13 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     check_configured_grants(config, home)
     resolved = resolve_grants(grant_names(config.model.grants, grants), home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
-    proxy_ca = proxy_ca_for(home, create=not dry_run) if resolved or config.model.network.host else None
+    network = config.model.network
+    policed = network.policy == "strict" or bool(network.rules)
+    if allow_hosts and not policed:
+        note = ((note + "\n") if note else "") + ("--allow-host changes nothing here: network.policy is permissive"
+                                                 " and every host is reachable already")
+    uses_proxy = bool(resolved or network.host or policed)
+    proxy_ca = proxy_ca_for(home, create=not dry_run) if uses_proxy else None
     request = RunRequest(
         workspace=workspace,
         command=ctx.meta.get(COMMAND_META, ()),
@@ -114,6 +123,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         grants=resolved,
         secrets=secrets,
         proxy_ca=proxy_ca,
+        allow_hosts=allow_hosts,
     )
     plan = build_plan(config, request, catalog, run_id=run_id)
     if dry_run:

@@ -51,9 +51,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     ValuesFeature(_service_secret_references,
                   f"secret references ({_SCHEMES}) in a service's env are not resolved yet (moat.yaml's"
                   " secrets: are); the reference itself would become the value"),
-    Feature(("network", "policy"), lambda c: c.network.policy == "strict",
-            "network.policy: strict would not be enforced; the agent would have open network access"),
-    Feature(("network", "rules"), lambda c: bool(c.network.rules), "per-host network rules are not enforced yet"),
     Feature(("network", "keep_policy"), lambda c: c.network.keep_policy is not None,
             "keep policies are not enforced yet"),
     Feature(("mounts",), lambda c: bool(c.mounts), "extra mounts are not built yet"),

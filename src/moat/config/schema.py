@@ -8,7 +8,6 @@ normalised to one shape before validation, so errors point at the user's key, no
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,8 @@ from pydantic import (
 )
 
 from moat.config.yamldoc import scalar_text
+from moat.credentials.hosts import valid_pattern
+from moat.policy.rules import parse_rule
 
 # As the Go tool takes them: an env key is any string (yaml.v3 into map[string]string) and a name any
 # string. What no environment or terminal can hold safely is refused: an empty key, '=' in a key
@@ -177,9 +178,6 @@ class ServiceOverride(Section):
 
 # --- network -----------------------------------------------------------------------------------
 
-_RULE_RE = re.compile(r"^(?i:allow|deny)\s+\S+\s+/\S*$")
-
-
 def _rule_entry(value: Any) -> Any:
     """``- api.github.com`` or ``- api.github.com: ["allow GET /repos/**"]`` → one shape."""
     if isinstance(value, str):
@@ -193,13 +191,19 @@ def _rule_entry(value: Any) -> Any:
 
 
 def _check_rule(value: str) -> str:
-    if not _RULE_RE.fullmatch(value.strip()):
-        raise ValueError(f"rule {value!r} must read 'allow|deny METHOD /path', e.g. 'allow GET /repos/**'")
+    parse_rule(value)  # RuleError is a ValueError: a located config error with its reason
+    return value
+
+
+def _check_host(value: str) -> str:
+    problem = valid_pattern(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
 class HostRules(Section):
-    host: Annotated[str, StringConstraints(min_length=1)]
+    host: Annotated[str, StringConstraints(min_length=1), AfterValidator(_check_host)]
     rules: list[Annotated[str, BeforeValidator(_to_text), AfterValidator(_check_rule)]] = Field(
         default_factory=list
     )

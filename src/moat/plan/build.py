@@ -38,6 +38,8 @@ from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts,
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
+from moat.plan.pod import holder_spec, pod_network
+from moat.plan.policy import network_policy
 from moat.plan.proxy import (
     CA_DIR,
     CA_FILE_NAME,
@@ -73,11 +75,15 @@ class RuntimeTraits:
     proxy_route: Route
     ca_path: str
     grant_files: str  # where a grant's files are mounted for the agent
+    # Strict mode needs a pod of its own (a loopback-only namespace, see plan.pod); the sandbox's
+    # network namespace is one already.
+    strict_pod: bool = False
 
 
 TRAITS = {
     "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
-                            proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat"),
+                            proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat",
+                            strict_pod=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
                              grant_files="/tmp/moat-grants"),  # noqa: S108 — its private /tmp
@@ -103,6 +109,7 @@ class RunRequest:
     grants: tuple[ResolvedGrant, ...] = ()  # moat.yaml's and --grant's, resolved from the credential store
     secrets: Mapping[str, str] = field(default_factory=dict)  # moat.yaml's secrets, resolved (name → value)
     proxy_ca: Path | None = None  # moat's public CA certificate, when the run uses the proxy
+    allow_hosts: tuple[str, ...] = ()  # --allow-host: hosts added to network.rules for this run
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str) -> str:
@@ -131,6 +138,14 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     labels = {LABEL_RUN_ID: run_id, LABEL_HOME: home_id(request.home)}
     network = f"{NETWORK_PREFIX}{run_id}"
     scratch = request.scratch_root / f"moat-{run_id}"
+    policy = network_policy(model.network, request.allow_hosts, (g.rules for g in request.grants))
+    strict = policy is not None and policy.strict
+    holder: ContainerSpec | None = None
+    if strict and traits.strict_pod:
+        holder = holder_spec(run_id, labels, request.home, tuple(d.name for d in config.dependencies
+                                                                  if d.type is DepType.SERVICE),
+                             f"{request.invoker[0]}:{request.invoker[1]}", scratch)
+        network = pod_network(holder.name)
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid)
@@ -147,12 +162,13 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
             continue
         service_spec, service_secrets = _service_spec(
             config, dep.name, dep.version or "", catalog, new_password,
-            _Pod(run_id, network, labels, scratch, request.home, traits, request.invoker))
+            _Pod(run_id, network, labels, scratch, request.home, traits, request.invoker, holder is not None))
         services.append(service_spec)
         secrets |= service_secrets
 
-    proxy = proxy_spec(request.grants, tuple(model.network.host), run_id, request.home, request.proxy_ca,
-                       traits.ca_path, traits.proxy_route, new_token())
+    route: Route = "relay" if holder is not None else traits.proxy_route
+    proxy = proxy_spec(request.grants, tuple(model.network.host), policy, run_id, request.home, request.proxy_ca,
+                       traits.ca_path, route, new_token())
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name}
     for service in services:
         env.update(service.agent_env)
@@ -211,7 +227,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
                 *(Mount(source, target, read_only=True) for source, target, _ in files.values())),
         files=tuple((source, text) for source, _, text in files.values()),
-        extra_hosts=proxy_hosts(proxy),
+        extra_hosts=proxy_hosts(proxy),  # in a pod, the holder has them (Docker refuses them on the others)
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
         # workspace) this leaves it owning root's files in /workspace and nothing more.
@@ -219,7 +235,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         no_new_privileges=True,
         memory_mb=limits.memory_mb,
         cpus=limits.cpus,
-        dns=limits.dns,
+        dns=() if holder is not None else limits.dns,  # a strict pod has no DNS to ask
         ulimits=limits.ulimits,
         tty=interactive and request.stdin_is_terminal,
         stdin_open=interactive or held,
@@ -246,7 +262,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         limits=limits,
         secrets=frozenset(secrets),
         proxy=proxy,
-        relay=relay_spec(proxy, run_id, network, labels, scratch, request.home),
+        relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
+        holder=holder,
+        policy=policy,
     )
 
 
@@ -261,6 +279,7 @@ class _Pod:
     home: Path
     traits: RuntimeTraits
     invoker: tuple[int, int]
+    in_pod: bool  # joins a holder's namespace: no name or aliases of its own (the holder's hosts file)
 
 
 def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new_password: Callable[[], str],
@@ -292,8 +311,8 @@ def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new
         command=terms.command,
         env=terms.container_env,
         service=name,
-        hostname=name,
-        aliases=(name,),
+        hostname=None if pod.in_pod else name,
+        aliases=() if pod.in_pod else (name,),
         mounts=mounts,
         tmpfs=service.data_paths if storage == "memory" else (),
         memory_mb=override.memory if override else None,

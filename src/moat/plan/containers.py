@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Role = Literal["agent", "service", "relay"]  # relay: forwards the proxy into the run's network
+# relay: forwards the proxy into the run's network (the sandbox); holder: a strict Docker run's pod,
+# owner of its loopback-only network namespace and its relay to the proxy (see plan.pod)
+Role = Literal["agent", "service", "relay", "holder"]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from moat.constants import (
     LABEL_ROLE,
     NETWORK_TRACE,
     PROXY_DIR,
+    PROXY_RELAY_DIR,
     PROXY_SOCKET,
     ROLE_RELAY,
     RUNS_DIR,
@@ -19,12 +20,15 @@ from moat.credentials.rules import Registration
 from moat.errors import UsageError
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.proxy import HOST_GATEWAY, PROXY_HOST, RELAY_PORT, ProxySpec, ResolvedGrant, Route, routes_around
+from moat.policy.rules import NetworkPolicy
 
 
-def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], run_id: str, home: Path,
-               proxy_ca: Path | None, ca_path: str, route: Route, token: str) -> ProxySpec | None:
-    """The run goes through moat's proxy when it has grants or opens host ports (network.host)."""
-    if not grants and not host_ports:
+def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], policy: NetworkPolicy | None,
+               run_id: str, home: Path, proxy_ca: Path | None, ca_path: str, route: Route,
+               token: str) -> ProxySpec | None:
+    """The run goes through moat's proxy when it has grants, opens host ports (network.host) or has a
+    network policy to enforce (strict mode, network.rules)."""
+    if not grants and not host_ports and policy is None:
         return None
     if proxy_ca is None:
         raise UsageError("this run needs moat's proxy, but its CA was not prepared (a bug in the caller)")
@@ -34,6 +38,7 @@ def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], r
         grants=tuple(g.rules for g in grants),
         trace_file=str(home / RUNS_DIR / run_id / NETWORK_TRACE),
         host_ports=host_ports,
+        extra={} if policy is None else {"policy": policy.to_json()},
     )
     return ProxySpec(registration, str(proxy_ca), ca_path, route, tuple(g.name for g in grants))
 
@@ -58,7 +63,7 @@ def relay_spec(proxy: ProxySpec | None, run_id: str, network: str, labels: Mappi
         labels={**labels, LABEL_ROLE: ROLE_RELAY},
         network=network,
         command=("--listen", f"127.0.0.1:{RELAY_PORT}"),
-        mounts=(Mount(str(home / PROXY_DIR / PROXY_SOCKET), PROXY_SOCKET, read_only=True),),
+        mounts=(Mount(str(home / PROXY_DIR / PROXY_RELAY_DIR / PROXY_SOCKET), PROXY_SOCKET, read_only=True),),
         scratch=str(scratch / "relay"),
     )
 

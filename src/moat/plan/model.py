@@ -18,6 +18,7 @@ from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
 from moat.plan.proxy import PROXY_HOST, PROXY_USER, ProxySpec
+from moat.policy.rules import NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class Plan:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     proxy: ProxySpec | None = field(default=None, repr=False)  # when the run goes through moat's proxy
     relay: ContainerSpec | None = None  # the sandbox's relay to the proxy, inside the run's network
+    holder: ContainerSpec | None = None  # a strict Docker run's pod (see plan.pod): it is the run's network
+    policy: NetworkPolicy | None = None  # network.rules and strict mode (None: permissive, no rules)
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -172,6 +175,8 @@ class Plan:
             },
             "proxy": None if self.proxy is None else _proxy_dict(self.proxy, mask),
             "relay": None if self.relay is None else self.relay.to_dict(mask),
+            "holder": None if self.holder is None else self.holder.to_dict(mask),
+            "policy": None if self.policy is None else self.policy.to_json(),
         }
 
 

@@ -9,6 +9,7 @@ around by spelling). Standard library only: the proxy daemon imports it.
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ def parse_rule(text: str) -> Rule:
         raise RuleError(f"rule {text.strip()[:80]!r} must read 'allow|deny METHOD /path', e.g. 'allow GET /repos/**'")
     action, method, pattern = parts[0].lower(), parts[1].upper(), parts[2]
     if action not in ("allow", "deny"):
-        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[0][:20]}' is neither allow nor deny")
+        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[0][:20]}' is neither allow nor deny"
+                        + _did_you_mean(action, ("allow", "deny")))
     if method not in METHODS:
-        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[1][:20]}' is not an HTTP method (or *)")
+        raise RuleError(f"rule {text.strip()[:80]!r}: '{parts[1][:20]}' is not an HTTP method (or *)"
+                        + _did_you_mean(method, sorted(METHODS - {"*"})))
     if not pattern.startswith("/"):
         raise RuleError(f"rule {text.strip()[:80]!r}: the path must start with /")
     segments = _segments(pattern, decode=False)
@@ -66,6 +69,11 @@ def parse_rule(text: str) -> Rule:
         if segment == "**" and index > 0 and segments[index - 1] == "**":
             raise RuleError(f"rule {text.strip()[:80]!r}: '**/**' is '**'")
     return Rule(action, method, pattern)  # type: ignore[arg-type]  # checked above
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def parse_host_rules(host: str, rules: Iterable[str]) -> HostRules:

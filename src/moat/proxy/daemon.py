@@ -203,6 +203,7 @@ class Daemon:
         controller = await asyncio.start_unix_server(partial(control.serve, self), path=str(paths.control),
                                                      limit=protocol.MAX_LINE)
         os.chmod(paths.control, 0o600)
+        paths.relay_dir.mkdir(mode=0o700, exist_ok=True)
         proxy = await relay.serve_unix(str(paths.proxy_socket), relay.to_tcp(LISTEN_HOST, self.port))
         # Whoever can reach this socket still needs a run's token: the proxy answers 407 without one.
         # A sandboxed relay may run as another user than the daemon (the workspace's owner).

@@ -23,9 +23,14 @@ class ProxyPaths:
         return self.dir / "control.sock"
 
     @property
+    def relay_dir(self) -> Path:
+        """The proxy socket's directory, nothing else in it: what a pod's holder has mounted."""
+        return self.dir / "relay"
+
+    @property
     def proxy_socket(self) -> Path:
         """The proxy itself on a Unix socket, for runs in network namespaces of their own."""
-        return self.dir / "proxy.sock"
+        return self.relay_dir / "proxy.sock"
 
     @property
     def state(self) -> Path:

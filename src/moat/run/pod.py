@@ -79,6 +79,13 @@ class Pod:
         self.runtime.create_network(plan.network, {**plan.labels, **self.owner_labels}, str(plan.scratch))
         self.network = self.scope.add(Resource(NETWORK, plan.network, f"network {plan.network}"), [self.sweep])
 
+    def create_holder(self, spec: ContainerSpec) -> str:
+        """A strict pod's holder (its image exists): created and started, it is the run's network;
+        every other container lives inside it and is removed before it."""
+        container_id, self.network = self._create(spec, ())
+        self.runtime.start_container(container_id)
+        return container_id
+
     def register_proxy(self, proxy: ProxyClient, registration: Registration) -> Resource:
         """The run's grants and token in the shared proxy, until teardown unregisters them. In the
         scope before the call: a registration that answered too late is still removed."""
@@ -93,6 +100,9 @@ class Pod:
         return self.scope.add(Resource(CACHE_HOLD, service, f"{service}'s cache", local=True), [self.sweep])
 
     def create_container(self, spec: ContainerSpec, inside: tuple[Resource, ...] = ()) -> str:
+        return self._create(spec, inside)[0]
+
+    def _create(self, spec: ContainerSpec, inside: tuple[Resource, ...]) -> tuple[str, Resource]:
         for mount in spec.mounts:
             if mount.create:
                 private_dir(Path(mount.source))
@@ -109,8 +119,7 @@ class Pod:
         parents = [self.sweep, *inside]
         if self.network is not None:
             parents.append(self.network)
-        self.scope.add(Resource(CONTAINER, container_id, spec.name, tuple(attrs)), parents)
-        return container_id
+        return container_id, self.scope.add(Resource(CONTAINER, container_id, spec.name, tuple(attrs)), parents)
 
 
 class CacheHolds:

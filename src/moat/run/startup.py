@@ -22,7 +22,8 @@ from moat.constants import LABEL_ROLE, ROLE_IMAGE
 from moat.errors import EngineError, MoatError
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
-from moat.plan.model import Plan, ServiceSpec
+from moat.plan.model import ImageSpec, Plan, ServiceSpec
+from moat.plan.pod import RELAY_LISTENING, holder_image
 from moat.run.events import RunEvents
 from moat.run.pod import Pod
 from moat.run.proxyuse import ProxyClient
@@ -61,6 +62,7 @@ def still_waiting(runtime: Runtime, agent: str, masker: Masker) -> None:
 class Started:
     services: dict[str, str] = field(default_factory=dict)  # service name → container id
     agent: str | None = None  # the held agent's container, when the plan holds it
+    holder: str | None = None  # a strict pod's holder container (its relay is the way to the proxy)
     agent_env: dict[str, str] = field(default_factory=dict)  # known once started: the proxy's address
 
     def agent_spec(self, plan: Plan) -> ContainerSpec:
@@ -96,7 +98,7 @@ class Startup:
         in the scope either way: the caller's teardown removes it."""
         self.signals.checkpoint()
         self._cancellable(self.runtime.ping)
-        self._cancellable(self.pod.create_network)
+        self._cancellable(self._create_pod)
         self.timeline.mark("network")
         if not self.plan.services:
             self._containers_started.set()
@@ -111,6 +113,19 @@ class Startup:
             self._settle(futures)
         self.timeline.mark("services_ready")
         return self.started
+
+    def _create_pod(self) -> None:
+        """The run's network: an engine network, or a strict pod's holder (see plan.pod)."""
+        holder = self.plan.holder
+        if holder is None:
+            self.pod.create_network()
+            return
+        image = holder_image()
+        if not self.runtime.image_exists(image.tag):
+            self._build(image, "moat's pod image (socat: strict mode's relay)", key="pod-image", log="pod-build.log")
+        if self.abort.is_set():
+            raise Aborted
+        self.started.holder = self.pod.create_holder(holder)
 
     def _cancellable(self, call: Callable[[], None]) -> None:
         """An engine call in the main thread's stead, so that a cancel is heard while it is under way
@@ -198,6 +213,8 @@ class Startup:
                 port = self.proxy.listen(self.runtime.host_gateway())
             if self.plan.relay is not None:
                 self._start_relay(self.plan.relay)
+            elif self.started.holder is not None:
+                self._await_relay(self.started.holder, RELAY_LISTENING)
         except Aborted:
             self.events.finish(key, "proxy: not waited for any more (the run is ending)", ok=None)
             raise
@@ -216,8 +233,12 @@ class Startup:
         if self.abort.is_set():
             raise Aborted
         self.runtime.start_container(container_id)
+        self._await_relay(container_id, "ready")
+
+    def _await_relay(self, container_id: str, listening: str) -> None:
+        """Until the relay says it listens: the agent's way out is open (and the only one it has)."""
         deadline = time.monotonic() + RELAY_TIMEOUT
-        while "ready" not in self.runtime.logs(container_id):
+        while listening not in self.runtime.logs(container_id):
             state = self.runtime.state(container_id)
             if not state.running:
                 output = self.masker.text(self.runtime.logs(container_id, tail=10).strip()) or "(no output)"
@@ -232,9 +253,13 @@ class Startup:
         if not self.rebuild and self.runtime.image_exists(image.tag):
             self.events.log(f"agent image {image.tag} is up to date")
             return
+        self._build(image, "agent image", no_cache=self.rebuild)
+        self.timeline.mark("image_built")
+
+    def _build(self, image: ImageSpec, what: str, no_cache: bool = False, key: str = "image",
+               log: str = "build.log") -> None:
         started = time.monotonic()
-        key = "image"
-        self.events.task(key, f"building agent image {image.tag}")
+        self.events.task(key, f"building {what} {image.tag}")
         lines: list[str] = []
 
         def on_line(line: str) -> None:
@@ -245,21 +270,20 @@ class Startup:
 
         try:
             self._abortable(lambda: self.runtime.build_image(
-                image, {**self.plan.labels, LABEL_ROLE: ROLE_IMAGE}, on_line, no_cache=self.rebuild))
+                image, {**self.plan.labels, LABEL_ROLE: ROLE_IMAGE}, on_line, no_cache=no_cache))
         except MoatError:
-            self.events.finish(key, f"building agent image {image.tag}", ok=False)
+            self.events.finish(key, f"building {what} {image.tag}", ok=False)
             raise
         except Aborted:
-            self.events.finish(key, f"building agent image {image.tag}: stopped (the run is ending)", ok=None)
+            self.events.finish(key, f"building {what} {image.tag}: stopped (the run is ending)", ok=None)
             raise
         finally:
             try:
-                self.events.record.write_file("build.log", "\n".join(lines) + "\n")
+                self.events.record.write_file(log, "\n".join(lines) + "\n")
             except MoatError as exc:
                 self.events.log(f"could not save the build log: {exc.message}")
-        self.timeline.mark("image_built")
-        self.events.finish(key, f"built agent image {image.tag} in {time.monotonic() - started:.1f}s")
-        self.events.log(f"built agent image {image.tag}")
+        self.events.finish(key, f"built {what} {image.tag} in {time.monotonic() - started:.1f}s")
+        self.events.log(f"built {what} {image.tag}")
 
     def _abortable(self, work: Callable[[], None], abort: threading.Event | None = None) -> None:
         """Do ``work`` in a daemon thread and wait for it, or for the run to be aborted.

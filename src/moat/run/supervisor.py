@@ -18,7 +18,7 @@ from moat.errors import MoatError
 from moat.ownership import owner_metadata
 from moat.run.execution import Outcome, Run
 from moat.run.handoff import COMMIT, READY, STARTED, unpack
-from moat.run.pod import NETWORK
+from moat.run.pod import CONTAINER, NETWORK
 from moat.run.report import PlainReporter
 from moat.run.signals import HANDLED
 from moat.run.store import RunStore
@@ -49,7 +49,8 @@ def adopt(state: dict[str, Any]) -> Run:
             pod.hold_cache(spec.name, run.signals.cancel)
     run.scope.adopt(state["resources"])
     # Containers made here (a sandbox agent) live inside the adopted network: removed before it.
-    pod.network = next((r for r in run.scope.resources() if r.kind == NETWORK), None)
+    pod.network = next((r for r in run.scope.resources()
+                        if r.kind == NETWORK or (r.kind == CONTAINER and r.attr("role") == "holder")), None)
     return run
 
 

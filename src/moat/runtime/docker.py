@@ -176,6 +176,11 @@ def _missing_program(command: tuple[str, ...], code: int, output: str) -> Progra
     return None
 
 
+def _namespace_mode(network: str) -> bool:
+    """A network mode rather than a network to attach to: ``none`` or ``container:<name>``."""
+    return network == "none" or network.startswith("container:")
+
+
 def _created(text: str | int | None) -> float:
     if isinstance(text, int):
         return float(text)
@@ -344,8 +349,10 @@ class DockerRuntime:
                 cap_drop=list(spec.cap_drop) or None,
                 security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
                 extra_hosts=dict(spec.extra_hosts) or None,
+                # A pod's holder has no network ("none"); the others join its namespace ("container:…").
+                network_mode=spec.network if _namespace_mode(spec.network) else None,
             )
-            networking = api.create_networking_config(
+            networking = None if _namespace_mode(spec.network) else api.create_networking_config(
                 {spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)})
             created = api.create_container(
                 image=spec.image,

@@ -1,0 +1,62 @@
+"""A strict Docker run's pod: a small holder container owns the run's network namespace, which has
+nothing but loopback (``--network none``); the services and the agent join it
+(``--network container:<holder>``) and talk over 127.0.0.1, by name through the holder's hosts file.
+The only way out is moat's proxy, reached through the holder's relay from 127.0.0.1:RELAY_PORT to the
+proxy's Unix socket, whose directory is the holder's only mount. No route exists, so nothing — raw
+TCP, UDP, DNS — can go around the proxy. Pure: the holder's image and container, as planned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from moat.constants import CONTAINER_PREFIX, LABEL_ROLE, PROXY_DIR, PROXY_RELAY_DIR, PROXY_SOCKET, ROLE_HOLDER
+from moat.plan.containers import ContainerSpec, Mount
+from moat.plan.model import ImageSpec
+from moat.plan.proxy import RELAY_PORT
+
+POD_IMAGE_REPO = "moat/pod"
+POD_BASE_IMAGE = "debian:bookworm-slim"
+RELAY_MOUNT = "/run/moat"  # the proxy socket's directory, inside the holder
+# socat: the tool made for relaying; -d -d logs "listening on", which start-up waits for.
+RELAY_LISTENING = "listening on"
+NO_NETWORK = "none"
+
+
+def pod_network(holder: str) -> str:
+    """The network a container joining the pod names (Docker's ``container:<name>`` mode)."""
+    return f"container:{holder}"
+
+
+def holder_image() -> ImageSpec:
+    text = "\n".join((
+        f"FROM {POD_BASE_IMAGE}",
+        "ENV DEBIAN_FRONTEND=noninteractive",
+        "RUN apt-get update && apt-get install -y --no-install-recommends socat && rm -rf /var/lib/apt/lists/*",
+        "",
+    ))
+    tag = f"{POD_IMAGE_REPO}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return ImageSpec(tag, POD_BASE_IMAGE, text, (), 0, 0)
+
+
+def holder_spec(run_id: str, labels: Mapping[str, str], home: Path, hosts: tuple[str, ...],
+                user: str, scratch: Path) -> ContainerSpec:
+    """The holder: ``hosts`` (the services' names) resolve to 127.0.0.1 for every container of the pod."""
+    return ContainerSpec(
+        role="holder",
+        name=f"{CONTAINER_PREFIX}pod-{run_id}",
+        image=holder_image().tag,
+        labels={**labels, LABEL_ROLE: ROLE_HOLDER},
+        network=NO_NETWORK,
+        command=("socat", "-d", "-d", f"TCP-LISTEN:{RELAY_PORT},bind=127.0.0.1,reuseaddr,fork",
+                 f"UNIX-CONNECT:{RELAY_MOUNT}/{PROXY_SOCKET}"),
+        extra_hosts=tuple((host, "127.0.0.1") for host in hosts),
+        mounts=(Mount(str(home / PROXY_DIR / PROXY_RELAY_DIR), RELAY_MOUNT, read_only=True, create=True),),
+        user=user,
+        cap_drop=("ALL",),
+        no_new_privileges=True,
+        init=True,  # reaps the relay's per-connection children
+        scratch=str(scratch / "holder"),
+    )
