@@ -60,6 +60,8 @@ class FakeRuntime:
         self.containers: dict[str, FakeContainer] = {}
         self.networks: dict[str, dict[str, str]] = {}
         self.images_present: set[str] = {"moat-test/redis:latest", "moat-test/postgres:latest"}
+        # socat -d -d in a strict pod's holder, once it listens (tests make it silent)
+        self.holder_log = "2026/11/26 06:00:00 socat[1] N listening on AF=2 127.0.0.1:19080\n"
         self.calls: list[tuple[str, str]] = []
         self.faults: dict[str, Callable[[str], None]] = {}  # operation → raises for an id
         self.agent = AgentScript()
@@ -165,6 +167,11 @@ class FakeRuntime:
     def start_container(self, container_id: str) -> None:
         self._check("start_container", container_id)
         container = self._get(container_id)
+        joined = container.spec.network.removeprefix("container:")
+        if joined != container.spec.network:  # as Docker: a pod's holder must run before others join it
+            holders = [c for c in self.containers.values() if joined in (c.id, c.spec.name)]
+            if not holders or holders[0].status != "running":
+                raise EngineError(f"cannot join network of a non running container: {joined}")
         with self.changed:
             container.status = "running"
             self.changed.notify_all()
@@ -172,6 +179,8 @@ class FakeRuntime:
             self._go(container)
         if container.spec.role == "relay":
             container.log = "ready\n"  # as moat's relay says once it listens
+        if container.spec.role == "holder":
+            container.log = self.holder_log  # socat -d -d, once it listens
 
     def release(self, container_id: str) -> None:
         self._check("release", container_id)

@@ -25,6 +25,24 @@ def _proxy_lines(plan: Plan) -> list[str]:
     return out
 
 
+def _policy_lines(plan: Plan) -> list[str]:
+    """What the agent may reach, and how the pod makes sure of it."""
+    policy = plan.policy
+    if policy is None:
+        return ["", "Network policy  permissive (every host; network.rules none)"]
+    out = ["", f"Network policy  {'strict (only the hosts below)' if policy.strict else 'permissive, with rules'}"]
+    for entry in policy.hosts:
+        rules = "; ".join(f"{r.action} {r.method} {r.pattern}" for r in entry.rules)
+        out.append(f"  {entry.host}" + (f": {rules}" if rules else ""))
+    out += [f"  {host} (grant)" for host in policy.granted]
+    if plan.holder is not None:
+        out.append(f"  pod          {plan.holder.name}: no network but loopback; the way out is its relay to"
+                   " moat's proxy")
+    elif policy.strict:
+        out.append("  pod          the run's own network namespace: loopback only; the way out is the relay")
+    return out
+
+
 def render_plan(plan: Plan) -> str:
     mask = plan.masker()
     out = [
@@ -83,6 +101,7 @@ def render_plan(plan: Plan) -> str:
     if agent.held:
         out.append("  started while the services start, held until its turn (its go line on stdin)")
     out += _proxy_lines(plan)
+    out += _policy_lines(plan)
     out += ["", "Agent environment"]
     out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items())]
     if plan.proxy is not None:

@@ -71,6 +71,7 @@ class ContainerSpec:
             "name": self.name,
             "image": self.image,
             "service": self.service,
+            "network": self.network,
             "command": [mask.text(a) for a in self.command] if self.command else None,
             "env": mask.mapping(self.env),
             "hostname": self.hostname,
