@@ -177,3 +177,43 @@ def test_a_holder_that_never_relays_fails_the_run_before_the_agent(tmp_path: Pat
     assert "did not listen" in error.message
     assert not [c for c in runtime.calls if c == ("release", "agent")]
     assert runtime.left() == [] and proxy.registered == {}
+
+
+# --- the agent's context file -------------------------------------------------------------------------
+
+
+def context_of(plan: Any) -> str:
+    [(_, text)] = [(path, text) for path, text in plan.agent.files if path.endswith("moat-context.md")]
+    return text
+
+
+def test_the_agent_is_told_its_limits_without_a_single_secret(tmp_path: Path) -> None:
+    from tests.unit.test_run_proxy import GITHUB, TOKEN
+
+    plan = grant_plan(tmp_path, STRICT, grants=(GITHUB,))
+    text = context_of(plan)
+    assert "Policy: **strict**" in text
+    for host in ("- pypi.org", "- api.example.com (allow GET /v1/**", "- api.github.com"):
+        assert host in text
+    assert "X-Moat-Blocked" in text and "407" in text
+    assert "- github: api.github.com" in text and "GH_TOKEN" in text
+    assert "- redis: MOAT_REDIS_HOST, MOAT_REDIS_PASSWORD, MOAT_REDIS_PORT, MOAT_REDIS_URL" in text
+    for secret in (*plan.secrets, TOKEN, plan.proxy.token if plan.proxy else ""):
+        assert secret not in text
+    targets = {m.target for m in plan.agent.mounts if m.source.endswith("moat-context.md")}
+    assert targets == {"/etc/moat/moat-context.md", "/etc/claude-code/CLAUDE.md"}
+    assert all(m.read_only for m in plan.agent.mounts if m.source.endswith("moat-context.md"))
+    assert plan.env["MOAT_CONTEXT"] == "/etc/moat/moat-context.md"
+
+
+def test_the_sandbox_agent_finds_its_context_in_its_private_tmp(tmp_path: Path) -> None:
+    plan = grant_plan(tmp_path, REDIS, grants=(), runtime="sandbox")
+    assert "Policy: permissive: every host can be reached." in context_of(plan)
+    assert [m.target for m in plan.agent.mounts if m.source.endswith("moat-context.md")] == \
+        ["/tmp/moat-grants/moat-context.md"]
+    assert plan.env["MOAT_CONTEXT"] == "/tmp/moat-grants/moat-context.md"
+
+
+def test_host_ports_are_named_in_the_context(tmp_path: Path) -> None:
+    text = context_of(grant_plan(tmp_path, STRICT + "  host: [8080, 9090]\n", grants=()))
+    assert "as `moat-host` (MOAT_HOST_GATEWAY): 8080, 9090" in text

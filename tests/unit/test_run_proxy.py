@@ -310,7 +310,7 @@ def test_a_grants_file_is_mounted_read_only_and_named_by_its_variable(tmp_path: 
     assert plan.env["NPM_CONFIG_USERCONFIG"] == where
     [mount] = [m for m in plan.agent.mounts if m.target == where]
     assert mount.read_only and mount.source.startswith(str(plan.scratch))
-    assert plan.agent.files == ((mount.source, NPM.files["NPM_CONFIG_USERCONFIG"]),)
+    assert plan.agent.files[0] == (mount.source, NPM.files["NPM_CONFIG_USERCONFIG"])
     with pytest.raises(ConfigError):  # moat's to set, like the rest
         grant_plan(tmp_path, REDIS + "env:\n  NPM_CONFIG_USERCONFIG: /x\n", grants=(NPM,))
 
@@ -318,10 +318,12 @@ def test_a_grants_file_is_mounted_read_only_and_named_by_its_variable(tmp_path: 
 def test_a_grants_file_is_written_before_the_agent_and_removed_with_the_run(tmp_path: Path) -> None:
     runtime, proxy = FakeRuntime(), FakeProxy()
     plan = grant_plan(tmp_path, grants=(NPM,))
-    [(source, text)] = plan.agent.files
-    seen: list[str] = []
-    runtime.on_create = lambda c: seen.append(Path(source).read_text()) if c.spec.role == "agent" else None
+    files = plan.agent.files  # the grant's .npmrc and the agent's context file
+    assert len(files) == 2
+    seen: list[list[str]] = []
+    runtime.on_create = lambda c: (seen.append([Path(source).read_text() for source, _ in files])
+                                   if c.spec.role == "agent" else None)
     outcome, error, _ = run_plan(plan, runtime, proxy, tmp_path)
     assert error is None and outcome is not None
-    assert seen == [text]  # there when the agent's container was made
-    assert not Path(source).parent.exists() and runtime.left() == []
+    assert seen == [[text for _, text in files]]  # there when the agent's container was made
+    assert not any(Path(source).parent.exists() for source, _ in files) and runtime.left() == []

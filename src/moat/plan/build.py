@@ -33,13 +33,14 @@ from moat.masking import credential_values
 from moat.ownership import home_id
 from moat.plan import dockerfile
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
+from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
 from moat.plan.contract import contract, generate_password
 from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
 from moat.plan.pod import holder_spec, pod_network
-from moat.plan.policy import network_policy
+from moat.plan.policy import granted_hosts, network_policy
 from moat.plan.proxy import (
     CA_DIR,
     CA_FILE_NAME,
@@ -78,12 +79,15 @@ class RuntimeTraits:
     # Strict mode needs a pod of its own (a loopback-only namespace, see plan.pod); the sandbox's
     # network namespace is one already.
     strict_pod: bool = False
+    # The agent's context file may also go where Claude Code reads managed memory (/etc/claude-code);
+    # the sandbox shows the host's /etc, where nothing can be mounted.
+    managed_memory: bool = False
 
 
 TRAITS = {
     "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
                             proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat",
-                            strict_pod=True),
+                            strict_pod=True, managed_memory=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
                              grant_files="/tmp/moat-grants"),  # noqa: S108 — its private /tmp
@@ -169,7 +173,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     route: Route = "relay" if holder is not None else traits.proxy_route
     proxy = proxy_spec(request.grants, tuple(model.network.host), policy, run_id, request.home, request.proxy_ca,
                        traits.ca_path, route, new_token())
-    env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name}
+    context_target = f"{traits.grant_files}/{CONTEXT_FILE}"
+    env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name, CONTEXT_VARIABLE: context_target}
     for service in services:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
@@ -199,6 +204,15 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     # moat's own proxy settings and placeholders are no secrets (GIT_CONFIG_KEY_0 names a git setting).
     secrets |= credential_values({k: v for k, v in env.items() if k not in proxy_env or v != proxy_env[k]})
 
+    context_file = str(scratch / "context" / CONTEXT_FILE)
+    context = render_context(
+        name, run_id, policy, proxy is not None,
+        {g.name: granted_hosts((g.rules,)) for g in request.grants},
+        [variable for g in request.grants for variable in g.env],
+        {s.name: tuple(s.agent_env) for s in services}, tuple(model.network.host))
+    context_mounts = [Mount(context_file, context_target, read_only=True)]
+    if traits.managed_memory:
+        context_mounts.append(Mount(context_file, CLAUDE_MANAGED_MEMORY, read_only=True))
     if proxy is not None:  # the trace masks the run's other secrets too, should the agent send one
         proxy = replace(proxy, registration=replace(proxy.registration, mask=tuple(sorted(secrets))))
     interactive = model.interactive if request.interactive is None else request.interactive
@@ -225,8 +239,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         working_dir=WORKSPACE_MOUNT,
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
-                *(Mount(source, target, read_only=True) for source, target, _ in files.values())),
-        files=tuple((source, text) for source, _, text in files.values()),
+                *(Mount(source, target, read_only=True) for source, target, _ in files.values()),
+                *context_mounts),
+        files=(*((source, text) for source, _, text in files.values()), (context_file, context)),
         extra_hosts=proxy_hosts(proxy),  # in a pod, the holder has them (Docker refuses them on the others)
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
