@@ -33,12 +33,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically (a reader never sees half a file)."""
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a 0600 file (or ``mode``, whatever the umask) atomically (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:

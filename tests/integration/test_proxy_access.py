@@ -99,19 +99,19 @@ def test_the_hosts_own_addresses_are_refused_by_name_and_by_address(host: Host) 
     for url in targets:
         result = curl(host.info, host.token, url, "-i")
         head, _, body = result.stdout.partition("\n\n")
-        assert head.startswith("HTTP/1.1 403"), (url, result.stdout, result.stderr)
+        assert head.startswith("HTTP/1.1 407"), (url, result.stdout, result.stderr)
         assert "X-Moat-Blocked: host-address" in head
         assert "may not reach the host moat runs on" in body
     assert not [s for s in host.plain.seen if s.path == "/echo/refused"]
     lines = wait_for_trace(host.trace, len(targets))
-    assert all(line["blocked"] and line["status_code"] == 403 for line in lines[-len(targets):])
+    assert all(line["blocked"] and line["status_code"] == 407 for line in lines[-len(targets):])
 
 
 def test_a_tunnel_to_the_host_is_refused(host: Host) -> None:
     for target in (f"127.0.0.1:{host.https.port}", f"localhost:{host.https.port}", "169.254.169.254:443"):
         status, headers, body = raw_connect(host.info.port, target, proxy_auth(host.token))
         assert b"may not reach the host" in body
-        assert status == 403, target
+        assert status == 407, target
         assert headers["x-moat-blocked"] == "host-address"
 
 
@@ -171,11 +171,11 @@ def test_moat_host_refuses_ports_not_listed(host: Host) -> None:
         spare.bind(("127.0.0.1", 0))
         port = spare.getsockname()[1]
     result = curl(host.info, host.token, f"http://moat-host:{port}/", "-i")
-    assert result.stdout.startswith("HTTP/1.1 403")
+    assert result.stdout.startswith("HTTP/1.1 407")
     assert "X-Moat-Blocked: host-service" in result.stdout
     assert f"      - {port}" in result.stdout  # the moat.yaml lines that would allow it
     status, headers, _ = raw_connect(host.info.port, f"moat-host:{port}", proxy_auth(host.token))
-    assert (status, headers["x-moat-blocked"]) == (403, "host-service")
+    assert (status, headers["x-moat-blocked"]) == (407, "host-service")
 
 
 def test_a_request_in_an_allowed_tunnel_goes_where_the_tunnel_goes(host: Host) -> None:
@@ -229,7 +229,8 @@ def test_files_and_sockets_are_private_but_the_proxy_socket(host: Host) -> None:
     proxy_dir = host.home / "proxy"
     assert stat.S_IMODE(proxy_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((proxy_dir / "control.sock").stat().st_mode) == 0o600
-    assert stat.S_IMODE((proxy_dir / "proxy.sock").stat().st_mode) == 0o666  # the token guards it
+    assert stat.S_IMODE((proxy_dir / "relay").stat().st_mode) == 0o700  # mounted alone into a strict pod
+    assert stat.S_IMODE((proxy_dir / "relay" / "proxy.sock").stat().st_mode) == 0o666  # the token guards it
     assert stat.S_IMODE((proxy_dir / "daemon.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((proxy_dir / "ca").stat().st_mode) == 0o700
     assert stat.S_IMODE((proxy_dir / "ca" / "mitmproxy-ca.pem").stat().st_mode) == 0o600

@@ -50,7 +50,7 @@ def test_it_idles_out_once_the_last_run_is_gone_and_cleans_up(tmp_path: Path) ->
         proxy_dir = home / "proxy"
         assert not (proxy_dir / "daemon.json").exists()
         assert not (proxy_dir / "control.sock").exists()
-        assert not (proxy_dir / "proxy.sock").exists()
+        assert not (proxy_dir / "relay" / "proxy.sock").exists()
         assert client.status(home) is None
         assert "no run for" in (proxy_dir / "daemon.log").read_text()
     finally:

@@ -84,7 +84,7 @@ def test_status_reads_what_the_daemon_says(tmp_path: Path) -> None:
     assert (info.pid, info.port, info.runs, info.upstream) == (4242, 41000, ("run_a",), ("http://proxy.corp:3128",))
     assert info.listeners == {"127.0.0.1": 41000, "172.17.0.1": 41001}
     assert info.ca_cert == tmp_path / "proxy" / "ca" / "moat-ca.crt"
-    assert info.proxy_socket == tmp_path / "proxy" / "proxy.sock"
+    assert info.proxy_socket == tmp_path / "proxy" / "relay" / "proxy.sock"
     assert info.url("tok") == "http://moat:tok@127.0.0.1:41000"
     assert info.url("tok", host="moat-proxy", port=41001) == "http://moat:tok@moat-proxy:41001"
 

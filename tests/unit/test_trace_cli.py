@@ -16,7 +16,7 @@ LINES = [
      "req_headers": {"Authorization": "[REDACTED]", "User-Agent": "curl/7.88.1"},
      "resp_headers": {"Content-Type": "application/json"}},
     {"ts": "2026-11-26T10:00:02.000000Z", "method": "CONNECT", "url": "moat-host:22", "host": "moat-host",
-     "status_code": 403, "duration_ms": 0, "grant": None, "blocked": True, "reason": "host port 22 not listed"},
+     "status_code": 407, "duration_ms": 0, "grant": None, "blocked": True, "reason": "host port 22 not listed"},
 ]
 
 
@@ -37,7 +37,7 @@ def test_each_request_on_a_line_with_its_grant_and_refusals(home: Path, capsys: 
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "[10:00:01.123] GET https://api.github.com:443/user 200 (42ms)  [grant github]",
-        "[10:00:02.000] CONNECT moat-host:22 403 (0ms)  [blocked: host port 22 not listed]",
+        "[10:00:02.000] CONNECT moat-host:22 407 (0ms)  [blocked: host port 22 not listed]",
     ]
 
 

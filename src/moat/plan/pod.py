@@ -53,6 +53,9 @@ def holder_spec(run_id: str, labels: Mapping[str, str], home: Path, hosts: tuple
         command=("socat", "-d", "-d", f"TCP-LISTEN:{RELAY_PORT},bind=127.0.0.1,reuseaddr,fork",
                  f"UNIX-CONNECT:{RELAY_MOUNT}/{PROXY_SOCKET}"),
         extra_hosts=tuple((host, "127.0.0.1") for host in hosts),
+        # No resolver answers in the pod: a lookup fails at once on loopback, no query ever starts
+        # toward the host's resolver (the proxy resolves what the agent asks it for).
+        dns=("127.0.0.1",),
         mounts=(Mount(str(home / PROXY_DIR / PROXY_RELAY_DIR), RELAY_MOUNT, read_only=True, create=True),),
         user=user,
         cap_drop=("ALL",),

@@ -136,10 +136,10 @@ class Upstream:
 
 
 class HostAccess:
-    """Refuses the host's own addresses (403) and maps ``moat-host:<port>`` to the host's loopback
-    for the run's ``network.host`` ports; checked when the request is made and again, on the
-    address actually connected to, when the connection opens (a name that resolved elsewhere a
-    moment before cannot lead to the host)."""
+    """Refuses the host's own addresses (407, as every refusal of moat's policy) and maps
+    ``moat-host:<port>`` to the host's loopback for the run's ``network.host`` ports; checked when
+    the request is made and again, on the address actually connected to, when the connection opens
+    (a name that resolved elsewhere a moment before cannot lead to the host)."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
@@ -180,7 +180,9 @@ class HostAccess:
     def _refuse(flow: Any, refusal: access.Refusal | None) -> None:
         if refusal is None:
             return
-        respond(flow, 403, refusal.body, {"X-Moat-Blocked": refusal.kind})
+        # A 407 like the rules' refusals (the Go tool's): clients surface it as a proxy's answer, and
+        # Moat-Policy tells it from a wrong token (Basic).
+        respond(flow, 407, refusal.body, {"X-Moat-Blocked": refusal.kind, "Proxy-Authenticate": "Moat-Policy"})
         flow.metadata[BLOCKED] = refusal
 
     async def server_connect(self, data: Any) -> None:
@@ -254,7 +256,9 @@ class Policy:
         decision = policy.admits_host(host) if tunnel else policy.decide(host, request.method, request.path)
         if decision.allowed:
             return
-        body = rules.refusal_text(host, request.method, request.path, decision, tunnel=tunnel)
+        # A host the policy does not list at all: the line to add is the host's, whatever the path.
+        unlisted = tunnel or not policy.admits_host(host).allowed
+        body = rules.refusal_text(host, request.method, request.path, decision, tunnel=unlisted)
         respond(flow, 407, body, {"X-Moat-Blocked": access.KIND_REQUEST_RULE, "Proxy-Authenticate": "Moat-Policy"})
         flow.metadata[BLOCKED] = access.Refusal(access.KIND_REQUEST_RULE, decision.why, body)
 

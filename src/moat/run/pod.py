@@ -110,8 +110,10 @@ class Pod:
             directory = Path(path).parent
             # In the scope first: removed with the run, however far the writing got.
             self.scope.add(Resource(DIRECTORY, str(directory), f"directory {directory}"), [self.sweep])
-            private_dir(directory)
-            write_private(Path(path), text)
+            private_dir(directory)  # 0700: no other user of the host reads it
+            # Readable by the agent's uid, which may not be moat's: what these files hold is never a
+            # secret (placeholders, the agent's context), and they are mounted read-only.
+            write_private(Path(path), text, mode=0o644)
         container_id = self.runtime.create_container(spec, self.owner_labels)
         attrs = [("role", spec.role), ("name", spec.name)]
         if spec.service:
