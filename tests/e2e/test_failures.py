@@ -137,13 +137,13 @@ def test_signal_during_the_agent_run_tears_everything_down(engine: DockerRuntime
 
 def test_config_errors_exit_2_before_anything_starts(engine: DockerRuntime, moat_home: Path,
                                                      tmp_path: Path) -> None:
-    workspace = write_workspace(tmp_path / "ws", "dependencies: [postgress]\nnetwork:\n  policy: strict\n")
+    workspace = write_workspace(tmp_path / "ws", "dependencies: [postgress]\nnetwork:\n  keep_policy: my-pack\n")
     result = run_moat(["run", str(workspace), "--", "true"])
     assert result.code == 2
     assert "moat.yaml:1" in result.stderr and "did you mean 'postgres'?" in result.stderr
     assert not (moat_home / "runs").exists()
-    fixed = write_workspace(tmp_path / "ws", "dependencies: [postgres]\nnetwork:\n  policy: strict\n")
+    fixed = write_workspace(tmp_path / "ws", "dependencies: [postgres]\nnetwork:\n  keep_policy: my-pack\n")
     result = run_moat(["run", str(fixed), "--", "true"])
     assert result.code == 2
-    assert "not supported yet: network.policy" in result.stderr
+    assert "not supported yet: network.keep_policy" in result.stderr
     assert not (moat_home / "runs").exists()

@@ -216,3 +216,18 @@ def test_strict_docker_dns_fails_at_once_on_loopback(engine: DockerRuntime, gran
     assert "nameserver 127.0.0.1" in result.stdout and "NO_ANSWER" in result.stdout
     [run] = runs(granted)
     assert left_for(engine, run["id"]) == []
+
+
+def test_a_rule_that_does_not_parse_stops_the_run_before_anything_starts(moat_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "network:\n  policy: strict\n  rules:\n"
+                                                 "    - api.github.com: ['alow GET /repos/**']\n")
+    result = run_moat(["run", str(workspace), "--", "true"])
+    assert result.code == 2, result.output
+    assert "moat.yaml:4" in result.stderr and "did you mean 'allow'?" in result.stderr
+    assert "Traceback" not in result.stderr and not (moat_home / "runs").exists()
+    bad_host = run_moat(["run", "--allow-host", "https://x.example", str(workspace), "--", "true"])
+    assert bad_host.code == 2 and "moat.yaml:4" in bad_host.stderr  # the file's problem is found first
+    fixed = write_workspace(tmp_path / "ws", "network:\n  policy: strict\n")
+    bad_host = run_moat(["run", "--allow-host", "https://x.example", str(fixed), "--dry-run"])
+    assert bad_host.code == 2 and "--allow-host 'https://x.example'" in bad_host.stderr, bad_host.output
+    assert not (moat_home / "runs").exists()
