@@ -66,6 +66,7 @@ bench: install engine sandbox
 	$(BIN)/python benchmarks/startup.py --json benchmarks/last-startup.json
 	$(BIN)/python benchmarks/runtimes.py --json benchmarks/last-runtimes.json
 	$(BIN)/python benchmarks/proxy.py --json benchmarks/last-proxy.json
+	$(BIN)/python benchmarks/pod_start.py --json benchmarks/last-pod-start.json
 
 clean-engine:
 	bash engine/stop.sh

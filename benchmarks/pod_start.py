@@ -2,21 +2,25 @@
 
     python benchmarks/pod_start.py [--rounds N] [--json FILE] [--variants bridge,pod,...]
 
-Four ways to bring up two sidecars and an agent (``debian:bookworm-slim``, ``sleep 300``), with the
+Six ways to bring up two sidecars and an agent (``debian:bookworm-slim``, ``sleep 300``), with the
 low-level Docker SDK, in one process, after a warm-up of each, in rotating order for N rounds:
 
 - ``bridge``: a user-defined bridge network (``driver="bridge"``), then each container created (its
   name as hostname and network alias) and started, one after another — what moat does today;
 - ``pod``: a holder container with ``--network none`` created and started, then each container
   created with ``network_mode="container:<holder>"`` and started, one after another;
-- ``bridge-parallel`` / ``pod-parallel``: the network / holder first, then the three containers
-  created and started in parallel threads (and removed in parallel).
+- ``pod-bridge``: a user-defined bridge network, then a holder created attached to it (the network
+  and nothing else) and started, then the containers join the holder as for ``pod`` — a per-run
+  network keeps runs apart while a run's containers share one namespace (moat's permissive runs);
+- ``bridge-parallel`` / ``pod-parallel`` / ``pod-bridge-parallel``: the network and / or holder first,
+  then the three containers created and started in parallel threads (and removed in parallel).
 
 "start" runs from the first API call to the last container started; "teardown" from then until the
-containers (force) and then the network / holder are removed; "base" is the network's / holder's
-share of "start". Prints medians, min/max and the ratios pod/bridge (these machines are noisy:
-compare ratios). Everything is labelled ``moat.benchmark=pod_start`` and removed even on Ctrl-C;
-a final sweep removes whatever carries that label. Start the engine with ``make engine``.
+containers (force) and then the holder and / or network are removed; "base" is the share of "start"
+taken by the network and / or holder. Prints medians, min/max and the ratios pod/bridge,
+pod-bridge/bridge and their parallel counterparts (these machines are noisy: compare ratios).
+Everything is labelled ``moat.benchmark=pod_start`` and removed even on Ctrl-C; a final sweep
+removes whatever carries that label. Start the engine with ``make engine``.
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ COMMAND = ["sleep", "300"]
 LABEL_KEY = "moat.benchmark"
 LABEL_VALUE = "pod_start"
 MEMBERS = ("sidecar1", "sidecar2", "agent")
-VARIANTS = ("bridge", "pod", "bridge-parallel", "pod-parallel")
+VARIANTS = ("bridge", "pod", "pod-bridge", "bridge-parallel", "pod-parallel", "pod-bridge-parallel")
 MEASURES = ("start", "teardown", "total", "base")
-RATIOS = (("pod", "bridge"), ("pod-parallel", "bridge-parallel"))
+RATIOS = (
+    ("pod", "bridge"),
+    ("pod-bridge", "bridge"),
+    ("pod-parallel", "bridge-parallel"),
+    ("pod-bridge-parallel", "bridge-parallel"),
+)
 
 
 class Round:
@@ -53,6 +62,7 @@ class Round:
         self.api = api
         self.parallel = variant.endswith("-parallel")
         self.pod = variant.startswith("pod")
+        self.bridged = not self.pod or variant.startswith("pod-bridge")  # a per-run network first
         self.suffix = uuid.uuid4().hex[:10]
         self.labels = {LABEL_KEY: LABEL_VALUE, f"{LABEL_KEY}.round": self.suffix}
         self.network: str | None = None
@@ -63,15 +73,16 @@ class Round:
         return f"pod-start-{self.suffix}-{role}"
 
     def _base(self) -> None:
+        if self.bridged:
+            network = self.name("net")
+            self.api.create_network(network, driver="bridge", labels=self.labels, check_duplicate=True)
+            self.network = network
         if self.pod:
             created = self.api.create_container(
                 IMAGE, COMMAND, name=self.name("holder"), labels=self.labels,
-                host_config=self.api.create_host_config(network_mode="none"))
+                host_config=self.api.create_host_config(network_mode=self.network or "none"))
             self.holder = str(created["Id"])
             self.api.start(self.holder)
-        else:
-            self.network = self.name("net")
-            self.api.create_network(self.network, driver="bridge", labels=self.labels, check_duplicate=True)
 
     def _member(self, role: str) -> None:
         api = self.api
@@ -93,7 +104,7 @@ class Round:
             self.api.remove_container(container_id, force=True, v=True)
 
     def up(self) -> tuple[float, float]:
-        """Bring the containers up; the seconds taken by the network / holder and by everything."""
+        """Bring the containers up; the seconds taken by the network and / or holder and by everything."""
         started = time.perf_counter()
         self._base()
         base = time.perf_counter() - started
@@ -107,7 +118,7 @@ class Round:
         return base, time.perf_counter() - started
 
     def down(self) -> float:
-        """Remove the containers, then the holder / network; the seconds taken."""
+        """Remove the containers, then the holder, then the network; the seconds taken."""
         started = time.perf_counter()
         members, self.members = list(reversed(self.members)), []
         if self.parallel:
@@ -175,11 +186,11 @@ def run(api: Any, variants: tuple[str, ...], rounds: int) -> dict[str, list[dict
 def report(results: dict[str, list[dict[str, float]]], rounds: int) -> dict[str, Any]:
     medians = {v: {m: statistics.median(r[m] for r in rs) for m in MEASURES} for v, rs in results.items()}
     print(f"3 containers ({IMAGE}, {' '.join(COMMAND)}), {rounds} rounds each after a warm-up (seconds)")
-    print(f"{'variant':<16} {'start':>7} {'teardown':>9} {'total':>7} {'base':>7} {'start min':>10} {'start max':>10}")
+    print(f"{'variant':<20} {'start':>7} {'teardown':>9} {'total':>7} {'base':>7} {'start min':>10} {'start max':>10}")
     for variant, runs in results.items():
         m = medians[variant]
         starts = [r["start"] for r in runs]
-        print(f"{variant:<16} {m['start']:7.3f} {m['teardown']:9.3f} {m['total']:7.3f} {m['base']:7.3f}"
+        print(f"{variant:<20} {m['start']:7.3f} {m['teardown']:9.3f} {m['total']:7.3f} {m['base']:7.3f}"
               f" {min(starts):10.3f} {max(starts):10.3f}")
     ratios: dict[str, dict[str, float]] = {}
     for pod, bridge in RATIOS:
@@ -188,9 +199,9 @@ def report(results: dict[str, list[dict[str, float]]], rounds: int) -> dict[str,
             ratios[key] = {m: medians[pod][m] / medians[bridge][m] for m in MEASURES}
     if ratios:
         print()
-        print(f"{'ratio (medians)':<30} {'start':>7} {'teardown':>9} {'total':>7} {'base':>7}")
+        print(f"{'ratio (medians)':<36} {'start':>7} {'teardown':>9} {'total':>7} {'base':>7}")
         for key, values in ratios.items():
-            print(f"{key:<30} {values['start']:7.2f} {values['teardown']:9.2f} {values['total']:7.2f}"
+            print(f"{key:<36} {values['start']:7.2f} {values['teardown']:9.2f} {values['total']:7.2f}"
                   f" {values['base']:7.2f}")
     return {"rounds": rounds, "image": IMAGE, "medians_seconds": medians, "ratios": ratios, "runs": results}
 
