@@ -14,6 +14,7 @@ import json
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,3 +398,49 @@ def test_a_policy_that_does_not_parse_is_refused_at_registration(world: World) -
     bad = Registration("run_badpolicy", secrets.token_hex(32), extra={"policy": policy})
     with pytest.raises(MoatError, match="its network policy"):
         client.register(world.home, bad)
+
+
+def _strict(world: World, run_id: str, *entries: tuple[str, list[str]]) -> tuple[str, Path]:
+    from moat.credentials.rules import Registration
+    from moat.policy.rules import NetworkPolicy, parse_host_rules
+
+    policy = NetworkPolicy(True, tuple(parse_host_rules(host, rules) for host, rules in entries))
+    token = secrets.token_hex(32)
+    trace = world.home / "runs" / run_id / "network.jsonl"
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    client.register(world.home, Registration(run_id, token, trace_file=str(trace), extra={"policy": policy.to_json()}))
+    return token, trace
+
+
+def test_a_host_the_policy_refuses_is_refused_before_its_name_is_looked_up(world: World) -> None:
+    # A lookup is a way out (the name carries data to a resolver, the answer comes back): the
+    # policy's refusal comes first, as a request rule, not as what the name resolved to.
+    token, _ = _strict(world, "run_nolookup", ("api.github.com", []))
+    for url in ("http://localhost:9/x", "https://localhost:9/x"):
+        result = curl(world.info, token, url, "-i", "--proxy-header", "X-Probe: 1")
+        assert "x-moat-blocked: request-rule" in result.stdout.lower(), (url, result.stdout, result.stderr)
+        assert "loopback" not in result.stdout  # nothing about what the name is
+
+
+def test_raw_bytes_in_a_tunnel_to_a_host_with_rules_are_cut(world: World) -> None:
+    # mitmproxy relays a tunnel whose first bytes do not look like HTTP as raw TCP; a request split
+    # after its first byte would pass the rules unread. The tunnel is cut when it starts.
+    token, trace = _strict(world, "run_rawtcp", ("api.github.com", ["allow GET /echo/ok/**"]))
+    with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
+        sock.sendall(f"CONNECT api.github.com:80 HTTP/1.1\r\nHost: api.github.com:80\r\n"
+                     f"Proxy-Authorization: {proxy_auth(token)}\r\n\r\n".encode())
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        sock.sendall(b"P")
+        time.sleep(0.3)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"OST /echo/admin HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: 0\r\n\r\n")
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert b"HTTP/1.1 200" not in answer
+    assert not [r for r in world.upstream.seen if "/admin" in r.path]
+    lines = wait_for_trace(trace, 1)
+    assert [(line["method"], line["blocked"]) for line in lines] == [("TCP", True)], lines
+    assert "carries no HTTP" in lines[0]["reason"]

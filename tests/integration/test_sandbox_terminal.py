@@ -40,6 +40,9 @@ OWNER = textwrap.dedent("""
     plan = build_plan(parse(""), request, load_catalog())
     runtime = SandboxRuntime(home, identity)
     runtime.create_network(plan.network, plan.labels, str(plan.scratch))
+    for path, text in plan.agent.files:  # as the run's pod writes them (its context file)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
     agent = runtime.create_container(plan.agent, {})
     try:
         print("exit", runtime.attach_terminal(agent), flush=True)

@@ -217,3 +217,22 @@ def test_the_sandbox_agent_finds_its_context_in_its_private_tmp(tmp_path: Path) 
 def test_host_ports_are_named_in_the_context(tmp_path: Path) -> None:
     text = context_of(grant_plan(tmp_path, STRICT + "  host: [8080, 9090]\n", grants=()))
     assert "as `moat-host` (MOAT_HOST_GATEWAY): 8080, 9090" in text
+
+
+def test_strict_says_what_it_means_for_dns_and_provisioning(tmp_path: Path) -> None:
+    from moat.plan.policy import plan_caveats
+
+    text = ("dependencies: [ollama]\nservices:\n  ollama:\n    models: [tiny:1b]\n"
+            "container:\n  dns: [192.0.2.53]\nnetwork:\n  policy: strict\n")
+    notes = plan_caveats(grant_plan(tmp_path, text, grants=()))
+    assert any(n.startswith("container.dns is not used") for n in notes)
+    assert any(n.startswith("services.ollama.models: a strict run's services have no way out") for n in notes)
+    assert plan_caveats(grant_plan(tmp_path, text.replace("strict", "permissive"), grants=())) == []
+
+
+def test_a_run_leaves_no_scratch_directory(tmp_path: Path) -> None:
+    runtime, proxy = FakeRuntime(), FakeProxy()
+    plan = grant_plan(tmp_path, REDIS, grants=())
+    outcome, error, _ = run_plan(plan, runtime, proxy, tmp_path)
+    assert error is None and outcome is not None
+    assert not plan.scratch.exists()  # the context file's directory, and the run's (review)

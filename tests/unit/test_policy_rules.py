@@ -36,6 +36,12 @@ PATHS = [
     ("/repos/**", "/repos/%2e%2e/admin", False),
     ("/a b", "/a%20b", True),
     ("/API", "/api", False),  # paths are case-sensitive
+    # As lenient servers read them (review): ';' parameters are not the segment's name, '\' is '/'.
+    ("/public/**", "/public/..;/admin", False),
+    ("/admin/**", "/public/..;/admin/x", True),
+    ("/public/**", "/public/..%5cadmin", False),
+    ("/public/**", "/public/..\\admin", False),
+    ("/public/**", "/public/x;jsessionid=1/y", True),
 ]
 
 
@@ -63,13 +69,19 @@ def test_rules_parse(text: str, action: str, method: str, pattern: str) -> None:
     ("allow GET /x extra", "must read"),
     ("allow GET /repo*", "whole path segment"),
     ("allow GET /a/**/**", r"'\*\*/\*\*' is"),
+    ("allow GET /search?q=1", "drop the query"),  # would otherwise allow every query (review)
+    ("allow GET /a;b", "drop the query"),
+    ("allow GET /a#frag", "drop the query"),
+    ("alow GET /x", "did you mean 'allow'"),
+    ("allow GTE /x", "did you mean 'GET'"),
 ])
 def test_bad_rules_say_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(RuleError, match=says):
         parse_rule(text)
 
 
-@pytest.mark.parametrize("host", ["https://api.github.com", "api.github.com/repos", "*.*.com", "a*.com", ""])
+@pytest.mark.parametrize("host", ["https://api.github.com", "api.github.com/repos", "*.*.com", "a*.com", "",
+                                  "exämple.com"])
 def test_bad_hosts_are_refused(host: str) -> None:
     with pytest.raises(RuleError):
         parse_host_rules(host, [])
@@ -129,3 +141,23 @@ def test_a_policy_survives_the_trip_to_the_proxy_and_a_bad_one_does_not_load() -
     for bad in ({"hosts": "x"}, {"hosts": [{"host": "a.example", "rules": ["alow GET /"]}]}, {"hosts": [5]}):
         with pytest.raises(RuleError):
             NetworkPolicy.from_json(bad)  # type: ignore[arg-type]
+
+
+def test_a_unicode_name_is_refused_with_the_name_dns_carries() -> None:
+    with pytest.raises(RuleError, match=r"xn--exmple-cua\.com"):
+        parse_host_rules("exämple.com", ())
+
+
+@pytest.mark.parametrize("host", ["2001:db8::1", "[2001:db8::1]", "192.0.2.7"])
+def test_an_address_can_be_listed_as_a_refusal_suggests_it(host: str) -> None:
+    entry = parse_host_rules(host, ())
+    assert NetworkPolicy(True, (entry,)).decide(host, "GET", "/").allowed
+
+
+def test_a_suggested_rule_always_parses() -> None:
+    from moat.policy.rules import Decision, refusal_text
+
+    for path in ("/a*b/c", "/x/..;/admin", "/search?q=1", "/a%5cb"):
+        body = refusal_text("api.example.test", "GET", path, Decision(False, "no"), tunnel=False)
+        suggested = body.rstrip().splitlines()[-1].strip().removeprefix("- ")
+        parse_rule(suggested)  # must not raise

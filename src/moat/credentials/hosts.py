@@ -5,6 +5,9 @@ Standard library only (the proxy daemon imports it).
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+
 
 def normalize_host(host: str) -> str:
     """Lower case, without a trailing dot or IPv6 brackets: how names are compared."""
@@ -35,6 +38,12 @@ def valid_pattern(pattern: str) -> str | None:
     text = pattern.strip()
     if not text:
         return "a host pattern cannot be empty"
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(normalize_host(text))
+        return None  # an address, as a refusal names one (IPv6 with or without brackets)
+    if not text.isascii():
+        return (f"'{pattern}' is not ASCII: give the name as DNS carries it"
+                f" ({_punycode(text) or 'its xn-- form'}), which is what the proxy sees")
     if "://" in text or "/" in text:
         return f"'{pattern}' is a URL or path; give the host name only (e.g. api.example.com)"
     body = text[2:] if text.startswith("*.") else text
@@ -47,3 +56,10 @@ def valid_pattern(pattern: str) -> str | None:
         if not label or len(label) > 63 or not all(c.isalnum() or c in "-_" for c in label):
             return f"'{pattern}' is not a host name"
     return None
+
+
+def _punycode(text: str) -> str | None:
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from moat.config.schema import NetworkConfig
 from moat.credentials.rules import GrantRules
 from moat.errors import UsageError
+from moat.plan.model import Plan
 from moat.policy.rules import HostRules, NetworkPolicy, RuleError, parse_host_rules
 
 
@@ -39,12 +40,24 @@ def granted_hosts(grants: Iterable[GrantRules]) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def summary(policy: NetworkPolicy | None) -> str:
-    """One line for messages and the agent's context file."""
-    if policy is None:
-        return "permissive: every host"
-    listed = [entry.host for entry in policy.hosts] + list(policy.granted)
-    shown = ", ".join(dict.fromkeys(listed)) or "none"
-    if policy.strict:
-        return f"strict: only {shown}"
-    return f"permissive, with rules for {shown}"
+def policy_caveats(strict: bool, dns: tuple[str, ...], provisions: dict[str, tuple[str, str]]) -> list[str]:
+    """What strict mode means for settings that need a way out: said before the run starts.
+    ``provisions``: service → (its provisions key, its host cache directory)."""
+    if not strict:
+        return []
+    notes = []
+    if dns:
+        notes.append("container.dns is not used: a strict run has no resolver to ask (moat's proxy resolves the"
+                     " hosts the policy admits)")
+    for service, (key, cache) in provisions.items():
+        notes.append(f"services.{service}.{key}: a strict run's services have no way out; what is not in the"
+                     f" host cache yet ({cache}) cannot be fetched (run once with network.policy: permissive"
+                     " to fill it)")
+    return notes
+
+
+def plan_caveats(plan: Plan) -> list[str]:
+    strict = plan.policy is not None and plan.policy.strict
+    provisions = {s.name: (s.provision.key, str(plan.home / "cache" / s.name)) for s in plan.services
+                  if s.provision is not None}
+    return policy_caveats(strict, plan.limits.dns, provisions)

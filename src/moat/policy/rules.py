@@ -61,6 +61,10 @@ def parse_rule(text: str) -> Rule:
                         + _did_you_mean(method, sorted(METHODS - {"*"})))
     if not pattern.startswith("/"):
         raise RuleError(f"rule {text.strip()[:80]!r}: the path must start with /")
+    if any(c in pattern for c in "?#;\\"):
+        raise RuleError(f"rule {text.strip()[:80]!r}: a rule matches the path alone; drop the query, fragment,"
+                        " ';' parameters and backslashes (a request's are ignored, or read as the server reads"
+                        " them)")
     segments = _segments(pattern, decode=False)
     for index, segment in enumerate(segments):
         if "*" in segment and segment not in ("*", "**"):
@@ -92,7 +96,10 @@ def match_path(pattern: str, path: str) -> bool:
 def _segments(path: str, *, decode: bool) -> list[str]:
     path = path.split("?", 1)[0].split("#", 1)[0]
     if decode:
-        path = unquote(path)
+        # As the most lenient servers read it: a backslash is a slash (IIS and others), and a
+        # segment's ';parameters' are not part of its name (Tomcat, Jetty and Spring read '..;' as '..').
+        path = unquote(path).replace("\\", "/")
+        path = "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
     cleaned = posixpath.normpath("/" + path.lstrip("/"))
     cleaned = "/" + cleaned.lstrip("/")  # normpath keeps a leading "//"
     return [] if cleaned == "/" else cleaned[1:].split("/")
@@ -175,6 +182,13 @@ class NetworkPolicy:
         return Decision(True, f"{why} (network.policy: permissive)")
 
 
+def suggested_path(path: str) -> str:
+    """A path as a rule could name it: decoded and resolved like a request's, a segment a rule
+    cannot spell (a '*' inside it) widened to '*'."""
+    segments = _segments(path, decode=True)
+    return "/" + "/".join("*" if ("*" in s or any(c in s for c in "?#;\\")) else s for s in segments)
+
+
 def refusal_text(host: str, method: str, path: str, decision: Decision, *, tunnel: bool) -> str:
     """What an agent reads when the policy refuses it: why, and the moat.yaml lines that would allow
     it (so that it can tell a human)."""
@@ -183,6 +197,7 @@ def refusal_text(host: str, method: str, path: str, decision: Decision, *, tunne
     if tunnel:
         return (f"Moat: request blocked by network policy.\nHost \"{name}\" is not in the allow list"
                 f" ({decision.why}).\nTo allow it, add to moat.yaml:\n\n  network:\n    rules:\n      - {name}\n")
+    shown = suggested_path(shown)
     return (f"Moat: request blocked by network policy.\n{method.upper()} {shown} on {name}: {decision.why}.\n"
             f"To allow it, add a rule for the host in moat.yaml:\n\n  network:\n    rules:\n      - {name}:\n"
             f"          - allow {method.upper()} {shown}\n")

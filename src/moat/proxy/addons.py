@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from moat.credentials.hosts import normalize_host
+from moat.credentials.hosts import host_matches, normalize_host
 from moat.policy import rules
 from moat.proxy import access, inject
 from moat.proxy.flows import (
@@ -236,10 +236,32 @@ class Policy:
     """The run's network policy (network.rules; strict mode): a tunnel to a host it does not admit
     never opens, and each request — plain, or inside an admitted tunnel — is judged by the rules.
     A refusal is a 407 the agent can read (``X-Moat-Blocked: request-rule``, ``Proxy-Authenticate:
-    Moat-Policy``, the moat.yaml lines that would allow it), and a line of the trace."""
+    Moat-Policy``, the moat.yaml lines that would allow it), and a line of the trace.
+
+    A tunnel that carries no HTTP (mitmproxy relays it as raw TCP) to a host with method or path
+    rules is cut when it starts: the rules could not be applied to it (a request split oddly, or
+    preceded by a blank line, would otherwise pass as raw bytes)."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
 
     def http_connect(self, flow: Any) -> None:
         self._check(flow, tunnel=True)
+
+    def tcp_start(self, flow: Any) -> None:
+        run = self.state.run_of_client(flow.client_conn.id)
+        policy = run.policy if run is not None else None
+        address = flow.server_conn.address
+        if policy is None or not address or address[0] == access.HOST_GATEWAY:
+            return
+        host = str(address[0])
+        ruled = [entry for entry in policy.hosts if entry.rules and host_matches(entry.host, host)]
+        if not ruled:
+            return
+        why = (f"{normalize_host(host)} has method and path rules, and this connection carries no HTTP"
+               " they could be applied to")
+        flow.metadata[BLOCKED] = access.Refusal(access.KIND_REQUEST_RULE, why, why)
+        flow.kill()
 
     def requestheaders(self, flow: Any) -> None:
         self._check(flow, tunnel=False)
@@ -331,4 +353,6 @@ class Inject:
 
 
 def addons(state: ProxyState) -> list[Any]:
-    return [Auth(state), Upstream(state), HostAccess(state), Policy(), Inject(state), Stream(), Trace(state)]
+    # Policy before HostAccess: a host the policy refuses is refused before anything looks its name
+    # up (a lookup is itself a way out: a name can carry data to a resolver, its answer back).
+    return [Auth(state), Upstream(state), Policy(state), HostAccess(state), Inject(state), Stream(), Trace(state)]

@@ -128,9 +128,12 @@ class Trace:
         sent = sum(len(m.content) for m in flow.messages if m.from_client)
         received = sum(len(m.content) for m in flow.messages if not m.from_client)
         started = flow.client_conn.timestamp_start or time.time()
+        refusal = flow.metadata.get(BLOCKED)
         exchange = trace.Exchange(started=started, method="TCP", url=target, host=str(address[0] if address else ""),
                                   duration_ms=int((time.time() - started) * 1000), req_bytes=sent,
-                                  resp_bytes=received, error=flow.error.msg if flow.error else None)
+                                  resp_bytes=received, blocked=refusal is not None,
+                                  reason=refusal.reason if refusal is not None else None,
+                                  error=None if refusal is not None or not flow.error else flow.error.msg)
         self._write(run, trace.record(exchange, run.masker, run.injected_names))
 
     def _record(self, flow: Any) -> None:

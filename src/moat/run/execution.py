@@ -24,6 +24,7 @@ from moat.files import now_iso
 from moat.masking import Masker
 from moat.ownership import owner_labels
 from moat.plan.model import Plan
+from moat.plan.policy import plan_caveats
 from moat.run import reaper
 from moat.run.agent import AgentRun
 from moat.run.events import RunEvents
@@ -138,7 +139,7 @@ class Run:
         plan, events = self.plan, self.events
         events.log(f"run {plan.run_id} ({plan.name}) in {plan.workspace}")
         events.info(f"run {plan.name} ({plan.run_id})")
-        for caveat in self.runtime.caveats(plan):
+        for caveat in [*self.runtime.caveats(plan), *plan_caveats(plan)]:
             events.warn_and_log(caveat)
         self.record.update(state="starting")
         self._reap_orphans()

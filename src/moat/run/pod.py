@@ -106,10 +106,14 @@ class Pod:
         for mount in spec.mounts:
             if mount.create:
                 private_dir(Path(mount.source))
+        holding: dict[str, Resource] = {}  # the directories of the container's files: removed after it
         for path, text in spec.files:
             directory = Path(path).parent
-            # In the scope first: removed with the run, however far the writing got.
-            self.scope.add(Resource(DIRECTORY, str(directory), f"directory {directory}"), [self.sweep])
+            # In the scope first: removed with the run, however far the writing got. Its parent (the
+            # run's scratch directory) goes too once empty: other users of it remove their own.
+            holding[str(directory)] = self.scope.add(
+                Resource(DIRECTORY, str(directory), f"directory {directory}", (("prune_parent", "1"),)),
+                [self.sweep])
             private_dir(directory)  # 0700: no other user of the host reads it
             # Readable by the agent's uid, which may not be moat's: what these files hold is never a
             # secret (placeholders, the agent's context), and they are mounted read-only.
@@ -118,7 +122,7 @@ class Pod:
         attrs = [("role", spec.role), ("name", spec.name)]
         if spec.service:
             attrs.append(("service", spec.service))
-        parents = [self.sweep, *inside]
+        parents = [self.sweep, *inside, *holding.values()]
         if self.network is not None:
             parents.append(self.network)
         return container_id, self.scope.add(Resource(CONTAINER, container_id, spec.name, tuple(attrs)), parents)
@@ -181,6 +185,9 @@ class Remover:
             self.proxy.unregister(resource.id)
         elif resource.kind == DIRECTORY:
             shutil.rmtree(resource.id, ignore_errors=True)
+            if resource.attr("prune_parent"):
+                with contextlib.suppress(OSError):  # not empty (or gone): not ours to remove
+                    Path(resource.id).parent.rmdir()
         else:
             raise TeardownProblem(f"moat does not know how to remove a {resource.kind}")
 

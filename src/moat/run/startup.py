@@ -133,6 +133,9 @@ class Startup:
         try:
             self._abortable(call, self.signals.cancel)
         except Aborted:
+            # The call goes on in its thread (a build, the pod's holder): it stops at its next look
+            # at the abort flag, before it creates anything more.
+            self.abort.set()
             self.signals.checkpoint()  # the cancel: Interrupted
             raise
 
