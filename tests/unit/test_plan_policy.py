@@ -68,18 +68,28 @@ def test_strict_without_grants_still_goes_through_the_proxy(tmp_path: Path) -> N
     assert policy_of(plan) == NetworkPolicy(True, (), ())
 
 
-def test_permissive_without_rules_has_no_policy_and_no_pod(tmp_path: Path) -> None:
-    plan = grant_plan(tmp_path, REDIS, grants=())
-    assert plan.proxy is None and plan.policy is None and plan.holder is None
+def test_a_permissive_run_is_a_pod_on_its_own_network_with_no_policy(tmp_path: Path) -> None:
+    plan = grant_plan(tmp_path, REDIS + "container:\n  dns: [192.0.2.53]\n", grants=())
+    assert plan.proxy is None and plan.policy is None
+    holder = plan.holder
+    assert holder is not None and holder.network == plan.network == f"moat-{plan.run_id}"
+    assert holder.command == ("sleep", "infinity") and holder.mounts == ()  # no relay: ordinary egress
+    assert holder.extra_hosts == (("redis", "127.0.0.1"),) and holder.dns == ("192.0.2.53",)
+    for spec in (plan.agent, *(s.container for s in plan.services)):
+        assert spec.network == f"container:{holder.name}"
+        assert not spec.extra_hosts and not spec.aliases and spec.hostname is None and not spec.dns
     with_grant = grant_plan(tmp_path, REDIS)
     assert with_grant.proxy is not None and "policy" not in with_grant.proxy.registration.extra
     assert with_grant.proxy.route == "gateway"
+    assert with_grant.holder is not None
+    assert ("moat-proxy", "host-gateway") in with_grant.holder.extra_hosts  # for every container of the pod
 
 
 def test_permissive_rules_are_enforced_by_the_proxy_without_a_pod(tmp_path: Path) -> None:
     plan = grant_plan(tmp_path, REDIS + "network:\n  rules:\n    - api.github.com: ['deny DELETE /**']\n",
                       grants=())
-    assert plan.holder is None and plan.proxy is not None and plan.proxy.route == "gateway"
+    assert plan.holder is not None and plan.holder.network == plan.network  # a pod with ordinary egress
+    assert plan.proxy is not None and plan.proxy.route == "gateway"
     policy = policy_of(plan)
     assert not policy.strict
     assert not policy.decide("api.github.com", "DELETE", "/repos/x").allowed

@@ -40,7 +40,10 @@ class Clock:
 
 
 def redis_spec(tmp_path: Path, timeout: float = 5.0) -> ServiceSpec:
-    plan = plan_for(f"dependencies: [redis]\nservices:\n  redis:\n    ready_timeout: {timeout}\n", home=tmp_path)
+    # The sandbox's plan: its services are on the run's network, not joined to a pod's holder (the
+    # checks are the same either way).
+    plan = plan_for(f"dependencies: [redis]\nservices:\n  redis:\n    ready_timeout: {timeout}\n", home=tmp_path,
+                    runtime="sandbox")
     return service(plan, "redis")
 
 
@@ -182,3 +185,16 @@ def test_abort_stops_the_wait(tmp_path: Path) -> None:
     with pytest.raises(Aborted):
         wait_ready(runtime, container_id, spec, "net", abort, Masker(), clock=clock, sleep=sleep)
     assert clock.now < 1003
+
+
+def test_a_pods_service_is_watched_at_its_holders_address(tmp_path: Path) -> None:
+    # A service joined to a pod's holder has no address of its own: the gate watches the holder's.
+    runtime, clock = FakeRuntime(), Clock()
+    asked: list[str] = []
+    runtime.container_address = lambda cid, _net: asked.append(cid) or ("10.0.0.9" if cid == "holder-1" else None)  # type: ignore[method-assign]
+    runtime.probe_results["redis"] = [ExecResult(1, "Connection refused"), ExecResult(0, "PONG")]
+    port = Port(clock, opens_at=clock.now + 1.0)
+    spec = redis_spec(tmp_path)
+    ready = wait_ready(runtime, started(runtime, spec), spec, "net", threading.Event(), Masker(), clock=clock,
+                       sleep=clock.sleep, connect=port, address_of="holder-1")
+    assert asked == ["holder-1"] and ready.probes == 2 and port.attempts >= 1 / GATE_INTERVAL - 1

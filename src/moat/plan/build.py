@@ -39,7 +39,7 @@ from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts,
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
 from moat.plan.names import new_run_id, random_name
-from moat.plan.pod import holder_spec, pod_network
+from moat.plan.pod import holder_name, holder_spec, pod_network
 from moat.plan.policy import granted_hosts, network_policy
 from moat.plan.proxy import (
     CA_DIR,
@@ -76,9 +76,9 @@ class RuntimeTraits:
     proxy_route: Route
     ca_path: str
     grant_files: str  # where a grant's files are mounted for the agent
-    # Strict mode needs a pod of its own (a loopback-only namespace, see plan.pod); the sandbox's
-    # network namespace is one already.
-    strict_pod: bool = False
+    # A run is a pod of containers around a holder (see plan.pod): faster to start, and in strict
+    # mode a namespace with loopback only. The sandbox's network namespace is one already.
+    pods: bool = False
     # The agent's context file may also go where Claude Code reads managed memory (/etc/claude-code);
     # the sandbox shows the host's /etc, where nothing can be mounted.
     managed_memory: bool = False
@@ -87,7 +87,7 @@ class RuntimeTraits:
 TRAITS = {
     "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
                             proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat",
-                            strict_pod=True, managed_memory=True),
+                            pods=True, managed_memory=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
                              grant_files="/tmp/moat-grants"),  # noqa: S108 — its private /tmp
@@ -144,12 +144,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     scratch = request.scratch_root / f"moat-{run_id}"
     policy = network_policy(model.network, request.allow_hosts, (g.rules for g in request.grants))
     strict = policy is not None and policy.strict
-    holder: ContainerSpec | None = None
-    if strict and traits.strict_pod:
-        holder = holder_spec(run_id, labels, request.home, tuple(d.name for d in config.dependencies
-                                                                  if d.type is DepType.SERVICE),
-                             f"{request.invoker[0]}:{request.invoker[1]}", scratch)
-        network = pod_network(holder.name)
+    # Where the services and the agent are: the pod's holder, or (the sandbox) the run's network.
+    members = pod_network(holder_name(run_id)) if traits.pods else network
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid)
@@ -166,11 +162,11 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
             continue
         service_spec, service_secrets = _service_spec(
             config, dep.name, dep.version or "", catalog, new_password,
-            _Pod(run_id, network, labels, scratch, request.home, traits, request.invoker, holder is not None))
+            _Pod(run_id, members, labels, scratch, request.home, traits, request.invoker, traits.pods))
         services.append(service_spec)
         secrets |= service_secrets
 
-    route: Route = "relay" if holder is not None else traits.proxy_route
+    route: Route = "relay" if strict and traits.pods else traits.proxy_route
     proxy = proxy_spec(request.grants, tuple(model.network.host), policy, run_id, request.home, request.proxy_ca,
                        traits.ca_path, route, new_token())
     context_target = f"{traits.grant_files}/{CONTEXT_FILE}"
@@ -228,12 +224,19 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
     )
     held = traits.holds_agent and not interactive
+    holder: ContainerSpec | None = None
+    if traits.pods:
+        holder = holder_spec(run_id, labels, request.home, tuple(s.name for s in services),
+                             f"{request.invoker[0]}:{request.invoker[1]}", scratch, strict=strict,
+                             network=network, extra_hosts=proxy_hosts(proxy), dns=limits.dns)
+        if strict:
+            network = members  # no engine network at all
     agent = ContainerSpec(
         role="agent",
         name=f"{AGENT_CONTAINER_PREFIX}{run_id}",
         image=image.tag,
         labels={**labels, LABEL_ROLE: ROLE_AGENT},
-        network=network,
+        network=members,
         command=(*HOLD_WRAPPER, *command) if held else tuple(command),
         env=env,
         working_dir=WORKSPACE_MOUNT,
@@ -242,7 +245,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                 *(Mount(source, target, read_only=True) for source, target, _ in files.values()),
                 *context_mounts),
         files=(*((source, text) for source, _, text in files.values()), (context_file, context)),
-        extra_hosts=proxy_hosts(proxy),  # in a pod, the holder has them (Docker refuses them on the others)
+        # In a pod the holder has them (Docker refuses them on a joined container).
+        extra_hosts=() if holder is not None else proxy_hosts(proxy),
         user=identity.user,
         # The agent needs no privilege: the container is its boundary. As uid 0 (a root-owned
         # workspace) this leaves it owning root's files in /workspace and nothing more.
@@ -250,7 +254,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         no_new_privileges=True,
         memory_mb=limits.memory_mb,
         cpus=limits.cpus,
-        dns=() if holder is not None else limits.dns,  # a strict pod has no DNS to ask
+        dns=() if holder is not None else limits.dns,
         ulimits=limits.ulimits,
         tty=interactive and request.stdin_is_terminal,
         stdin_open=interactive or held,

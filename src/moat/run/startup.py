@@ -23,7 +23,7 @@ from moat.errors import EngineError, MoatError
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
 from moat.plan.model import ImageSpec, Plan, ServiceSpec
-from moat.plan.pod import RELAY_LISTENING, holder_image
+from moat.plan.pod import NO_NETWORK, RELAY_LISTENING, holder_image
 from moat.run.events import RunEvents
 from moat.run.pod import Pod
 from moat.run.proxyuse import ProxyClient
@@ -115,10 +115,11 @@ class Startup:
         return self.started
 
     def _create_pod(self) -> None:
-        """The run's network: an engine network, or a strict pod's holder (see plan.pod)."""
+        """The run's network, then its pod's holder (see plan.pod): a strict pod has no network."""
         holder = self.plan.holder
-        if holder is None:
+        if holder is None or holder.network != NO_NETWORK:
             self.pod.create_network()
+        if holder is None:
             return
         image = holder_image()
         if not self.runtime.image_exists(image.tag):
@@ -368,7 +369,9 @@ class Startup:
                 self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
                 return None
             self.events.update(key, "waiting until it answers")
-            ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker)
+            # A pod's services answer at its holder's address (none in a strict pod: the probe alone).
+            ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker,
+                               address_of=self.started.holder)
         except (Aborted, LockAborted):
             self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
             raise

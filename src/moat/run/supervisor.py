@@ -49,8 +49,10 @@ def adopt(state: dict[str, Any]) -> Run:
             pod.hold_cache(spec.name, run.signals.cancel)
     run.scope.adopt(state["resources"])
     # Containers made here (a sandbox agent) live inside the adopted network: removed before it.
-    pod.network = next((r for r in run.scope.resources()
-                        if r.kind == NETWORK or (r.kind == CONTAINER and r.attr("role") == "holder")), None)
+    # (A pod's holder first: the network holds only the holder.)
+    found = run.scope.resources()
+    pod.network = next((r for r in found if r.kind == CONTAINER and r.attr("role") == "holder"),
+                       next((r for r in found if r.kind == NETWORK), None))
     return run
 
 

@@ -177,12 +177,14 @@ def wait_for(checks: Sequence[Check], deadline: float, abort: threading.Event, c
 
 def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: str, abort: threading.Event,
                masker: Masker, clock: Clock = time.monotonic, sleep: Callable[[float], object] | None = None,
-               connect: Callable[[tuple[str, int], float], object] = socket.create_connection) -> Ready:
-    """Wait until ``spec``'s probe passes in ``container_id``; ``ReadinessError`` says why it did not."""
+               connect: Callable[[tuple[str, int], float], object] = socket.create_connection,
+               address_of: str | None = None) -> Ready:
+    """Wait until ``spec``'s probe passes in ``container_id``; ``ReadinessError`` says why it did not.
+    ``address_of``: the container whose address on ``network`` the service has (a pod's holder)."""
     start = clock()
     probe = ExecProbe(runtime, container_id, spec, start)
     checks: list[Check] = [probe]
-    address = runtime.container_address(container_id, network)
+    address = runtime.container_address(address_of or container_id, network)
     if address:
         gate = PortGate(address, spec.port, lambda: probe.wake(clock()), connect)
         probe.gated = lambda: gate.trusted and not gate.open
