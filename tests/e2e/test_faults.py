@@ -297,11 +297,13 @@ def _links() -> set[str]:
 def test_the_engine_restarting_mid_run_is_a_clear_error_and_clean_finishes(
         engine: DockerRuntime, moat_home: Path, tmp_path: Path, test_engine: SecondEngine) -> None:
     workspace = write_workspace(tmp_path / "ws", REDIS)
-    # The same images in the test's engine: the services' and the agent's (built once on the main one).
+    # The same images in the test's engine: the services', the agent's and the pod's holder's (built once
+    # on the main one).
     plan = json.loads(run_moat(["run", "--runtime", "docker", "--dry-run", "--json", str(workspace), "--", "true"]
                                ).stdout)
     assert run_moat(["run", "--runtime", "docker", str(workspace), "--", "true"]).code == 0
-    save = subprocess.Popen(["docker", "save", "moat-test/redis:latest", plan["image"]["tag"]], stdout=subprocess.PIPE)
+    save = subprocess.Popen(["docker", "save", "moat-test/redis:latest", plan["image"]["tag"], plan["holder"]["image"]],
+                            stdout=subprocess.PIPE)
     subprocess.run(["docker", "-H", test_engine.host, "load", "-q"], stdin=save.stdout, check=True,
                    capture_output=True)
     assert save.wait() == 0

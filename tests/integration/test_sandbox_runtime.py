@@ -147,6 +147,7 @@ def make_pod(sandbox_host: None, tmp_path: Path) -> Iterator[Callable[..., Pod]]
         plan = build_plan(parse(config), request, load_catalog())
         runtime = SandboxRuntime(home, identity())
         runtime.create_network(plan.network, plan.labels, str(plan.scratch))
+        write_agent_files(plan)
         pod = Pod(runtime, plan, home, workspace)
         made.append(pod)
         return pod
@@ -194,6 +195,14 @@ def test_every_process_runs_as_the_identity_and_the_agent_is_not_root(make_pod: 
     assert out.split() == [str(identity().uid), "wrote"]
     made = pod.workspace / "made.txt"
     assert (made.stat().st_uid, made.stat().st_gid) == (identity().uid, identity().gid)
+
+
+def write_agent_files(plan: Plan) -> None:
+    """What the run's pod writes before the agent's container (its context file), readable by it."""
+    for path, text in plan.agent.files:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+        Path(path).chmod(0o644)
 
 
 def test_a_root_identity_is_refused(sandbox_host: None, tmp_path: Path) -> None:
@@ -444,6 +453,7 @@ def test_the_agent_cannot_read_moat_home_even_when_it_could(sandbox_host: None, 
         plan = build_plan(parse(""), request, load_catalog())
         runtime = SandboxRuntime(home, who)
         runtime.create_network(plan.network, plan.labels, str(plan.scratch))
+        write_agent_files(plan)
         pod = Pod(runtime, plan, home, workspace)
         try:
             # Readable from the host by the identity: only the sandbox's view hides it.

@@ -260,5 +260,7 @@ def test_mysql_database_override() -> None:
 
 def test_other_user_env_reaches_the_container_only() -> None:
     result = terms("postgres", {"POSTGRES_INITDB_ARGS": "--data-checksums"})
-    assert result.container_env["POSTGRES_INITDB_ARGS"] == "--data-checksums"
+    # The user's arguments, and what keeps loopback closed to a wrong password (a run is a pod).
+    assert result.container_env["POSTGRES_INITDB_ARGS"] == "--data-checksums --auth-host=scram-sha-256"
+    assert terms("postgres", {}).container_env["POSTGRES_INITDB_ARGS"] == "--auth-host=scram-sha-256"
     assert "POSTGRES_INITDB_ARGS" not in " ".join(result.agent_env)

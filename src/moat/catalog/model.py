@@ -120,6 +120,9 @@ class Service(Versioned):
     env_prefix: str  # MOAT_<PREFIX>_HOST …
     credentials: dict[str, Credential] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)  # extra container environment
+    # Words added to a variable, whatever the user set it to: what keeps the service closed to a
+    # wrong password (postgres's initdb arguments), never replaced by services.<n>.env.
+    env_append: dict[str, str] = Field(default_factory=dict)
     command: tuple[str, ...] | None = None  # container command; None keeps the image's own
     url: str
     inject: tuple[str, ...]  # which MOAT_<PREFIX>_* variables the agent gets

@@ -217,7 +217,7 @@ class Startup:
                 port = self.proxy.listen(self.runtime.host_gateway())
             if self.plan.relay is not None:
                 self._start_relay(self.plan.relay)
-            elif self.started.holder is not None:
+            elif spec.route == "relay" and self.started.holder is not None:  # a strict pod's holder relays
                 self._await_relay(self.started.holder, RELAY_LISTENING)
         except Aborted:
             self.events.finish(key, "proxy: not waited for any more (the run is ending)", ok=None)
