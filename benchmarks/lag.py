@@ -13,7 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import docker
 from benchmarks.common import answers
+
+from moat.ownership import home_id
 
 POLL = 0.005
 
@@ -39,11 +42,10 @@ class Watcher:
         ports = {"postgres": 5432, "mysql": 3306, "redis": 6379}
         pollers: dict[str, threading.Thread] = {}
         while not self._stop.is_set() and len(pollers) < len(ports):
-            for container in self.client.containers.list(filters={"label": "moat.role=service"}):
-                name = container.labels.get("moat.service")
+            for container in self._services():
+                name = container["Labels"].get("moat.service")
                 if name in ports and name not in pollers:
-                    networks = container.attrs["NetworkSettings"]["Networks"]
-                    address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
+                    address = self._address(container["Id"])
                     if address:
                         pollers[name] = threading.Thread(target=self._poll, args=(name, address, ports[name]),
                                                          daemon=True)
@@ -51,6 +53,23 @@ class Watcher:
             time.sleep(POLL)
         for poller in pollers.values():
             poller.join()
+
+    def _services(self) -> list[dict[str, Any]]:
+        """This benchmark's sidecars only: other runs on the same engine are not its business."""
+        labels = ["moat.role=service", f"moat.home={home_id(self.home)}"]
+        return list(self.client.api.containers(filters={"label": labels}))
+
+    def _address(self, container_id: str) -> str | None:
+        """The sidecar's address; in a pod, its holder's (the container whose namespace it joined)."""
+        try:
+            info = self.client.api.inspect_container(container_id)
+            mode = info["HostConfig"].get("NetworkMode") or ""
+            if mode.startswith("container:"):
+                info = self.client.api.inspect_container(mode.split(":", 1)[1])
+        except docker.errors.NotFound:  # gone already (the run ended): nothing to watch
+            return None
+        networks = info["NetworkSettings"]["Networks"]
+        return next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
 
     def _poll(self, name: str, address: str, port: int) -> None:
         while not self._stop.is_set():
