@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,29 @@ def test_keep_after_a_failure_leaves_nothing(engine: DockerRuntime, moat_home: P
     result = run_moat(["run", "--keep", str(write_workspace(tmp_path / "ws", config)), "--", "true"])
     assert result.code == 1
     assert left_for(engine, runs(moat_home)[0]["id"]) == []
+
+
+def test_keep_keeps_the_agent_that_ran_for_a_look_and_nothing_else(engine: DockerRuntime, moat_home: Path,
+                                                                 tmp_path: Path) -> None:
+    config = "dependencies: [redis]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
+    workspace = write_workspace(tmp_path / "ws", config)
+    result = run_moat(["run", "--keep", str(workspace), "--", "sh", "-c", "echo kept-file > $HOME/left; echo done"])
+    assert result.code == 0, result.output
+    assert "left things behind" not in result.stderr and "failed" not in result.stderr, result.stderr
+    run_id = runs(moat_home)[0]["id"]
+    [kept] = left_for(engine, run_id)  # the agent alone: its pod's holder, network and services are gone
+    container = engine.client.containers.get(kept)
+    try:
+        assert container.labels["moat.role"] == "agent" and container.status == "exited"
+        assert "done" in container.logs().decode()
+        bits, _ = container.get_archive("/home/moatuser/left")  # its files are there to look at
+        assert b"kept-file" in b"".join(bits)
+    finally:
+        container.remove(force=True)
+        scratch = Path(tempfile.gettempdir()) / f"moat-{run_id}"  # its mounts stay with it (docker cp)
+        assert (scratch / "context" / "moat-context.md").is_file()
+        shutil.rmtree(scratch)
+    assert left_for(engine, run_id) == []
 
 
 @pytest.mark.parametrize(("signum", "word", "code"), [(signal.SIGINT, "INT", 3), (signal.SIGTERM, "TERM", 4)])

@@ -444,3 +444,16 @@ def test_raw_bytes_in_a_tunnel_to_a_host_with_rules_are_cut(world: World) -> Non
     lines = wait_for_trace(trace, 1)
     assert [(line["method"], line["blocked"]) for line in lines] == [("TCP", True)], lines
     assert "carries no HTTP" in lines[0]["reason"]
+
+
+def test_raw_bytes_to_a_host_the_policy_allows_whole_pass(world: World) -> None:
+    # The first entry that names the host decides, as for requests (review): listed whole, it is open.
+    token, trace = _strict(world, "run_rawok", ("api.github.com", []), ("*.github.com", ["allow GET /x/**"]))
+    with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
+        sock.sendall(f"CONNECT api.github.com:80 HTTP/1.1\r\nHost: api.github.com:80\r\n"
+                     f"Proxy-Authorization: {proxy_auth(token)}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"P")
+        time.sleep(0.3)
+    lines = wait_for_trace(trace, 1)
+    assert [(line["method"], line["blocked"]) for line in lines] == [("TCP", False)], lines

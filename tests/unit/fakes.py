@@ -59,7 +59,8 @@ class FakeRuntime:
         self.lock = threading.RLock()
         self.containers: dict[str, FakeContainer] = {}
         self.networks: dict[str, dict[str, str]] = {}
-        self.images_present: set[str] = {"moat-test/redis:latest", "moat-test/postgres:latest"}
+        self.images_present: set[str] = {"moat-test/redis:latest", "moat-test/postgres:latest",
+                                         "debian:bookworm-slim"}  # as `make engine` builds it
         # socat -d -d in a strict pod's holder, once it listens (tests make it silent)
         self.holder_log = "2026/11/26 06:00:00 socat[1] N listening on AF=2 127.0.0.1:19080\n"
         self.calls: list[tuple[str, str]] = []

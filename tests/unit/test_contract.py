@@ -263,4 +263,8 @@ def test_other_user_env_reaches_the_container_only() -> None:
     # The user's arguments, and what keeps loopback closed to a wrong password (a run is a pod).
     assert result.container_env["POSTGRES_INITDB_ARGS"] == "--data-checksums --auth-host=scram-sha-256"
     assert terms("postgres", {}).container_env["POSTGRES_INITDB_ARGS"] == "--auth-host=scram-sha-256"
+    # The user's own choice of how clients authenticate is theirs (review): nothing is added.
+    assert terms("postgres", {"POSTGRES_INITDB_ARGS": "--auth-host=md5"}).container_env[
+        "POSTGRES_INITDB_ARGS"] == "--auth-host=md5"
+    assert "POSTGRES_INITDB_ARGS" not in terms("postgres", {"POSTGRES_HOST_AUTH_METHOD": "trust"}).container_env
     assert "POSTGRES_INITDB_ARGS" not in " ".join(result.agent_env)

@@ -114,6 +114,13 @@ def test_strict_leaves_the_agent_no_dns_to_ask(tmp_path: Path) -> None:
     assert plan.agent.dns == ()
 
 
+def test_the_dry_run_never_calls_a_permissive_pod_closed(tmp_path: Path) -> None:
+    plan = grant_plan(tmp_path, REDIS + "network:\n  rules:\n    - api.github.com: ['deny DELETE /**']\n")
+    text = render_plan(plan)
+    assert "permissive, with rules" in text and "no network but loopback" not in text
+    assert f"on the run's network moat-{plan.run_id} (ordinary egress)" in text
+
+
 def test_the_dry_run_shows_the_policy_and_the_pod(tmp_path: Path) -> None:
     text = render_plan(grant_plan(tmp_path, STRICT))
     assert "Network policy  strict" in text

@@ -157,7 +157,7 @@ def test_an_address_can_be_listed_as_a_refusal_suggests_it(host: str) -> None:
 def test_a_suggested_rule_always_parses() -> None:
     from moat.policy.rules import Decision, refusal_text
 
-    for path in ("/a*b/c", "/x/..;/admin", "/search?q=1", "/a%5cb"):
+    for path in ("/a*b/c", "/x/..;/admin", "/search?q=1", "/a%5cb", "/My%20File.md", "/a%09b", "/x%0Ay"):
         body = refusal_text("api.example.test", "GET", path, Decision(False, "no"), tunnel=False)
         suggested = body.rstrip().splitlines()[-1].strip().removeprefix("- ")
         parse_rule(suggested)  # must not raise

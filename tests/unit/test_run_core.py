@@ -308,8 +308,10 @@ def test_keep_keeps_an_agent_that_ran_and_only_that(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
     execute(plan, runtime, tmp_path, options=Options(keep=True))
     kept = runtime.by_role("agent")
-    assert len(kept) == 1 and kept[0].spec.network == "none"  # kept, off the removed network
-    assert runtime.networks == {}
+    # Kept (for a look: logs, files, `docker commit`); its pod's holder and network are gone.
+    assert len(kept) == 1 and kept[0].status == "exited"
+    assert runtime.networks == {} and not runtime.by_role("holder") and not runtime.by_role("service")
+    assert not [c for c in runtime.calls if c[0] == "disconnect"]  # in a pod there is nothing to leave
     runtime2 = FakeRuntime()
     from moat.runtime.base import ExecResult
 

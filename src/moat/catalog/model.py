@@ -63,6 +63,12 @@ class Tool(Versioned):
     binary: str | None = None  # the program it provides, when not named like the tool
 
 
+class EnvAppend(_Frozen):
+    words: str
+    unless_set: tuple[str, ...] = ()  # the user chose for themselves: they set one of these variables
+    unless_contains: tuple[str, ...] = ()  # ...or the variable they set holds one of these options
+
+
 class Credential(_Frozen):
     """One connection detail (user, password, db) of a service.
 
@@ -120,9 +126,9 @@ class Service(Versioned):
     env_prefix: str  # MOAT_<PREFIX>_HOST …
     credentials: dict[str, Credential] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)  # extra container environment
-    # Words added to a variable, whatever the user set it to: what keeps the service closed to a
-    # wrong password (postgres's initdb arguments), never replaced by services.<n>.env.
-    env_append: dict[str, str] = Field(default_factory=dict)
+    # Words added to a variable (postgres's initdb arguments): what keeps the service closed to a
+    # wrong password, unless the user chose otherwise for themselves.
+    env_append: dict[str, EnvAppend] = Field(default_factory=dict)
     command: tuple[str, ...] | None = None  # container command; None keeps the image's own
     url: str
     inject: tuple[str, ...]  # which MOAT_<PREFIX>_* variables the agent gets

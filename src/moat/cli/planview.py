@@ -35,9 +35,12 @@ def _policy_lines(plan: Plan) -> list[str]:
         rules = "; ".join(f"{r.action} {r.method} {r.pattern}" for r in entry.rules)
         out.append(f"  {entry.host}" + (f": {rules}" if rules else ""))
     out += [f"  {host} (grant)" for host in policy.granted]
-    if plan.holder is not None:
+    if plan.holder is not None and plan.holder.network == "none":
         out.append(f"  pod          {plan.holder.name}: no network but loopback; the way out is its relay to"
                    " moat's proxy")
+    elif plan.holder is not None:
+        out.append(f"  pod          {plan.holder.name}, on the run's network {plan.holder.network} (ordinary"
+                   " egress)")
     elif policy.strict:
         out.append("  pod          the run's own network namespace: loopback only; the way out is the relay")
     return out

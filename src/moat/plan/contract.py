@@ -84,8 +84,11 @@ def contract(service: Service, name: str, port: int, user_env: Mapping[str, str]
         if credential.env:
             container_env[credential.env] = credentials[cred_name]
     container_env.update(user_env)  # the user's word is final, as in the Go moat
-    for key, words in service.env_append.items():  # ...but for what keeps the service closed (see catalog)
-        container_env[key] = f"{container_env.get(key, '')} {fill(words, values)}".strip()
+    for key, append in service.env_append.items():  # what keeps the service closed (see catalog)
+        chosen = user_env.get(key, "")
+        if any(name in user_env for name in append.unless_set) or any(o in chosen for o in append.unless_contains):
+            continue  # the user chose how it authenticates
+        container_env[key] = f"{container_env.get(key, '')} {fill(append.words, values)}".strip()
     url = build_url(service.url, values)
     prefix = f"{AGENT_ENV_PREFIX}{service.env_prefix}_"
     available = {"HOST": name, "PORT": str(port), "URL": url,

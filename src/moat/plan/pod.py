@@ -80,5 +80,6 @@ def holder_spec(run_id: str, labels: Mapping[str, str], home: Path, services: tu
     )
     if strict:
         return relay
-    return replace(relay, network=network, command=("sleep", "infinity"), mounts=(),
+    # Nothing to relay: the plain base image holds the namespace (nothing is built for it).
+    return replace(relay, image=POD_BASE_IMAGE, network=network, command=("sleep", "infinity"), mounts=(),
                    extra_hosts=(*hosts, *extra_hosts), dns=dns)

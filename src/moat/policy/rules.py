@@ -184,9 +184,13 @@ class NetworkPolicy:
 
 def suggested_path(path: str) -> str:
     """A path as a rule could name it: decoded and resolved like a request's, a segment a rule
-    cannot spell (a '*' inside it) widened to '*'."""
+    cannot spell (a '*', a space or a control character inside it) widened to '*'."""
     segments = _segments(path, decode=True)
-    return "/" + "/".join("*" if ("*" in s or any(c in s for c in "?#;\\")) else s for s in segments)
+    def spellable(segment: str) -> bool:
+        return "*" not in segment and not any(c in segment for c in "?#;\\") and segment.isprintable() \
+            and not any(c.isspace() for c in segment)
+
+    return "/" + "/".join(s if spellable(s) else "*" for s in segments)
 
 
 def refusal_text(host: str, method: str, path: str, decision: Decision, *, tunnel: bool) -> str:

@@ -255,8 +255,8 @@ class Policy:
         if policy is None or not address or address[0] == access.HOST_GATEWAY:
             return
         host = str(address[0])
-        ruled = [entry for entry in policy.hosts if entry.rules and host_matches(entry.host, host)]
-        if not ruled:
+        entry = next((e for e in policy.hosts if host_matches(e.host, host)), None)  # as decide() picks
+        if entry is None or not entry.rules:
             return
         why = (f"{normalize_host(host)} has method and path rules, and this connection carries no HTTP"
                " they could be applied to")

@@ -112,8 +112,8 @@ class Pod:
             # In the scope first: removed with the run, however far the writing got. Its parent (the
             # run's scratch directory) goes too once empty: other users of it remove their own.
             holding[str(directory)] = self.scope.add(
-                Resource(DIRECTORY, str(directory), f"directory {directory}", (("prune_parent", "1"),)),
-                [self.sweep])
+                Resource(DIRECTORY, str(directory), f"directory {directory}",
+                         (("prune_parent", "1"), ("role", spec.role))), [self.sweep])
             private_dir(directory)  # 0700: no other user of the host reads it
             # Readable by the agent's uid, which may not be moat's: what these files hold is never a
             # secret (placeholders, the agent's context), and they are mounted read-only.
@@ -184,6 +184,10 @@ class Remover:
         elif resource.kind == PROXY_REGISTRATION:
             self.proxy.unregister(resource.id)
         elif resource.kind == DIRECTORY:
+            if self.kept and resource.attr("role") == "agent":
+                # A kept agent's mounts must exist for Docker to show its files (`docker cp`).
+                self.notes.append(f"the kept agent's mounted files stay in {resource.id}")
+                return
             shutil.rmtree(resource.id, ignore_errors=True)
             if resource.attr("prune_parent"):
                 with contextlib.suppress(OSError):  # not empty (or gone): not ours to remove
@@ -210,8 +214,11 @@ class Remover:
                 self.notes.append(f"could not stop the agent: {exc.message}")
             if self.agent.keep:
                 self.kept = container_id
-                # Off the run's network, which goes next; the container itself stays for the user.
-                self.runtime.disconnect(container_id, self.plan.network)
+                # The container stays for the user to look at (logs, files, `docker commit`). Off the
+                # run's network, which goes next; in a pod it has no network of its own to leave (and
+                # cannot start again once its pod's holder is gone).
+                if self.plan.holder is None:
+                    self.runtime.disconnect(container_id, self.plan.network)
                 return
         try:
             self.runtime.remove_container(container_id)

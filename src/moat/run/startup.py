@@ -122,8 +122,16 @@ class Startup:
         if holder is None:
             return
         image = holder_image()
-        if not self.runtime.image_exists(image.tag):
+        if holder.image == image.tag and not self.runtime.image_exists(image.tag):
             self._build(image, "moat's pod image (socat: strict mode's relay)", key="pod-image", log="pod-build.log")
+        elif holder.image != image.tag and not self.runtime.image_exists(holder.image):
+            self.events.task("pod-image", f"pulling {holder.image} (the pod's holder)")
+            try:
+                self._pull(holder.image, "pod-image")
+            except EngineError:
+                self.events.finish("pod-image", f"pulling {holder.image}", ok=False)
+                raise
+            self.events.finish("pod-image", f"pulled {holder.image}")
         if self.abort.is_set():
             raise Aborted
         self.started.holder = self.pod.create_holder(holder)
@@ -388,18 +396,21 @@ class Startup:
     def _ensure_service_image(self, spec: ServiceSpec, key: str) -> None:
         if self.runtime.image_exists(spec.image):
             return
-        self.events.update(key, f"pulling {spec.image}")
-
-        def progress(text: str) -> None:
-            if self.abort.is_set():
-                raise Aborted
-            self.events.update(key, f"pulling {spec.image}: {text}")
-
         try:
-            self._abortable(lambda: self.runtime.pull_image(spec.image, progress))
+            self._pull(spec.image, key)
         except EngineError as exc:
             raise EngineError(
                 f"{spec.name}: {exc.message}",
                 hint=f"Check the image name and your registry access, or set services.{spec.name}.image"
                      " in moat.yaml to an image you have.",
             ) from None
+
+    def _pull(self, ref: str, key: str) -> None:
+        self.events.update(key, f"pulling {ref}")
+
+        def progress(text: str) -> None:
+            if self.abort.is_set():
+                raise Aborted
+            self.events.update(key, f"pulling {ref}: {text}")
+
+        self._abortable(lambda: self.runtime.pull_image(ref, progress))

@@ -33,6 +33,7 @@ FIRST_INTERVAL = 0.025
 MAX_INTERVAL = 0.4
 GROWTH = 1.5
 GATE_INTERVAL = 0.01  # a TCP connect attempt costs microseconds
+GATED_INTERVAL = 1.0  # the probe's pace while a trusted gate sees the port shut
 STATE_INTERVAL = 0.5  # how often to ask whether the container still runs
 LOG_LINES = 20
 
@@ -127,9 +128,10 @@ class ExecProbe:
         if self.last.exit_code == 0 and (expect is None or expect in self.last.output):
             return True
         if self.gated():
-            # The probe connects to the port the gate watches: it cannot succeed before it opens,
-            # and each exec costs CPU a starting service needs.
-            self._next = math.inf
+            # The probe connects to the port the gate watches: it can hardly succeed before it opens,
+            # and each exec costs CPU a starting service needs. Now and then all the same: a service
+            # may listen where the gate cannot see it (on loopback alone, in a pod).
+            self._next = now + GATED_INTERVAL
         else:
             self._next = now + self._interval
             self._interval = min(self._interval * GROWTH, MAX_INTERVAL)
