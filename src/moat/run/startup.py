@@ -62,7 +62,7 @@ def still_waiting(runtime: Runtime, agent: str, masker: Masker) -> None:
 class Started:
     services: dict[str, str] = field(default_factory=dict)  # service name → container id
     agent: str | None = None  # the held agent's container, when the plan holds it
-    holder: str | None = None  # a strict pod's holder container (its relay is the way to the proxy)
+    holder: str | None = None  # the pod's holder container (strict: its relay is the way to the proxy)
     agent_env: dict[str, str] = field(default_factory=dict)  # known once started: the proxy's address
 
     def agent_spec(self, plan: Plan) -> ContainerSpec:
@@ -121,20 +121,26 @@ class Startup:
             self.pod.create_network()
         if holder is None:
             return
-        image = holder_image()
-        if holder.image == image.tag and not self.runtime.image_exists(image.tag):
-            self._build(image, "moat's pod image (socat: strict mode's relay)", key="pod-image", log="pod-build.log")
-        elif holder.image != image.tag and not self.runtime.image_exists(holder.image):
-            self.events.task("pod-image", f"pulling {holder.image} (the pod's holder)")
-            try:
-                self._pull(holder.image, "pod-image")
-            except EngineError:
-                self.events.finish("pod-image", f"pulling {holder.image}", ok=False)
-                raise
-            self.events.finish("pod-image", f"pulled {holder.image}")
+        self._ensure_holder_image(holder.image)
         if self.abort.is_set():
             raise Aborted
         self.started.holder = self.pod.create_holder(holder)
+
+    def _ensure_holder_image(self, ref: str) -> None:
+        """Strict mode's own image (socat) is built here; a permissive holder's base image is pulled."""
+        if self.runtime.image_exists(ref):
+            return
+        image = holder_image()
+        if ref == image.tag:
+            self._build(image, "moat's pod image (socat: strict mode's relay)", key="pod-image", log="pod-build.log")
+            return
+        self.events.task("pod-image", f"pulling {ref} (the pod's holder)")
+        try:
+            self._pull(ref, "pod-image")
+        except EngineError:
+            self.events.finish("pod-image", f"pulling {ref}", ok=False)
+            raise
+        self.events.finish("pod-image", f"pulled {ref}")
 
     def _cancellable(self, call: Callable[[], None]) -> None:
         """An engine call in the main thread's stead, so that a cancel is heard while it is under way
