@@ -22,6 +22,8 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "python", "node", "go",
         "git", "curl", "jq", "make", "sqlite3", "bats", "psql", "mysql-client", "redis-cli",
         "postgres", "mysql", "redis", "ollama", "ministack",
+        "typescript", "prettier", "eslint", "codex-cli", "copilot-cli", "gemini-cli", "pi-cli", "graphite-cli",
+        "node-dev",
     }
     assert CATALOG.service_names() == ["ministack", "mysql", "ollama", "postgres", "redis"]
 
@@ -182,4 +184,71 @@ def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
     assert names == [*CATALOG.names(), "npm:", "pip:"]
-    assert {r["type"] for r in rows} == {"runtime", "tool", "service", "dynamic"}
+    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "service", "meta", "dynamic"}
+
+
+
+# --- npm tools and bundles (issue 13's first kinds) ---------------------------------------------------
+
+
+def test_an_npm_tool_is_installed_by_package_after_the_runtimes_and_before_the_packages() -> None:
+    from moat.catalog.deps import resolve_dependencies
+    from moat.plan import dockerfile
+
+    deps, problems = resolve_dependencies(["node@22", "codex-cli", "typescript", "npm:left-pad@1.3.0", "git"],
+                                          CATALOG)
+    assert problems == {}
+    text = dockerfile.render(dockerfile.ImageInputs("debian:bookworm-slim", tuple(deps), 1000, 1000), CATALOG)
+    lines = text.splitlines()
+    [tools] = [i for i, line in enumerate(lines) if line.startswith("RUN npm install --global --no-fund")
+               and "@openai" in line]
+    # The catalog's pin (the Go tool's) and npm's latest for the rest; quoted words, sorted by name.
+    assert lines[tools].endswith("--no-update-notifier @openai/codex@0.146.0 typescript")
+    [packages] = [i for i, line in enumerate(lines) if "left-pad" in line]
+    assert tools < packages and lines.index("USER 1000:1000") > packages
+
+
+def test_an_npm_tool_needs_node_declared_beside_it() -> None:
+    from moat.catalog.deps import resolve_dependencies
+
+    _, problems = resolve_dependencies(["git", "gemini-cli"], CATALOG)
+    assert problems == {1: "gemini-cli (@google/gemini-cli) is installed with npm, which needs the node"
+                           " runtime: add 'node' to dependencies"}
+
+
+def test_a_bundle_names_its_members_and_a_member_named_again_keeps_its_version() -> None:
+    from moat.catalog.deps import resolve_dependencies
+
+    deps, problems = resolve_dependencies(["node", "node-dev", "prettier@3.3.3"], CATALOG)
+    assert problems == {}
+    assert [d.spec for d in deps] == ["node@22", "typescript", "prettier@3.3.3", "eslint"]
+    deps, problems = resolve_dependencies(["node", "prettier@3.3.3", "node-dev"], CATALOG)  # either order
+    assert problems == {} and [d.spec for d in deps] == ["node@22", "prettier@3.3.3", "typescript", "eslint"]
+    _, problems = resolve_dependencies(["node", "node-dev@1"], CATALOG)
+    assert "node-dev is a bundle (typescript, prettier, eslint) and takes no version" in problems[1]
+
+
+def test_deps_info_shows_an_npm_tool_and_a_bundle() -> None:
+    from moat.catalog.describe import details
+
+    codex = details("codex-cli", CATALOG.get("codex-cli"))  # type: ignore[arg-type]
+    assert (codex["type"], codex["npm_package"], codex["default"], codex["requires"]) == \
+        ("npm", "@openai/codex", "0.146.0", ["node"])
+    bundle = details("node-dev", CATALOG.get("node-dev"))  # type: ignore[arg-type]
+    assert (bundle["type"], bundle["members"]) == ("meta", ["typescript", "prettier", "eslint"])
+
+
+def test_the_sandbox_says_how_to_install_a_missing_npm_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from moat.errors import EngineError
+    from moat.plan.model import ImageSpec
+    from moat.runtime.sandbox import hostinfo
+
+    monkeypatch.setattr(shutil, "which", lambda program, *a, **k: None if program in ("gemini", "jq") else "/x")
+    image = ImageSpec("moat/run:x", "debian", "", ("gemini-cli", "jq", "node@22"), 1000, 1000)
+    with pytest.raises(EngineError) as info:
+        hostinfo.check_tools(image, lambda line: None)
+    assert "`jq` (Debian package jq), `gemini` (npm package @google/gemini-cli)" in info.value.message
+    assert info.value.hint == ("Install them (sudo apt-get install jq; npm install --global @google/gemini-cli),"
+                               " or use --runtime docker.")

@@ -15,6 +15,8 @@ from moat.catalog.model import (
     DepType,
     Dynamic,
     Entry,
+    Meta,
+    NpmTool,
     Probe,
     Provisions,
     Runtime,
@@ -28,6 +30,8 @@ __all__ = [
     "DepType",
     "Dynamic",
     "Entry",
+    "Meta",
+    "NpmTool",
     "Probe",
     "Provisions",
     "Runtime",
@@ -46,7 +50,9 @@ class Catalog:
         return self.data.default_base_image
 
     def get(self, name: str) -> Entry | None:
-        return self.data.runtimes.get(name) or self.data.tools.get(name) or self.data.services.get(name)
+        data = self.data
+        return (data.runtimes.get(name) or data.tools.get(name) or data.npm_tools.get(name)
+                or data.services.get(name) or data.meta.get(name))
 
     def service(self, name: str) -> Service | None:
         return self.data.services.get(name)
@@ -55,7 +61,8 @@ class Catalog:
         return self.data.dynamic.get(prefix)
 
     def names(self) -> list[str]:
-        return sorted([*self.data.runtimes, *self.data.tools, *self.data.services])
+        data = self.data
+        return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.services, *data.meta])
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every named entry, sorted by name."""

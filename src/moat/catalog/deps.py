@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from moat.catalog import Catalog
-from moat.catalog.model import VERSION_RE, DepType, Runtime, Service, Tool
+from moat.catalog.model import VERSION_RE, DepType, Meta, NpmTool, Runtime, Service, Tool
 from moat.errors import EXIT_USAGE, MoatError
 from moat.suggest import closest
 
@@ -75,6 +75,8 @@ def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, sug
         raise DependencyError(unknown_message(name, catalog, suggest=suggest))
     if version is not None:
         _check_version_text(name, version)
+    if isinstance(entry, Meta):  # resolve_dependencies expands bundles; a single dependency is not one
+        raise DependencyError(f"{name} is a bundle of {', '.join(entry.members)}: name it in dependencies")
     if isinstance(entry, Tool):
         if version is not None:
             raise DependencyError(
@@ -87,6 +89,8 @@ def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, sug
         raise DependencyError(
             f"invalid version {version!r} for {name} — available: {', '.join(entry.versions)}{default}"
         )
+    if isinstance(entry, NpmTool):
+        return Dependency(name, DepType.NPM, version or entry.default, version)
     kind = DepType.RUNTIME if isinstance(entry, Runtime) else DepType.SERVICE
     assert isinstance(entry, Runtime | Service)
     return Dependency(name, kind, version or entry.default, version)
@@ -158,23 +162,40 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
     """
     problems: dict[int, str] = {}
     seen: dict[str, tuple[int, Dependency]] = {}
+    bundled: set[str] = set()  # keys a bundle brought in, not the user by name
     resolved: list[Dependency] = []
     for index, item in enumerate(items):
         try:
-            dep = parse_dependency(item, catalog, suggest=len(problems) < _SUGGEST_AT_MOST)
+            parsed = _expanded(item, catalog, suggest=len(problems) < _SUGGEST_AT_MOST)
         except DependencyError as exc:
             problems[index] = exc.message
             continue
-        earlier = seen.get(dep.key)
-        if earlier is None:
-            seen[dep.key] = (index, dep)
-            resolved.append(dep)
-        elif earlier[1].version != dep.version:
-            problems[index] = (
-                f"{dep.key} is declared twice with different versions"
-                f" ({earlier[1].spec} at dependencies[{earlier[0]}], {dep.spec} here); keep one"
-            )
+        for dep, from_bundle in parsed:
+            earlier = seen.get(dep.key)
+            if earlier is None:
+                seen[dep.key] = (index, dep)
+                resolved.append(dep)
+                if from_bundle:
+                    bundled.add(dep.key)
+            elif earlier[1].version == dep.version or from_bundle:
+                continue  # the same; or a bundle's member named already, as the user wrote it
+            elif dep.key in bundled:
+                # A bundle's member (at its default) named on its own with a version: the version wins.
+                resolved[resolved.index(earlier[1])] = dep
+                seen[dep.key] = (index, dep)
+                bundled.discard(dep.key)
+            else:
+                problems[index] = (
+                    f"{dep.key} is declared twice with different versions"
+                    f" ({earlier[1].spec} at dependencies[{earlier[0]}], {dep.spec} here); keep one"
+                )
     for index, dep in ((seen[d.key][0], d) for d in resolved):
+        entry = catalog.get(dep.name) if dep.type is DepType.NPM else None
+        if isinstance(entry, NpmTool):
+            missing = [r for r in entry.requires if r not in seen]
+            if missing:
+                problems[index] = (f"{dep.name} ({entry.package}) is installed with npm, which needs the"
+                                   f" {' and '.join(missing)} runtime: add '{missing[0]}' to dependencies")
         if dep.manager:
             needed = catalog.dynamic(dep.manager)
             assert needed is not None
@@ -184,6 +205,19 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
                     f" {needed.requires} runtime: add '{needed.requires}' to dependencies"
                 )
     return resolved, problems
+
+
+def _expanded(item: object, catalog: Catalog, *, suggest: bool) -> list[tuple[Dependency, bool]]:
+    """One entry of the list: a dependency, or a bundle's members (each flagged as from a bundle)."""
+    if isinstance(item, str):
+        name, sep, _ = item.strip().partition("@")
+        bundle = catalog.get(name)
+        if isinstance(bundle, Meta):
+            if sep:
+                raise DependencyError(f"{name} is a bundle ({', '.join(bundle.members)}) and takes no version;"
+                                      f" write '{name}'")
+            return [(parse_dependency(member, catalog, suggest=False), True) for member in bundle.members]
+    return [(parse_dependency(item, catalog, suggest=suggest), False)]
 
 
 def quote_packages(deps: list[Dependency], separator: str) -> str:

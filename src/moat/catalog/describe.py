@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moat.catalog import Catalog, Dynamic, Entry, Runtime, Service, Tool
+from moat.catalog import Catalog, Dynamic, Entry, Meta, NpmTool, Runtime, Service, Tool
 from moat.constants import AGENT_ENV_PREFIX
 
 
@@ -13,6 +13,8 @@ def summary(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
     if isinstance(entry, Dynamic):
         return {"name": f"{name}:", "type": "dynamic", "default": None, "versions": [],
                 "description": entry.description}
+    if isinstance(entry, Meta):
+        return {"name": name, "type": "meta", "default": None, "versions": [], "description": entry.description}
     return {"name": name, "type": entry.type, "default": entry.default, "versions": list(entry.versions),
             "description": entry.description}
 
@@ -46,6 +48,10 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
         out["base_image"] = entry.base_image
     elif isinstance(entry, Tool):
         out["apt_package"] = entry.apt
+    elif isinstance(entry, NpmTool):
+        out.update({"npm_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
+    elif isinstance(entry, Meta):
+        out["members"] = list(entry.members)
     else:
         out.update({"requires": entry.requires, "usage": f"{name}:NAME[@VERSION]"})
     return out

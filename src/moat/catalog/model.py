@@ -22,6 +22,7 @@ PROVISION_ITEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
 class DepType(StrEnum):
     RUNTIME = "runtime"
     TOOL = "tool"
+    NPM = "npm"  # a catalog tool installed with npm (the Go tool's type "npm")
     SERVICE = "service"
     DYNAMIC = "dynamic"
 
@@ -61,6 +62,23 @@ class Tool(Versioned):
     type: Literal["tool"] = "tool"
     apt: str  # the Debian package that provides the tool
     binary: str | None = None  # the program it provides, when not named like the tool
+
+
+class NpmTool(Versioned):
+    """A tool published on the npm registry, installed globally into the agent image."""
+
+    type: Literal["npm"] = "npm"
+    package: str  # the npm package, e.g. @openai/codex
+    binary: str  # the program it provides (for messages and the sandbox)
+    requires: tuple[str, ...] = ("node",)  # runtimes or tools it needs declared beside it
+
+
+class Meta(_Frozen):
+    """A bundle: naming it names each of its members (which take their default versions)."""
+
+    type: Literal["meta"] = "meta"
+    description: str
+    members: tuple[str, ...]
 
 
 class EnvAppend(_Frozen):
@@ -162,7 +180,7 @@ class Dynamic(_Frozen):
     name_pattern: str
 
 
-Entry = Runtime | Tool | Service
+Entry = Runtime | Tool | NpmTool | Service | Meta
 
 
 class CatalogData(_Frozen):
@@ -170,6 +188,8 @@ class CatalogData(_Frozen):
     runtimes: dict[str, Runtime]
     tools: dict[str, Tool]
     services: dict[str, Service]
+    npm_tools: dict[str, NpmTool] = Field(default_factory=dict)
+    meta: dict[str, Meta] = Field(default_factory=dict)
     dynamic: dict[str, Dynamic]
     aliases: dict[str, str] = Field(default_factory=dict)  # common wrong name → right name
     not_yet_provided: frozenset[str] = frozenset()  # names the Go moat knows and we lack
@@ -179,11 +199,18 @@ class CatalogData(_Frozen):
     def _names_unique(self) -> CatalogData:
         seen: dict[str, str] = {}
         for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools),
-                              ("services", self.services)):
+                              ("npm_tools", self.npm_tools), ("services", self.services), ("meta", self.meta)):
             for name in entries:
                 if name in seen:
                     raise ValueError(f"{name!r} appears in both {seen[name]} and {kind}")
                 seen[name] = kind
+        for name, bundle in self.meta.items():
+            outside = [m for m in bundle.members if seen.get(m) not in ("runtimes", "tools", "npm_tools")]
+            if outside:
+                raise ValueError(f"meta {name!r} lists {outside}, which are not tools or runtimes of the catalog")
+        for name, tool in self.npm_tools.items():
+            if any(r not in seen for r in tool.requires):
+                raise ValueError(f"{name!r} requires {tool.requires}, not all in the catalog")
         for wrong, right in self.aliases.items():
             if right not in seen:
                 raise ValueError(f"alias {wrong!r} points to unknown {right!r}")

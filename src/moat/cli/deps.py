@@ -12,7 +12,7 @@ from moat.catalog.model import DepType
 if TYPE_CHECKING:
     from moat.catalog import Catalog
 
-_TYPES = [t.value for t in DepType]
+_TYPES = [*(t.value for t in DepType), "meta"]
 
 
 @click.group()
@@ -85,7 +85,8 @@ def _print_details(data: dict[str, Any]) -> None:
         "versions": "Versions", "image": "Image", "port": "Port", "variables": "Agent variables",
         "url": "URL", "credentials": "Credentials", "readiness": "Ready when", "provisions": "Provisions",
         "base_image": "Base image",
-        "apt_package": "Debian package", "requires": "Requires", "usage": "Usage",
+        "apt_package": "Debian package", "npm_package": "npm package", "binary": "Program",
+        "members": "Members", "requires": "Requires", "usage": "Usage",
         "min_memory_mb": "Minimum memory (MB)",
     }
     for key, label in labels.items():

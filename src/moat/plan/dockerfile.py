@@ -6,9 +6,10 @@ editing a pip package does not re-run apt.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
-from moat.catalog import Catalog, DepType, Runtime, Tool
+from moat.catalog import Catalog, DepType, NpmTool, Runtime, Tool
 from moat.catalog.deps import Dependency, quote_packages
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
@@ -61,6 +62,15 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime) and dep.version
         lines += [line.replace("{version}", dep.version) for line in entry.install]
+    npm_tools = sorted((d for d in deps if d.type is DepType.NPM), key=lambda d: d.name)
+    if npm_tools:  # after the runtimes (npm comes with node), before the packages people change most
+        specs = []
+        for dep in npm_tools:
+            entry = catalog.get(dep.name)
+            assert isinstance(entry, NpmTool)
+            specs.append(f"{entry.package}@{dep.version}" if dep.version else entry.package)
+        lines.append("RUN npm install --global --no-fund --no-audit --no-update-notifier "
+                     + " ".join(shlex.quote(spec) for spec in specs))
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None

@@ -131,6 +131,7 @@ def caveats(plan: Plan, identity: Identity, limits: cgroups.Cgroups) -> list[str
 
 def check_tools(image: ImageSpec, on_line: ProgressCallback) -> None:
     """No image is built: every declared runtime and tool must already be on the host."""
+    from moat.catalog import NpmTool  # noqa: PLC0415 — as below
     from moat.catalog.deps import parse_dependency  # noqa: PLC0415 — a cycle otherwise
 
     catalog = load_catalog()
@@ -143,15 +144,18 @@ def check_tools(image: ImageSpec, on_line: ProgressCallback) -> None:
                                    "or use --runtime docker.")
         entry: Any = catalog.get(dep.name)
         program = getattr(entry, "binary", None) or dep.name
-        package = getattr(entry, "apt", None) or getattr(entry, "package", dep.name)
         found = shutil.which(program)
         if found is None:
-            missing.append((program, package))
+            missing.append((program, entry))
         else:
             on_line(f"{dep.spec}: {found}")
     if missing:
-        named = ", ".join(f"`{program}` (Debian package {package})" for program, package in missing)
-        packages = " ".join(str(package) for _, package in missing)
+        from_npm = [(p, e.package) for p, e in missing if isinstance(e, NpmTool)]
+        from_apt = [(p, getattr(e, "apt", None) or getattr(e, "package", p)) for p, e in missing
+                    if not isinstance(e, NpmTool)]
+        named = ", ".join([*(f"`{p}` (Debian package {pkg})" for p, pkg in from_apt),
+                           *(f"`{p}` (npm package {pkg})" for p, pkg in from_npm)])
+        how = [f"sudo apt-get install {' '.join(str(pkg) for _, pkg in from_apt)}"] if from_apt else []
+        how += [f"npm install --global {' '.join(pkg for _, pkg in from_npm)}"] if from_npm else []
         raise EngineError(f"the sandbox runtime uses the host's tools, and these are missing: {named}",
-                          hint=f"Install them (sudo apt-get install {packages}),"
-                               " or use --runtime docker.")
+                          hint=f"Install them ({'; '.join(how)}), or use --runtime docker.")
