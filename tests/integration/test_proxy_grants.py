@@ -412,6 +412,16 @@ def _strict(world: World, run_id: str, *entries: tuple[str, list[str]]) -> tuple
     return token, trace
 
 
+def _raw_tunnel(world: World, token: str, target: str) -> socket.socket:
+    """A CONNECT the proxy accepted, left open for raw bytes."""
+    sock = socket.create_connection(("127.0.0.1", world.info.port), timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                 f"Proxy-Authorization: {proxy_auth(token)}\r\n\r\n".encode())
+    head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
 def test_a_host_the_policy_refuses_is_refused_before_its_name_is_looked_up(world: World) -> None:
     # A lookup is a way out (the name carries data to a resolver, the answer comes back): the
     # policy's refusal comes first, as a request rule, not as what the name resolved to.
@@ -426,11 +436,7 @@ def test_raw_bytes_in_a_tunnel_to_a_host_with_rules_are_cut(world: World) -> Non
     # mitmproxy relays a tunnel whose first bytes do not look like HTTP as raw TCP; a request split
     # after its first byte would pass the rules unread. The tunnel is cut when it starts.
     token, trace = _strict(world, "run_rawtcp", ("api.github.com", ["allow GET /echo/ok/**"]))
-    with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
-        sock.sendall(f"CONNECT api.github.com:80 HTTP/1.1\r\nHost: api.github.com:80\r\n"
-                     f"Proxy-Authorization: {proxy_auth(token)}\r\n\r\n".encode())
-        head = sock.recv(65536)
-        assert head.startswith(b"HTTP/1.1 200"), head
+    with _raw_tunnel(world, token, "api.github.com:80") as sock:
         sock.sendall(b"P")
         time.sleep(0.3)
         with contextlib.suppress(OSError):
@@ -449,10 +455,7 @@ def test_raw_bytes_in_a_tunnel_to_a_host_with_rules_are_cut(world: World) -> Non
 def test_raw_bytes_to_a_host_the_policy_allows_whole_pass(world: World) -> None:
     # The first entry that names the host decides, as for requests (review): listed whole, it is open.
     token, trace = _strict(world, "run_rawok", ("api.github.com", []), ("*.github.com", ["allow GET /x/**"]))
-    with socket.create_connection(("127.0.0.1", world.info.port), timeout=10) as sock:
-        sock.sendall(f"CONNECT api.github.com:80 HTTP/1.1\r\nHost: api.github.com:80\r\n"
-                     f"Proxy-Authorization: {proxy_auth(token)}\r\n\r\n".encode())
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    with _raw_tunnel(world, token, "api.github.com:80") as sock:
         sock.sendall(b"P")
         time.sleep(0.3)
     lines = wait_for_trace(trace, 1)
