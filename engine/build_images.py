@@ -7,7 +7,7 @@ No image registry is reachable on moat's machines, so every image a test uses is
   sources, slimmed, imported with ``docker import`` (recipe: ``engine/base/``; the rootfs tar is
   cached under /var/cache/moat-engine so a re-import is quick);
 * one image per directory ``engine/images/<name>/`` holding a ``Dockerfile``: tagged
-  ``moat-test/<name>:latest`` (or the first line of an optional ``TAG`` file there), built with
+  ``moat-test/<name>:latest`` (or the words of an optional ``TAG`` file there: the first is its tag, the rest more tags), built with
   ``docker build --network host`` (dockerd runs with --iptables=false, so a build's apt-get
   needs the host network). Adding an image = adding a directory.
 
@@ -31,8 +31,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +199,7 @@ class Image:
     directory: Path
     deps: list[str] = field(default_factory=list)  # tags this image is built FROM
     hash: str = ""
+    aliases: tuple[str, ...] = ()  # more tags for the same image (the TAG file's further words)
 
     @property
     def is_base(self) -> bool:
@@ -211,8 +214,8 @@ def discover() -> dict[str, Image]:
             if not dockerfile.is_file():
                 continue
             tag_file = d / "TAG"
-            tag = (tag_file.read_text().split() or [""])[0] if tag_file.exists() else ""
-            img = Image(d.name, tag or f"moat-test/{d.name}:latest", d)
+            tags = tag_file.read_text().split() if tag_file.exists() else []
+            img = Image(d.name, tags[0] if tags else f"moat-test/{d.name}:latest", d, aliases=tuple(tags[1:]))
             stages = set()
             for m in re.finditer(
                 r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?",
@@ -345,9 +348,46 @@ def install_debootstrap(log: Path) -> None:
                 raise BuildError("apt-get install debootstrap failed\n" + tail(log, 20))
 
 
+def fetch_inputs(img: Image, context: Path) -> None:
+    """Download the files an image's ``FETCH`` lists (``URL SHA256 NAME`` per line) into its build
+    context, each checked against its sha256. Downloads run here, on the host, which trusts this
+    machine's TLS-inspecting egress proxy; a build's own curl would not. Cached by checksum."""
+    fetch = img.directory / "FETCH"
+    if not fetch.exists():
+        return
+    downloads = CACHE_DIR / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    for line in fetch.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        url, sha256, name = line.split()
+        cached = downloads / sha256
+        if not cached.exists() or hashlib.sha256(cached.read_bytes()).hexdigest() != sha256:
+            say(f"image {img.tag}: fetching {url}")
+            partial = cached.with_suffix(".part")
+            with urllib.request.urlopen(url, timeout=120) as response, open(partial, "wb") as out:  # noqa: S310
+                shutil.copyfileobj(response, out)
+            got = hashlib.sha256(partial.read_bytes()).hexdigest()
+            if got != sha256:
+                partial.unlink()
+                raise BuildError(f"image {img.tag}: {url} has sha256 {got}, FETCH pins {sha256}")
+            partial.rename(cached)
+        shutil.copyfile(cached, context / name)
+
+
 def build_service(img: Image) -> str:
     log = LOG_DIR / f"{img.name}.log"
     say(f"image {img.tag}: building (log {log})")
+    if (img.directory / "FETCH").exists():
+        with tempfile.TemporaryDirectory(prefix=f"moat-build-{img.name}-") as tmp:
+            context = Path(tmp) / "context"
+            shutil.copytree(img.directory, context)
+            fetch_inputs(img, context)
+            return _docker_build(img, context, log)
+    return _docker_build(img, img.directory, log)
+
+
+def _docker_build(img: Image, context: Path, log: Path) -> str:
     run_logged(
         [
             "docker",
@@ -360,7 +400,8 @@ def build_service(img: Image) -> str:
             f"{LABEL}={img.hash}",
             "-t",
             img.tag,
-            str(img.directory),
+            *(arg for alias in img.aliases for arg in ("-t", alias)),
+            str(context),
         ],
         log,
     )
@@ -371,7 +412,7 @@ def ensure_image(img: Image, force: bool, sources: tuple[str, str]) -> bool:
     """Returns True if something was built."""
     t0 = time.monotonic()
     current = image_label(img.tag)
-    if current == img.hash and not force:
+    if current == img.hash and not force and all(image_label(a) == img.hash for a in img.aliases):
         say(
             f"image {img.tag}: up to date ({img.hash[:12]}) [{time.monotonic() - t0:.1f}s]"
         )

@@ -1,7 +1,7 @@
 """The import graph: layers import downward only, no module imports itself in a circle, and only
 ``runtime/`` touches an engine SDK.
 
-    __main__ → cli → run → services → runtime → plan → config/cache → catalog → base
+    __main__ → cli → run → services → runtime → plan/agents → config/cache → catalog → base
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "moat"
 
 # Lower numbers are lower layers. Base modules (errors, constants, files, ownership, masking, …) are 0.
-RANKS = {"catalog": 1, "config": 2, "cache": 2, "credentials": 2, "policy": 2, "plan": 3, "runtime": 4, "services": 5,
+RANKS = {"catalog": 1, "config": 2, "cache": 2, "credentials": 2, "policy": 2, "plan": 3, "agents": 3, "runtime": 4, "services": 5,
          "proxy": 5, "run": 6, "cli": 7, "__main__": 8}
 ENGINE_SDKS = ("docker", "kubernetes")
 

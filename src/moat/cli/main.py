@@ -18,6 +18,11 @@ from moat.masking import scrub
 # `moat --help` and `moat deps list` from paying for pydantic, docker or rich.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("moat.cli.run:run", "Run a command in an isolated container with its services."),
+    "claude": ("moat.cli.agents:claude", "Run Claude Code in an isolated container (its credential via the proxy)."),
+    "codex": ("moat.cli.agents:codex", "Run OpenAI Codex in an isolated container (its credential via the proxy)."),
+    "gemini": ("moat.cli.agents:gemini", "Run Gemini CLI in an isolated container (its credential via the proxy)."),
+    "copilot": ("moat.cli.agents:copilot", "Run GitHub Copilot CLI in an isolated container (token via the proxy)."),
+    "pi": ("moat.cli.agents:pi", "Run the pi coding agent in an isolated container (its key via the proxy)."),
     "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
     "cache": ("moat.cli.cache:cache", "List and clean the host cache of provisioned items (ollama models)."),
     "list": ("moat.cli.runs:list_runs", "List runs, newest first (--all includes finished ones)."),

@@ -7,12 +7,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from moat.constants import RUNTIMES
 from moat.errors import UsageError
+
+if TYPE_CHECKING:
+    from moat.cli.agentinputs import AgentRequest
 
 COMMAND_META = "moat.command"
 
@@ -28,34 +31,43 @@ class RunCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def common_options(function: Any) -> Any:
+    """The options every command that starts a run takes (``moat run`` and the agent commands)."""
+    options = [
+        click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
+                     help="Set a variable for the agent (repeatable); KEY alone copies it from your environment."),
+        click.option("-n", "--name", help="A name for the run (default: moat.yaml's name, else a random one)."),
+        click.option("--runtime", type=click.Choice(RUNTIMES),
+                     help="Where to run (default: moat.yaml's runtime, $MOAT_RUNTIME, else docker when an engine "
+                          "answers and the bubblewrap sandbox otherwise)."),
+        click.option("-d", "--detach", is_flag=True,
+                     help="Return once the agent has started; a supervisor records it and tears the run down."),
+        click.option("--rebuild", is_flag=True, help="Rebuild the agent image even if it is up to date."),
+        click.option("--keep", is_flag=True,
+                     help="Keep the agent container after it exits (services are removed)."),
+        click.option("--grant", "grants", multiple=True, metavar="PROVIDER[:SCOPES]",
+                     help="Give the agent a stored credential, injected by moat's proxy (repeatable; adds to"
+                          " moat.yaml's grants)."),
+        click.option("--profile", envvar="MOAT_PROFILE", metavar="NAME",
+                     help="The credential profile the grants come from (default: $MOAT_PROFILE; see `moat grant`)."),
+        click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
+                     help="Let the agent reach HOST (or *.example.com) in this run, as a network.rules entry would"
+                          " (repeatable; matters under network.policy: strict)."),
+        click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing."),
+        click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @click.command(cls=RunCommand)
 @click.argument("path", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
-              help="Set a variable for the agent (repeatable); KEY alone copies it from your environment.")
-@click.option("-n", "--name", help="A name for the run (default: moat.yaml's name, else a random one).")
-@click.option("--runtime", type=click.Choice(RUNTIMES),
-              help="Where to run (default: moat.yaml's runtime, $MOAT_RUNTIME, else docker when an engine "
-                   "answers and the bubblewrap sandbox otherwise).")
 @click.option("-i", "--interactive/--no-interactive", default=None,
               help="Attach your terminal to the agent (default: moat.yaml's interactive).")
-@click.option("-d", "--detach", is_flag=True,
-              help="Return once the agent has started; a supervisor records it and tears the run down.")
-@click.option("--rebuild", is_flag=True, help="Rebuild the agent image even if it is up to date.")
-@click.option("--keep", is_flag=True, help="Keep the agent container after it exits (services are removed).")
-@click.option("--grant", "grants", multiple=True, metavar="PROVIDER[:SCOPES]",
-              help="Give the agent a stored credential, injected by moat's proxy (repeatable; adds to"
-                   " moat.yaml's grants).")
-@click.option("--profile", envvar="MOAT_PROFILE", metavar="NAME",
-              help="The credential profile the grants come from (default: $MOAT_PROFILE; see `moat grant`).")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
-              help="Let the agent reach HOST (or *.example.com) in this run, as a network.rules entry would"
-                   " (repeatable; matters under network.policy: strict).")
-@click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@common_options
 @click.pass_context
-def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, runtime: str | None,
-        interactive: bool | None, detach: bool, rebuild: bool, keep: bool, grants: tuple[str, ...],
-        profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool, as_json: bool) -> Any:
+def run(ctx: click.Context, /, path: Path, interactive: bool | None, **options: Any) -> Any:
     """Run a command in an isolated container against the workspace PATH (default: .), with the
     services moat.yaml declares started, ready and described in MOAT_* variables.
 
@@ -64,7 +76,16 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
       moat run -- psql "$MOAT_POSTGRES_URL" -c 'select 1'
       moat run ./project --dry-run
     """
+    return start_run(path, ctx.meta.get(COMMAND_META, ()), interactive, **options)
+
+
+def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *, env: tuple[str, ...],
+              name: str | None, runtime: str | None, detach: bool, rebuild: bool, keep: bool,
+              grants: tuple[str, ...], profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool,
+              as_json: bool, agent: AgentRequest | None = None) -> int:
+    """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import load_catalog
+    from moat.cli.agentinputs import choose_grant, grant_env_of, with_dependencies
     from moat.cli.planview import render_plan
     from moat.cli.runinputs import (
         check_configured_grants,
@@ -92,13 +113,22 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     catalog = load_catalog()
     config = load_config(workspace, catalog)
     require_supported(config)
+    if agent is not None:
+        config = with_dependencies(config, agent.agent, catalog)
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     stat = workspace.stat()
     invoker = (os.getuid(), os.getgid())
     home = moat_home()
     run_id = new_run_id()
     check_configured_grants(config, home)
-    resolved = resolve_grants(grant_names(config.model.grants, grants), home, run_id, profile)
+    names = grant_names(config.model.grants, grants)
+    agent_grant = choose_grant(agent.agent, agent.options, config, names, home, profile) if agent else None
+    if agent_grant is not None and agent_grant not in names:
+        names.append(agent_grant)
+    resolved = resolve_grants(names, home, run_id, profile)
+    setup = None
+    if agent is not None:
+        setup = agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved, agent_grant))
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
     network = config.model.network
     policed = network.policy == "strict" or bool(network.rules)
@@ -109,7 +139,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
     proxy_ca = proxy_ca_for(home, create=not dry_run) if uses_proxy else None
     request = RunRequest(
         workspace=workspace,
-        command=ctx.meta.get(COMMAND_META, ()),
+        command=command,
         env=env,
         name=name,
         runtime=runtime,
@@ -124,6 +154,7 @@ def run(ctx: click.Context, path: Path, env: tuple[str, ...], name: str | None, 
         secrets=secrets,
         proxy_ca=proxy_ca,
         allow_hosts=allow_hosts,
+        agent=setup,
     )
     plan = build_plan(config, request, catalog, run_id=run_id)
     if dry_run:

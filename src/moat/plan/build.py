@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from moat.agents.model import CONTEXT_ARGUMENT, INIT_SCRIPT, INIT_VARIABLE, AgentSetup
 from moat.catalog import Catalog, DepType
 from moat.config.load import Config
 from moat.constants import (
@@ -32,6 +33,7 @@ from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
 from moat.plan import dockerfile
+from moat.plan.buildca import build_ca
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
 from moat.plan.contract import contract, generate_password
@@ -82,6 +84,8 @@ class RuntimeTraits:
     # The agent's context file may also go where Claude Code reads managed memory (/etc/claude-code);
     # the sandbox shows the host's /etc, where nothing can be mounted.
     managed_memory: bool = False
+    # The agent's image is built from the plan's Dockerfile (the sandbox uses the host's programs).
+    builds_images: bool = True
 
 
 TRAITS = {
@@ -90,7 +94,7 @@ TRAITS = {
                             pods=True, managed_memory=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
-                             grant_files="/tmp/moat-grants"),  # noqa: S108 — its private /tmp
+                             grant_files="/tmp/moat-grants", builds_images=False),  # noqa: S108 — its /tmp
 }
 
 
@@ -114,13 +118,16 @@ class RunRequest:
     secrets: Mapping[str, str] = field(default_factory=dict)  # moat.yaml's secrets, resolved (name → value)
     proxy_ca: Path | None = None  # moat's public CA certificate, when the run uses the proxy
     allow_hosts: tuple[str, ...] = ()  # --allow-host: hosts added to network.rules for this run
+    agent: AgentSetup | None = None  # moat claude & co.: the agent's command, environment and files
 
 
-def image_tag(dependency_specs: list[str], dockerfile_text: str) -> str:
+def image_tag(dependency_specs: list[str], dockerfile_text: str, context: Mapping[str, str] | None = None) -> str:
     digest = hashlib.sha256()
     digest.update("\n".join(sorted(dependency_specs)).encode())
     digest.update(b"\0")
     digest.update(dockerfile_text.encode())
+    for name, text in sorted((context or {}).items()):  # what the Dockerfile COPYs is the image too
+        digest.update(f"\0{name}\0".encode() + text.encode())
     return f"{AGENT_IMAGE_REPO}:{digest.hexdigest()[:16]}"
 
 
@@ -148,12 +155,14 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     members = pod_network(holder_name(run_id)) if traits.pods else network
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
-    inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid)
+    ca = build_ca(request.host_env) if traits.builds_images else None
+    inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca)
     text = dockerfile.render(inputs, catalog)
+    build_context = {dockerfile.BUILD_CA_FILE: ca} if ca else {}
     # Services run in their own images: only what is built into the agent image names its tag.
     specs = sorted(d.spec for d in config.dependencies if d.type is not DepType.SERVICE)
-    image = ImageSpec(image_tag(specs, text), base, text, tuple(specs), identity.uid, identity.gid,
-                      base_image_explicit=bool(model.base_image))
+    image = ImageSpec(image_tag(specs, text, build_context), base, text, tuple(specs), identity.uid, identity.gid,
+                      base_image_explicit=bool(model.base_image), context=build_context)
 
     services: list[ServiceSpec] = []
     secrets: set[str] = set()
@@ -171,6 +180,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                        traits.ca_path, route, new_token())
     context_target = f"{traits.grant_files}/{CONTEXT_FILE}"
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name, CONTEXT_VARIABLE: context_target}
+    agent_init = f"{traits.grant_files}/agent-init"  # where an agent's staged home files are mounted
+    if request.agent is not None and request.agent.home_files:
+        env[INIT_VARIABLE] = agent_init
     for service in services:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
@@ -193,6 +205,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
             Located(where, clash_message(where[1], env), *config.marks.locate(where, prefer_key=True))
             for where in clashes
         ])
+    if request.agent is not None:  # under moat.yaml's env and -e: a user's setting wins
+        env.update({k: v for k, v in request.agent.env.items() if not taken(k)})
     env.update(model.env)
     env.update(request.secrets)  # moat.yaml's secrets, resolved: values the agent needs, masked everywhere
     secrets |= {v for v in request.secrets.values() if v}
@@ -213,6 +227,17 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         proxy = replace(proxy, registration=replace(proxy.registration, mask=tuple(sorted(secrets))))
     interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
+    agent_files: list[tuple[str, str, str]] = []  # (host file, where the agent sees it, text)
+    agent_command: tuple[str, ...] = ()  # what the agent's container runs, when it is not ``command``
+    if request.agent is not None:
+        setup = request.agent
+        command = tuple(context_target if arg == CONTEXT_ARGUMENT else arg for arg in setup.command)
+        if request.interactive is None:
+            interactive = setup.interactive
+        agent_files = [(str(scratch / "agent-init" / relative.replace("/", "__")), f"{agent_init}/{relative}", text)
+                       for relative, text in sorted(setup.home_files.items())]
+        if agent_files:
+            agent_command = ("/bin/sh", "-c", INIT_SCRIPT, "moat-agent-init", *command)
     if not command:
         command = DEFAULT_COMMAND
         if request.interactive is None and not model.interactive:
@@ -237,14 +262,14 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         image=image.tag,
         labels={**labels, LABEL_ROLE: ROLE_AGENT},
         network=members,
-        command=(*HOLD_WRAPPER, *command) if held else tuple(command),
+        command=(*HOLD_WRAPPER, *(agent_command or command)) if held else tuple(agent_command or command),
         env=env,
         working_dir=WORKSPACE_MOUNT,
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
-                *(Mount(source, target, read_only=True) for source, target, _ in files.values()),
+                *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
                 *context_mounts),
-        files=(*((source, text) for source, _, text in files.values()), (context_file, context)),
+        files=(*((source, text) for source, _, text in (*files.values(), *agent_files)), (context_file, context)),
         # In a pod the holder has them (Docker refuses them on a joined container).
         extra_hosts=() if holder is not None else proxy_hosts(proxy),
         user=identity.user,

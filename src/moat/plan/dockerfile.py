@@ -15,6 +15,12 @@ from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
 # Always installed: TLS roots for anything that talks HTTPS.
 BASE_APT = ("ca-certificates",)
+# The build's extra certificate authorities (MOAT_BUILD_CA_CERTS), under this name in the context.
+BUILD_CA_FILE = "moat-build-ca.crt"
+# Tools that do not read the system's roots by default are pointed at them (node has its own copy,
+# pip its certifi bundle).
+BUILD_CA_ENV = ("NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt "
+                "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,9 @@ class ImageInputs:
     dependencies: tuple[Dependency, ...]
     uid: int
     gid: int
+    # PEM text of certificate authorities the build must trust: behind a TLS-inspecting proxy,
+    # npm's, pip's and curl's downloads fail without the proxy's CA. Baked into the image's roots.
+    build_ca: str | None = None
 
 
 def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: str | None) -> str:
@@ -58,6 +67,9 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         f" && apt-get install -y --no-install-recommends {' '.join(sorted(apt))} \\\n"
         " && rm -rf /var/lib/apt/lists/*"
     )
+    if inputs.build_ca:  # after apt (over plain HTTP, it brings update-ca-certificates), before any download
+        lines += [f"COPY {BUILD_CA_FILE} /usr/local/share/ca-certificates/{BUILD_CA_FILE}",
+                  "RUN update-ca-certificates >/dev/null", f"ENV {BUILD_CA_ENV}"]
     for dep in to_install:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime) and dep.version

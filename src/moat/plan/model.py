@@ -30,6 +30,8 @@ class ImageSpec:
     uid: int
     gid: int
     base_image_explicit: bool = False  # moat.yaml's base_image chose it
+    # Files the Dockerfile COPYs (name → text), sent with it as the build context: the build CA.
+    context: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class Plan:
                 "uid": self.image.uid,
                 "gid": self.image.gid,
                 "dockerfile": self.image.dockerfile,
+                "context_files": sorted(self.image.context),
             },
             "services": [_service_dict(s, mask) for s in self.services],
             "env": mask.mapping(self.env),

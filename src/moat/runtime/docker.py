@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -240,10 +241,11 @@ class DockerRuntime:
 
     def build_image(self, image: ImageSpec, labels: Mapping[str, str], on_line: ProgressCallback,
                     no_cache: bool = False) -> None:
-        tag, dockerfile = image.tag, image.dockerfile
+        tag = image.tag
         recent: list[str] = []
+        context = _build_context(image)
         events = self._call(f"building image {tag}", lambda: self.api.build(
-            fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True, decode=True,
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True,
             labels=dict(labels), network_mode=BUILD_NETWORK, nocache=no_cache))
         for event in _streamed(events, f"building image {tag}"):
             if "error" in event:
@@ -537,3 +539,16 @@ class DockerRuntime:
     def remove_volume(self, name: str) -> None:
         with _gone_is_fine(f"removing volume {name}"):
             self.api.remove_volume(name, force=True)
+
+
+def _build_context(image: ImageSpec) -> io.BytesIO:
+    """The Dockerfile and the files it COPYs, as the tar the engine's build API takes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in {"Dockerfile": image.dockerfile, **image.context}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer

@@ -1,0 +1,68 @@
+"""The shape every agent integration shares, and the helpers they use."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from moat.agents.model import AgentOptions, AgentSetup
+from moat.config.schema import LocalMcpServer, MoatConfig
+from moat.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Agent(ABC):
+    """One agent CLI: how moat installs it, which credentials it can use, and how it is set up."""
+
+    name: str  # the command: moat claude
+    title: str  # Claude Code
+    dependency: str  # the catalog's entry that installs it
+    grants: tuple[str, ...]  # providers it can use, preferred first
+    grant_hint: str  # what to run when none is stored
+    # Needed beside it (git for the agents' own use of the workspace; node installs npm tools).
+    extra_dependencies: tuple[str, ...] = ("node@22", "git")
+    takes_initial_prompt: bool = True  # `moat X -- words` starts the session with them
+    resumable: bool = False  # -c/-r
+
+    def preferred_grants(self, options: AgentOptions, config: MoatConfig) -> tuple[str, ...]:
+        """The providers to look for, in order (pi's follow the backend it is told to use)."""
+        return self.grants
+
+    @abstractmethod
+    def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
+              grant_env: Mapping[str, str]) -> AgentSetup:
+        """The run's additions for this agent; ``grant_env`` holds the grant's placeholder variables."""
+
+    def base(self, grant: str | None, command: tuple[str, ...], options: AgentOptions, **kw: Any) -> AgentSetup:
+        return AgentSetup(self.name, (*self.extra_dependencies, self.dependency), grant, command,
+                          interactive=options.prompt is None, **kw)
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def stdio_servers(servers: Mapping[str, LocalMcpServer], agent: str) -> dict[str, dict[str, Any]]:
+    """moat.yaml's local MCP servers (started by the agent inside the container), in the shape the
+    agents' JSON configuration takes."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, server in servers.items():
+        if server.grant:
+            raise UsageError(f"{agent}.mcp.{name}.grant: giving a local MCP server a grant is not supported yet",
+                             hint=f"Remove grant from {agent}.mcp.{name} (the server can still use the run's"
+                                  " grants through the proxy like any other program).")
+        entry: dict[str, Any] = {"type": "stdio", "command": server.command, "args": list(server.args)}
+        if server.env:
+            entry["env"] = dict(server.env)
+        if server.cwd:
+            entry["cwd"] = server.cwd
+        out[name] = entry
+    return out
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (JSON's escaping is TOML's, for the characters JSON escapes)."""
+    return json.dumps(value, ensure_ascii=False)

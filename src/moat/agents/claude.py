@@ -1,0 +1,63 @@
+"""Claude Code (``moat claude``): the Go tool's staging, with the credential left to the proxy.
+
+The container is the boundary, so permissions are skipped unless ``--noyolo``; onboarding and the
+workspace's trust dialog are answered; auto-update, telemetry and error reports are off (the image
+is rebuilt to update, and under a strict policy they would only be refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from moat.agents.base import Agent, pretty_json, stdio_servers
+from moat.agents.model import AgentOptions, AgentSetup
+from moat.config.schema import MoatConfig
+from moat.constants import WORKSPACE_MOUNT
+
+API_KEY_VARIABLE = "ANTHROPIC_API_KEY"
+QUIET_ENV = {
+    # One switch for auto-update, telemetry, error reporting and feedback.
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    # Claude Code refuses to skip permissions as root unless it is told it runs in a sandbox; it does
+    # (a root-owned workspace runs the agent as uid 0, without capabilities, in its container).
+    "IS_SANDBOX": "1",
+}
+
+
+class Claude(Agent):
+    def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
+              grant_env: Mapping[str, str]) -> AgentSetup:
+        block = config.claude
+        command = ["claude"]
+        if options.yolo:
+            command.append("--dangerously-skip-permissions")
+        if options.continue_session:
+            command.append("--continue")
+        if options.resume:
+            command += ["--resume", options.resume]
+        if options.prompt is not None:
+            command += ["-p", options.prompt]
+        elif options.initial:
+            command.append(options.initial)
+        state: dict[str, object] = {
+            "hasCompletedOnboarding": True,
+            "theme": "dark",
+            "projects": {WORKSPACE_MOUNT: {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}},
+        }
+        key = grant_env.get(API_KEY_VARIABLE)
+        if key:  # the placeholder is the key Claude Code sees: approved up front, as a user would
+            state["customApiKeyResponses"] = {"approved": [key[-20:]], "rejected": []}
+        servers = stdio_servers(block.mcp, "claude")
+        if servers:
+            state["mcpServers"] = servers
+        settings: dict[str, object] = {}
+        if options.yolo:
+            settings = {"permissions": {"defaultMode": "bypassPermissions"}, "skipDangerousModePermissionPrompt": True}
+        files = {".claude.json": pretty_json(state), ".claude/settings.json": pretty_json(settings)}
+        return self.base(grant, tuple(command), options, env={**QUIET_ENV, **block.env}, home_files=files)
+
+
+CLAUDE = Claude("claude", "Claude Code", "claude-code", ("claude", "anthropic"),
+                "`moat grant claude` (a Claude subscription: `claude setup-token`) or `moat grant anthropic`"
+                " (an API key)", resumable=True)

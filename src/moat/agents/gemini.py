@@ -1,0 +1,34 @@
+"""Google's Gemini CLI (``moat gemini``): API-key mode, usage statistics and update checks off."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from moat.agents.base import Agent, pretty_json, stdio_servers
+from moat.agents.model import AgentOptions, AgentSetup
+from moat.config.schema import MoatConfig
+
+
+class Gemini(Agent):
+    def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
+              grant_env: Mapping[str, str]) -> AgentSetup:
+        command = ["gemini"]
+        if options.yolo:
+            command.append("--yolo")
+        if options.prompt is not None:
+            command += ["-p", options.prompt]
+        elif options.initial:
+            command += ["-i", options.initial]
+        settings: dict[str, object] = {
+            "security": {"auth": {"selectedType": "gemini-api-key"}},
+            "privacy": {"usageStatisticsEnabled": False},
+            "general": {"disableAutoUpdate": True, "disableUpdateNag": True},
+        }
+        servers = stdio_servers(config.gemini.mcp, "gemini")
+        if servers:
+            settings["mcpServers"] = {name: {k: v for k, v in entry.items() if k != "type"}
+                                      for name, entry in servers.items()}
+        return self.base(grant, tuple(command), options, home_files={".gemini/settings.json": pretty_json(settings)})
+
+
+GEMINI = Gemini("gemini", "Gemini CLI", "gemini-cli", ("gemini",), "`moat grant gemini` (an API key)")

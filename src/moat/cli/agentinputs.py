@@ -1,0 +1,62 @@
+"""What an agent command (``moat claude`` …) adds to a run before it is planned: the agent's
+dependencies beside moat.yaml's, and the credential it uses, chosen from what the user has stored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from moat.agents.base import Agent
+from moat.agents.model import AgentOptions
+from moat.catalog import Catalog
+from moat.catalog.deps import parse_dependency
+from moat.config.load import Config
+from moat.errors import UsageError
+from moat.plan.proxy import ResolvedGrant
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    agent: Agent
+    options: AgentOptions
+
+
+def with_dependencies(config: Config, agent: Agent, catalog: Catalog) -> Config:
+    """moat.yaml's dependencies and the agent's; where moat.yaml names one (``node@20``) it wins."""
+    declared = {d.key for d in config.dependencies}
+    added = [d for d in (parse_dependency(spec, catalog) for spec in (*agent.extra_dependencies, agent.dependency))
+             if d.key not in declared]
+    return replace(config, dependencies=(*config.dependencies, *added))
+
+
+def choose_grant(agent: Agent, options: AgentOptions, config: Config, names: list[str], home: Path,
+                 profile: str | None) -> str:
+    """The provider whose credential the agent uses: one the run already names (moat.yaml's grants,
+    --grant), else the first of the agent's that is stored. None stored is an error saying what to do."""
+    from moat.credentials.providers.registry import ProviderRegistry
+    from moat.credentials.store import CredentialStore
+
+    preferred = agent.preferred_grants(options, config.model)
+    providers = ProviderRegistry.load(home)
+    for name in names:
+        provider = providers.find(name)
+        if provider is not None and provider.name in preferred:
+            return provider.name
+    stored = set(CredentialStore(home, profile).names())
+    for candidate in preferred:
+        if candidate in stored:
+            return candidate
+    where = f" in profile '{profile}'" if profile else ""
+    raise UsageError(f"{agent.title} needs a credential and none is stored{where}"
+                     f" ({' or '.join(preferred)}); nothing was started",
+                     hint=f"Store one with {agent.grant_hint}, then run again. moat's proxy puts it into the"
+                          " agent's requests: the agent itself only ever sees a placeholder.")
+
+
+def grant_env_of(resolved: tuple[ResolvedGrant, ...], provider: str | None) -> Mapping[str, str]:
+    """The placeholder variables of the agent's grant (``ANTHROPIC_API_KEY`` → its placeholder)."""
+    for grant in resolved:
+        if grant.name.split(":", 1)[0] == provider:
+            return grant.env
+    return {}

@@ -1,0 +1,118 @@
+"""The agent commands end to end: each agent CLI, installed from the npm registry into a real image,
+run with ``-p`` under a strict policy against a local stand-in of its model API.
+
+The "internet" is local: ``tests.llm_standin`` answers for api.anthropic.com, api.openai.com … on
+127.0.0.1, reached through a stand-in corporate proxy that moat's proxy is told about (HTTPS_PROXY in
+moat's environment). The agents use their real API hosts; the policy admits only the grant's host;
+their telemetry and update checks are off. Nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import WORKSPACE_UID, run_moat, runs, write_workspace
+from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
+from tests.upstream import StandIn, make_ca, stand_in_proxy
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+# Pinned, so that what the test runs does not change under it (moat's catalog takes npm's latest).
+CLAUDE_CODE = "claude-code@2.1.332"
+ANTHROPIC_KEY = "sk-ant-api03-e2eRealKey0123456789abcdefABCDEF"
+OPENAI_KEY = "sk-e2eRealOpenAIKey0123456789abcdefABCDEF0123456789"
+HOST_CAS = Path("/usr/local/share/ca-certificates")  # this machine's TLS-inspecting egress proxy's CA
+BUILD_TIMEOUT = 900  # a cold build downloads an agent CLI from the npm registry
+
+
+@dataclass
+class ModelApis:
+    llm: LlmStandIn
+    proxy: StandIn  # the corporate proxy moat's proxy goes through
+    env: dict[str, str]
+
+    @property
+    def hosts(self) -> list[str]:
+        return [target for target, _ in self.proxy.connects]
+
+
+@pytest.fixture
+def model_apis(tmp_path: Path, moat_home: Path) -> Iterator[ModelApis]:
+    ca = make_ca(tmp_path / "upstream-ca")
+    with llm_standin(ca) as llm, stand_in_proxy(llm.port) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}"
+        env = {"HTTPS_PROXY": url, "HTTP_PROXY": url, "SSL_CERT_FILE": str(ca.cert_file), "SSL_CERT_DIR": "",
+               "NO_PROXY": ""}
+        if any(HOST_CAS.glob("*.crt")):  # npm's downloads during the image build go through it
+            env["MOAT_BUILD_CA_CERTS"] = str(HOST_CAS)
+        yield ModelApis(llm, proxy, env)
+        stopped = run_moat(["proxy", "stop"])
+        assert stopped.code == 0, stopped.output
+
+
+def _grant(provider: str, token: str) -> None:
+    result = run_moat(["grant", provider, "--token-env", "E2E_TOKEN", "--no-validate"], env={"E2E_TOKEN": token})
+    assert result.code == 0, result.output
+
+
+def _workspace(path: Path, config: str) -> Path:
+    workspace = write_workspace(path, config)
+    if os.getuid() == 0:  # the agent runs as the workspace's owner: an ordinary user, as on a laptop
+        shutil.chown(workspace, WORKSPACE_UID, WORKSPACE_UID)
+        shutil.chown(workspace / "moat.yaml", WORKSPACE_UID, WORKSPACE_UID)
+    return workspace
+
+
+def _nowhere(secret: str, home: Path, output: str) -> None:
+    assert secret not in output
+    for path in home.rglob("*"):
+        if path.is_file() and not path.name.endswith(".enc") and path.suffix != ".sock":
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def _recorded_output(home: Path) -> str:
+    [run] = runs(home)
+    logs = run_moat(["logs", run["id"]])
+    assert logs.code == 0, logs.output
+    return logs.stdout
+
+
+def test_claude_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
+                                                                       tmp_path: Path) -> None:
+    _grant("anthropic", ANTHROPIC_KEY)
+    workspace = _workspace(tmp_path / "ws", f"name: agent-claude\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+                                            "network:\n  policy: strict\n")
+    result = run_moat(["claude", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
+    calls = model_apis.llm.requests("/v1/messages")
+    assert calls, model_apis.llm.seen
+    assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)  # injected by moat's proxy
+    assert "Reply with the word PONG" in model_apis.llm.prompts()
+    # Only the model API was reached: no telemetry, no update check, nothing the policy let through.
+    assert set(model_apis.hosts) == {"api.anthropic.com:443"}, model_apis.hosts
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in _recorded_output(moat_home)
+    _nowhere(ANTHROPIC_KEY, moat_home, result.output)
+
+
+def test_codex_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
+                                                                      tmp_path: Path) -> None:
+    _grant("openai", OPENAI_KEY)
+    workspace = _workspace(tmp_path / "ws", "name: agent-codex\nnetwork:\n  policy: strict\n")
+    result = run_moat(["codex", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
+    calls = model_apis.llm.requests("/v1/responses")
+    assert calls, model_apis.llm.seen
+    assert all(call.header("Authorization") == f"Bearer {OPENAI_KEY}" for call in calls)
+    assert set(model_apis.hosts) == {"api.openai.com:443"}, model_apis.hosts
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in _recorded_output(moat_home)
+    _nowhere(OPENAI_KEY, moat_home, result.output)

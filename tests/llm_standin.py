@@ -1,0 +1,318 @@
+"""A local stand-in for the model APIs the agent CLIs call (never the real thing: no model here).
+
+It speaks the subset of each API the CLIs use for one prompt, streaming included, and records every
+request (headers and body) so a test can see what the agent sent and which credential arrived:
+
+- Anthropic Messages (Claude Code, pi): ``POST /v1/messages`` (SSE when ``stream``), ``…/count_tokens``,
+  ``GET /v1/models``;
+- OpenAI Responses (Codex) and Chat Completions: ``POST /v1/responses`` (SSE), ``/v1/chat/completions``;
+- Gemini: ``POST /v1beta/models/<model>:generateContent``, ``:streamGenerateContent`` (SSE with
+  ``alt=sse``), ``:countTokens``.
+
+Every answer is ``REPLY_PREFIX`` followed by the last user text it was given, so a test sees that its
+prompt travelled to the "model" and the answer back to the terminal. Anything else is a 404, recorded.
+
+Run alone (for a look with a real CLI): ``python -m tests.llm_standin --port 8787``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.upstream import Seen, TestCA
+
+REPLY_PREFIX = "stand-in model says: "
+# Long enough to stream in several events, short enough for any CLI to print whole.
+CHUNK = 12
+
+
+@dataclass
+class LlmStandIn:
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def requests(self, path_part: str) -> list[Seen]:
+        with self.lock:
+            return [r for r in self.seen if path_part in r.path]
+
+    def prompts(self) -> list[str]:
+        """The last user text of every model call, in order."""
+        return [last_user_text(json.loads(r.body or b"{}")) for r in self.seen if _is_model_call(r.path)]
+
+
+def _is_model_call(path: str) -> bool:
+    return any(p in path for p in ("/v1/messages", "/v1/responses", "/v1/chat/completions", "generateContent")) \
+        and "count_tokens" not in path
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [_text_of(c.get("text") if isinstance(c, dict) and "text" in c else
+                          c.get("content") if isinstance(c, dict) else c) for c in content]
+        return "\n".join(p for p in parts if p)
+    return ""
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user turn, in any of the three APIs' shapes."""
+    turns: list[Any] = []
+    if isinstance(body.get("messages"), list):  # Anthropic, Chat Completions
+        turns = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+    elif isinstance(body.get("input"), list):  # Responses
+        turns = [m for m in body["input"] if isinstance(m, dict) and m.get("role") == "user"]
+    elif isinstance(body.get("input"), str):
+        return str(body["input"])
+    elif isinstance(body.get("contents"), list):  # Gemini
+        turns = [{"content": c.get("parts")} for c in body["contents"] if isinstance(c, dict)
+                 and c.get("role", "user") == "user"]
+    if not turns:
+        return ""
+    text = _text_of(turns[-1].get("content"))
+    # Agents wrap the prompt in reminders and context: the test's words are the last line that is not a tag.
+    lines = [line for line in text.splitlines() if line.strip() and not re.match(r"^\s*</?[a-z-]+>", line)]
+    return lines[-1].strip() if lines else text.strip()
+
+
+def _chunks(text: str) -> list[str]:
+    return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
+
+
+def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _record(self) -> tuple[Seen, dict[str, Any]]:
+            seen = Seen(self.command, self.path, list(self.headers.items()), self._body(), self.client_address[1])
+            with stand_in.lock:
+                stand_in.seen.append(seen)
+            try:
+                body = json.loads(seen.body) if seen.body else {}
+            except ValueError:
+                body = {}
+            return seen, body if isinstance(body, dict) else {}
+
+        def _json(self, status: int, payload: Any) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _events(self, events: Iterator[tuple[str | None, Any]]) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for name, payload in events:
+                head = f"event: {name}\n" if name else ""
+                self.wfile.write(f"{head}data: {json.dumps(payload)}\n\n".encode())
+                self.wfile.flush()
+            self.close_connection = True
+
+        def do_GET(self) -> None:
+            seen, _ = self._record()
+            path = seen.path.split("?")[0]
+            if path == "/v1/models":
+                self._json(200, {"data": [{"id": "claude-standin", "type": "model", "display_name": "stand-in"}],
+                                 "has_more": False, "object": "list"})
+            elif path.startswith("/v1beta/models"):
+                self._json(200, {"models": [{"name": "models/gemini-standin"}]})
+            else:
+                self._json(404, {"error": {"type": "not_found_error", "message": f"stand-in has no {path}"}})
+
+        def do_POST(self) -> None:
+            seen, body = self._record()
+            path = seen.path.split("?")[0]
+            reply = REPLY_PREFIX + last_user_text(body)
+            if path == "/v1/messages/count_tokens":
+                self._json(200, {"input_tokens": max(1, len(seen.body) // 4)})
+            elif path == "/v1/messages":
+                if body.get("stream"):
+                    self._events(_anthropic_stream(body, reply))
+                else:
+                    self._json(200, _anthropic_message(body, reply))
+            elif path == "/v1/responses":
+                if body.get("stream", False):
+                    self._events(_responses_stream(body, reply))
+                else:
+                    self._json(200, _response(body, reply, "completed"))
+            elif path == "/v1/chat/completions":
+                if body.get("stream"):
+                    self._events(_chat_stream(body, reply))
+                else:
+                    self._json(200, {"id": "chatcmpl-standin", "object": "chat.completion",
+                                     "model": body.get("model", "standin"), "created": int(time.time()),
+                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": reply}}],
+                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            elif path.endswith(":countTokens"):
+                self._json(200, {"totalTokens": max(1, len(seen.body) // 4)})
+            elif path.endswith(":streamGenerateContent"):
+                self._events((None, _gemini_chunk(part, last=i == len(chunks) - 1))
+                             for chunks in [_chunks(reply)] for i, part in enumerate(chunks))
+            elif path.endswith(":generateContent"):
+                self._json(200, _gemini_chunk(reply, last=True))
+            else:
+                self._json(404, {"error": {"type": "not_found_error", "message": f"stand-in has no {path}"}})
+
+    return Handler
+
+
+# -- Anthropic ---------------------------------------------------------------------------------------
+
+def _anthropic_message(body: dict[str, Any], reply: str) -> dict[str, Any]:
+    return {"id": f"msg_standin{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
+            "model": body.get("model", "claude-standin"), "content": [{"type": "text", "text": reply}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": len(reply.split())}}
+
+
+def _anthropic_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | None, Any]]:
+    message = _anthropic_message(body, reply)
+    start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}
+    yield "message_start", {"type": "message_start", "message": start}
+    yield "content_block_start", {"type": "content_block_start", "index": 0,
+                                  "content_block": {"type": "text", "text": ""}}
+    for part in _chunks(reply):
+        yield "content_block_delta", {"type": "content_block_delta", "index": 0,
+                                      "delta": {"type": "text_delta", "text": part}}
+    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": {"output_tokens": len(reply.split())}}
+    yield "message_stop", {"type": "message_stop"}
+
+
+# -- OpenAI ------------------------------------------------------------------------------------------
+
+def _output_message(item_id: str, reply: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status,
+            "content": [{"type": "output_text", "text": reply, "annotations": []}] if reply else []}
+
+
+def _response(body: dict[str, Any], reply: str, status: str, response_id: str = "resp_standin",
+              item_id: str = "msg_standin") -> dict[str, Any]:
+    done = status == "completed"
+    return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": status,
+            "model": body.get("model", "gpt-standin"),
+            "output": [_output_message(item_id, reply, "completed")] if done else [],
+            "usage": {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": len(reply.split()), "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 1 + len(reply.split())} if done else None}
+
+
+def _responses_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | None, Any]]:
+    rid, iid = f"resp_standin{uuid.uuid4().hex[:12]}", f"msg_standin{uuid.uuid4().hex[:12]}"
+    seq = iter(range(1_000_000))
+
+    def event(kind: str, **fields: Any) -> tuple[str, Any]:
+        return kind, {"type": kind, "sequence_number": next(seq), **fields}
+
+    yield event("response.created", response=_response(body, "", "in_progress", rid, iid))
+    yield event("response.in_progress", response=_response(body, "", "in_progress", rid, iid))
+    yield event("response.output_item.added", output_index=0, item=_output_message(iid, "", "in_progress"))
+    yield event("response.content_part.added", item_id=iid, output_index=0, content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []})
+    for part in _chunks(reply):
+        yield event("response.output_text.delta", item_id=iid, output_index=0, content_index=0, delta=part)
+    yield event("response.output_text.done", item_id=iid, output_index=0, content_index=0, text=reply)
+    yield event("response.content_part.done", item_id=iid, output_index=0, content_index=0,
+                part={"type": "output_text", "text": reply, "annotations": []})
+    yield event("response.output_item.done", output_index=0, item=_output_message(iid, reply, "completed"))
+    yield event("response.completed", response=_response(body, reply, "completed", rid, iid))
+
+
+def _chat_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | None, Any]]:
+    base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.get("model", "standin")}
+    yield None, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    for part in _chunks(reply):
+        yield None, {**base, "choices": [{"index": 0, "delta": {"content": part}}]}
+    yield None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+# -- Gemini ------------------------------------------------------------------------------------------
+
+def _gemini_chunk(text: str, *, last: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if last:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "modelVersion": "gemini-standin",
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}}
+
+
+# -- serving -----------------------------------------------------------------------------------------
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@contextmanager
+def llm_standin(ca: TestCA | None, port: int = 0) -> Iterator[LlmStandIn]:
+    """The stand-in on 127.0.0.1 (HTTPS with a certificate from ``ca`` for every upstream name, or
+    plain HTTP without one), for the duration of the block."""
+    stand_in = LlmStandIn()
+    server = _Server(("127.0.0.1", port), _handler(stand_in))
+    if ca is not None:
+        server.socket = ca.server_context().wrap_socket(server.socket, server_side=True)
+    stand_in.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield stand_in
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local stand-in for the model APIs (plain HTTP, logs requests).")
+    parser.add_argument("--port", type=int, default=8787)
+    args = parser.parse_args()
+    with llm_standin(None, args.port) as stand_in:
+        print(f"stand-in listening on http://127.0.0.1:{stand_in.port}", flush=True)
+        seen = 0
+        try:
+            while True:
+                time.sleep(0.2)
+                for request in stand_in.seen[seen:]:
+                    print(request.method, request.path, request.body[:300], flush=True)
+                seen = len(stand_in.seen)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
