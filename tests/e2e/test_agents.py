@@ -116,3 +116,38 @@ def test_codex_answers_through_the_proxy_with_the_key_it_never_held(model_apis: 
     assert set(model_apis.hosts) == {"api.openai.com:443"}, model_apis.hosts
     assert f"{REPLY_PREFIX}Reply with the word PONG" in _recorded_output(moat_home)
     _nowhere(OPENAI_KEY, moat_home, result.output)
+
+
+GEMINI_KEY = "AIzaE2eRealGeminiKey0123456789abcdefABCD"
+
+
+def test_gemini_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
+                                                                       tmp_path: Path) -> None:
+    _grant("gemini", GEMINI_KEY)
+    workspace = _workspace(tmp_path / "ws", "name: agent-gemini\nnetwork:\n  policy: strict\n")
+    result = run_moat(["gemini", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
+    calls = model_apis.llm.requests("generateContent")
+    assert calls, model_apis.llm.seen
+    assert all(call.header("x-goog-api-key") == GEMINI_KEY for call in calls)
+    assert set(model_apis.hosts) == {"generativelanguage.googleapis.com:443"}, model_apis.hosts
+    _nowhere(GEMINI_KEY, moat_home, result.output)
+
+
+def test_pi_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
+                                                                   tmp_path: Path) -> None:
+    _grant("anthropic", ANTHROPIC_KEY)
+    # pi 1.5 depends on a package the npm registry reachable here does not serve (marked-cjk-friendly).
+    workspace = _workspace(tmp_path / "ws", "name: agent-pi\ndependencies: [node, pi-cli@1.3.0]\n"
+                                            "network:\n  policy: strict\n")
+    result = run_moat(["pi", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
+    calls = model_apis.llm.requests("/v1/messages")
+    assert calls, model_apis.llm.seen
+    assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)
+    assert set(model_apis.hosts) == {"api.anthropic.com:443"}, model_apis.hosts
+    _nowhere(ANTHROPIC_KEY, moat_home, result.output)

@@ -25,7 +25,8 @@ class Agent(ABC):
     # Needed beside it (git for the agents' own use of the workspace; node installs npm tools).
     extra_dependencies: tuple[str, ...] = ("node@22", "git")
     takes_initial_prompt: bool = True  # `moat X -- words` starts the session with them
-    resumable: bool = False  # -c/-r
+    # -c/-r: resuming needs the agent's session logs synced to the host (not built yet): none offers them.
+    resumable: bool = False
 
     def preferred_grants(self, options: AgentOptions, config: MoatConfig) -> tuple[str, ...]:
         """The providers to look for, in order (pi's follow the backend it is told to use)."""

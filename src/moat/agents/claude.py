@@ -60,4 +60,4 @@ class Claude(Agent):
 
 CLAUDE = Claude("claude", "Claude Code", "claude-code", ("claude", "anthropic"),
                 "`moat grant claude` (a Claude subscription: `claude setup-token`) or `moat grant anthropic`"
-                " (an API key)", resumable=True)
+                " (an API key)")

@@ -28,7 +28,9 @@ class Gemini(Agent):
         if servers:
             settings["mcpServers"] = {name: {k: v for k, v in entry.items() if k != "type"}
                                       for name, entry in servers.items()}
-        return self.base(grant, tuple(command), options, home_files={".gemini/settings.json": pretty_json(settings)})
+        # The workspace is trusted as the other agents' are: the container, not a prompt, is the boundary.
+        return self.base(grant, tuple(command), options, env={"GEMINI_CLI_TRUST_WORKSPACE": "true"},
+                         home_files={".gemini/settings.json": pretty_json(settings)})
 
 
 GEMINI = Gemini("gemini", "Gemini CLI", "gemini-cli", ("gemini",), "`moat grant gemini` (an API key)")

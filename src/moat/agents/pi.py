@@ -26,10 +26,10 @@ class Pi(Agent):
         if grant is not None and PROVIDERS[provider] != grant:
             raise UsageError(f"pi is set to use {provider}, but the run's credential is {grant}",
                              hint=f"Store one with `moat grant {PROVIDERS[provider]}`, or choose --provider {grant}.")
-        command = ["pi", "--provider", provider]
+        command = ["pi"]
         model = str(options.flags.get("model") or config.pi.model)
-        if model:
-            command += ["--model", model]
+        if model:  # pi takes --provider only with --model; without, it uses the backend whose key it sees
+            command += ["--provider", provider, "--model", model]
         # moat's context file (where the run mounts it), read by pi as part of its system prompt.
         command += ["--append-system-prompt", CONTEXT_ARGUMENT]
         if options.prompt is not None:

@@ -34,9 +34,8 @@ def _agent_command(agent: Agent) -> click.Command:
                                                    "experimental", "autopilot") if key in options}
         if options.get("detach") and prompt is None:
             raise UsageError(f"-d needs -p: an interactive {agent.title} needs your terminal")
-        resume_id = _session(agent, resume) if resume else None
         request = AgentOptions(prompt=prompt, initial=" ".join(words) or None, yolo=not noyolo,
-                               continue_session=continue_session, resume=resume_id,
+                               continue_session=continue_session, resume=resume,
                                flags={k: v for k, v in flags.items() if v})
         from moat.cli.agentinputs import AgentRequest
 
@@ -80,13 +79,6 @@ def _agent_command(agent: Agent) -> click.Command:
     for param in reversed(params):
         decorated = param(decorated)
     return click.command(agent.name, cls=RunCommand)(decorated)
-
-
-def _session(agent: Agent, value: str) -> str:
-    """-r's value: a session id as it is, or a run whose recorded session is looked up."""
-    from moat.agents.sessions import resolve_session
-
-    return resolve_session(agent, value)
 
 
 claude = _agent_command(AGENTS["claude"])

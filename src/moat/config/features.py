@@ -68,11 +68,25 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("devices",), lambda c: bool(c.devices), "serial devices are not built yet"),
     Feature(("clipboard",), lambda c: c.clipboard is True, "clipboard sharing is not built yet"),
     Feature(("runtime",), lambda c: c.runtime == "apple", "the Apple containers runtime is not built yet"),
+    # The agents' blocks are read by `moat claude` & co.; what they cannot do yet is refused by key.
+    Feature(("claude", "plugins"), lambda c: bool(c.claude.plugins),
+            "Claude Code plugins are not installed yet (they are fetched into the image at build time)"),
+    Feature(("claude", "marketplaces"), lambda c: bool(c.claude.marketplaces),
+            "Claude Code plugin marketplaces are not installed yet"),
+    Feature(("claude", "base_url"), lambda c: c.claude.base_url is not None,
+            "a custom Anthropic endpoint (with the grant injected for its host) is not built yet"),
+    Feature(("claude", "llm-gateway"), lambda c: c.claude.llm_gateway is not None, "the LLM gateway is not built yet"),
+    Feature(("claude", "bedrock"), lambda c: c.claude.bedrock is not None and c.claude.bedrock.enabled,
+            "Amazon Bedrock as Claude's backend is not built yet"),
     *(
-        Feature((agent,), (lambda c, a=agent: bool(getattr(c, a).model_fields_set)),  # type: ignore[misc]
-                f"the {agent} agent integration is not built yet")
-        for agent in ("claude", "codex", "copilot", "gemini", "kiro", "pi")
+        Feature((agent, "sync_logs"), (lambda c, a=agent: getattr(c, a).sync_logs is True),  # type: ignore[misc]
+                f"syncing {agent}'s session logs to the host is not built yet (set it to false, or remove it)")
+        for agent in ("claude", "codex", "gemini")
     ),
+    Feature(("codex", "shared_sessions"), lambda c: c.codex.shared_sessions,
+            "sharing the host's Codex sessions is not built yet"),
+    Feature(("pi", "packages"), lambda c: bool(c.pi.packages), "pi packages are not installed yet"),
+    Feature(("kiro",), lambda c: bool(c.kiro.model_fields_set), "the kiro agent is not built yet"),
 )
 
 

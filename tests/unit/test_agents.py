@@ -1,0 +1,209 @@
+"""The agent commands' set-up: each agent's command line, staged files and environment; how the run
+adds them (dependencies, grant, the init wrapper); the build CA. No engine."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from moat.agents import AGENTS
+from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentOptions, AgentSetup
+from moat.cli.agentinputs import choose_grant, with_dependencies
+from moat.config.features import unsupported
+from moat.credentials.credential import Credential
+from moat.credentials.store import CredentialStore
+from moat.errors import UsageError
+from moat.plan import dockerfile
+from moat.plan.build import image_tag
+from moat.plan.buildca import VARIABLE, build_ca
+from tests.unit.support import CATALOG, parse, plan_for
+
+KEY = "moat-proxy-injected"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+
+def setup(agent: str, config: str = "", grant: str | None = None, env: dict[str, str] | None = None,
+          **options: object) -> AgentSetup:
+    return AGENTS[agent].setup(AgentOptions(**options), parse(config).model, grant, env or {})  # type: ignore[arg-type]
+
+
+# -- each agent ------------------------------------------------------------------------------------
+
+def test_claude_skips_permissions_answers_onboarding_and_approves_only_its_placeholder() -> None:
+    s = setup("claude", grant="anthropic", env={"ANTHROPIC_API_KEY": KEY}, prompt="fix the tests")
+    assert s.command == ("claude", "--dangerously-skip-permissions", "-p", "fix the tests")
+    assert s.dependencies == ("node@22", "git", "claude-code") and not s.interactive
+    state = json.loads(s.home_files[".claude.json"])
+    assert state["hasCompletedOnboarding"] is True
+    assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
+    assert state["customApiKeyResponses"] == {"approved": [KEY[-20:]], "rejected": []}
+    settings = json.loads(s.home_files[".claude/settings.json"])
+    assert settings["permissions"]["defaultMode"] == "bypassPermissions"
+    assert s.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1" and s.env["DISABLE_AUTOUPDATER"] == "1"
+
+
+def test_claude_noyolo_asks_and_an_oauth_grant_approves_no_key() -> None:
+    s = setup("claude", grant="claude", env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-x"}, yolo=False,
+              initial="hello there")
+    assert s.command == ("claude", "hello there") and s.interactive
+    assert json.loads(s.home_files[".claude/settings.json"]) == {}
+    assert "customApiKeyResponses" not in json.loads(s.home_files[".claude.json"])
+
+
+def test_claude_takes_its_block_env_and_local_mcp_servers() -> None:
+    s = setup("claude", "claude:\n  env: {MAX_THINKING_TOKENS: '1024'}\n  mcp:\n    files:\n      command: npx\n"
+                        "      args: [-y, server-files, /workspace]\n      env: {LOG: debug}\n")
+    assert s.env["MAX_THINKING_TOKENS"] == "1024"
+    server = json.loads(s.home_files[".claude.json"])["mcpServers"]["files"]
+    assert server == {"type": "stdio", "command": "npx", "args": ["-y", "server-files", "/workspace"],
+                      "env": {"LOG": "debug"}}
+
+
+def test_a_local_mcp_server_with_a_grant_is_refused_not_ignored() -> None:
+    with pytest.raises(UsageError, match=r"claude\.mcp\.files\.grant"):
+        setup("claude", "claude:\n  mcp:\n    files: {command: x, grant: github}\n")
+
+
+def test_codex_runs_exec_with_its_config_as_toml_and_the_placeholder_key() -> None:
+    s = setup("codex", "codex:\n  mcp:\n    q:\n      command: 'say \"hi\"'\n      args: ['a\\\\b', 'é']\n"
+                       "      env: {K: 'v\"'}\n", grant="openai", env={"OPENAI_API_KEY": "sk-moat-placeholder"},
+              prompt="go")
+    assert s.command == ("codex", "exec", "--skip-git-repo-check", "go")
+    config = tomllib.loads(s.home_files[".codex/config.toml"])
+    assert config["approval_policy"] == "never" and config["sandbox_mode"] == "danger-full-access"
+    assert config["projects"]["/workspace"] == {"trust_level": "trusted"}
+    assert config["check_for_update_on_startup"] is False and config["analytics"] == {"enabled": False}
+    assert config["mcp_servers"]["q"] == {"command": 'say "hi"', "args": ["a\\\\b", "é"], "env": {"K": 'v"'}}
+    assert json.loads(s.home_files[".codex/auth.json"]) == {"OPENAI_API_KEY": "sk-moat-placeholder"}
+
+
+def test_codex_noyolo_asks_and_works_in_its_own_sandbox() -> None:
+    config = tomllib.loads(setup("codex", yolo=False).home_files[".codex/config.toml"])
+    assert (config["approval_policy"], config["sandbox_mode"]) == ("on-request", "workspace-write")
+    assert setup("codex", initial="hi").command == ("codex", "hi")
+
+
+def test_gemini_uses_its_api_key_mode_and_reports_nothing() -> None:
+    s = setup("gemini", prompt="go")
+    assert s.command == ("gemini", "--yolo", "-p", "go")
+    settings = json.loads(s.home_files[".gemini/settings.json"])
+    assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"
+    assert settings["privacy"]["usageStatisticsEnabled"] is False
+    assert s.env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    assert setup("gemini", yolo=False, initial="hi").command == ("gemini", "-i", "hi")
+
+
+def test_copilot_flags_win_over_the_block_and_its_token_is_the_github_placeholder() -> None:
+    s = setup("copilot", "copilot: {model: gpt-a, context: long_context, experimental: true}\n",
+              env={"GH_TOKEN": "ghp_placeholder"}, prompt="go", flags={"model": "gpt-b", "autopilot": True})
+    assert s.command == ("copilot", "--no-auto-update", "--model", "gpt-b", "--context", "long_context",
+                         "--experimental", "--autopilot", "--allow-all", "-p", "go")
+    assert s.env["COPILOT_GITHUB_TOKEN"] == "ghp_placeholder" and s.env["COPILOT_AUTO_UPDATE"] == "false"
+
+
+def test_pi_follows_its_grant_and_refuses_a_backend_it_has_no_credential_for() -> None:
+    s = setup("pi", grant="openai", prompt="go")
+    assert s.command == ("pi", "--append-system-prompt", CONTEXT_ARGUMENT, "-p", "go")
+    s = setup("pi", "pi: {model: gpt-x}\n", grant="openai", initial="hi")
+    assert s.command == ("pi", "--provider", "openai", "--model", "gpt-x", "--append-system-prompt", CONTEXT_ARGUMENT,
+                         "hi")
+    with pytest.raises(UsageError, match="set to use anthropic, but the run's credential is openai"):
+        setup("pi", "pi: {provider: anthropic}\n", grant="openai")
+    with pytest.raises(UsageError, match="must be one of anthropic, openai"):
+        setup("pi", "pi: {provider: mistral}\n", grant=None)
+    assert AGENTS["pi"].preferred_grants(AgentOptions(flags={"provider": "openai"}), parse("").model) == ("openai",)
+
+
+# -- how a run takes them -------------------------------------------------------------------------
+
+def test_the_agents_dependencies_join_moat_yaml_whose_versions_win() -> None:
+    config = with_dependencies(parse("dependencies: [node@20, jq]\n"), AGENTS["claude"], CATALOG)
+    assert [d.spec for d in config.dependencies] == ["node@20", "jq", "git", "claude-code"]
+
+
+def test_the_plan_wraps_the_agent_to_copy_its_files_and_mounts_them_read_only() -> None:
+    agent = setup("pi", grant="anthropic", prompt="go")
+    plan = plan_for("env: {PI_OFFLINE: '0'}\n", command=(), agent=agent)
+    assert plan.command == ("pi", "--append-system-prompt", "/etc/moat/moat-context.md", "-p", "go")  # the context file, where this runtime mounts it
+    container = plan.agent.command  # held until its turn: the hold wrapper, then the init wrapper
+    start = container.index("/bin/sh")
+    assert container[start:start + 4] == ("/bin/sh", "-c", 'cp -R "$MOAT_AGENT_INIT"/. "$HOME"/ && exec "$@"',
+                                          "moat-agent-init")
+    assert container[start + 4:] == plan.command
+    assert plan.agent.env[INIT_VARIABLE] == "/etc/moat/agent-init"
+    assert plan.agent.env["PI_OFFLINE"] == "0"  # moat.yaml's env wins over the agent's
+    [mount] = [m for m in plan.agent.mounts if m.target == "/etc/moat/agent-init/.pi/agent/settings.json"]
+    assert mount.read_only and Path(mount.source).parent.name == "agent-init"
+    assert dict(plan.agent.files)[mount.source] == agent.home_files[".pi/agent/settings.json"]
+    assert not plan.interactive  # -p
+
+
+def test_the_sandbox_stages_under_its_private_tmp() -> None:
+    plan = plan_for("", command=(), agent=setup("codex", prompt="go"), runtime="sandbox")
+    assert plan.agent.env[INIT_VARIABLE] == "/tmp/moat-grants/agent-init"
+    assert any(m.target == "/tmp/moat-grants/agent-init/.codex/config.toml" for m in plan.agent.mounts)
+
+
+def test_the_agents_grant_is_one_the_run_names_else_the_first_stored(tmp_path: Path) -> None:
+    config = parse("")
+    claude = AGENTS["claude"]
+    with pytest.raises(UsageError, match=r"needs a credential and none is stored \(claude or anthropic\)") as raised:
+        choose_grant(claude, AgentOptions(), config, [], tmp_path, None)
+    assert "moat grant anthropic" in (raised.value.hint or "")
+    store = CredentialStore(tmp_path)
+    store.save(Credential(provider="anthropic", token="sk-ant-api03-x"))
+    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == "anthropic"
+    store.save(Credential(provider="claude", token="sk-ant-oat01-x"))
+    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == "claude"
+    assert choose_grant(claude, AgentOptions(), config, ["anthropic"], tmp_path, None) == "anthropic"
+    # an alias names its provider (codex is openai's)
+    assert choose_grant(AGENTS["codex"], AgentOptions(), config, ["codex"], tmp_path, None) == "openai"
+
+
+def test_agent_blocks_load_and_only_what_is_not_built_is_refused() -> None:
+    assert unsupported(parse("claude:\n  mcp:\n    x: {command: y}\ncodex: {mcp: {}}\ncopilot: {model: m}\n")) == []
+    found = [".".join(p) for p, _ in unsupported(parse(
+        "claude:\n  plugins: {a@b: true}\n  base_url: https://gw.example.test\n  sync_logs: true\n"
+        "codex: {shared_sessions: true}\npi: {packages: ['npm:x']}\n"))]
+    assert found == ["claude.plugins", "claude.base_url", "claude.sync_logs", "codex.shared_sessions", "pi.packages"]
+
+
+# -- the build's certificate authorities ------------------------------------------------------------
+
+def test_the_build_ca_comes_from_a_file_or_a_directory_of_certificates(tmp_path: Path) -> None:
+    assert build_ca({}) is None and build_ca({VARIABLE: " "}) is None
+    (tmp_path / "a.crt").write_text(PEM)
+    (tmp_path / "b.pem").write_text(PEM.replace("fake", "other"))
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert build_ca({VARIABLE: str(tmp_path)}) == PEM + PEM.replace("fake", "other")
+    assert build_ca({VARIABLE: str(tmp_path / "a.crt")}) == PEM
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"), ("not a certificate\n", "holds no PEM certificate"), ("", "holds no PEM"),
+])
+def test_a_wrong_build_ca_is_a_usage_error(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "ca.crt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        build_ca({VARIABLE: str(path)})
+    with pytest.raises(UsageError, match="holds no \\*.crt or \\*.pem"):
+        build_ca({VARIABLE: str(tmp_path / "empty")} if (tmp_path / "empty").mkdir() is None else {})
+
+
+def test_the_build_trusts_the_ca_before_any_download_and_the_tag_follows_its_content() -> None:
+    deps = tuple(parse("dependencies: [node, typescript]\n").dependencies)
+    text = dockerfile.render(dockerfile.ImageInputs("node:22-slim", deps, 1000, 1000, build_ca=PEM), CATALOG)
+    lines = text.splitlines()
+    copy = lines.index(f"COPY {dockerfile.BUILD_CA_FILE} /usr/local/share/ca-certificates/{dockerfile.BUILD_CA_FILE}")
+    npm = next(i for i, line in enumerate(lines) if "npm install" in line)
+    assert next(i for i, line in enumerate(lines) if "apt-get install" in line) < copy < npm
+    assert "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" in text
+    context = {dockerfile.BUILD_CA_FILE: PEM}
+    assert image_tag(["x"], text, context) != image_tag(["x"], text, {dockerfile.BUILD_CA_FILE: PEM + PEM})
+    plan = plan_for("dependencies: [node, typescript]\n", host_env={VARIABLE: "/nonexistent/ca.pem"}, runtime="sandbox")
+    assert plan.image.context == {}  # the sandbox builds nothing: the variable is not even read
