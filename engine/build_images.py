@@ -7,7 +7,8 @@ No image registry is reachable on moat's machines, so every image a test uses is
   sources, slimmed, imported with ``docker import`` (recipe: ``engine/base/``; the rootfs tar is
   cached under /var/cache/moat-engine so a re-import is quick);
 * one image per directory ``engine/images/<name>/`` holding a ``Dockerfile``: tagged
-  ``moat-test/<name>:latest`` (or the words of an optional ``TAG`` file there: the first is its tag, the rest more tags), built with
+  ``moat-test/<name>:latest`` (or the words of an optional ``TAG`` file there: the first is its
+  tag, the rest more tags), built with
   ``docker build --network host`` (dockerd runs with --iptables=false, so a build's apt-get
   needs the host network). Adding an image = adding a directory.
 
@@ -365,7 +366,7 @@ def fetch_inputs(img: Image, context: Path) -> None:
         if not cached.exists() or hashlib.sha256(cached.read_bytes()).hexdigest() != sha256:
             say(f"image {img.tag}: fetching {url}")
             partial = cached.with_suffix(".part")
-            with urllib.request.urlopen(url, timeout=120) as response, open(partial, "wb") as out:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=120) as response, open(partial, "wb") as out:
                 shutil.copyfileobj(response, out)
             got = hashlib.sha256(partial.read_bytes()).hexdigest()
             if got != sha256:

@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-UPSTREAM_NAMES = ("api.github.com", "github.com", "api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com",
-                  "api.githubcopilot.com", "api.individual.githubcopilot.com", "api.telegram.org", "api.example.test",
+UPSTREAM_NAMES = ("api.github.com", "github.com", "api.anthropic.com", "api.openai.com",
+                  "generativelanguage.googleapis.com", "api.githubcopilot.com",
+                  "api.individual.githubcopilot.com", "api.telegram.org", "api.example.test",
                   "untrusted.test", "moat-host", "localhost")
 
 

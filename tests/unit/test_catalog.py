@@ -22,7 +22,8 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "python", "node", "go",
         "git", "curl", "jq", "make", "sqlite3", "bats", "psql", "mysql-client", "redis-cli",
         "postgres", "mysql", "redis", "ollama", "ministack",
-        "typescript", "prettier", "eslint", "claude-code", "codex-cli", "copilot-cli", "gemini-cli", "pi-cli", "graphite-cli",
+        "typescript", "prettier", "eslint", "claude-code", "codex-cli",
+            "copilot-cli", "gemini-cli", "pi-cli", "graphite-cli",
         "node-dev",
     }
     assert CATALOG.service_names() == ["ministack", "mysql", "ollama", "postgres", "redis"]

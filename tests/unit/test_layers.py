@@ -13,8 +13,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "moat"
 
 # Lower numbers are lower layers. Base modules (errors, constants, files, ownership, masking, …) are 0.
-RANKS = {"catalog": 1, "config": 2, "cache": 2, "credentials": 2, "policy": 2, "plan": 3, "agents": 3, "runtime": 4, "services": 5,
-         "proxy": 5, "run": 6, "cli": 7, "__main__": 8}
+RANKS = {"catalog": 1, "config": 2, "cache": 2, "credentials": 2, "policy": 2, "plan": 3, "agents": 3, "runtime": 4,
+         "services": 5, "proxy": 5, "run": 6, "cli": 7, "__main__": 8}
 ENGINE_SDKS = ("docker", "kubernetes")
 
 
