@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,3 +151,26 @@ def test_pi_answers_through_the_proxy_with_the_key_it_never_held(model_apis: Mod
     assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)
     assert set(model_apis.hosts) == {"api.anthropic.com:443"}, model_apis.hosts
     _nowhere(ANTHROPIC_KEY, moat_home, result.output)
+
+
+@pytest.mark.parametrize("agent, provider, key, path, header, value", [
+    ("claude", "anthropic", ANTHROPIC_KEY, "/v1/messages", "x-api-key", ANTHROPIC_KEY),
+    ("codex", "openai", OPENAI_KEY, "/v1/responses", "Authorization", f"Bearer {OPENAI_KEY}"),
+])
+def test_the_agent_examples_run_as_their_comments_say(model_apis: ModelApis, moat_home: Path,
+                                                      example: Callable[[str], Path], agent: str, provider: str,
+                                                      key: str, path: str, header: str, value: str) -> None:
+    _grant(provider, key)
+    workspace = example(f"agent-{agent}")
+    if os.getuid() == 0:
+        for item in (workspace, *workspace.iterdir()):
+            shutil.chown(item, WORKSPACE_UID, WORKSPACE_UID)
+    prompt = "What does greet.py print?"
+    result = run_moat([agent, str(workspace), "-p", prompt], env=model_apis.env, timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert f"{REPLY_PREFIX}{prompt}" in result.stdout
+    calls = model_apis.llm.requests(path)
+    assert calls and all(call.header(header) == value for call in calls)
+    [run] = runs(moat_home)
+    assert run["name"] == f"agent-{agent}" and run["exit_code"] == 0
+    _nowhere(key, moat_home, result.output)
