@@ -212,3 +212,12 @@ def test_the_build_trusts_the_ca_before_any_download_and_the_tag_follows_its_con
     assert image_tag(["x"], text, context) != image_tag(["x"], text, {dockerfile.BUILD_CA_FILE: PEM + PEM})
     plan = plan_for("dependencies: [node, typescript]\n", host_env={VARIABLE: "/nonexistent/ca.pem"}, runtime="sandbox")
     assert plan.image.context == {}  # the sandbox builds nothing: the variable is not even read
+
+
+def test_claude_code_brings_node_as_the_go_tools_needs_none_declared() -> None:
+    assert [d.spec for d in parse("dependencies: [claude-code, git]\n").dependencies] == ["claude-code", "git",
+                                                                                           "node@22"]
+    assert [d.spec for d in parse("dependencies: [node@20, claude-code]\n").dependencies] == ["node@20",
+                                                                                               "claude-code"]
+    plan = plan_for("dependencies: [claude-code]\n")
+    assert plan.image.base_image == "node:22-slim"

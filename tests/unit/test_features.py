@@ -27,14 +27,14 @@ UNSUPPORTED = [
     ("devices: [{name: board}]\n", "devices"),
     ("clipboard: true\n", "clipboard"),
     ("runtime: apple\n", "runtime"),
-    ("claude: {sync_logs: true}\n", "claude"),
-    ("codex: {sync_logs: true}\n", "codex"),
-    ("copilot: {model: gpt-5}\n", "copilot"),
-    ("gemini: {sync_logs: true}\n", "gemini"),
+    ("claude: {sync_logs: true}\n", "claude.sync_logs"),
+    ("claude: {plugins: {a@b: true}}\n", "claude.plugins"),
+    ("claude: {base_url: https://gw.example.test}\n", "claude.base_url"),
+    ("codex: {sync_logs: true}\n", "codex.sync_logs"),
+    ("gemini: {sync_logs: true}\n", "gemini.sync_logs"),
     ("kiro: {sync_logs: true}\n", "kiro"),
-    ("pi: {provider: anthropic}\n", "pi"),
-    ("codex: {shared_sessions: true}\n", "codex"),
-    ("copilot: {context: long_context, reasoning_effort: high}\n", "copilot"),
+    ("pi: {packages: ['npm:x']}\n", "pi.packages"),
+    ("codex: {shared_sessions: true}\n", "codex.shared_sessions"),
     ("dependencies: [redis]\nservices:\n  redis:\n    env: {REDIS_PASSWORD: op://vault/redis/pw}\n",
      "services.redis.env.REDIS_PASSWORD"),
 ]
@@ -66,6 +66,9 @@ SUPPORTED = [
     "workspace: {mode: bind}\n",
     "grants: []\nsecrets: {}\nmounts: []\n",
     "claude: {}\n",
+    "copilot: {model: gpt-5, context: long_context, reasoning_effort: high}\n",
+    "pi: {provider: anthropic, model: m}\n",
+    "claude: {sync_logs: false, mcp: {x: {command: y}}}\ncodex: {sync_logs: false}\n",
     "interactive: true\nsandbox: none\nagent: claude\nversion: '1'\n",
     "container: {memory: 512, cpus: 1, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
     "base_image: ubuntu:24.04\n",
@@ -91,7 +94,8 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     assert listed == [
         "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
-        "claude", "codex", "copilot", "gemini", "kiro", "pi",
+        "claude.plugins", "claude.marketplaces", "claude.base_url", "claude.llm-gateway", "claude.bedrock",
+        "claude.sync_logs", "codex.sync_logs", "pi.packages", "kiro",
     ]
 
 

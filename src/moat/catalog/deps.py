@@ -193,7 +193,12 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
         entry = catalog.get(dep.name) if dep.type is DepType.NPM else None
         if isinstance(entry, NpmTool):
             missing = [r for r in entry.requires if r not in seen]
-            if missing:
+            if missing and entry.brings_requirements:
+                for requirement in missing:
+                    brought = parse_dependency(requirement, catalog)
+                    seen[brought.key] = (index, brought)
+                    resolved.append(brought)
+            elif missing:
                 problems[index] = (f"{dep.name} ({entry.package}) is installed with npm, which needs the"
                                    f" {' and '.join(missing)} runtime: add '{missing[0]}' to dependencies")
         if dep.manager:

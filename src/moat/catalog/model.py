@@ -71,6 +71,9 @@ class NpmTool(Versioned):
     package: str  # the npm package, e.g. @openai/codex
     binary: str  # the program it provides (for messages and the sandbox)
     requires: tuple[str, ...] = ("node",)  # runtimes or tools it needs declared beside it
+    # A tool whose Go counterpart needs nothing declared (claude-code: a native installer there)
+    # brings what it requires, at the default version, when moat.yaml does not name it.
+    brings_requirements: bool = False
 
 
 class Meta(_Frozen):
