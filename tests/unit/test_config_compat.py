@@ -27,7 +27,7 @@ def test_copilot_context_and_reasoning_effort_and_codex_shared_sessions_load() -
     assert config.model.codex.shared_sessions is True
     # Copilot's settings are read by `moat copilot`; Codex's shared and synced sessions are not built yet.
     assert [".".join(path) for path, _ in unsupported(config)] == ["codex.sync_logs", "codex.shared_sessions"]
-    with pytest.raises(UnsupportedFeatureError, match="not supported yet: codex.sync_logs, codex.shared_sessions"):
+    with pytest.raises(UnsupportedFeatureError, match=r"not supported yet: codex\.sync_logs, codex\.shared_sessions"):
         require_supported(config)
 
 
