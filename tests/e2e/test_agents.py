@@ -83,74 +83,51 @@ def _recorded_output(home: Path) -> str:
     return logs.stdout
 
 
-def test_claude_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
-                                                                       tmp_path: Path) -> None:
-    _grant("anthropic", ANTHROPIC_KEY)
-    workspace = _workspace(tmp_path / "ws", f"name: agent-claude\ndependencies: [node@22, {CLAUDE_CODE}]\n"
-                                            "network:\n  policy: strict\n")
-    result = run_moat(["claude", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
-                      timeout=BUILD_TIMEOUT)
-    assert result.code == 0, result.output
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
-    calls = model_apis.llm.requests("/v1/messages")
-    assert calls, model_apis.llm.seen
-    assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)  # injected by moat's proxy
-    assert "Reply with the word PONG" in model_apis.llm.prompts()
-    # Only the model API was reached: no telemetry, no update check, nothing the policy let through.
-    assert set(model_apis.hosts) == {"api.anthropic.com:443"}, model_apis.hosts
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in _recorded_output(moat_home)
-    _nowhere(ANTHROPIC_KEY, moat_home, result.output)
-
-
-def test_codex_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
-                                                                      tmp_path: Path) -> None:
-    _grant("openai", OPENAI_KEY)
-    workspace = _workspace(tmp_path / "ws", "name: agent-codex\nnetwork:\n  policy: strict\n")
-    result = run_moat(["codex", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
-                      timeout=BUILD_TIMEOUT)
-    assert result.code == 0, result.output
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
-    calls = model_apis.llm.requests("/v1/responses")
-    assert calls, model_apis.llm.seen
-    assert all(call.header("Authorization") == f"Bearer {OPENAI_KEY}" for call in calls)
-    assert set(model_apis.hosts) == {"api.openai.com:443"}, model_apis.hosts
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in _recorded_output(moat_home)
-    _nowhere(OPENAI_KEY, moat_home, result.output)
-
-
 GEMINI_KEY = "AIzaE2eRealGeminiKey0123456789abcdefABCD"
+PONG = "Reply with the word PONG"
 
 
-def test_gemini_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
-                                                                       tmp_path: Path) -> None:
-    _grant("gemini", GEMINI_KEY)
-    workspace = _workspace(tmp_path / "ws", "name: agent-gemini\nnetwork:\n  policy: strict\n")
-    result = run_moat(["gemini", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
-                      timeout=BUILD_TIMEOUT)
-    assert result.code == 0, result.output
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
-    calls = model_apis.llm.requests("generateContent")
-    assert calls, model_apis.llm.seen
-    assert all(call.header("x-goog-api-key") == GEMINI_KEY for call in calls)
-    assert set(model_apis.hosts) == {"generativelanguage.googleapis.com:443"}, model_apis.hosts
-    _nowhere(GEMINI_KEY, moat_home, result.output)
+@dataclass(frozen=True)
+class AgentCase:
+    agent: str
+    provider: str  # the grant it picks
+    key: str
+    config: str  # moat.yaml's dependencies line, if any
+    path: str  # what it calls on the model API
+    header: str  # where the proxy puts the key
+    value: str
+    host: str  # the only host it may reach
 
 
-def test_pi_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
-                                                                   tmp_path: Path) -> None:
-    _grant("anthropic", ANTHROPIC_KEY)
+CASES = [
+    AgentCase("claude", "anthropic", ANTHROPIC_KEY, f"dependencies: [node@22, {CLAUDE_CODE}]\n", "/v1/messages",
+              "x-api-key", ANTHROPIC_KEY, "api.anthropic.com:443"),
+    AgentCase("codex", "openai", OPENAI_KEY, "", "/v1/responses", "Authorization", f"Bearer {OPENAI_KEY}",
+              "api.openai.com:443"),
+    AgentCase("gemini", "gemini", GEMINI_KEY, "", "generateContent", "x-goog-api-key", GEMINI_KEY,
+              "generativelanguage.googleapis.com:443"),
     # pi 1.5 depends on a package the npm registry reachable here does not serve (marked-cjk-friendly).
-    workspace = _workspace(tmp_path / "ws", "name: agent-pi\ndependencies: [node, pi-cli@1.3.0]\n"
-                                            "network:\n  policy: strict\n")
-    result = run_moat(["pi", str(workspace), "-p", "Reply with the word PONG"], env=model_apis.env,
-                      timeout=BUILD_TIMEOUT)
+    AgentCase("pi", "anthropic", ANTHROPIC_KEY, "dependencies: [node, pi-cli@1.3.0]\n", "/v1/messages", "x-api-key",
+              ANTHROPIC_KEY, "api.anthropic.com:443"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.agent for c in CASES])
+def test_the_agent_answers_through_the_proxy_with_the_key_it_never_held(model_apis: ModelApis, moat_home: Path,
+                                                                          tmp_path: Path, case: AgentCase) -> None:
+    _grant(case.provider, case.key)
+    workspace = _workspace(tmp_path / "ws", f"name: agent-{case.agent}\n{case.config}network:\n  policy: strict\n")
+    result = run_moat([case.agent, str(workspace), "-p", PONG], env=model_apis.env, timeout=BUILD_TIMEOUT)
     assert result.code == 0, result.output
-    assert f"{REPLY_PREFIX}Reply with the word PONG" in result.stdout
-    calls = model_apis.llm.requests("/v1/messages")
+    assert f"{REPLY_PREFIX}{PONG}" in result.stdout
+    calls = model_apis.llm.requests(case.path)
     assert calls, model_apis.llm.seen
-    assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)
-    assert set(model_apis.hosts) == {"api.anthropic.com:443"}, model_apis.hosts
-    _nowhere(ANTHROPIC_KEY, moat_home, result.output)
+    assert all(call.header(case.header) == case.value for call in calls)  # injected by moat's proxy
+    assert PONG in model_apis.llm.prompts()
+    # Only the model API was reached: no telemetry, no update check, nothing the policy let through.
+    assert set(model_apis.hosts) == {case.host}, model_apis.hosts
+    assert f"{REPLY_PREFIX}{PONG}" in _recorded_output(moat_home)
+    _nowhere(case.key, moat_home, result.output)
 
 
 @pytest.mark.parametrize("agent, provider, key, path, header, value", [
