@@ -183,6 +183,17 @@ def test_the_build_ca_comes_from_a_file_or_a_directory_of_certificates(tmp_path:
     assert build_ca({VARIABLE: str(tmp_path / "a.crt")}) == PEM
 
 
+def test_only_certificates_are_taken_never_a_private_key(tmp_path: Path) -> None:
+    key = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----\n"
+    (tmp_path / "mitmproxy-ca.pem").write_text(key + PEM)
+    (tmp_path / "dhparam.pem").write_text("-----BEGIN DH PARAMETERS-----\nMIIB\n-----END DH PARAMETERS-----\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "CORP.CRT").write_text(PEM.replace("fake", "corp"))
+    found = build_ca({VARIABLE: str(tmp_path)})
+    assert found == PEM + PEM.replace("fake", "corp")  # below the directory, any case; the key left out
+    assert "PRIVATE" not in (build_ca({VARIABLE: str(tmp_path / "mitmproxy-ca.pem")}) or "PRIVATE")
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"), ("not a certificate\n", "holds no PEM certificate"), ("", "holds no PEM"),
 ])
@@ -195,7 +206,7 @@ def test_a_wrong_build_ca_is_a_usage_error(tmp_path: Path, content: str | None, 
 
 
 def test_a_build_ca_directory_without_certificates_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"holds no \*.crt or \*.pem"):
+    with pytest.raises(UsageError, match=r"holds no PEM certificate in a \*.crt or \*.pem"):
         build_ca({VARIABLE: str(tmp_path)})
 
 
@@ -207,7 +218,8 @@ def test_the_build_trusts_the_ca_before_any_download_and_the_tag_follows_its_con
     copy = lines.index(f"COPY {ca_file} /usr/local/share/ca-certificates/{ca_file}")
     npm = next(i for i, line in enumerate(lines) if "npm install" in line)
     assert next(i for i, line in enumerate(lines) if "apt-get install" in line) < copy < npm
-    assert "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" in text
+    assert lines[npm].startswith("RUN export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt PIP_CERT=")
+    assert not any(line.startswith("ENV") and "CA_CERTS" in line for line in lines)  # the run's environment is moat's
     context = {dockerfile.BUILD_CA_FILE: PEM}
     assert image_tag(["x"], text, context) != image_tag(["x"], text, {dockerfile.BUILD_CA_FILE: PEM + PEM})
     plan = plan_for("dependencies: [node, typescript]\n", host_env={VARIABLE: "/nonexistent/ca.pem"}, runtime="sandbox")

@@ -1,13 +1,18 @@
 """MOAT_BUILD_CA_CERTS: the certificate authorities an agent image's build trusts.
 
 Behind a TLS-inspecting proxy (a corporate network, or these machines' egress) every download a
-build makes — npm, pip, a release binary — fails on the proxy's own certificate unless the image
+build makes — npm, pip, a release binary — fails on the proxy's own certificate unless the build
 trusts its CA. The host usually does already; the image starts from a base that does not.
-The variable names a PEM file, or a directory of them (``/usr/local/share/ca-certificates``).
+The variable names a PEM file, or a directory of them (``/usr/local/share/ca-certificates``, searched
+as ``update-ca-certificates`` does: below it too, any case of ``.crt``/``.pem``).
+
+Only the certificates are taken: a PEM file often holds its private key too (mitmproxy's
+``mitmproxy-ca.pem``), and a key must never reach an image layer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,10 +20,13 @@ from moat.errors import UsageError
 
 VARIABLE = "MOAT_BUILD_CA_CERTS"
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+?-----END CERTIFICATE-----")
+SUFFIXES = (".crt", ".pem")
+MAX_FILE = 4 * 1024 * 1024  # a bundle of every public CA is ~200 KiB
 
 
 def build_ca(host_env: Mapping[str, str]) -> str | None:
-    """The PEM text of every certificate the variable names, or None when it is unset or empty."""
+    """The PEM certificates the variable names, or None when it is unset or empty."""
     value = host_env.get(VARIABLE, "").strip()
     if not value:
         return None
@@ -26,20 +34,26 @@ def build_ca(host_env: Mapping[str, str]) -> str | None:
     hint = (f"Point {VARIABLE} at a PEM file of CA certificates, or a directory of *.crt/*.pem files"
             " (such as /usr/local/share/ca-certificates), or unset it.")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".crt", ".pem") and p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+        found = [cert for file in files for cert in _certificates(file, hint)]
+        if not found:
+            raise UsageError(f"{VARIABLE} names the directory {path}, which holds no PEM certificate in a"
+                             " *.crt or *.pem file", hint=hint)
     elif path.is_file():
-        files = [path]
+        found = _certificates(path, hint)
+        if not found:
+            raise UsageError(f"{VARIABLE}: {path} holds no PEM certificate ('{PEM_BEGIN}')", hint=hint)
     else:
         raise UsageError(f"{VARIABLE} names {path}, which does not exist", hint=hint)
-    texts = []
-    for file in files:
-        try:
-            text = file.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{VARIABLE}: cannot read {file} as a PEM certificate file ({exc})", hint=hint) from None
-        if PEM_BEGIN not in text:
-            raise UsageError(f"{VARIABLE}: {file} holds no PEM certificate ('{PEM_BEGIN}')", hint=hint)
-        texts.append(text.strip() + "\n")
-    if not texts:
-        raise UsageError(f"{VARIABLE} names the directory {path}, which holds no *.crt or *.pem file", hint=hint)
-    return "".join(texts)
+    return "".join(cert.replace("\r\n", "\n") + "\n" for cert in dict.fromkeys(found))
+
+
+def _certificates(file: Path, hint: str) -> list[str]:
+    try:
+        if file.stat().st_size > MAX_FILE:
+            raise UsageError(f"{VARIABLE}: {file} is larger than {MAX_FILE // (1024 * 1024)} MiB;"
+                             " it is not a file of CA certificates", hint=hint)
+        text = file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{VARIABLE}: cannot read {file} as a PEM file ({type(exc).__name__})", hint=hint) from None
+    return CERTIFICATE.findall(text)

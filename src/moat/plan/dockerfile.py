@@ -18,9 +18,9 @@ BASE_APT = ("ca-certificates",)
 # The build's extra certificate authorities (MOAT_BUILD_CA_CERTS), under this name in the context.
 BUILD_CA_FILE = "moat-build-ca.crt"
 # Tools that do not read the system's roots by default are pointed at them (node has its own copy,
-# pip its certifi bundle).
-BUILD_CA_ENV = ("NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt "
-                "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
+# pip its certifi bundle) in the build's download steps only: the image's environment is the run's.
+BUILD_CA_EXPORT = ("export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt"
+                   " PIP_CERT=/etc/ssl/certs/ca-certificates.crt; ")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     )
     if inputs.build_ca:  # after apt (over plain HTTP, it brings update-ca-certificates), before any download
         lines += [f"COPY {BUILD_CA_FILE} /usr/local/share/ca-certificates/{BUILD_CA_FILE}",
-                  "RUN update-ca-certificates >/dev/null", f"ENV {BUILD_CA_ENV}"]
+                  "RUN update-ca-certificates >/dev/null"]
+    trust = BUILD_CA_EXPORT if inputs.build_ca else ""
     for dep in to_install:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime) and dep.version
@@ -81,13 +82,13 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             entry = catalog.get(dep.name)
             assert isinstance(entry, NpmTool)
             specs.append(f"{entry.package}@{dep.version}" if dep.version else entry.package)
-        lines.append("RUN npm install --global --no-fund --no-audit --no-update-notifier "
+        lines.append(f"RUN {trust}npm install --global --no-fund --no-audit --no-update-notifier "
                      + " ".join(shlex.quote(spec) for spec in specs))
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None
         packages = sorted((d for d in deps if d.manager == prefix), key=lambda d: d.name)
-        lines.append("RUN " + manager.install.replace(
+        lines.append(f"RUN {trust}" + manager.install.replace(
             "{packages}", quote_packages(packages, manager.version_separator)))
     lines += _user_lines(inputs.uid, inputs.gid)
     return "\n".join(lines) + "\n"
