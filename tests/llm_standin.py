@@ -52,7 +52,7 @@ class LlmStandIn:
 
 
 def _is_model_call(path: str) -> bool:
-    return any(p in path for p in ("/v1/messages", "/v1/responses", "/v1/chat/completions", "generateContent")) \
+    return any(p in path for p in ("/v1/messages", "/responses", "/chat/completions", "generateContent")) \
         and "count_tokens" not in path
 
 
@@ -146,6 +146,14 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
             if path == "/v1/models":
                 self._json(200, {"data": [{"id": "claude-standin", "type": "model", "display_name": "stand-in"}],
                                  "has_more": False, "object": "list"})
+            elif path == "/copilot_internal/user":  # GitHub: who the Copilot user is, and where its API is
+                self._json(200, {"login": "standin", "copilot_plan": "individual", "chat_enabled": True,
+                                 "access_type_sku": "free_limited_copilot",
+                                 "endpoints": {"api": "https://api.individual.githubcopilot.com",
+                                               "proxy": "https://proxy.individual.githubcopilot.com",
+                                               "telemetry": "https://telemetry.individual.githubcopilot.com"}})
+            elif path == "/models":  # Copilot's API: the models it offers
+                self._json(200, {"object": "list", "data": [_copilot_model(m) for m in COPILOT_MODELS]})
             elif path.startswith("/v1beta/models"):
                 self._json(200, {"models": [{"name": "models/gemini-standin"}]})
             else:
@@ -162,12 +170,12 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
                     self._events(_anthropic_stream(body, reply))
                 else:
                     self._json(200, _anthropic_message(body, reply))
-            elif path == "/v1/responses":
+            elif path in ("/v1/responses", "/responses"):  # OpenAI; Copilot's API (no /v1)
                 if body.get("stream", False):
                     self._events(_responses_stream(body, reply))
                 else:
                     self._json(200, _response(body, reply, "completed"))
-            elif path == "/v1/chat/completions":
+            elif path in ("/v1/chat/completions", "/chat/completions"):
                 if body.get("stream"):
                     self._events(_chat_stream(body, reply))
                 else:
@@ -187,6 +195,23 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": {"type": "not_found_error", "message": f"stand-in has no {path}"}})
 
     return Handler
+
+
+# -- GitHub Copilot ----------------------------------------------------------------------------------
+
+COPILOT_MODELS = ("gpt-5-mini", "claude-sonnet-4.5", "gpt-4.1")
+
+
+def _copilot_model(model: str) -> dict[str, Any]:
+    return {"id": model, "name": model, "object": "model", "vendor": "stand-in", "version": model, "preview": False,
+            "model_picker_enabled": True, "is_chat_default": model == COPILOT_MODELS[0], "is_chat_fallback": True,
+            "policy": {"state": "enabled", "terms": ""}, "billing": {"is_premium": False, "multiplier": 0},
+            "capabilities": {"type": "chat", "family": model, "object": "model_capabilities", "tokenizer": "o200k_base",
+                             "supports": {"streaming": True, "tool_calls": True, "parallel_tool_calls": True,
+                                          "vision": False},
+                             "limits": {"max_context_window_tokens": 200000, "max_prompt_tokens": 128000,
+                                        "max_output_tokens": 16000}},
+            "supported_endpoints": ["/chat/completions", "/responses"]}
 
 
 # -- Anthropic ---------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def _recorded_output(home: Path) -> str:
 
 
 GEMINI_KEY = "AIzaE2eRealGeminiKey0123456789abcdefABCD"
-PONG = "Reply with the word PONG"
+GITHUB_TOKEN = "github_pat_11E2EREALTOKEN0123456789abcdefABCDEF"
+ANTHROPIC = frozenset({"api.anthropic.com:443"})
+PONG = "--version: reply with the word PONG"  # a prompt that looks like an option is still a prompt
 
 
 @dataclass(frozen=True)
@@ -96,19 +98,23 @@ class AgentCase:
     path: str  # what it calls on the model API
     header: str  # where the proxy puts the key
     value: str
-    host: str  # the only host it may reach
+    hosts: frozenset[str]  # the only hosts it may reach
 
 
 CASES = [
     AgentCase("claude", "anthropic", ANTHROPIC_KEY, f"dependencies: [node@22, {CLAUDE_CODE}]\n", "/v1/messages",
-              "x-api-key", ANTHROPIC_KEY, "api.anthropic.com:443"),
+              "x-api-key", ANTHROPIC_KEY, ANTHROPIC),
     AgentCase("codex", "openai", OPENAI_KEY, "", "/v1/responses", "Authorization", f"Bearer {OPENAI_KEY}",
-              "api.openai.com:443"),
+              frozenset({"api.openai.com:443"})),
     AgentCase("gemini", "gemini", GEMINI_KEY, "", "generateContent", "x-goog-api-key", GEMINI_KEY,
-              "generativelanguage.googleapis.com:443"),
+              frozenset({"generativelanguage.googleapis.com:443"})),
     # pi 1.5 depends on a package the npm registry reachable here does not serve (marked-cjk-friendly).
     AgentCase("pi", "anthropic", ANTHROPIC_KEY, "dependencies: [node, pi-cli@1.3.0]\n", "/v1/messages", "x-api-key",
-              ANTHROPIC_KEY, "api.anthropic.com:443"),
+              ANTHROPIC_KEY, ANTHROPIC),
+    # Copilot asks GitHub who the user is and where its API is, then calls that API with the same token.
+    AgentCase("copilot", "github", GITHUB_TOKEN, "dependencies: [node, copilot-cli@1.0.102]\n", "/responses",
+              "Authorization", f"Bearer {GITHUB_TOKEN}",
+              frozenset({"api.github.com:443", "api.individual.githubcopilot.com:443"})),
 ]
 
 
@@ -125,7 +131,7 @@ def test_the_agent_answers_through_the_proxy_with_the_key_it_never_held(model_ap
     assert all(call.header(case.header) == case.value for call in calls)  # injected by moat's proxy
     assert PONG in model_apis.llm.prompts()
     # Only the model API was reached: no telemetry, no update check, nothing the policy let through.
-    assert set(model_apis.hosts) == {case.host}, model_apis.hosts
+    assert set(model_apis.hosts) == case.hosts, model_apis.hosts
     assert f"{REPLY_PREFIX}{PONG}" in _recorded_output(moat_home)
     _nowhere(case.key, moat_home, result.output)
 

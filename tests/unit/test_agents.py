@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from moat.agents import AGENTS
+from moat.agents.base import toml_string
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentOptions, AgentSetup
 from moat.cli.agentinputs import choose_grant, with_dependencies
 from moat.config.features import unsupported
 from moat.credentials.credential import Credential
 from moat.credentials.store import CredentialStore
-from moat.errors import UsageError
+from moat.errors import ConfigError, UsageError
 from moat.plan import dockerfile
 from moat.plan.build import image_tag
 from moat.plan.buildca import VARIABLE, build_ca
@@ -34,7 +35,7 @@ def setup(agent: str, config: str = "", grant: str | None = None, env: dict[str,
 
 def test_claude_skips_permissions_answers_onboarding_and_approves_only_its_placeholder() -> None:
     s = setup("claude", grant="anthropic", env={"ANTHROPIC_API_KEY": KEY}, prompt="fix the tests")
-    assert s.command == ("claude", "--dangerously-skip-permissions", "-p", "fix the tests")
+    assert s.command == ("claude", "--dangerously-skip-permissions", "-p", "--", "fix the tests")
     assert s.dependencies == ("node@22", "git", "claude-code") and not s.interactive
     state = json.loads(s.home_files[".claude.json"])
     assert state["hasCompletedOnboarding"] is True
@@ -48,7 +49,7 @@ def test_claude_skips_permissions_answers_onboarding_and_approves_only_its_place
 def test_claude_noyolo_asks_and_an_oauth_grant_approves_no_key() -> None:
     s = setup("claude", grant="claude", env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-x"}, yolo=False,
               initial="hello there")
-    assert s.command == ("claude", "hello there") and s.interactive
+    assert s.command == ("claude", "--", "hello there") and s.interactive
     assert json.loads(s.home_files[".claude/settings.json"]) == {}
     assert "customApiKeyResponses" not in json.loads(s.home_files[".claude.json"])
 
@@ -71,7 +72,7 @@ def test_codex_runs_exec_with_its_config_as_toml_and_the_placeholder_key() -> No
     s = setup("codex", "codex:\n  mcp:\n    q:\n      command: 'say \"hi\"'\n      args: ['a\\\\b', 'é']\n"
                        "      env: {K: 'v\"'}\n", grant="openai", env={"OPENAI_API_KEY": "sk-moat-placeholder"},
               prompt="go")
-    assert s.command == ("codex", "exec", "--skip-git-repo-check", "go")
+    assert s.command == ("codex", "exec", "--skip-git-repo-check", "--", "go")
     config = tomllib.loads(s.home_files[".codex/config.toml"])
     assert config["approval_policy"] == "never" and config["sandbox_mode"] == "danger-full-access"
     assert config["projects"]["/workspace"] == {"trust_level": "trusted"}
@@ -80,36 +81,44 @@ def test_codex_runs_exec_with_its_config_as_toml_and_the_placeholder_key() -> No
     assert json.loads(s.home_files[".codex/auth.json"]) == {"OPENAI_API_KEY": "sk-moat-placeholder"}
 
 
-def test_codex_noyolo_asks_and_works_in_its_own_sandbox() -> None:
+def test_codex_noyolo_asks_without_a_sandbox_that_cannot_start_in_the_container() -> None:
     config = tomllib.loads(setup("codex", yolo=False).home_files[".codex/config.toml"])
-    assert (config["approval_policy"], config["sandbox_mode"]) == ("on-request", "workspace-write")
-    assert setup("codex", initial="hi").command == ("codex", "hi")
+    assert (config["approval_policy"], config["sandbox_mode"]) == ("untrusted", "danger-full-access")
+    assert setup("codex", initial="hi").command == ("codex", "--", "hi")
+
+
+def test_codex_toml_holds_any_text_a_moat_yaml_can() -> None:
+    awkward = 'a"b\\c\u007fd\u0001é😀\n'
+    s = setup("codex", "codex:\n  mcp:\n    q:\n      command: x\n", )
+    toml = s.home_files[".codex/config.toml"].replace('command = "x"', f"command = {toml_string(awkward)}")
+    assert tomllib.loads(toml)["mcp_servers"]["q"]["command"] == awkward
 
 
 def test_gemini_uses_its_api_key_mode_and_reports_nothing() -> None:
     s = setup("gemini", prompt="go")
-    assert s.command == ("gemini", "--yolo", "-p", "go")
+    assert s.command == ("gemini", "--yolo", "--prompt=go")
     settings = json.loads(s.home_files[".gemini/settings.json"])
     assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"
     assert settings["privacy"]["usageStatisticsEnabled"] is False
     assert s.env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
-    assert setup("gemini", yolo=False, initial="hi").command == ("gemini", "-i", "hi")
+    assert setup("gemini", yolo=False, initial="-hi").command == ("gemini", "--prompt-interactive=-hi")
 
 
 def test_copilot_flags_win_over_the_block_and_its_token_is_the_github_placeholder() -> None:
     s = setup("copilot", "copilot: {model: gpt-a, context: long_context, experimental: true}\n",
               env={"GH_TOKEN": "ghp_placeholder"}, prompt="go", flags={"model": "gpt-b", "autopilot": True})
     assert s.command == ("copilot", "--no-auto-update", "--model", "gpt-b", "--context", "long_context",
-                         "--experimental", "--autopilot", "--allow-all", "-p", "go")
-    assert s.env["COPILOT_GITHUB_TOKEN"] == "ghp_placeholder" and s.env["COPILOT_AUTO_UPDATE"] == "false"
+                         "--experimental", "--autopilot", "--allow-all", "--prompt=go")
+    token = s.env["COPILOT_GITHUB_TOKEN"]
+    assert token.startswith("github_pat_11MOAT") and len(token) == 93 and s.env["COPILOT_AUTO_UPDATE"] == "false"
 
 
 def test_pi_follows_its_grant_and_refuses_a_backend_it_has_no_credential_for() -> None:
     s = setup("pi", grant="openai", prompt="go")
-    assert s.command == ("pi", "--append-system-prompt", CONTEXT_ARGUMENT, "-p", "go")
+    assert s.command == ("pi", "--append-system-prompt", CONTEXT_ARGUMENT, "-p", "--", "go")
     s = setup("pi", "pi: {model: gpt-x}\n", grant="openai", initial="hi")
     assert s.command == ("pi", "--provider", "openai", "--model", "gpt-x", "--append-system-prompt", CONTEXT_ARGUMENT,
-                         "hi")
+                         "--", "hi")
     with pytest.raises(UsageError, match="set to use anthropic, but the run's credential is openai"):
         setup("pi", "pi: {provider: anthropic}\n", grant="openai")
     with pytest.raises(UsageError, match="must be one of anthropic, openai"):
@@ -128,7 +137,7 @@ def test_the_plan_wraps_the_agent_to_copy_its_files_and_mounts_them_read_only() 
     agent = setup("pi", grant="anthropic", prompt="go")
     plan = plan_for("env: {PI_OFFLINE: '0'}\n", command=(), agent=agent)
     # The context file's argument: where this runtime mounts it.
-    assert plan.command == ("pi", "--append-system-prompt", "/etc/moat/moat-context.md", "-p", "go")
+    assert plan.command == ("pi", "--append-system-prompt", "/etc/moat/moat-context.md", "-p", "--", "go")
     container = plan.agent.command  # held until its turn: the hold wrapper, then the init wrapper
     start = container.index("/bin/sh")
     assert container[start:start + 4] == ("/bin/sh", "-c", 'cp -R "$MOAT_AGENT_INIT"/. "$HOME"/ && exec "$@"',
@@ -156,12 +165,12 @@ def test_the_agents_grant_is_one_the_run_names_else_the_first_stored(tmp_path: P
     assert "moat grant anthropic" in (raised.value.hint or "")
     store = CredentialStore(tmp_path)
     store.save(Credential(provider="anthropic", token="sk-ant-api03-x"))
-    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == "anthropic"
+    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == ("anthropic", False)
     store.save(Credential(provider="claude", token="sk-ant-oat01-x"))
-    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == "claude"
-    assert choose_grant(claude, AgentOptions(), config, ["anthropic"], tmp_path, None) == "anthropic"
+    assert choose_grant(claude, AgentOptions(), config, [], tmp_path, None) == ("claude", False)
+    assert choose_grant(claude, AgentOptions(), config, ["anthropic:x"], tmp_path, None) == ("anthropic", True)
     # an alias names its provider (codex is openai's)
-    assert choose_grant(AGENTS["codex"], AgentOptions(), config, ["codex"], tmp_path, None) == "openai"
+    assert choose_grant(AGENTS["codex"], AgentOptions(), config, ["codex"], tmp_path, None) == ("openai", True)
 
 
 def test_agent_blocks_load_and_only_what_is_not_built_is_refused() -> None:
@@ -233,3 +242,23 @@ def test_claude_code_brings_node_as_the_go_tools_needs_none_declared() -> None:
                                                                                                "claude-code"]
     plan = plan_for("dependencies: [claude-code]\n")
     assert plan.image.base_image == "node:22-slim"
+
+
+@pytest.mark.parametrize("where", ["env", "cli", "claude.env"])
+def test_an_agent_run_keeps_its_home(where: str) -> None:
+    text = {"env": "env: {HOME: /workspace}\n", "claude.env": "claude:\n  env: {HOME: /workspace}\n"}.get(where, "")
+    cli = ("HOME=/workspace",) if where == "cli" else ()
+    with pytest.raises((UsageError, ConfigError), match="HOME is where an agent command puts"):
+        plan_for(text, command=(), agent=setup("claude", text), env=cli)
+    plan_for(text, env=cli)  # moat run: HOME is the user's to set
+
+
+def test_with_both_grants_claude_uses_the_subscription_and_its_shell_commands_the_api_key() -> None:
+    env = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-placeholder", "ANTHROPIC_API_KEY": KEY}
+    s = setup("claude", grant="claude", env=env, prompt="go")
+    assert s.command[:4] == ("env", "-u", "ANTHROPIC_API_KEY", "claude")
+    assert s.home_files[".claude/anthropic-env.sh"] == f"export ANTHROPIC_API_KEY={KEY}\n"
+    assert s.env["BASH_ENV"] == "$HOME/.claude/anthropic-env.sh"
+    assert "customApiKeyResponses" not in json.loads(s.home_files[".claude.json"])
+    only_key = setup("claude", grant="anthropic", env={"ANTHROPIC_API_KEY": KEY})
+    assert only_key.command[0] == "claude" and "BASH_ENV" not in only_key.env

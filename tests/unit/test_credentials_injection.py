@@ -19,6 +19,10 @@ from moat.errors import MoatError
 REGISTRY = ProviderRegistry.load(None)
 TOKEN = "tok_REAL_SECRET_0123456789"
 
+# The GitHub token goes to its API as Bearer, and to Copilot's API hosts (one per plan).
+GITHUB_API_HOSTS = ("api.github.com", "api.githubcopilot.com", "api.individual.githubcopilot.com",
+                    "api.business.githubcopilot.com", "api.enterprise.githubcopilot.com")
+
 
 def grant(name: str, token: str = TOKEN, run_id: str = "run_abc",
           **kwargs: object) -> tuple[GrantRules, dict[str, str]]:
@@ -36,7 +40,7 @@ def test_github_rules_and_env() -> None:
     rules, env = grant("github")
     basic = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
     assert rules == GrantRules("github", injections=(
-        HeaderInjection(("api.github.com",), (("Authorization", f"Bearer {TOKEN}"),)),
+        HeaderInjection(GITHUB_API_HOSTS, (("Authorization", f"Bearer {TOKEN}"),)),
         HeaderInjection(("github.com",), (("Authorization", f"Basic {basic}"),)),
     ), values=(TOKEN, basic))
     assert env == {"GH_TOKEN": "ghp_moatProxyInjectedPlaceholder000000000000", "GIT_TERMINAL_PROMPT": "0"}

@@ -35,6 +35,10 @@ prompt: |
   Create one at https://example.com/tokens
 """
 
+# The GitHub token goes to its API as Bearer, and to Copilot's API hosts (one per plan).
+GITHUB_API_HOSTS = ("api.github.com", "api.githubcopilot.com", "api.individual.githubcopilot.com",
+                    "api.business.githubcopilot.com", "api.enterprise.githubcopilot.com")
+
 
 def write_provider(home: Path, text: str, name: str = "mine.yaml") -> Path:
     directory = home / "providers"
@@ -60,7 +64,7 @@ def test_every_builtin_loads() -> None:
 def test_github_uses_bearer_for_the_api_and_basic_for_git() -> None:
     github = ProviderRegistry.load(None).get("github")
     assert github.headers == (
-        HeaderRule(("api.github.com",), "Authorization", "Bearer "),
+        HeaderRule(GITHUB_API_HOSTS, "Authorization", "Bearer "),
         HeaderRule(("github.com",), "Authorization", "Basic ", basic_user="x-access-token"),
     )
     assert github.headers[1].render("tok") == "Basic eC1hY2Nlc3MtdG9rZW46dG9r"  # base64("x-access-token:tok")

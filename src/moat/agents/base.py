@@ -65,5 +65,6 @@ def stdio_servers(servers: Mapping[str, LocalMcpServer], agent: str) -> dict[str
 
 
 def toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escaping is TOML's, for the characters JSON escapes)."""
-    return json.dumps(value, ensure_ascii=False)
+    """A TOML basic string. JSON's escapes are TOML's for what JSON escapes; TOML also forbids DEL raw
+    (and JSON's surrogate-pair escapes are not TOML: non-ASCII stays as it is)."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -13,9 +13,10 @@ API_KEY_VARIABLE = "OPENAI_API_KEY"
 
 
 def config_toml(yolo: bool, servers: Mapping[str, Mapping[str, object]]) -> str:
-    # Inside moat's container Codex's own sandbox (bubblewrap, landlock) has nothing to add and cannot
-    # start: the container is the boundary.
-    approval, sandbox = ("never", "danger-full-access") if yolo else ("on-request", "workspace-write")
+    # Inside moat's container Codex's own sandbox (bubblewrap) cannot start (no user namespaces without
+    # capabilities), and the container is the boundary: --noyolo gives back Codex's approvals instead.
+    approval = "never" if yolo else "untrusted"
+    sandbox = "danger-full-access"
     lines = [
         "# Moat-generated: copied into the agent's home when it starts.",
         f"approval_policy = {toml_string(approval)}",
@@ -51,9 +52,9 @@ class Codex(Agent):
               grant_env: Mapping[str, str]) -> AgentSetup:
         if options.prompt is not None:
             # A workspace need not be a git repository; moat's container is what confines Codex.
-            command: tuple[str, ...] = ("codex", "exec", "--skip-git-repo-check", options.prompt)
-        else:
-            command = ("codex", *((options.initial,) if options.initial else ()))
+            command: tuple[str, ...] = ("codex", "exec", "--skip-git-repo-check", "--", options.prompt)
+        else:  # after '--': a message that starts with '-' is not an option
+            command = ("codex", *(("--", options.initial) if options.initial else ()))
         files = {".codex/config.toml": config_toml(options.yolo, stdio_servers(config.codex.mcp, "codex"))}
         key = grant_env.get(API_KEY_VARIABLE)
         if key:

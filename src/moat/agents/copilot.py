@@ -10,6 +10,9 @@ from moat.config.schema import MoatConfig
 from moat.constants import WORKSPACE_MOUNT
 
 GITHUB_TOKEN_VARIABLE = "GH_TOKEN"  # noqa: S105 — a variable's name
+# Copilot refuses a classic token (ghp_): its placeholder has a fine-grained token's shape. The proxy
+# replaces the whole Authorization header on GitHub's and Copilot's API hosts, whatever it holds.
+PLACEHOLDER = "github_pat_11MOATPROXYINJECTEDPLACEHOLDER" + "0" * 52
 
 
 class Copilot(Agent):
@@ -33,14 +36,14 @@ class Copilot(Agent):
             command.append("--autopilot")
         if options.yolo:
             command.append("--allow-all")
+        # One argument each: a prompt that starts with '-' is not taken for an option.
         if options.prompt is not None:
-            command += ["-p", options.prompt]
+            command.append(f"--prompt={options.prompt}")
         elif options.initial:
-            command += ["-i", options.initial]
+            command.append(f"--interactive={options.initial}")
         env = {"COPILOT_AUTO_UPDATE": "false"}
-        token = grant_env.get(GITHUB_TOKEN_VARIABLE)
-        if token:  # Copilot reads its own variable first; the proxy puts the real token on GitHub's hosts
-            env["COPILOT_GITHUB_TOKEN"] = token
+        if GITHUB_TOKEN_VARIABLE in grant_env:  # Copilot reads its own variable first
+            env["COPILOT_GITHUB_TOKEN"] = PLACEHOLDER
         return self.base(grant, tuple(command), options, env=env,
                          home_files={".copilot/config.json": pretty_json({"trustedFolders": [WORKSPACE_MOUNT]})})
 

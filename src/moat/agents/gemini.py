@@ -15,10 +15,11 @@ class Gemini(Agent):
         command = ["gemini"]
         if options.yolo:
             command.append("--yolo")
+        # One argument each: a prompt that starts with '-' is not taken for an option.
         if options.prompt is not None:
-            command += ["-p", options.prompt]
+            command.append(f"--prompt={options.prompt}")
         elif options.initial:
-            command += ["-i", options.initial]
+            command.append(f"--prompt-interactive={options.initial}")
         settings: dict[str, object] = {
             "security": {"auth": {"selectedType": "gemini-api-key"}},
             "privacy": {"usageStatisticsEnabled": False},

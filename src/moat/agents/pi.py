@@ -32,10 +32,11 @@ class Pi(Agent):
             command += ["--provider", provider, "--model", model]
         # moat's context file (where the run mounts it), read by pi as part of its system prompt.
         command += ["--append-system-prompt", CONTEXT_ARGUMENT]
+        # After '--': a prompt that starts with '-' is not an option (pi still reads a leading '@' as a file).
         if options.prompt is not None:
-            command += ["-p", options.prompt]
+            command += ["-p", "--", options.prompt]
         elif options.initial:
-            command.append(options.initial)
+            command += ["--", options.initial]
         settings = {"defaultProjectTrust": "never", "enableInstallTelemetry": False, "enableAnalytics": False,
                     "quietStartup": True}
         return self.base(grant, tuple(command), options, env={"PI_OFFLINE": "1"},

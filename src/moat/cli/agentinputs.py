@@ -30,10 +30,32 @@ def with_dependencies(config: Config, agent: Agent, catalog: Catalog) -> Config:
     return replace(config, dependencies=(*config.dependencies, *added))
 
 
+def ignored_settings(config: Config, agent: Agent | None) -> list[str]:
+    """What moat.yaml asks for that this command does not use, said before the run (never silently)."""
+    from moat.agents import AGENTS
+
+    model = config.model
+    notes = []
+    if agent is not None:
+        if model.command:
+            notes.append(f"moat.yaml's command ({config.where('command')}) is not used: `moat {agent.name}` runs"
+                         f" {agent.title}")
+        if model.agent and model.agent != agent.name and model.agent in AGENTS:
+            notes.append(f"moat.yaml's agent is {model.agent} ({config.where('agent')}); this run is"
+                         f" {agent.title} (`moat {agent.name}`)")
+    blocks = [name for name in AGENTS if (agent is None or name != agent.name)
+              and getattr(model, name).model_fields_set]
+    if blocks:
+        notes += [f"moat.yaml's {name} block ({config.where(name)}) is read by `moat {name}`, not by this"
+                  " command" for name in blocks]
+    return notes
+
+
 def choose_grant(agent: Agent, options: AgentOptions, config: Config, names: list[str], home: Path,
-                 profile: str | None) -> str:
-    """The provider whose credential the agent uses: one the run already names (moat.yaml's grants,
-    --grant), else the first of the agent's that is stored. None stored is an error saying what to do."""
+                 profile: str | None) -> tuple[str, bool]:
+    """The provider whose credential the agent uses, and whether the run names it already (moat.yaml's
+    grants, --grant: by name, alias or with scopes), else the first of the agent's that is stored.
+    None stored is an error saying what to do."""
     from moat.credentials.providers.registry import ProviderRegistry
     from moat.credentials.store import CredentialStore
 
@@ -42,11 +64,11 @@ def choose_grant(agent: Agent, options: AgentOptions, config: Config, names: lis
     for name in names:
         provider = providers.find(name)
         if provider is not None and provider.name in preferred:
-            return provider.name
+            return provider.name, True
     stored = set(CredentialStore(home, profile).names())
     for candidate in preferred:
         if candidate in stored:
-            return candidate
+            return candidate, False
     where = f" in profile '{profile}'" if profile else ""
     raise UsageError(f"{agent.title} needs a credential and none is stored{where}"
                      f" ({' or '.join(preferred)}); nothing was started",
@@ -54,9 +76,7 @@ def choose_grant(agent: Agent, options: AgentOptions, config: Config, names: lis
                           " agent's requests: the agent itself only ever sees a placeholder.")
 
 
-def grant_env_of(resolved: tuple[ResolvedGrant, ...], provider: str | None) -> Mapping[str, str]:
-    """The placeholder variables of the agent's grant (``ANTHROPIC_API_KEY`` → its placeholder)."""
-    for grant in resolved:
-        if grant.name.split(":", 1)[0] == provider:
-            return grant.env
-    return {}
+def grant_env_of(resolved: tuple[ResolvedGrant, ...]) -> Mapping[str, str]:
+    """The placeholder variables of the run's grants (``ANTHROPIC_API_KEY`` → its placeholder): what
+    the agent's environment will hold."""
+    return {key: value for grant in resolved for key, value in grant.env.items()}

@@ -30,6 +30,9 @@ def _agent_command(agent: Agent) -> click.Command:
             raise UsageError("-c and -r do not go together: -c continues the latest session, -r resumes one")
         if prompt is not None and not prompt.strip():
             raise UsageError("-p needs a prompt")
+        if prompt is not None and words:
+            raise UsageError("-p and a first message after '--' do not go together: -p runs one prompt and exits",
+                             hint="Put all of the prompt in -p, or leave -p out for an interactive session.")
         flags = {key: options.pop(key) for key in ("model", "provider", "context", "reasoning_effort",
                                                    "experimental", "autopilot") if key in options}
         if options.get("detach") and prompt is None:

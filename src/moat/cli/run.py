@@ -85,7 +85,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
               as_json: bool, agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import load_catalog
-    from moat.cli.agentinputs import choose_grant, grant_env_of, with_dependencies
+    from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings, with_dependencies
     from moat.cli.planview import render_plan
     from moat.cli.runinputs import (
         check_configured_grants,
@@ -116,19 +116,22 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     if agent is not None:
         config = with_dependencies(config, agent.agent, catalog)
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
+    note = "\n".join(n for n in (note, *ignored_settings(config, agent.agent if agent else None)) if n)
     stat = workspace.stat()
     invoker = (os.getuid(), os.getgid())
     home = moat_home()
     run_id = new_run_id()
     check_configured_grants(config, home)
     names = grant_names(config.model.grants, grants)
-    agent_grant = choose_grant(agent.agent, agent.options, config, names, home, profile) if agent else None
-    if agent_grant is not None and agent_grant not in names:
-        names.append(agent_grant)
-    resolved = resolve_grants(names, home, run_id, profile)
     setup = None
     if agent is not None:
-        setup = agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved, agent_grant))
+        agent_grant, named = choose_grant(agent.agent, agent.options, config, names, home, profile)
+        if not named:
+            names.append(agent_grant)
+        resolved = resolve_grants(names, home, run_id, profile)
+        setup = agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved))
+    else:
+        resolved = resolve_grants(names, home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing
     network = config.model.network
     policed = network.policy == "strict" or bool(network.rules)

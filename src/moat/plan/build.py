@@ -196,7 +196,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     moat_set = set(env)
 
     def taken(key: str) -> bool:
-        return key in moat_set or routes_around(key, proxy)
+        # An agent's staged files are copied into $HOME: the agent's home is moat's to choose.
+        return key in moat_set or routes_around(key, proxy) or (key == "HOME" and request.agent is not None)
 
     clashes = [("env", k) for k in model.env if taken(k)]
     clashes += [("secrets", k) for k in model.secrets if taken(k)]
@@ -206,6 +207,10 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
             for where in clashes
         ])
     if request.agent is not None:  # under moat.yaml's env and -e: a user's setting wins
+        if "HOME" in request.agent.env:  # only moat.yaml's claude.env can hold it
+            where = (request.agent.name, "env", "HOME")
+            raise ConfigError(config.file, [Located(where, clash_message("HOME", env),
+                                                    *config.marks.locate(where, prefer_key=True))])
         env.update({k: v for k, v in request.agent.env.items() if not taken(k)})
     env.update(model.env)
     env.update(request.secrets)  # moat.yaml's secrets, resolved: values the agent needs, masked everywhere

@@ -97,6 +97,9 @@ def grant_env(grants: tuple[ResolvedGrant, ...], moat_set: set[str], proxy: Prox
 
 
 def clash_message(name: str, env: Mapping[str, str]) -> str:
+    if name == "HOME":
+        return ("HOME is where an agent command puts the agent's configuration; moving it (into the"
+                " workspace, say) would write that over your files: remove it")
     if name in env:
         return f"{name} is set by moat for the agent; choose another name"
     return f"{name} would send the agent around moat's proxy, which this run's grants need; remove it"
