@@ -233,7 +233,7 @@ def discover() -> dict[str, Image]:
 
 
 def compute_hashes(images: dict[str, Image], sources: tuple[str, str]) -> None:
-    by_tag = {i.tag: i for i in images.values()}
+    by_tag = {tag: i for i in images.values() for tag in (i.tag, *i.aliases)}
     done: dict[str, str] = {}
 
     def h_of(img: Image, stack: tuple = ()) -> str:
@@ -476,7 +476,7 @@ def main(argv: list[str]) -> int:
                 f"unknown image(s) {', '.join(unknown)}; known: {', '.join(images)}"
             )
 
-        by_tag = {i.tag: i for i in images.values()}
+        by_tag = {tag: i for i in images.values() for tag in (i.tag, *i.aliases)}
         wanted: dict[str, Image] = {}
 
         def want(img: Image) -> None:

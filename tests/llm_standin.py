@@ -32,6 +32,7 @@ from typing import Any
 from tests.upstream import Seen, TestCA
 
 REPLY_PREFIX = "stand-in model says: "
+DONE = "[DONE]"  # the end of a Chat Completions stream
 # Long enough to stream in several events, short enough for any CLI to print whole.
 CHUNK = 12
 
@@ -48,7 +49,9 @@ class LlmStandIn:
 
     def prompts(self) -> list[str]:
         """The last user text of every model call, in order."""
-        return [last_user_text(json.loads(r.body or b"{}")) for r in self.seen if _is_model_call(r.path)]
+        with self.lock:
+            calls = [r for r in self.seen if _is_model_call(r.path)]
+        return [last_user_text(json.loads(r.body or b"{}")) for r in calls]
 
 
 def _is_model_call(path: str) -> bool:
@@ -56,14 +59,18 @@ def _is_model_call(path: str) -> bool:
         and "count_tokens" not in path
 
 
-def _text_of(content: Any) -> str:
+def _texts(content: Any) -> list[str]:
+    """The text parts of a turn's content, in order (a string, or a list of parts in any API's shape)."""
     if isinstance(content, str):
-        return content
+        return [content]
     if isinstance(content, list):
-        parts = [_text_of(c.get("text") if isinstance(c, dict) and "text" in c else
-                          c.get("content") if isinstance(c, dict) else c) for c in content]
-        return "\n".join(p for p in parts if p)
-    return ""
+        return [text for part in content for text in _texts(
+            part.get("text") if isinstance(part, dict) and "text" in part else
+            part.get("content") if isinstance(part, dict) else part)]
+    return []
+
+
+WRAPPED = re.compile(r"<([a-z_-]+)>.*?</\1>", re.DOTALL)  # an agent's <system-reminder>…</system-reminder>
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -80,10 +87,11 @@ def last_user_text(body: dict[str, Any]) -> str:
                  and c.get("role", "user") == "user"]
     if not turns:
         return ""
-    text = _text_of(turns[-1].get("content"))
-    # Agents wrap the prompt in reminders and context: the test's words are the last line that is not a tag.
-    lines = [line for line in text.splitlines() if line.strip() and not re.match(r"^\s*</?[a-z-]+>", line)]
-    return lines[-1].strip() if lines else text.strip()
+    # Agents send reminders and context beside the prompt (or before it), each wrapped in a tag: the
+    # prompt is what is left of the last part without them (or, when nothing is, the last part).
+    parts = [text for text in _texts(turns[-1].get("content")) if text.strip()]
+    plain = [unwrapped for text in parts if (unwrapped := WRAPPED.sub("", text).strip())]
+    return (plain or parts or [""])[-1].strip()
 
 
 def _chunks(text: str) -> list[str]:
@@ -136,7 +144,8 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             for name, payload in events:
                 head = f"event: {name}\n" if name else ""
-                self.wfile.write(f"{head}data: {json.dumps(payload)}\n\n".encode())
+                data = payload if payload is DONE else json.dumps(payload)
+                self.wfile.write(f"{head}data: {data}\n\n".encode())
                 self.wfile.flush()
             self.close_connection = True
 
@@ -157,7 +166,12 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
             elif path.startswith("/v1beta/models"):
                 self._json(200, {"models": [{"name": "models/gemini-standin"}]})
             else:
-                self._json(404, {"error": {"type": "not_found_error", "message": f"stand-in has no {path}"}})
+                self._not_found(path)
+
+        def _not_found(self, path: str) -> None:
+            # Anthropic's shape (OpenAI's clients read .error.message from it as well).
+            self._json(404, {"type": "error", "error": {"type": "not_found_error",
+                                                        "message": f"stand-in has no {path}"}})
 
         def do_POST(self) -> None:
             seen, body = self._record()
@@ -187,14 +201,39 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
             elif path.endswith(":countTokens"):
                 self._json(200, {"totalTokens": max(1, len(seen.body) // 4)})
             elif path.endswith(":streamGenerateContent"):
-                self._events((None, _gemini_chunk(part, last=i == len(chunks) - 1))
-                             for chunks in [_chunks(reply)] for i, part in enumerate(chunks))
+                chunks = _chunks(reply)
+                parts = [_gemini_chunk(part, last=i == len(chunks) - 1) for i, part in enumerate(chunks)]
+                if "alt=sse" in seen.path:
+                    self._events((None, part) for part in parts)
+                else:  # without alt=sse the API streams one JSON array
+                    self._json(200, parts)
             elif path.endswith(":generateContent"):
+                config = body.get("generationConfig") or {}
+                if config.get("responseMimeType") == "application/json":  # a structured answer (Gemini's router)
+                    reply = json.dumps(schema_instance(config.get("responseJsonSchema")
+                                                       or config.get("responseSchema") or {}))
                 self._json(200, _gemini_chunk(reply, last=True))
             else:
-                self._json(404, {"error": {"type": "not_found_error", "message": f"stand-in has no {path}"}})
+                self._not_found(path)
 
     return Handler
+
+
+def schema_instance(schema: dict[str, Any]) -> Any:
+    """The smallest value a JSON schema (or Gemini's upper-case dialect of it) accepts."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = str(schema.get("type", "object")).lower()
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: schema_instance(sub) for name, sub in properties.items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "boolean":
+        return False
+    return "stand-in"
 
 
 # -- GitHub Copilot ----------------------------------------------------------------------------------
@@ -284,6 +323,7 @@ def _chat_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | None,
     for part in _chunks(reply):
         yield None, {**base, "choices": [{"index": 0, "delta": {"content": part}}]}
     yield None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    yield None, DONE
 
 
 # -- Gemini ------------------------------------------------------------------------------------------

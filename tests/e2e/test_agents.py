@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from moat.agents.sessions import slug
 from tests.helpers import WORKSPACE_UID, run_moat, runs, write_workspace
 from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
 from tests.upstream import StandIn, make_ca, stand_in_proxy
@@ -47,8 +48,9 @@ def model_apis(tmp_path: Path, moat_home: Path) -> Iterator[ModelApis]:
     ca = make_ca(tmp_path / "upstream-ca")
     with llm_standin(ca) as llm, stand_in_proxy(llm.port) as proxy:
         url = f"http://127.0.0.1:{proxy.port}"
+        # HOME: where Claude Code's sessions are kept on the host (~/.claude/projects), the test's own.
         env = {"HTTPS_PROXY": url, "HTTP_PROXY": url, "SSL_CERT_FILE": str(ca.cert_file), "SSL_CERT_DIR": "",
-               "NO_PROXY": ""}
+               "NO_PROXY": "", "HOME": str(tmp_path / "host-home")}
         if any(HOST_CAS.glob("*.crt")):  # npm's downloads during the image build go through it
             env["MOAT_BUILD_CA_CERTS"] = str(HOST_CAS)
         yield ModelApis(llm, proxy, env)
@@ -157,3 +159,31 @@ def test_the_agent_examples_run_as_their_comments_say(model_apis: ModelApis, moa
     [run] = runs(moat_home)
     assert run["name"] == f"agent-{agent}" and run["exit_code"] == 0
     _nowhere(key, moat_home, result.output)
+
+
+def test_claude_sessions_stay_on_the_host_and_the_next_run_resumes_them(model_apis: ModelApis, moat_home: Path,
+                                                                        tmp_path: Path) -> None:
+    _grant("anthropic", ANTHROPIC_KEY)
+    workspace = _workspace(tmp_path / "ws", f"name: sessions\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+                                            "network:\n  policy: strict\n")
+    first = run_moat(["claude", str(workspace), "-p", "first question"], env=model_apis.env, timeout=BUILD_TIMEOUT)
+    assert first.code == 0, first.output
+    projects = Path(model_apis.env["HOME"]) / ".claude" / "projects" / slug(str(workspace))
+    [transcript] = projects.glob("*.jsonl")  # the run's session, on the host where Claude Code keeps it
+    assert "first question" in transcript.read_text()
+    if os.getuid() == 0:
+        assert projects.stat().st_uid == WORKSPACE_UID  # moat made it; the agent's uid writes in it
+
+    def conversation() -> str:
+        return model_apis.llm.requests("/v1/messages")[-1].body.decode()
+
+    # -r with the run's name: its session, found by when it was written, continues.
+    resumed = run_moat(["claude", str(workspace), "-r", "sessions", "-p", "second question"], env=model_apis.env)
+    assert resumed.code == 0, resumed.output
+    assert "first question" in conversation() and "second question" in conversation()
+    assert f"{REPLY_PREFIX}second question" in resumed.stdout
+    # -c: the workspace's latest session.
+    continued = run_moat(["claude", str(workspace), "-c", "-p", "third question"], env=model_apis.env)
+    assert continued.code == 0, continued.output
+    assert "second question" in conversation() and "third question" in conversation()
+    _nowhere(ANTHROPIC_KEY, moat_home, first.output + resumed.output + continued.output)

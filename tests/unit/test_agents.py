@@ -4,7 +4,10 @@ adds them (dependencies, grant, the init wrapper); the build CA. No engine."""
 from __future__ import annotations
 
 import json
+import os
 import tomllib
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ import pytest
 from moat.agents import AGENTS
 from moat.agents.base import toml_string
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentOptions, AgentSetup
-from moat.cli.agentinputs import choose_grant, with_dependencies
+from moat.agents.sessions import claude_project_dir, session_between
+from moat.cli.agentinputs import choose_grant, resume_session, with_dependencies
 from moat.config.features import unsupported
 from moat.credentials.credential import Credential
 from moat.credentials.store import CredentialStore
@@ -20,6 +24,7 @@ from moat.errors import ConfigError, UsageError
 from moat.plan import dockerfile
 from moat.plan.build import image_tag
 from moat.plan.buildca import VARIABLE, build_ca
+from moat.plan.identity import Identity
 from tests.unit.support import CATALOG, parse, plan_for
 
 KEY = "moat-proxy-injected"
@@ -178,7 +183,7 @@ def test_agent_blocks_load_and_only_what_is_not_built_is_refused() -> None:
     found = [".".join(p) for p, _ in unsupported(parse(
         "claude:\n  plugins: {a@b: true}\n  base_url: https://gw.example.test\n  sync_logs: true\n"
         "codex: {shared_sessions: true}\npi: {packages: ['npm:x']}\n"))]
-    assert found == ["claude.plugins", "claude.base_url", "claude.sync_logs", "codex.shared_sessions", "pi.packages"]
+    assert found == ["claude.plugins", "claude.base_url", "codex.shared_sessions", "pi.packages"]
 
 
 # -- the build's certificate authorities ------------------------------------------------------------
@@ -262,3 +267,74 @@ def test_with_both_grants_claude_uses_the_subscription_and_its_shell_commands_th
     assert "customApiKeyResponses" not in json.loads(s.home_files[".claude.json"])
     only_key = setup("claude", grant="anthropic", env={"ANTHROPIC_API_KEY": KEY})
     assert only_key.command[0] == "claude" and "BASH_ENV" not in only_key.env
+
+
+# -- sessions kept on the host ---------------------------------------------------------------------
+
+def test_claude_keeps_the_workspaces_sessions_where_the_hosts_claude_does(tmp_path: Path) -> None:
+    claude = AGENTS["claude"]
+    [(host, relative)] = claude.state(parse("").model, Path("/home/a/my.project"), tmp_path)
+    assert host == str(tmp_path / ".claude/projects/-home-a-my-project") and relative == ".claude/projects/-workspace"
+    assert claude.state(parse("claude: {sync_logs: false}\n").model, Path("/w"), tmp_path) == ()
+    agent = replace(setup("claude", prompt="go"), state_mounts=((host, relative),))
+    plan = plan_for("", command=(), agent=agent, identity=Identity(1000, 1000))
+    [mount] = [m for m in plan.agent.mounts if m.source == host]
+    assert mount.target == "/etc/moat/agent-state/0" and not mount.read_only and mount.create
+    assert mount.owner == (1000, 1000)  # created as root, it is the agent's to write in
+    script = plan.agent.command[plan.agent.command.index("/bin/sh") + 2]
+    # Linked into place: a mount at its place would leave ~/.claude root's (created by the engine).
+    assert script == ('mkdir -p "$HOME"/.claude/projects && ln -sfn /etc/moat/agent-state/0'
+                      ' "$HOME"/.claude/projects/-workspace && cp -R "$MOAT_AGENT_INIT"/. "$HOME"/ && exec "$@"')
+
+
+def test_claude_continues_and_resumes_sessions() -> None:
+    assert setup("claude", continue_session=True).command == ("claude", "--dangerously-skip-permissions", "--continue")
+    session = "3f2b8c1e-0d4a-4e57-9a61-2c7d5e8f9b10"
+    assert setup("claude", resume=session, prompt="more").command == (
+        "claude", "--dangerously-skip-permissions", "--resume", session, "-p", "--", "more")
+
+
+def test_the_session_a_run_wrote_is_found_by_its_time(tmp_path: Path) -> None:
+    ids = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222",
+           "33333333-3333-4333-8333-333333333333"]
+    for session, when in zip(ids, (1000, 2000, 3000), strict=True):
+        path = tmp_path / f"{session}.jsonl"
+        path.write_text("{}\n")
+        os.utime(path, (when, when))
+    (tmp_path / "notes.jsonl").write_text("")
+    start = datetime.fromtimestamp(1500, UTC)
+    assert session_between(tmp_path, start, datetime.fromtimestamp(2500, UTC)) == ids[1]
+    assert session_between(tmp_path, start, None) == ids[2]
+    assert session_between(tmp_path, datetime.fromtimestamp(5000, UTC), None) is None
+    assert session_between(tmp_path / "missing", start, None) is None
+
+
+def _recorded_run(home: Path, run_id: str, workspace: Path, **meta: object) -> None:
+    directory = home / "runs" / run_id
+    directory.mkdir(parents=True)
+    record = {"id": run_id, "name": "earlier", "state": "exited", "workspace": str(workspace),
+              "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:01Z",
+              "ended_at": "2026-01-01T00:10:00Z", "agent_cli": "claude", **meta}
+    (directory / "metadata.json").write_text(json.dumps(record))
+
+
+def test_resume_takes_a_session_id_or_the_session_a_run_of_this_workspace_wrote(tmp_path: Path) -> None:
+    home, host_home, workspace = tmp_path / "moat", tmp_path / "host", tmp_path / "ws"
+    session = "3f2b8c1e-0d4a-4e57-9a61-2c7d5e8f9b10"
+    assert resume_session(session.upper(), workspace, home, host_home) == session
+    _recorded_run(home, "run_aaaaaaaaaaaa", workspace)
+    with pytest.raises(UsageError, match="no Claude Code session of run run_aaaaaaaaaaaa"):
+        resume_session("earlier", workspace, home, host_home)
+    transcript = claude_project_dir(workspace, host_home) / f"{session}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_text("{}\n")
+    when = datetime(2026, 1, 1, 0, 5, tzinfo=UTC).timestamp()
+    os.utime(transcript, (when, when))
+    assert resume_session("earlier", workspace, home, host_home) == session
+    with pytest.raises(UsageError, match=r"worked on .*, not"):
+        resume_session("earlier", tmp_path / "elsewhere", home, host_home)
+    _recorded_run(home, "run_bbbbbbbbbbbb", workspace, name="shell", agent_cli=None)
+    with pytest.raises(UsageError, match="did not run Claude Code"):
+        resume_session("shell", workspace, home, host_home)
+    with pytest.raises(UsageError, match="no run 'nothing'"):
+        resume_session("nothing", workspace, home, host_home)

@@ -27,7 +27,6 @@ UNSUPPORTED = [
     ("devices: [{name: board}]\n", "devices"),
     ("clipboard: true\n", "clipboard"),
     ("runtime: apple\n", "runtime"),
-    ("claude: {sync_logs: true}\n", "claude.sync_logs"),
     ("claude: {plugins: {a@b: true}}\n", "claude.plugins"),
     ("claude: {base_url: https://gw.example.test}\n", "claude.base_url"),
     ("codex: {sync_logs: true}\n", "codex.sync_logs"),
@@ -69,6 +68,7 @@ SUPPORTED = [
     "copilot: {model: gpt-5, context: long_context, reasoning_effort: high}\n",
     "pi: {provider: anthropic, model: m}\n",
     "claude: {sync_logs: false, mcp: {x: {command: y}}}\ncodex: {sync_logs: false}\n",
+    "claude: {sync_logs: true}\n",
     "interactive: true\nsandbox: none\nagent: claude\nversion: '1'\n",
     "container: {memory: 512, cpus: 1, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
     "base_image: ubuntu:24.04\n",
@@ -95,7 +95,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
         "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude.plugins", "claude.marketplaces", "claude.base_url", "claude.llm-gateway", "claude.bedrock",
-        "claude.sync_logs", "codex.sync_logs", "pi.packages", "kiro",
+        "codex.sync_logs", "pi.packages", "kiro",
     ]
 
 

@@ -6,6 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from moat.agents.model import AgentOptions, AgentSetup
@@ -25,12 +26,15 @@ class Agent(ABC):
     # Needed beside it (git for the agents' own use of the workspace; node installs npm tools).
     extra_dependencies: tuple[str, ...] = ("node@22", "git")
     takes_initial_prompt: bool = True  # `moat X -- words` starts the session with them
-    # -c/-r: resuming needs the agent's session logs synced to the host (not built yet): none offers them.
-    resumable: bool = False
+    resumable: bool = False  # -c/-r: its sessions are kept on the host (see ``state``)
 
     def preferred_grants(self, options: AgentOptions, config: MoatConfig) -> tuple[str, ...]:
         """The providers to look for, in order (pi's follow the backend it is told to use)."""
         return self.grants
+
+    def state(self, config: MoatConfig, workspace: Path, host_home: Path) -> tuple[tuple[str, str], ...]:
+        """Host directories the agent keeps its sessions in: (host path, path under the agent's $HOME)."""
+        return ()
 
     @abstractmethod
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,

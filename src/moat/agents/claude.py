@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 
 from moat.agents.base import Agent, pretty_json, stdio_servers
 from moat.agents.model import AgentOptions, AgentSetup
+from moat.agents.sessions import claude_mount_target, claude_project_dir
 from moat.config.schema import MoatConfig
 from moat.constants import WORKSPACE_MOUNT
 
@@ -28,6 +30,11 @@ QUIET_ENV = {
 
 
 class Claude(Agent):
+    def state(self, config: MoatConfig, workspace: Path, host_home: Path) -> tuple[tuple[str, str], ...]:
+        if config.claude.sync_logs is False:
+            return ()
+        return ((str(claude_project_dir(workspace, host_home)), claude_mount_target()),)
+
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:
         block = config.claude
@@ -71,4 +78,4 @@ class Claude(Agent):
 
 CLAUDE = Claude("claude", "Claude Code", "claude-code", ("claude", "anthropic"),
                 "`moat grant claude` (a Claude subscription: `claude setup-token`) or `moat grant anthropic`"
-                " (an API key)")
+                " (an API key)", resumable=True)

@@ -4,13 +4,32 @@ configuration and its command line. Pure data, built before the plan (see ``moat
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # The agent's files are copied into its home when it starts (it rewrites some of them as it runs, so
-# they cannot be read-only mounts): moat mounts them here, read-only, and this wrapper copies them.
+# they cannot be read-only mounts): moat mounts them here, read-only, and the init script copies them.
 INIT_VARIABLE = "MOAT_AGENT_INIT"
-INIT_SCRIPT = 'cp -R "$MOAT_AGENT_INIT"/. "$HOME"/ && exec "$@"'
+COPY_FILES = 'cp -R "$MOAT_AGENT_INIT"/. "$HOME"/'
+
+
+def init_script(links: list[tuple[str, str]], copy_files: bool) -> str:
+    """The shell the agent's command is started through (its arguments follow as "$@"): each
+    (mounted directory, path under $HOME) linked into place, the staged files copied, then exec.
+
+    A directory the agent keeps is mounted outside its home and linked in: mounted at its place, the
+    engine would create the missing directories above it as root, and the agent could not write its
+    own files beside it (~/.claude/settings.json beside ~/.claude/projects/…)."""
+    steps = []
+    for mounted, relative in links:
+        parent = relative.rsplit("/", 1)[0] if "/" in relative else ""
+        if parent:
+            steps.append(f'mkdir -p "$HOME"/{shlex.quote(parent)}')
+        steps.append(f'ln -sfn {shlex.quote(mounted)} "$HOME"/{shlex.quote(relative)}')
+    if copy_files:
+        steps.append(COPY_FILES)
+    return " && ".join([*steps, 'exec "$@"'])
 # An argument of the agent's command replaced by where the run mounts moat's context file (which
 # depends on the runtime). No argument a user gives can hold a NUL.
 CONTEXT_ARGUMENT = "\0moat-context"

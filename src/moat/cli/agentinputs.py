@@ -51,6 +51,36 @@ def ignored_settings(config: Config, agent: Agent | None) -> list[str]:
     return notes
 
 
+def resume_session(value: str, workspace: Path, home: Path, host_home: Path) -> str:
+    """``moat claude -r``'s value as a Claude Code session id: an id as it is, or the session a run
+    (by id, name or id prefix) of this workspace last wrote."""
+    from moat.agents.sessions import SESSION_ID, claude_project_dir, session_between
+    from moat.run.registry import Registry, parse_time
+    from moat.run.store import RunStore
+
+    if SESSION_ID.fullmatch(value):
+        return value.lower()
+    run = Registry(RunStore(home)).resolve(value)  # an unknown run: a usage error naming `moat list --all`
+    meta = run.metadata
+    if meta.get("agent_cli") != "claude":
+        raise UsageError(f"run {run.id} ({run.name}) did not run Claude Code: there is no session of it to resume",
+                         hint="Give the session's id instead (its transcript's file name).")
+    if run.active:
+        raise UsageError(f"run {run.id} ({run.name}) is still running; its session can be resumed once it ends",
+                         hint=f"Join it instead, or stop it first (`moat stop {run.id}`).")
+    if Path(str(meta.get("workspace"))) != workspace:
+        raise UsageError(f"run {run.id} ({run.name}) worked on {meta.get('workspace')}, not {workspace}",
+                         hint="Resume it from that workspace: `moat claude <that workspace> -r ...`.")
+    started = parse_time(meta.get("started_at")) or parse_time(meta.get("created_at"))
+    session = session_between(claude_project_dir(workspace, host_home), started, parse_time(meta.get("ended_at"))) \
+        if started else None
+    if session is None:
+        raise UsageError(f"no Claude Code session of run {run.id} ({run.name}) is kept on this host",
+                         hint="Its sessions are kept only when claude.sync_logs is not false; `moat claude -c`"
+                              " continues the workspace's latest one.")
+    return session
+
+
 def choose_grant(agent: Agent, options: AgentOptions, config: Config, names: list[str], home: Path,
                  profile: str | None) -> tuple[str, bool]:
     """The provider whose credential the agent uses, and whether the run names it already (moat.yaml's

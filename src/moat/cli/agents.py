@@ -37,6 +37,12 @@ def _agent_command(agent: Agent) -> click.Command:
                                                    "experimental", "autopilot") if key in options}
         if options.get("detach") and prompt is None:
             raise UsageError(f"-d needs -p: an interactive {agent.title} needs your terminal")
+        if resume is not None:
+            from moat.cli.agentinputs import resume_session
+            from moat.run.store import moat_home
+
+            workspace = path.expanduser().resolve()
+            resume = resume_session(resume, workspace, moat_home(), Path.home())
         request = AgentOptions(prompt=prompt, initial=" ".join(words) or None, yolo=not noyolo,
                                continue_session=continue_session, resume=resume,
                                flags={k: v for k, v in flags.items() if v})

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +130,8 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         if not named:
             names.append(agent_grant)
         resolved = resolve_grants(names, home, run_id, profile)
-        setup = agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved))
+        setup = replace(agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved)),
+                        state_mounts=agent.agent.state(config.model, workspace, Path.home()))
     else:
         resolved = resolve_grants(names, home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing

@@ -81,7 +81,7 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     *(
         Feature((agent, "sync_logs"), (lambda c, a=agent: getattr(c, a).sync_logs is True),  # type: ignore[misc]
                 f"syncing {agent}'s session logs to the host is not built yet (set it to false, or remove it)")
-        for agent in ("claude", "codex", "gemini")
+        for agent in ("codex", "gemini")
     ),
     Feature(("codex", "shared_sessions"), lambda c: c.codex.shared_sessions,
             "sharing the host's Codex sessions is not built yet"),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from moat.agents.model import CONTEXT_ARGUMENT, INIT_SCRIPT, INIT_VARIABLE, AgentSetup
+from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentSetup, init_script
 from moat.catalog import Catalog, DepType
 from moat.config.load import Config
 from moat.constants import (
@@ -233,6 +233,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     interactive = model.interactive if request.interactive is None else request.interactive
     command = request.command or tuple(model.command or ())
     agent_files: list[tuple[str, str, str]] = []  # (host file, where the agent sees it, text)
+    state_mounts: list[Mount] = []  # host directories the agent keeps its sessions in
     agent_command: tuple[str, ...] = ()  # what the agent's container runs, when it is not ``command``
     if request.agent is not None:
         setup = request.agent
@@ -241,8 +242,13 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
             interactive = setup.interactive
         agent_files = [(str(scratch / "agent-init" / relative.replace("/", "__")), f"{agent_init}/{relative}", text)
                        for relative, text in sorted(setup.home_files.items())]
-        if agent_files:
-            agent_command = ("/bin/sh", "-c", INIT_SCRIPT, "moat-agent-init", *command)
+        state_mounts = [Mount(source, f"{traits.grant_files}/agent-state/{index}", create=True,
+                              owner=(identity.uid, identity.gid))
+                        for index, (source, _) in enumerate(setup.state_mounts)]
+        links = [(mount.target, relative) for mount, (_, relative) in zip(state_mounts, setup.state_mounts,
+                                                                           strict=True)]
+        if agent_files or links:
+            agent_command = ("/bin/sh", "-c", init_script(links, bool(agent_files)), "moat-agent-init", *command)
     if not command:
         command = DEFAULT_COMMAND
         if request.interactive is None and not model.interactive:
@@ -273,7 +279,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
                 *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
-                *context_mounts),
+                *context_mounts, *state_mounts),
         files=(*((source, text) for source, _, text in (*files.values(), *agent_files)), (context_file, context)),
         # In a pod the holder has them (Docker refuses them on a joined container).
         extra_hosts=() if holder is not None else proxy_hosts(proxy),
@@ -314,6 +320,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
         holder=holder,
         policy=policy,
+        agent_cli=request.agent.name if request.agent else None,
     )
 
 

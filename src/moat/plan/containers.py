@@ -26,6 +26,8 @@ class Mount:
     # The directory is created (0700, owned by the invoking user) before the container starts:
     # a bind of a missing path would otherwise be created by the engine, as root.
     create: bool = False
+    # Who owns it when moat creates it as root for an agent of another uid (its session logs).
+    owner: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ class Plan:
     relay: ContainerSpec | None = None  # the sandbox's relay to the proxy, inside the run's network
     holder: ContainerSpec | None = None  # a strict Docker run's pod (see plan.pod): it is the run's network
     policy: NetworkPolicy | None = None  # network.rules and strict mode (None: permissive, no rules)
+    agent_cli: str | None = None  # moat claude & co.: which agent the run is
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -180,6 +181,7 @@ class Plan:
             "relay": None if self.relay is None else self.relay.to_dict(mask),
             "holder": None if self.holder is None else self.holder.to_dict(mask),
             "policy": None if self.policy is None else self.policy.to_json(),
+            "agent_cli": self.agent_cli,
         }
 
 

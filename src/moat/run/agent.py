@@ -89,6 +89,8 @@ class AgentRun:
             still_waiting(self.runtime, container_id, self.masker)
             raise EngineError(f"the engine did not attach to the agent within {ATTACH_TIMEOUT:g}s")
         reader.raise_error()
+        if held:  # again, now: an init that failed to fork the moment it started may have ended meanwhile
+            still_waiting(self.runtime, container_id, self.masker)
         # From here on, a signal is the agent's: the phase changes atomically, or the run was
         # cancelled just before (then the agent never gets its go line).
         self.signals.advance(AGENT, agent=target)

@@ -105,7 +105,10 @@ class Pod:
     def _create(self, spec: ContainerSpec, inside: tuple[Resource, ...]) -> tuple[str, Resource]:
         for mount in spec.mounts:
             if mount.create:
+                created = not Path(mount.source).exists()
                 private_dir(Path(mount.source))
+                if created and mount.owner is not None and os.getuid() == 0 and mount.owner[0] != 0:
+                    os.chown(mount.source, *mount.owner)  # the agent's to write in
         holding: dict[str, Resource] = {}  # the directories of the container's files: removed after it
         for path, text in spec.files:
             directory = Path(path).parent
