@@ -42,6 +42,8 @@ class LlmStandIn:
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # A prompt whose answer takes this long (seconds): an agent that is still working.
+    delays: dict[str, float] = field(default_factory=dict)
 
     def requests(self, path_part: str) -> list[Seen]:
         with self.lock:
@@ -176,7 +178,10 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             seen, body = self._record()
             path = seen.path.split("?")[0]
-            reply = REPLY_PREFIX + last_user_text(body)
+            prompt = last_user_text(body)
+            reply = REPLY_PREFIX + prompt
+            if _is_model_call(path):
+                time.sleep(stand_in.delays.get(prompt, 0))
             if path == "/v1/messages/count_tokens":
                 self._json(200, {"input_tokens": max(1, len(seen.body) // 4)})
             elif path == "/v1/messages":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from moat.agents.sessions import slug
-from tests.helpers import WORKSPACE_UID, run_moat, runs, write_workspace
+from tests.helpers import WORKSPACE_UID, moat_command, run_moat, runs, wait_for, write_workspace
 from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
 from tests.upstream import StandIn, make_ca, stand_in_proxy
 
@@ -187,3 +188,36 @@ def test_claude_sessions_stay_on_the_host_and_the_next_run_resumes_them(model_ap
     assert continued.code == 0, continued.output
     assert "second question" in conversation() and "third question" in conversation()
     _nowhere(ANTHROPIC_KEY, moat_home, first.output + resumed.output + continued.output)
+
+
+def test_exec_and_join_enter_a_running_agents_container(model_apis: ModelApis, moat_home: Path,
+                                                        tmp_path: Path) -> None:
+    _grant("anthropic", ANTHROPIC_KEY)
+    workspace = _workspace(tmp_path / "ws", f"name: busy\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+                                            "network:\n  policy: strict\n")
+    model_apis.llm.delays["a long task"] = 60  # the run's own Claude Code is still working meanwhile
+    started = run_moat(["claude", str(workspace), "-d", "-p", "a long task"], env=model_apis.env,
+                       timeout=BUILD_TIMEOUT)
+    assert started.code == 0, started.output
+    run_id = started.stdout.split()[0]
+    wait_for(lambda: model_apis.llm.requests("/v1/messages"), what="the first session's request")
+    try:
+        show = "id -u; pwd; echo run=$MOAT_RUN_ID key=$ANTHROPIC_API_KEY"
+        entered = run_moat(["exec", run_id, "--", "sh", "-c", show])
+        assert entered.code == 0, entered.output
+        assert entered.stdout.split() == [str(WORKSPACE_UID if os.getuid() == 0 else os.getuid()), "/workspace",
+                                          f"run={run_id}", "key=moat-proxy-injected"]
+        assert run_moat(["exec", run_id, "--", "sh", "-c", "exit 7"]).code == 7  # its exit code is moat's
+        piped = subprocess.run([*moat_command("exec", run_id, "--", "cat")], input="through stdin\n", text=True,
+                               capture_output=True, timeout=60, check=False)
+        assert piped.stdout == "through stdin\n", piped.stderr
+        joined = run_moat(["join", run_id, "claude", "-p", "a second question"], env=model_apis.env)
+        assert joined.code == 0, joined.output
+        assert f"{REPLY_PREFIX}a second question" in joined.stdout
+        wrong = run_moat(["join", run_id, "codex", "-p", "x"])
+        assert wrong.code == 2 and "runs claude, not codex" in wrong.stderr
+    finally:
+        assert run_moat(["stop", run_id]).code == 0
+    gone = run_moat(["exec", run_id, "--", "true"])
+    assert gone.code == 2 and "not running" in gone.stderr
+    _nowhere(ANTHROPIC_KEY, moat_home, started.output)

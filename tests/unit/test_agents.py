@@ -338,3 +338,19 @@ def test_resume_takes_a_session_id_or_the_session_a_run_of_this_workspace_wrote(
         resume_session("shell", workspace, home, host_home)
     with pytest.raises(UsageError, match="no run 'nothing'"):
         resume_session("nothing", workspace, home, host_home)
+
+
+def test_exec_and_join_refuse_what_they_cannot_enter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from moat.cli.main import main
+
+    monkeypatch.setenv("MOAT_HOME", str(tmp_path))
+    _recorded_run(tmp_path, "run_aaaaaaaaaaaa", tmp_path / "ws")
+    assert main(["exec", "earlier"]) == 2
+    assert "needs a command after '--'" in capsys.readouterr().err
+    assert main(["exec", "earlier", "--", "true"]) == 2
+    assert "is exited, not running: there is nothing to enter" in capsys.readouterr().err
+    assert main(["join", "earlier", "-p", "x"]) == 2
+    assert "not running" in capsys.readouterr().err
+    assert main(["join", "nothing"]) == 2
+    assert "no run 'nothing'" in capsys.readouterr().err

@@ -165,6 +165,10 @@ class Runtime(Protocol):
     def attach_terminal(self, container_id: str) -> int:
         """Start the container with this process's terminal attached; its exit code."""
 
+    def exec_terminal(self, container_id: str, command: tuple[str, ...], user: str, workdir: str) -> int:
+        """Run a command in a running container with this process's stdin, stdout and stderr (a
+        terminal when it has one), as ``user`` (uid:gid); its exit code (``moat exec``, ``moat join``)."""
+
     def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str: ...
 
     def follow_logs(self, container_id: str, tail: int | None = None) -> Iterator[str]:

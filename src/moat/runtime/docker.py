@@ -437,6 +437,18 @@ class DockerRuntime:
                        start_new_session=not sys.stdin.isatty())
         return self.wait(container_id)
 
+    def exec_terminal(self, container_id: str, command: tuple[str, ...], user: str, workdir: str) -> int:
+        cli = shutil.which("docker")
+        if cli is None:
+            raise EngineError("moat exec and moat join need the docker command-line client on PATH",
+                              hint="Install the docker CLI (Debian: docker.io or docker-cli).")
+        if self.state(container_id).running is False:
+            raise ContainerNotRunning("the run's agent container is not running")
+        terminal = sys.stdin.isatty() and sys.stdout.isatty()
+        # The CLI relays stdin and a terminal (raw mode, resizes) best; it passes the exit code through.
+        return subprocess.run([cli, "exec", "--interactive", *(["--tty"] if terminal else []), "--user", user,
+                               "--workdir", workdir, container_id, *command], check=False).returncode
+
     def logs(self, container_id: str, tail: int | None = None, timestamps: bool = False) -> str:
         data = self._call("reading container logs", lambda: self.api.logs(
             container_id, stdout=True, stderr=True, timestamps=timestamps, tail=tail if tail is not None else "all"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moat.constants import LABEL_RUN_ID
-from moat.errors import EngineError
+from moat.errors import EngineError, UsageError
 from moat.ownership import home_id
 from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
@@ -291,6 +291,12 @@ class SandboxRuntime:
             yield from streams.chunks(self._own[container_id])  # read after start: attach comes first
 
         return chunks()
+
+    def exec_terminal(self, container_id: str, command: tuple[str, ...], user: str, workdir: str) -> int:
+        # Its execs are fed through a gate on stdin (to join the run's cgroups first): a user's stdin
+        # and terminal need another way in, not built yet.
+        raise UsageError("moat exec and moat join work on Docker runs; a sandbox run cannot be entered yet",
+                         hint="Run with --runtime docker to join it later.")
 
     def attach_terminal(self, container_id: str) -> int:
         """The agent on a pty of its own, relayed to moat's terminal (see ``terminal``)."""
