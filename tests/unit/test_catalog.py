@@ -20,11 +20,15 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
     assert names == sorted(names)
     assert set(names) == {
         "python", "node", "go",
-        "git", "curl", "jq", "make", "sqlite3", "bats", "psql", "mysql-client", "redis-cli",
+        "git", "curl", "jq", "make", "sqlite3", "bats", "psql", "mysql-client", "redis-cli", "fd", "bat",
         "postgres", "mysql", "redis", "ollama", "ministack",
-        "typescript", "prettier", "eslint", "claude-code", "codex-cli",
-            "copilot-cli", "gemini-cli", "pi-cli", "graphite-cli",
-        "node-dev",
+        "typescript", "prettier", "eslint", "claude-code", "codex-cli", "copilot-cli", "gemini-cli", "pi-cli",
+        "graphite-cli", "npm", "yarn", "pnpm",
+        "gh", "ripgrep", "fzf", "uv", "bun", "golangci-lint", "sqlc", "task", "goreleaser", "buf", "act", "lazygit",
+        "opentofu", "terragrunt",
+        "ruff", "black", "mypy", "pytest",
+        "gopls", "govulncheck", "mockgen", "gofumpt", "yq", "air",
+        "node-dev", "python-dev", "cli-essentials", "go-extras",
     }
     assert CATALOG.service_names() == ["ministack", "mysql", "ollama", "postgres", "redis"]
 
@@ -185,7 +189,8 @@ def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
     assert names == [*CATALOG.names(), "npm:", "pip:"]
-    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "service", "meta", "dynamic"}
+    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "uv-tool", "go-install",
+                                         "service", "meta", "dynamic"}
 
 
 

@@ -95,7 +95,9 @@ def test_deps_list_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(("kind", "expected"), [
     ("runtime", ["go", "node", "python"]),
-    ("tool", ["bats", "curl", "git", "jq", "make", "mysql-client", "psql", "redis-cli", "sqlite3"]),
+    ("tool", ["bat", "bats", "curl", "fd", "git", "jq", "make", "mysql-client", "psql", "redis-cli", "sqlite3"]),
+    ("github-binary", ["act", "buf", "bun", "fzf", "gh", "golangci-lint", "goreleaser", "lazygit", "opentofu",
+                       "ripgrep", "sqlc", "task", "terragrunt", "uv"]),
     ("dynamic", ["npm:", "pip:"]),
 ])
 def test_deps_list_json_by_type(capsys: pytest.CaptureFixture[str], kind: str, expected: list[str]) -> None:

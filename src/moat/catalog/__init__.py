@@ -15,6 +15,9 @@ from moat.catalog.model import (
     DepType,
     Dynamic,
     Entry,
+    GithubBinary,
+    GoTool,
+    Installed,
     Meta,
     NpmTool,
     Probe,
@@ -22,6 +25,7 @@ from moat.catalog.model import (
     Runtime,
     Service,
     Tool,
+    UvTool,
 )
 
 __all__ = [
@@ -30,6 +34,9 @@ __all__ = [
     "DepType",
     "Dynamic",
     "Entry",
+    "GithubBinary",
+    "GoTool",
+    "Installed",
     "Meta",
     "NpmTool",
     "Probe",
@@ -37,6 +44,7 @@ __all__ = [
     "Runtime",
     "Service",
     "Tool",
+    "UvTool",
     "load_catalog",
 ]
 
@@ -52,6 +60,7 @@ class Catalog:
     def get(self, name: str) -> Entry | None:
         data = self.data
         return (data.runtimes.get(name) or data.tools.get(name) or data.npm_tools.get(name)
+                or data.github_binaries.get(name) or data.uv_tools.get(name) or data.go_tools.get(name)
                 or data.services.get(name) or data.meta.get(name))
 
     def service(self, name: str) -> Service | None:
@@ -62,7 +71,8 @@ class Catalog:
 
     def names(self) -> list[str]:
         data = self.data
-        return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.services, *data.meta])
+        return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.github_binaries, *data.uv_tools,
+                       *data.go_tools, *data.services, *data.meta])
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every named entry, sorted by name."""

@@ -12,9 +12,25 @@ import shlex
 from dataclasses import dataclass
 
 from moat.catalog import Catalog
-from moat.catalog.model import VERSION_RE, DepType, Meta, NpmTool, Runtime, Service, Tool
+from moat.catalog.model import (
+    VERSION_RE,
+    DepType,
+    GithubBinary,
+    GoTool,
+    Installed,
+    Meta,
+    NpmTool,
+    Runtime,
+    Service,
+    Tool,
+    UvTool,
+)
 from moat.errors import EXIT_USAGE, MoatError
 from moat.suggest import closest
+
+# How each kind installed by another dependency is named in a resolved dependency.
+INSTALLED_KINDS: dict[type, DepType] = {NpmTool: DepType.NPM, GithubBinary: DepType.RELEASE, UvTool: DepType.UV,
+                                        GoTool: DepType.GO}
 
 _PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -89,8 +105,8 @@ def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, sug
         raise DependencyError(
             f"invalid version {version!r} for {name} — available: {', '.join(entry.versions)}{default}"
         )
-    if isinstance(entry, NpmTool):
-        return Dependency(name, DepType.NPM, version or entry.default, version)
+    if isinstance(entry, Installed):
+        return Dependency(name, INSTALLED_KINDS[type(entry)], version or entry.default, version)
     kind = DepType.RUNTIME if isinstance(entry, Runtime) else DepType.SERVICE
     assert isinstance(entry, Runtime | Service)
     return Dependency(name, kind, version or entry.default, version)
@@ -190,17 +206,17 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
                     f" ({earlier[1].spec} at dependencies[{earlier[0]}], {dep.spec} here); keep one"
                 )
     for index, dep in ((seen[d.key][0], d) for d in resolved):
-        entry = catalog.get(dep.name) if dep.type is DepType.NPM else None
-        if isinstance(entry, NpmTool):
+        entry = catalog.get(dep.name) if dep.type in INSTALLED_KINDS.values() else None
+        if isinstance(entry, Installed):
             missing = [r for r in entry.requires if r not in seen]
-            if missing and entry.brings_requirements:
+            if missing and isinstance(entry, NpmTool) and entry.brings_requirements:
                 for requirement in missing:
                     brought = parse_dependency(requirement, catalog)
                     seen[brought.key] = (index, brought)
                     resolved.append(brought)
             elif missing:
-                problems[index] = (f"{dep.name} ({entry.package}) is installed with npm, which needs the"
-                                   f" {' and '.join(missing)} runtime: add '{missing[0]}' to dependencies")
+                problems[index] = f"{_needs(dep.name, entry, ' and '.join(missing))}: add '{missing[0]}' to" \
+                                  " dependencies"
         if dep.manager:
             needed = catalog.dynamic(dep.manager)
             assert needed is not None
@@ -210,6 +226,16 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
                     f" {needed.requires} runtime: add '{needed.requires}' to dependencies"
                 )
     return resolved, problems
+
+
+def _needs(name: str, entry: Installed, missing: str) -> str:
+    if isinstance(entry, NpmTool):
+        return f"{name} ({entry.package}) is installed with npm, which needs the {missing} runtime"
+    if isinstance(entry, UvTool):
+        return f"{name} ({entry.package}) is installed with uv, which needs {missing}"
+    if isinstance(entry, GoTool):
+        return f"{name} ({entry.package}) is built with go install, which needs {missing}"
+    return f"{name} needs {missing}"
 
 
 def _expanded(item: object, catalog: Catalog, *, suggest: bool) -> list[tuple[Dependency, bool]]:

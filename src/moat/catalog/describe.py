@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moat.catalog import Catalog, Dynamic, Entry, Meta, NpmTool, Runtime, Service, Tool
+from moat.catalog import Catalog, Dynamic, Entry, GithubBinary, GoTool, Meta, NpmTool, Runtime, Service, Tool, UvTool
 from moat.constants import AGENT_ENV_PREFIX
 
 
@@ -48,8 +48,18 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
         out["base_image"] = entry.base_image
     elif isinstance(entry, Tool):
         out["apt_package"] = entry.apt
+        if entry.link:
+            out["binary"] = f"{entry.binary} (Debian's {entry.link})"
     elif isinstance(entry, NpmTool):
         out.update({"npm_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
+    elif isinstance(entry, GithubBinary):
+        out.update({"repository": entry.repo, "asset": entry.asset, "binary": entry.command or name,
+                    "verified_by": (f"the release's {entry.checksums}" if entry.checksums else "sha256 pinned by moat"),
+                    "requires": list(entry.requires)})
+    elif isinstance(entry, UvTool):
+        out.update({"pypi_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
+    elif isinstance(entry, GoTool):
+        out.update({"go_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
     elif isinstance(entry, Meta):
         out["members"] = list(entry.members)
     else:

@@ -23,6 +23,9 @@ class DepType(StrEnum):
     RUNTIME = "runtime"
     TOOL = "tool"
     NPM = "npm"  # a catalog tool installed with npm (the Go tool's type "npm")
+    RELEASE = "github-binary"  # a binary from a GitHub release, its checksum verified
+    UV = "uv-tool"  # a Python tool installed with uv (the Go tool's type "uv-tool")
+    GO = "go-install"  # a Go program built with go install (checked against Go's checksum database)
     SERVICE = "service"
     DYNAMIC = "dynamic"
 
@@ -62,6 +65,8 @@ class Tool(Versioned):
     type: Literal["tool"] = "tool"
     apt: str  # the Debian package that provides the tool
     binary: str | None = None  # the program it provides, when not named like the tool
+    # Debian names some programs otherwise (batcat, fdfind): the name users type is linked to it.
+    link: str | None = None  # the program Debian installs, linked as ``binary``
 
 
 class NpmTool(Versioned):
@@ -74,6 +79,56 @@ class NpmTool(Versioned):
     # A tool whose Go counterpart needs nothing declared (claude-code: a native installer there)
     # brings what it requires, at the default version, when moat.yaml does not name it.
     brings_requirements: bool = False
+
+
+class GithubBinary(Versioned):
+    """A program from a project's GitHub releases (the Go tool's type "github-binary").
+
+    Templates take ``{version}`` and ``{target}`` (or ``{arch}``: the same), the target being the
+    project's name for the image's architecture. The download is verified before it is installed:
+    against ``sha256`` pinned here for (version, architecture) when there is one, else against the
+    checksum file the project publishes with the release (``checksums``); with neither, moat refuses it.
+    """
+
+    type: Literal["github-binary"] = "github-binary"
+    repo: str  # owner/name
+    asset: str  # the release asset's file name
+    bin: str | None = None  # the program's path inside the archive (default: the command's name)
+    command: str | None = None  # the name it is installed as (default: the entry's name)
+    tag_prefix: str = "v"  # the release tag is tag_prefix + version
+    targets: dict[Literal["amd64", "arm64"], str]
+    checksums: str | None = None  # the checksum file's asset name (a template); None: pinned only
+    sha256: dict[str, dict[Literal["amd64", "arm64"], str]] = Field(default_factory=dict)  # version → arch → hex
+    requires: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)  # image environment it needs (uv's tool directories)
+
+    @model_validator(mode="after")
+    def _verifiable(self) -> GithubBinary:
+        if self.checksums is None and (self.default is None or self.default not in self.sha256):
+            raise ValueError("a release binary needs a checksums file or a pinned sha256 for its default version")
+        for version, hashes in self.sha256.items():
+            for arch, digest in hashes.items():
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise ValueError(f"sha256 for {version}/{arch} is not 64 hex digits")
+        return self
+
+
+class UvTool(Versioned):
+    """A Python program installed with ``uv tool install`` (each in its own environment)."""
+
+    type: Literal["uv-tool"] = "uv-tool"
+    package: str  # the PyPI package
+    binary: str  # the program it provides
+    requires: tuple[str, ...] = ("uv",)
+
+
+class GoTool(Versioned):
+    """A Go program built with ``go install`` (downloads checked against Go's checksum database)."""
+
+    type: Literal["go-install"] = "go-install"
+    package: str  # the module path of the command, e.g. golang.org/x/tools/gopls
+    binary: str  # the program it provides
+    requires: tuple[str, ...] = ("go",)
 
 
 class Meta(_Frozen):
@@ -183,7 +238,9 @@ class Dynamic(_Frozen):
     name_pattern: str
 
 
-Entry = Runtime | Tool | NpmTool | Service | Meta
+Entry = Runtime | Tool | NpmTool | GithubBinary | UvTool | GoTool | Service | Meta
+# Kinds installed by a tool that another dependency provides (node's npm, uv, go).
+Installed = NpmTool | GithubBinary | UvTool | GoTool
 
 
 class CatalogData(_Frozen):
@@ -192,6 +249,9 @@ class CatalogData(_Frozen):
     tools: dict[str, Tool]
     services: dict[str, Service]
     npm_tools: dict[str, NpmTool] = Field(default_factory=dict)
+    github_binaries: dict[str, GithubBinary] = Field(default_factory=dict)
+    uv_tools: dict[str, UvTool] = Field(default_factory=dict)
+    go_tools: dict[str, GoTool] = Field(default_factory=dict)
     meta: dict[str, Meta] = Field(default_factory=dict)
     dynamic: dict[str, Dynamic]
     aliases: dict[str, str] = Field(default_factory=dict)  # common wrong name → right name
@@ -201,17 +261,20 @@ class CatalogData(_Frozen):
     @model_validator(mode="after")
     def _names_unique(self) -> CatalogData:
         seen: dict[str, str] = {}
-        for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools),
-                              ("npm_tools", self.npm_tools), ("services", self.services), ("meta", self.meta)):
+        for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools), ("npm_tools", self.npm_tools),
+                              ("github_binaries", self.github_binaries), ("uv_tools", self.uv_tools),
+                              ("go_tools", self.go_tools), ("services", self.services), ("meta", self.meta)):
             for name in entries:
                 if name in seen:
                     raise ValueError(f"{name!r} appears in both {seen[name]} and {kind}")
                 seen[name] = kind
         for name, bundle in self.meta.items():
-            outside = [m for m in bundle.members if seen.get(m) not in ("runtimes", "tools", "npm_tools")]
+            outside = [m for m in bundle.members if seen.get(m) in (None, "services", "meta")]
             if outside:
                 raise ValueError(f"meta {name!r} lists {outside}, which are not tools or runtimes of the catalog")
-        for name, tool in self.npm_tools.items():
+        installed: list[tuple[str, Installed]] = [*self.npm_tools.items(), *self.github_binaries.items(),
+                                                  *self.uv_tools.items(), *self.go_tools.items()]
+        for name, tool in installed:
             if any(r not in seen for r in tool.requires):
                 raise ValueError(f"{name!r} requires {tool.requires}, not all in the catalog")
         for wrong, right in self.aliases.items():

@@ -85,7 +85,9 @@ def _print_details(data: dict[str, Any]) -> None:
         "versions": "Versions", "image": "Image", "port": "Port", "variables": "Agent variables",
         "url": "URL", "credentials": "Credentials", "readiness": "Ready when", "provisions": "Provisions",
         "base_image": "Base image",
-        "apt_package": "Debian package", "npm_package": "npm package", "binary": "Program",
+        "apt_package": "Debian package", "npm_package": "npm package", "pypi_package": "PyPI package",
+        "go_package": "Go package", "repository": "GitHub repository", "asset": "Release asset",
+        "verified_by": "Verified against", "binary": "Program",
         "members": "Members", "requires": "Requires", "usage": "Usage",
         "min_memory_mb": "Minimum memory (MB)",
     }

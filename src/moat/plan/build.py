@@ -33,7 +33,7 @@ from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
 from moat.plan import dockerfile
-from moat.plan.buildca import build_ca
+from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
 from moat.plan.contract import contract, generate_password
@@ -156,9 +156,10 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
     ca = build_ca(request.host_env) if traits.builds_images else None
-    inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca)
+    inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca,
+                                    **mirrors(request.host_env))
     text = dockerfile.render(inputs, catalog)
-    build_context = {dockerfile.BUILD_CA_FILE: ca} if ca else {}
+    build_context = dockerfile.build_context(inputs) if traits.builds_images else {}
     # Services run in their own images: only what is built into the agent image names its tag.
     specs = sorted(d.spec for d in config.dependencies if d.type is not DepType.SERVICE)
     image = ImageSpec(image_tag(specs, text, build_context), base, text, tuple(specs), identity.uid, identity.gid,

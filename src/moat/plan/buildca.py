@@ -1,4 +1,5 @@
-"""MOAT_BUILD_CA_CERTS: the certificate authorities an agent image's build trusts.
+"""What an agent image's build takes from the host's environment: MOAT_BUILD_CA_CERTS, the certificate
+authorities it trusts, and the mirrors it downloads from (MOAT_GITHUB_DOWNLOAD_BASE, MOAT_GOPROXY).
 
 Behind a TLS-inspecting proxy (a corporate network, or these machines' egress) every download a
 build makes — npm, pip, a release binary — fails on the proxy's own certificate unless the build
@@ -19,6 +20,9 @@ from pathlib import Path
 from moat.errors import UsageError
 
 VARIABLE = "MOAT_BUILD_CA_CERTS"
+GITHUB_BASE_VARIABLE = "MOAT_GITHUB_DOWNLOAD_BASE"  # a mirror of https://github.com's release downloads
+GOPROXY_VARIABLE = "MOAT_GOPROXY"  # a Go module proxy (GOPROXY's syntax) for go install
+MIRROR = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~%/+\-]*)?$")
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+?-----END CERTIFICATE-----")
 SUFFIXES = (".crt", ".pem")
@@ -57,3 +61,19 @@ def _certificates(file: Path, hint: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{VARIABLE}: cannot read {file} as a PEM file ({type(exc).__name__})", hint=hint) from None
     return CERTIFICATE.findall(text)
+
+
+def mirrors(host_env: Mapping[str, str]) -> dict[str, str]:
+    """The build's download mirrors, each an http(s) URL (they reach the Dockerfile's command lines)."""
+    found = {}
+    for variable, key in ((GITHUB_BASE_VARIABLE, "github_base"), (GOPROXY_VARIABLE, "goproxy")):
+        value = host_env.get(variable, "").strip()
+        if not value:
+            continue
+        urls = value.split(",") if variable == GOPROXY_VARIABLE else [value]
+        if not all(MIRROR.fullmatch(url) or url in ("direct", "off") for url in urls):
+            raise UsageError(f"{variable} must be an http:// or https:// URL (GOPROXY's list of them, for"
+                             f" {GOPROXY_VARIABLE}), not {value[:80]!r}",
+                             hint=f"For example {variable}=https://mirror.example.com/{key.split('_')[0]}")
+        found[key] = value.rstrip("/") if key == "github_base" else value
+    return found

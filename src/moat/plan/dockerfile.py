@@ -1,15 +1,17 @@
 """The agent image's Dockerfile, generated from resolved dependencies.
 
-Layer order puts what changes least first (apt, then runtimes, then packages, then the user), so
-editing a pip package does not re-run apt.
+Layer order puts what changes least first (apt, then runtimes, then release binaries one layer each,
+then the npm, uv and go tools, then packages, then the user), so adding one dependency reuses the
+layers before its own: editing a pip package does not re-run apt.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from importlib import resources
 
-from moat.catalog import Catalog, DepType, NpmTool, Runtime, Tool
+from moat.catalog import Catalog, DepType, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
 from moat.catalog.deps import Dependency, quote_packages
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
@@ -18,9 +20,14 @@ BASE_APT = ("ca-certificates",)
 # The build's extra certificate authorities (MOAT_BUILD_CA_CERTS), under this name in the context.
 BUILD_CA_FILE = "moat-build-ca.crt"
 # Tools that do not read the system's roots by default are pointed at them (node has its own copy,
-# pip its certifi bundle) in the build's download steps only: the image's environment is the run's.
+# pip its certifi bundle, uv its own) in the build's download steps only: the image's environment
+# is the run's.
 BUILD_CA_EXPORT = ("export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt"
-                   " PIP_CERT=/etc/ssl/certs/ca-certificates.crt; ")
+                   " PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt; ")
+# The release installer (see scripts/fetch-release), sent in the build context.
+FETCH_RELEASE = "fetch-release"
+FETCH_RELEASE_PATH = "/usr/local/lib/moat/fetch-release"
+GITHUB = "https://github.com"
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,9 @@ class ImageInputs:
     # PEM text of certificate authorities the build must trust: behind a TLS-inspecting proxy,
     # npm's, pip's and curl's downloads fail without the proxy's CA. Baked into the image's roots.
     build_ca: str | None = None
+    # Mirrors (MOAT_GITHUB_DOWNLOAD_BASE, MOAT_GOPROXY): where release binaries and Go modules come from.
+    github_base: str = GITHUB
+    goproxy: str | None = None
 
 
 def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: str | None) -> str:
@@ -46,26 +56,45 @@ def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: 
     return catalog.default_base_image
 
 
+def build_context(inputs: ImageInputs) -> dict[str, str]:
+    """The files the Dockerfile COPYs: the build's CA, the release installer."""
+    context = {BUILD_CA_FILE: inputs.build_ca} if inputs.build_ca else {}
+    if any(d.type is DepType.RELEASE for d in inputs.dependencies):
+        context[FETCH_RELEASE] = resources.files("moat.plan").joinpath("scripts", FETCH_RELEASE).read_text()
+    return context
+
+
+def _of(deps: tuple[Dependency, ...], kind: DepType) -> list[Dependency]:
+    # Sorted: the order dependencies are listed in must not change the image (or its tag).
+    return sorted((d for d in deps if d.type is kind), key=lambda d: d.name)
+
+
 def render(inputs: ImageInputs, catalog: Catalog) -> str:
     deps = inputs.dependencies
     lines = [f"FROM {inputs.base_image}", "ENV DEBIAN_FRONTEND=noninteractive"]
-    # Sorted: the order dependencies are listed in must not change the image (or its tag).
-    runtimes = sorted((d for d in deps if d.type is DepType.RUNTIME), key=lambda d: d.name)
+    runtimes = _of(deps, DepType.RUNTIME)
     # A runtime whose own image is the base needs no install step.
     to_install = [] if len(runtimes) == 1 else runtimes
+    releases = _of(deps, DepType.RELEASE)
     apt = set(BASE_APT)
-    for dep in deps:
-        entry = catalog.get(dep.name) if not dep.manager else None
-        if isinstance(entry, Tool):
-            apt.add(entry.apt)
+    links = []
+    for dep in _of(deps, DepType.TOOL):
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, Tool)
+        apt.add(entry.apt)
+        if entry.link and entry.binary:
+            links.append(f"ln -sf /usr/bin/{entry.link} /usr/local/bin/{entry.binary}")
     for dep in to_install:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime)
         apt.update(entry.install_apt)
+    if releases:  # the installer's own needs
+        apt.update(("curl", "unzip"))
     lines.append(
         "RUN apt-get update \\\n"
         f" && apt-get install -y --no-install-recommends {' '.join(sorted(apt))} \\\n"
-        " && rm -rf /var/lib/apt/lists/*"
+        + "".join(f" && {link} \\\n" for link in links)
+        + " && rm -rf /var/lib/apt/lists/*"
     )
     if inputs.build_ca:  # after apt (over plain HTTP, it brings update-ca-certificates), before any download
         lines += [f"COPY {BUILD_CA_FILE} /usr/local/share/ca-certificates/{BUILD_CA_FILE}",
@@ -75,7 +104,8 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime) and dep.version
         lines += [line.replace("{version}", dep.version) for line in entry.install]
-    npm_tools = sorted((d for d in deps if d.type is DepType.NPM), key=lambda d: d.name)
+    lines += _release_lines(releases, inputs, catalog, trust)
+    npm_tools = _of(deps, DepType.NPM)
     if npm_tools:  # after the runtimes (npm comes with node), before the packages people change most
         specs = []
         for dep in npm_tools:
@@ -84,6 +114,25 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             specs.append(f"{entry.package}@{dep.version}" if dep.version else entry.package)
         lines.append(f"RUN {trust}npm install --global --no-fund --no-audit --no-update-notifier "
                      + " ".join(shlex.quote(spec) for spec in specs))
+    uv_tools = _of(deps, DepType.UV)
+    if uv_tools:  # uv's environment (its tool directories) is set by the uv layer above
+        installs = []
+        for dep in uv_tools:
+            entry = catalog.get(dep.name)
+            assert isinstance(entry, UvTool)
+            spec = f"{entry.package}=={dep.version}" if dep.version else entry.package
+            installs.append(f"uv tool install {shlex.quote(spec)}")
+        lines.append(f"RUN {trust}" + " && ".join(installs) + " && uv cache clean")
+    go_tools = _of(deps, DepType.GO)
+    if go_tools:  # one module per go install (Go builds them at one version each)
+        proxy = f"GOPROXY={shlex.quote(inputs.goproxy)} " if inputs.goproxy else ""
+        installs = []
+        for dep in go_tools:
+            entry = catalog.get(dep.name)
+            assert isinstance(entry, GoTool)
+            version = f"v{dep.version.removeprefix('v')}" if dep.version else "latest"
+            installs.append(f"GOBIN=/usr/local/bin {proxy}go install {shlex.quote(f'{entry.package}@{version}')}")
+        lines.append(f"RUN {trust}" + " && ".join(installs) + " && go clean -cache -modcache")
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None
@@ -92,6 +141,42 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             "{packages}", quote_packages(packages, manager.version_separator)))
     lines += _user_lines(inputs.uid, inputs.gid)
     return "\n".join(lines) + "\n"
+
+
+def _release_lines(releases: list[Dependency], inputs: ImageInputs, catalog: Catalog, trust: str) -> list[str]:
+    """The release installer, then one layer per program: adding one reuses the others' layers."""
+    if not releases:
+        return []
+    lines = [f"COPY {FETCH_RELEASE} {FETCH_RELEASE_PATH}", f"RUN chmod 755 {FETCH_RELEASE_PATH}"]
+    mirror = f"MOAT_GITHUB_DOWNLOAD_BASE={shlex.quote(inputs.github_base)} " if inputs.github_base != GITHUB else ""
+    env: dict[str, str] = {}
+    for dep in releases:
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, GithubBinary) and dep.version
+        lines.append(f"RUN {trust}{mirror}{FETCH_RELEASE_PATH} " + " ".join(
+            shlex.quote(arg) for arg in release_arguments(dep.name, entry, dep.version)))
+        env.update(entry.env)
+    if env:
+        lines.append("ENV " + " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(env.items())))
+    return lines
+
+
+def release_arguments(name: str, entry: GithubBinary, version: str) -> list[str]:
+    """The installer's arguments for one program: its asset, path and checksum, per architecture."""
+    command = entry.command or name
+    args = [f"name={name}", f"repo={entry.repo}", f"tag={entry.tag_prefix}{version}", f"command={command}"]
+    for arch, target in sorted(entry.targets.items()):
+        def fill(template: str, target: str = target) -> str:
+            return template.replace("{version}", version).replace("{target}", target).replace("{arch}", target)
+
+        asset = fill(entry.asset)
+        args += [f"asset.{arch}={asset}", f"bin.{arch}={fill(entry.bin) if entry.bin else command}"]
+        pinned = entry.sha256.get(version, {}).get(arch)
+        if pinned:
+            args.append(f"sha256.{arch}={pinned}")
+        elif entry.checksums:
+            args.append(f"sums.{arch}={fill(entry.checksums).replace('{asset}', asset)}")
+    return args
 
 
 def _user_lines(uid: int, gid: int) -> list[str]:
