@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 from pydantic import ValidationError
 
 from moat.catalog import Runtime, Service, Tool, load_catalog
 from moat.catalog.describe import all_summaries, details
 from moat.catalog.model import CatalogData
-from tests.unit.support import CATALOG
+from moat.errors import UsageError
+from moat.plan import dockerfile
+from moat.plan.buildca import mirrors
+from tests.unit.support import CATALOG, only_problem, parse
 
 
 def test_catalog_is_loaded_once() -> None:
@@ -258,3 +263,86 @@ def test_the_sandbox_says_how_to_install_a_missing_npm_tool(monkeypatch: pytest.
     assert "`jq` (Debian package jq), `gemini` (npm package @google/gemini-cli)" in info.value.message
     assert info.value.hint == ("Install them (sudo apt-get install jq; npm install --global @google/gemini-cli),"
                                " or use --runtime docker.")
+
+
+# --- every installer's Dockerfile lines (issue 13) ------------------------------------------------------
+
+
+def _render(text: str, **inputs: object) -> list[str]:
+    deps = tuple(parse(text).dependencies)
+    image = dockerfile.ImageInputs("debian:bookworm-slim", deps, 1000, 1000, **inputs)  # type: ignore[arg-type]
+    return dockerfile.render(image, CATALOG).splitlines()
+
+
+def test_release_binaries_are_fetched_verified_one_layer_each_after_the_runtimes() -> None:
+    lines = _render("dependencies: [git, gh, ripgrep@14.0.0, sqlc, node]\n")
+    installs = [line for line in lines if "fetch-release" in line and line.startswith("RUN /")]
+    assert [line.split()[2] for line in installs] == ["name=gh", "name=ripgrep", "name=sqlc"]  # sorted
+    gh, rg, sqlc = (shlex.split(line) for line in installs)
+    assert "tag=v2.40.0" in gh and "asset.amd64=gh_2.40.0_linux_amd64.tar.gz" in gh
+    assert "bin.arm64=gh_2.40.0_linux_arm64/bin/gh" in gh and "sums.amd64=gh_2.40.0_checksums.txt" in gh
+    assert "tag=14.0.0" in rg and "command=rg" in rg  # no tag prefix; installed as rg
+    assert "sums.amd64=ripgrep-14.0.0-x86_64-unknown-linux-musl.tar.gz.sha256" in rg
+    assert f"sha256.amd64={'b34efb1729469c87d314783116c3de9789222de986aca1c60ba4890c0e86b42f'}" in sqlc
+    assert not any(arg.startswith("sums.") for arg in sqlc)  # pinned: no checksum file needed
+    apt = next(line for line in lines if "apt-get install" in line)
+    assert "curl" in apt and "unzip" in apt
+    assert lines.index("COPY fetch-release /usr/local/lib/moat/fetch-release") < lines.index(installs[0])
+    context = dockerfile.build_context(dockerfile.ImageInputs("x", tuple(parse("dependencies: [gh, git]\n")
+                                                                             .dependencies), 1, 1))
+    assert context["fetch-release"].startswith("#!/bin/sh")
+
+
+def test_a_release_mirror_reaches_the_installer_and_a_bad_one_is_refused() -> None:
+    lines = _render("dependencies: [git, gh]\n", github_base="https://mirror.example.test/github")
+    [install] = [line for line in lines if "name=gh" in line]
+    assert "MOAT_GITHUB_DOWNLOAD_BASE=https://mirror.example.test/github /usr/local/lib" in install
+    assert mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": "https://m.example.test/gh/"}) == {
+        "github_base": "https://m.example.test/gh"}
+    assert mirrors({"MOAT_GOPROXY": "https://proxy.example.test,direct"}) == {
+        "goproxy": "https://proxy.example.test,direct"}
+    for bad in ("ftp://x", "https://x; rm -rf /", "https://x y"):
+        with pytest.raises(UsageError, match="must be an http"):
+            mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": bad})
+
+
+def test_uv_and_go_tools_install_in_one_layer_each_with_their_versions() -> None:
+    lines = _render("dependencies: [python, go, uv, ruff@0.6.9, black, gofumpt, gopls]\n", goproxy="https://gp.test")
+    [uv] = [line for line in lines if "uv tool install" in line]
+    assert uv == "RUN uv tool install black && uv tool install ruff==0.6.9 && uv cache clean"
+    assert "ENV UV_PYTHON_DOWNLOADS=never UV_TOOL_BIN_DIR=/usr/local/bin UV_TOOL_DIR=/opt/uv-tools" in lines
+    [go] = [line for line in lines if "go install" in line]
+    assert go == ("RUN GOBIN=/usr/local/bin GOPROXY=https://gp.test go install mvdan.cc/gofumpt@v0.9.2"
+                  " && GOBIN=/usr/local/bin GOPROXY=https://gp.test go install golang.org/x/tools/gopls@latest"
+                  " && go clean -cache -modcache")
+    assert lines.index(next(line for line in lines if "fetch-release name=uv" in line)) < lines.index(uv)
+
+
+def test_debian_tools_under_their_usual_names_and_the_bundles() -> None:
+    apt = "\n".join(_render("dependencies: [cli-essentials, go]\n"))
+    assert "bat" in apt and "fd-find" in apt and "jq" in apt
+    assert "ln -sf /usr/bin/batcat /usr/local/bin/bat" in apt and "ln -sf /usr/bin/fdfind /usr/local/bin/fd" in apt
+    specs = {d.spec for d in parse("dependencies: [python, python-dev, go, go-extras]\n").dependencies}
+    assert {"uv@0.11.6", "ruff", "black", "mypy", "pytest", "gofumpt@0.9.2", "govulncheck", "goreleaser@2.13.3",
+            "golangci-lint@2.8.0"} <= specs
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dependencies: [ruff]\n", "ruff (ruff) is installed with uv, which needs uv: add 'uv' to dependencies"),
+    ("dependencies: [uv]\n", "uv needs python: add 'python' to dependencies"),
+    ("dependencies: [gopls]\n", "gopls (golang.org/x/tools/gopls) is built with go install, which needs go"),
+    ("dependencies: [gh]\n", "gh needs git: add 'git' to dependencies"),
+    ("dependencies: [fd@8]\n", "fd is installed from Debian's package 'fd-find' and takes no version"),
+])
+def test_what_an_installer_needs_is_said(text: str, message: str) -> None:
+    assert message in only_problem(text)[1]
+
+
+def test_a_release_binary_without_a_way_to_verify_it_cannot_enter_the_catalog() -> None:
+    from moat.catalog.model import GithubBinary
+
+    with pytest.raises(ValueError, match="needs a checksums file or a pinned sha256"):
+        GithubBinary(description="x", repo="o/r", asset="a", default="1", targets={"amd64": "x"})
+    with pytest.raises(ValueError, match="not 64 hex digits"):
+        GithubBinary(description="x", repo="o/r", asset="a", default="1", targets={"amd64": "x"},
+                     sha256={"1": {"amd64": "abc"}})

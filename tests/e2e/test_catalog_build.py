@@ -1,0 +1,124 @@
+"""The agent image built for real from one dependency of each kind that can be fetched here: a
+runtime (node), Debian tools (git; fd, linked under its usual name), a bundle (node-dev: npm tools), an
+npm: package, and a GitHub release binary — the last from a local stand-in of GitHub's release
+downloads (MOAT_GITHUB_DOWNLOAD_BASE, as a mirror would be set), its checksum file checked.
+
+The stand-in release holds a small program standing in for gh (no release host is reachable here);
+what is tested is moat's installer: the download, the checksum, the unpacking, the program's place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from moat.runtime.docker import DockerRuntime
+from tests.helpers import left_for, run_moat, runs, write_workspace
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+VERSION = "2.40.0"
+ASSET = f"gh_{VERSION}_linux_amd64.tar.gz"
+STAND_IN_GH = "#!/bin/sh\necho \"gh version $0 stand-in release\"\n"
+HOST_CAS = Path("/usr/local/share/ca-certificates")
+
+
+@dataclass
+class Releases:
+    root: Path
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def publish(self, sums: str | None = None) -> None:
+        """gh's release: the archive, and its checksum file (``sums`` replaces the true one)."""
+        directory = self.root / "cli" / "cli" / "releases" / "download" / f"v{VERSION}"
+        directory.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            data = STAND_IN_GH.encode()
+            info = tarfile.TarInfo(f"gh_{VERSION}_linux_amd64/bin/gh")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+        (directory / ASSET).write_bytes(buffer.getvalue())
+        digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+        (directory / f"gh_{VERSION}_checksums.txt").write_text(
+            sums if sums is not None else f"{'0' * 64}  gh_{VERSION}_macOS_amd64.zip\n{digest}  {ASSET}\n")
+
+
+@pytest.fixture
+def releases(tmp_path: Path) -> Iterator[Releases]:
+    stand_in = Releases(tmp_path / "releases")
+    stand_in.root.mkdir()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            stand_in.requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
+    stand_in.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield stand_in
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _env(releases: Releases) -> dict[str, str]:
+    env = {"MOAT_GITHUB_DOWNLOAD_BASE": releases.base}
+    if any(HOST_CAS.glob("*.crt")):  # npm's downloads go through this machine's TLS-inspecting proxy
+        env["MOAT_BUILD_CA_CERTS"] = str(HOST_CAS)
+    return env
+
+
+CONFIG = "name: every-kind\ndependencies: [node@22, git, fd, gh, node-dev, 'npm:is-number@7.0.0']\n"
+CHECK = ("gh --version; fd --version; tsc --version; prettier --version; eslint --version;"
+         " npm ls --global --depth 0 --parseable is-number | sed 's|.*/||'")
+
+
+def test_an_image_with_one_dependency_of_each_kind(engine: DockerRuntime, moat_home: Path, tmp_path: Path,
+                                                   releases: Releases) -> None:
+    releases.publish()
+    workspace = write_workspace(tmp_path / "ws", CONFIG)
+    result = run_moat(["run", "--rebuild", str(workspace), "--", "sh", "-c", CHECK], env=_env(releases), timeout=900)
+    assert result.code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "gh version /usr/local/bin/gh stand-in release"  # installed as gh, on PATH
+    assert lines[1].startswith("fdfind ") or lines[1].startswith("fd ")  # Debian's, under the usual name
+    assert lines[2].startswith("Version ")  # tsc, from the node-dev bundle
+    assert lines[-1] == "is-number"  # the npm: package, installed globally
+    assert releases.requests == [f"/cli/cli/releases/download/v{VERSION}/{ASSET}",
+                                 f"/cli/cli/releases/download/v{VERSION}/gh_{VERSION}_checksums.txt"]
+
+
+@pytest.mark.parametrize("sums, message", [
+    (f"{'a' * 64}  {ASSET}\n", "checksum mismatch"),
+    (f"{'a' * 64}  gh_{VERSION}_linux_arm64.tar.gz\n", "lists no checksum for"),
+])
+def test_a_release_whose_checksum_does_not_match_is_not_installed(engine: DockerRuntime, moat_home: Path,
+                                                                  tmp_path: Path, releases: Releases, sums: str,
+                                                                  message: str) -> None:
+    releases.publish(sums=sums)
+    workspace = write_workspace(tmp_path / "ws", "name: tampered\ndependencies: [git, gh]\n")
+    result = run_moat(["run", str(workspace), "--", "true"], env=_env(releases), timeout=600)
+    assert result.code == 1, result.output
+    assert "building the agent image" in result.stderr and message in result.stderr
+    assert "moat: gh:" in result.stderr  # the installer says which program
+    [run] = runs(moat_home)
+    assert left_for(engine, run["id"]) == []
+    assert os.environ.get("MOAT_GITHUB_DOWNLOAD_BASE") is None  # the test's setting went to moat alone
