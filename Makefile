@@ -67,6 +67,7 @@ bench: install engine sandbox
 	$(BIN)/python benchmarks/runtimes.py --json benchmarks/last-runtimes.json
 	$(BIN)/python benchmarks/proxy.py --json benchmarks/last-proxy.json
 	$(BIN)/python benchmarks/pod_start.py --json benchmarks/last-pod-start.json
+	$(BIN)/python benchmarks/image_build.py --json benchmarks/last-image-build.json
 
 clean-engine:
 	bash engine/stop.sh
