@@ -193,7 +193,7 @@ def test_describe_details_for_a_service() -> None:
 def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
-    assert names == [*CATALOG.names(), "npm:", "pip:"]
+    assert names == [*CATALOG.names(), "go:", "npm:", "pip:", "uv:"]
     assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "uv-tool", "go-install",
                                          "service", "meta", "dynamic"}
 
@@ -312,9 +312,10 @@ def test_uv_and_go_tools_install_in_one_layer_each_with_their_versions() -> None
     assert uv == "RUN uv tool install black && uv tool install ruff==0.6.9 && uv cache clean"
     assert "ENV UV_PYTHON_DOWNLOADS=never UV_TOOL_BIN_DIR=/usr/local/bin UV_TOOL_DIR=/opt/uv-tools" in lines
     [go] = [line for line in lines if "go install" in line]
-    assert go == ("RUN GOBIN=/usr/local/bin GOPROXY=https://gp.test go install mvdan.cc/gofumpt@v0.9.2"
-                  " && GOBIN=/usr/local/bin GOPROXY=https://gp.test go install golang.org/x/tools/gopls@latest"
+    assert go == ("RUN GOBIN=/usr/local/bin go install mvdan.cc/gofumpt@v0.9.2"
+                  " && GOBIN=/usr/local/bin go install golang.org/x/tools/gopls@latest"
                   " && go clean -cache -modcache")
+    assert lines.index("ENV GOPROXY=https://gp.test") < lines.index(go)
     assert lines.index(next(line for line in lines if "fetch-release name=uv" in line)) < lines.index(uv)
 
 
@@ -346,3 +347,14 @@ def test_a_release_binary_without_a_way_to_verify_it_cannot_enter_the_catalog() 
     with pytest.raises(ValueError, match="not 64 hex digits"):
         GithubBinary(description="x", repo="o/r", asset="a", default="1", targets={"amd64": "x"},
                      sha256={"1": {"amd64": "abc"}})
+
+
+def test_go_and_uv_prefixes_install_one_package_per_command() -> None:
+    lines = _render("dependencies: [python, go, uv, 'go:golang.org/x/tools/cmd/stringer@v0.26.0',"
+                    " 'go:github.com/a/b/cmd/c', 'uv:httpie', 'uv:cowsay@6.1']\n")
+    assert ("RUN GOBIN=/usr/local/bin go install github.com/a/b/cmd/c@latest && GOBIN=/usr/local/bin go install"
+            " golang.org/x/tools/cmd/stringer@v0.26.0") in lines
+    assert "RUN uv tool install cowsay==6.1 && uv tool install httpie" in lines
+    assert "uv:cowsay is installed with uv, which needs uv: add 'uv' to dependencies" in only_problem(
+        "dependencies: [python, 'uv:cowsay']\n")[1]
+    assert "invalid go package name 'notapath'" in only_problem("dependencies: [go, 'go:notapath']\n")[1]

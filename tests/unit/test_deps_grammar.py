@@ -175,15 +175,15 @@ def test_unknown_name_without_anything_close() -> None:
 
 def test_dependencies_of_the_go_moat_not_provided_yet() -> None:
     assert "does not provide yet" in error("rust")
-    message = error("uv:ruff")
+    message = error("cargo:ripgrep")
     assert "not supported yet" in message
-    assert "npm:, pip:" in message
+    assert "go:, npm:, pip:, uv:" in message
 
 
 def test_unknown_prefix() -> None:
     message = error("brew:wget")
     assert "unknown dependency prefix 'brew:'" in message
-    assert "npm:, pip:" in message
+    assert "go:, npm:, pip:, uv:" in message
 
 
 # --- resolve_dependencies ----------------------------------------------------------------------
@@ -237,8 +237,9 @@ def test_every_bad_entry_is_reported() -> None:
 def test_quote_packages_keeps_each_spec_one_shell_word() -> None:
     deps = [parse("pip:uvicorn[standard]@0.30"), parse("pip:requests")]
     quoted = quote_packages(deps, "==")
-    assert shlex.split(quoted) == ["uvicorn[standard]==0.30", "requests"]
-    assert "'uvicorn[standard]==0.30'" in quoted  # '[' is a shell glob character
+    assert [shlex.split(word) for word in quoted] == [["uvicorn[standard]==0.30"], ["requests"]]
+    assert quoted[0] == "'uvicorn[standard]==0.30'"  # '[' is a shell glob character
+    assert quote_packages([parse("go:golang.org/x/tools/gopls")], "@", "latest") == ["golang.org/x/tools/gopls@latest"]
 
 
 # --- properties --------------------------------------------------------------------------------

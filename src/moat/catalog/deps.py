@@ -222,8 +222,9 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
             assert needed is not None
             if needed.requires not in seen:
                 problems[index] = (
-                    f"{dep.key} is installed with {dep.manager}, which needs the"
-                    f" {needed.requires} runtime: add '{needed.requires}' to dependencies"
+                    f"{dep.key} is installed with {dep.manager}, which needs"
+                    f" {'the ' + needed.requires + ' runtime' if needed.requires != dep.manager else needed.requires}:"
+                    f" add '{needed.requires}' to dependencies"
                 )
     return resolved, problems
 
@@ -251,7 +252,8 @@ def _expanded(item: object, catalog: Catalog, *, suggest: bool) -> list[tuple[De
     return [(parse_dependency(item, catalog, suggest=suggest), False)]
 
 
-def quote_packages(deps: list[Dependency], separator: str) -> str:
+def quote_packages(deps: list[Dependency], separator: str, default_version: str | None = None) -> list[str]:
     """Package specs for an install command line, each shell-quoted."""
-    specs = [f"{d.name}{separator}{d.version}" if d.version else d.name for d in deps]
-    return " ".join(shlex.quote(s) for s in specs)
+    specs = [f"{d.name}{separator}{d.version or default_version}" if d.version or default_version else d.name
+             for d in deps]
+    return [shlex.quote(s) for s in specs]

@@ -236,6 +236,8 @@ class Dynamic(_Frozen):
     install: str  # Dockerfile RUN command; ``{packages}`` becomes the quoted package specs
     version_separator: str  # how NAME and VERSION are joined for the package manager
     name_pattern: str
+    each: bool = False  # one install command per package (go install builds one module at one version)
+    default_version: str | None = None  # what a package without a version gets (go install's "latest")
 
 
 Entry = Runtime | Tool | NpmTool | GithubBinary | UvTool | GoTool | Service | Meta

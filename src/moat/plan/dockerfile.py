@@ -123,22 +123,25 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             spec = f"{entry.package}=={dep.version}" if dep.version else entry.package
             installs.append(f"uv tool install {shlex.quote(spec)}")
         lines.append(f"RUN {trust}" + " && ".join(installs) + " && uv cache clean")
+    if inputs.goproxy and (_of(deps, DepType.GO) or any(d.manager == "go" for d in deps)):
+        lines.append(f"ENV GOPROXY={shlex.quote(inputs.goproxy)}")  # the run's go uses the mirror too
     go_tools = _of(deps, DepType.GO)
     if go_tools:  # one module per go install (Go builds them at one version each)
-        proxy = f"GOPROXY={shlex.quote(inputs.goproxy)} " if inputs.goproxy else ""
         installs = []
         for dep in go_tools:
             entry = catalog.get(dep.name)
             assert isinstance(entry, GoTool)
             version = f"v{dep.version.removeprefix('v')}" if dep.version else "latest"
-            installs.append(f"GOBIN=/usr/local/bin {proxy}go install {shlex.quote(f'{entry.package}@{version}')}")
+            installs.append(f"GOBIN=/usr/local/bin go install {shlex.quote(f'{entry.package}@{version}')}")
         lines.append(f"RUN {trust}" + " && ".join(installs) + " && go clean -cache -modcache")
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None
         packages = sorted((d for d in deps if d.manager == prefix), key=lambda d: d.name)
-        lines.append(f"RUN {trust}" + manager.install.replace(
-            "{packages}", quote_packages(packages, manager.version_separator)))
+        specs = quote_packages(packages, manager.version_separator, manager.default_version)
+        commands = [manager.install.replace("{packages}", spec) for spec in specs] if manager.each \
+            else [manager.install.replace("{packages}", " ".join(specs))]
+        lines.append(f"RUN {trust}" + " && ".join(commands))
     lines += _user_lines(inputs.uid, inputs.gid)
     return "\n".join(lines) + "\n"
 
