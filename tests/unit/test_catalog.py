@@ -30,10 +30,10 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "typescript", "prettier", "eslint", "claude-code", "codex-cli", "copilot-cli", "gemini-cli", "pi-cli",
         "graphite-cli", "npm", "yarn", "pnpm",
         "gh", "ripgrep", "fzf", "uv", "bun", "golangci-lint", "sqlc", "task", "goreleaser", "buf", "act", "lazygit",
-        "opentofu", "terragrunt",
+        "opentofu", "terragrunt", "kubectl", "helm", "terraform",
         "ruff", "black", "mypy", "pytest",
         "gopls", "govulncheck", "mockgen", "gofumpt", "yq", "air",
-        "node-dev", "python-dev", "cli-essentials", "go-extras",
+        "node-dev", "python-dev", "cli-essentials", "go-extras", "k8s",
     }
     assert CATALOG.service_names() == ["ministack", "mysql", "ollama", "postgres", "redis"]
 
@@ -194,7 +194,7 @@ def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
     assert names == [*CATALOG.names(), "go:", "npm:", "pip:", "uv:"]
-    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "uv-tool", "go-install",
+    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "download", "uv-tool", "go-install",
                                          "service", "meta", "dynamic"}
 
 
@@ -358,3 +358,15 @@ def test_go_and_uv_prefixes_install_one_package_per_command() -> None:
     assert "uv:cowsay is installed with uv, which needs uv: add 'uv' to dependencies" in only_problem(
         "dependencies: [python, 'uv:cowsay']\n")[1]
     assert "invalid go package name 'notapath'" in only_problem("dependencies: [go, 'go:notapath']\n")[1]
+
+
+def test_vendor_downloads_are_verified_against_the_vendors_checksum_files() -> None:
+    lines = _render("dependencies: [k8s, terraform]\n")
+    kubectl, helm, terraform = (shlex.split(next(line for line in lines if f"name={n} " in line))
+                                for n in ("kubectl", "helm", "terraform"))
+    assert "url.amd64=https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubectl" in kubectl
+    assert "sums_url.amd64=https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubectl.sha256" in kubectl
+    assert "bin.arm64=linux-arm64/helm" in helm and "asset.arm64=helm-v3.16.0-linux-arm64.tar.gz" in helm
+    assert ("sums_url.amd64=https://releases.hashicorp.com/terraform/1.10.0/terraform_1.10.0_SHA256SUMS"
+            in terraform)
+    assert not any(arg.startswith(("repo=", "tag=")) for arg in kubectl)  # not a GitHub release

@@ -135,3 +135,14 @@ def test_an_architecture_without_an_asset_is_said(host: tuple[Path, str], tmp_pa
                              "asset.s390x=x", "bin.s390x=x"], capture_output=True, text=True, check=False,
                             env={"PATH": os.environ["PATH"], "MOAT_INSTALL_DIR": str(tmp_path)})
     assert result.returncode == 1 and f"no release asset for this image's architecture ({ARCH})" in result.stderr
+
+
+def test_a_vendor_download_by_url_with_its_hash_file(host: tuple[Path, str], tmp_path: Path) -> None:
+    release, base = host
+    (release / "kubectl").write_bytes(PROGRAM)
+    (release / "kubectl.sha256").write_text(hashlib.sha256(PROGRAM).hexdigest())  # the hash alone, no newline
+    url = f"{base}/o/r/releases/download/v1/kubectl"
+    result = fetch("http://unused.invalid", tmp_path, "kubectl", "kubectl", f"url.{ARCH}={url}",
+                   f"sums_url.{ARCH}={url}.sha256")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tool").read_bytes() == PROGRAM

@@ -13,6 +13,7 @@ from moat.catalog.model import (
     CatalogData,
     Credential,
     DepType,
+    Download,
     Dynamic,
     Entry,
     GithubBinary,
@@ -32,6 +33,7 @@ __all__ = [
     "Catalog",
     "Credential",
     "DepType",
+    "Download",
     "Dynamic",
     "Entry",
     "GithubBinary",
@@ -60,7 +62,8 @@ class Catalog:
     def get(self, name: str) -> Entry | None:
         data = self.data
         return (data.runtimes.get(name) or data.tools.get(name) or data.npm_tools.get(name)
-                or data.github_binaries.get(name) or data.uv_tools.get(name) or data.go_tools.get(name)
+                or data.github_binaries.get(name) or data.downloads.get(name) or data.uv_tools.get(name)
+                or data.go_tools.get(name)
                 or data.services.get(name) or data.meta.get(name))
 
     def service(self, name: str) -> Service | None:
@@ -71,8 +74,8 @@ class Catalog:
 
     def names(self) -> list[str]:
         data = self.data
-        return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.github_binaries, *data.uv_tools,
-                       *data.go_tools, *data.services, *data.meta])
+        return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.github_binaries, *data.downloads,
+                       *data.uv_tools, *data.go_tools, *data.services, *data.meta])
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every named entry, sorted by name."""

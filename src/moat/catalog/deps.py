@@ -15,6 +15,7 @@ from moat.catalog import Catalog
 from moat.catalog.model import (
     VERSION_RE,
     DepType,
+    Download,
     GithubBinary,
     GoTool,
     Installed,
@@ -29,8 +30,8 @@ from moat.errors import EXIT_USAGE, MoatError
 from moat.suggest import closest
 
 # How each kind installed by another dependency is named in a resolved dependency.
-INSTALLED_KINDS: dict[type, DepType] = {NpmTool: DepType.NPM, GithubBinary: DepType.RELEASE, UvTool: DepType.UV,
-                                        GoTool: DepType.GO}
+INSTALLED_KINDS: dict[type, DepType] = {NpmTool: DepType.NPM, GithubBinary: DepType.RELEASE,
+                                        Download: DepType.DOWNLOAD, UvTool: DepType.UV, GoTool: DepType.GO}
 
 _PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from moat.catalog import Catalog, Dynamic, Entry, GithubBinary, GoTool, Meta, NpmTool, Runtime, Service, Tool, UvTool
+from moat.catalog import (
+    Catalog,
+    Download,
+    Dynamic,
+    Entry,
+    GithubBinary,
+    GoTool,
+    Meta,
+    NpmTool,
+    Runtime,
+    Service,
+    Tool,
+    UvTool,
+)
 from moat.constants import AGENT_ENV_PREFIX
 
 
@@ -56,6 +69,9 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
         out.update({"repository": entry.repo, "asset": entry.asset, "binary": entry.command or name,
                     "verified_by": (f"the release's {entry.checksums}" if entry.checksums else "sha256 pinned by moat"),
                     "requires": list(entry.requires)})
+    elif isinstance(entry, Download):
+        out.update({"download": entry.url, "binary": entry.command or name,
+                    "verified_by": entry.checksums_url.replace("{url}", entry.url), "requires": list(entry.requires)})
     elif isinstance(entry, UvTool):
         out.update({"pypi_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
     elif isinstance(entry, GoTool):

@@ -24,6 +24,7 @@ class DepType(StrEnum):
     TOOL = "tool"
     NPM = "npm"  # a catalog tool installed with npm (the Go tool's type "npm")
     RELEASE = "github-binary"  # a binary from a GitHub release, its checksum verified
+    DOWNLOAD = "download"  # a binary from its vendor's download site, its checksum verified
     UV = "uv-tool"  # a Python tool installed with uv (the Go tool's type "uv-tool")
     GO = "go-install"  # a Go program built with go install (checked against Go's checksum database)
     SERVICE = "service"
@@ -111,6 +112,22 @@ class GithubBinary(Versioned):
                 if not re.fullmatch(r"[0-9a-f]{64}", digest):
                     raise ValueError(f"sha256 for {version}/{arch} is not 64 hex digits")
         return self
+
+
+class Download(Versioned):
+    """A program from its vendor's download site (kubectl, helm, terraform: the Go tool's "custom"),
+    verified as a release binary is: against the vendor's checksum file, or a pinned sha256.
+    ``url`` and ``checksums_url`` take ``{version}`` and ``{target}``; ``{url}`` in the latter is the
+    download's own URL (``….sha256`` files)."""
+
+    type: Literal["download"] = "download"
+    url: str
+    checksums_url: str
+    bin: str | None = None  # the program's path inside the archive (default: the command; a bare file: itself)
+    command: str | None = None
+    targets: dict[Literal["amd64", "arm64"], str]
+    requires: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class UvTool(Versioned):
@@ -240,9 +257,9 @@ class Dynamic(_Frozen):
     default_version: str | None = None  # what a package without a version gets (go install's "latest")
 
 
-Entry = Runtime | Tool | NpmTool | GithubBinary | UvTool | GoTool | Service | Meta
-# Kinds installed by a tool that another dependency provides (node's npm, uv, go).
-Installed = NpmTool | GithubBinary | UvTool | GoTool
+Entry = Runtime | Tool | NpmTool | GithubBinary | Download | UvTool | GoTool | Service | Meta
+# Kinds installed by a tool that another dependency provides (node's npm, uv, go), or downloaded.
+Installed = NpmTool | GithubBinary | Download | UvTool | GoTool
 
 
 class CatalogData(_Frozen):
@@ -252,6 +269,7 @@ class CatalogData(_Frozen):
     services: dict[str, Service]
     npm_tools: dict[str, NpmTool] = Field(default_factory=dict)
     github_binaries: dict[str, GithubBinary] = Field(default_factory=dict)
+    downloads: dict[str, Download] = Field(default_factory=dict)
     uv_tools: dict[str, UvTool] = Field(default_factory=dict)
     go_tools: dict[str, GoTool] = Field(default_factory=dict)
     meta: dict[str, Meta] = Field(default_factory=dict)
@@ -264,7 +282,8 @@ class CatalogData(_Frozen):
     def _names_unique(self) -> CatalogData:
         seen: dict[str, str] = {}
         for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools), ("npm_tools", self.npm_tools),
-                              ("github_binaries", self.github_binaries), ("uv_tools", self.uv_tools),
+                              ("github_binaries", self.github_binaries), ("downloads", self.downloads),
+                              ("uv_tools", self.uv_tools),
                               ("go_tools", self.go_tools), ("services", self.services), ("meta", self.meta)):
             for name in entries:
                 if name in seen:
@@ -275,7 +294,8 @@ class CatalogData(_Frozen):
             if outside:
                 raise ValueError(f"meta {name!r} lists {outside}, which are not tools or runtimes of the catalog")
         installed: list[tuple[str, Installed]] = [*self.npm_tools.items(), *self.github_binaries.items(),
-                                                  *self.uv_tools.items(), *self.go_tools.items()]
+                                                  *self.downloads.items(), *self.uv_tools.items(),
+                                                  *self.go_tools.items()]
         for name, tool in installed:
             if any(r not in seen for r in tool.requires):
                 raise ValueError(f"{name!r} requires {tool.requires}, not all in the catalog")

@@ -87,6 +87,7 @@ def _print_details(data: dict[str, Any]) -> None:
         "base_image": "Base image",
         "apt_package": "Debian package", "npm_package": "npm package", "pypi_package": "PyPI package",
         "go_package": "Go package", "repository": "GitHub repository", "asset": "Release asset",
+        "download": "Download",
         "verified_by": "Verified against", "binary": "Program",
         "members": "Members", "requires": "Requires", "usage": "Usage",
         "min_memory_mb": "Minimum memory (MB)",

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
-from moat.catalog import Catalog, DepType, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
+from moat.catalog import Catalog, DepType, Download, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
 from moat.catalog.deps import Dependency, quote_packages
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
@@ -59,7 +59,7 @@ def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: 
 def build_context(inputs: ImageInputs) -> dict[str, str]:
     """The files the Dockerfile COPYs: the build's CA, the release installer."""
     context = {BUILD_CA_FILE: inputs.build_ca} if inputs.build_ca else {}
-    if any(d.type is DepType.RELEASE for d in inputs.dependencies):
+    if any(d.type in (DepType.RELEASE, DepType.DOWNLOAD) for d in inputs.dependencies):
         context[FETCH_RELEASE] = resources.files("moat.plan").joinpath("scripts", FETCH_RELEASE).read_text()
     return context
 
@@ -75,7 +75,7 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     runtimes = _of(deps, DepType.RUNTIME)
     # A runtime whose own image is the base needs no install step.
     to_install = [] if len(runtimes) == 1 else runtimes
-    releases = _of(deps, DepType.RELEASE)
+    releases = sorted((d for d in deps if d.type in (DepType.RELEASE, DepType.DOWNLOAD)), key=lambda d: d.name)
     apt = set(BASE_APT)
     links = []
     for dep in _of(deps, DepType.TOOL):
@@ -155,8 +155,8 @@ def _release_lines(releases: list[Dependency], inputs: ImageInputs, catalog: Cat
     env: dict[str, str] = {}
     for dep in releases:
         entry = catalog.get(dep.name)
-        assert isinstance(entry, GithubBinary) and dep.version
-        lines.append(f"RUN {trust}{mirror}{FETCH_RELEASE_PATH} " + " ".join(
+        assert isinstance(entry, GithubBinary | Download) and dep.version
+        lines.append(f"RUN {trust}{mirror if isinstance(entry, GithubBinary) else ''}{FETCH_RELEASE_PATH} " + " ".join(
             shlex.quote(arg) for arg in release_arguments(dep.name, entry, dep.version)))
         env.update(entry.env)
     if env:
@@ -164,14 +164,23 @@ def _release_lines(releases: list[Dependency], inputs: ImageInputs, catalog: Cat
     return lines
 
 
-def release_arguments(name: str, entry: GithubBinary, version: str) -> list[str]:
+def release_arguments(name: str, entry: GithubBinary | Download, version: str) -> list[str]:
     """The installer's arguments for one program: its asset, path and checksum, per architecture."""
     command = entry.command or name
-    args = [f"name={name}", f"repo={entry.repo}", f"tag={entry.tag_prefix}{version}", f"command={command}"]
+    args = [f"name={name}", f"command={command}"]
+    if isinstance(entry, GithubBinary):
+        args += [f"repo={entry.repo}", f"tag={entry.tag_prefix}{version}"]
     for arch, target in sorted(entry.targets.items()):
         def fill(template: str, target: str = target) -> str:
             return template.replace("{version}", version).replace("{target}", target).replace("{arch}", target)
 
+        if isinstance(entry, Download):
+            url = fill(entry.url)
+            asset = url.rsplit("/", 1)[1]
+            args += [f"url.{arch}={url}", f"asset.{arch}={asset}",
+                     f"bin.{arch}={fill(entry.bin) if entry.bin else asset}",
+                     f"sums_url.{arch}={fill(entry.checksums_url).replace('{url}', url)}"]
+            continue
         asset = fill(entry.asset)
         args += [f"asset.{arch}={asset}", f"bin.{arch}={fill(entry.bin) if entry.bin else command}"]
         pinned = entry.sha256.get(version, {}).get(arch)
