@@ -30,7 +30,7 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "typescript", "prettier", "eslint", "claude-code", "codex-cli", "copilot-cli", "gemini-cli", "pi-cli",
         "graphite-cli", "npm", "yarn", "pnpm",
         "gh", "ripgrep", "fzf", "uv", "bun", "golangci-lint", "sqlc", "task", "goreleaser", "buf", "act", "lazygit",
-        "opentofu", "terragrunt", "kubectl", "helm", "terraform",
+        "opentofu", "terragrunt", "kubectl", "helm", "terraform", "rust", "playwright",
         "ruff", "black", "mypy", "pytest",
         "gopls", "govulncheck", "mockgen", "gofumpt", "yq", "air",
         "node-dev", "python-dev", "cli-essentials", "go-extras", "k8s",
@@ -194,7 +194,8 @@ def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
     assert names == [*CATALOG.names(), "go:", "npm:", "pip:", "uv:"]
-    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "download", "uv-tool", "go-install",
+    assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "download", "custom", "uv-tool",
+                                         "go-install",
                                          "service", "meta", "dynamic"}
 
 
@@ -370,3 +371,17 @@ def test_vendor_downloads_are_verified_against_the_vendors_checksum_files() -> N
     assert ("sums_url.amd64=https://releases.hashicorp.com/terraform/1.10.0/terraform_1.10.0_SHA256SUMS"
             in terraform)
     assert not any(arg.startswith(("repo=", "tag=")) for arg in kubectl)  # not a GitHub release
+
+
+def test_custom_installers_run_their_commands_with_the_verifying_downloader() -> None:
+    lines = _render("dependencies: [node, rust@1.83.0, playwright]\n")
+    [rust] = [line for line in lines if "rustup-init -y" in line]
+    assert rust.startswith("RUN /usr/local/lib/moat/fetch-release name=rustup-init")  # verified before it runs
+    assert "--default-toolchain 1.83.0" in rust
+    assert "ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH RUSTUP_HOME=/usr/local/rustup" in lines
+    assert "gcc" in next(line for line in lines if "apt-get install" in line)
+    [playwright] = [line for line in lines if "playwright install" in line]
+    assert playwright.startswith("RUN npm install --global --no-fund --no-audit --no-update-notifier playwright@latest")
+    assert lines.index(playwright) > lines.index(next(line for line in lines if line.startswith("COPY fetch-release")))
+    assert "playwright (playwright)" not in only_problem("dependencies: [playwright]\n")[1]
+    assert "playwright needs node" in only_problem("dependencies: [playwright]\n")[1]

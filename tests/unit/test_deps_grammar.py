@@ -174,7 +174,7 @@ def test_unknown_name_without_anything_close() -> None:
 
 
 def test_dependencies_of_the_go_moat_not_provided_yet() -> None:
-    assert "does not provide yet" in error("rust")
+    assert "does not provide yet" in error("protoc")
     message = error("cargo:ripgrep")
     assert "not supported yet" in message
     assert "go:, npm:, pip:, uv:" in message

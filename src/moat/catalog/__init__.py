@@ -12,6 +12,7 @@ from ruamel.yaml import YAML
 from moat.catalog.model import (
     CatalogData,
     Credential,
+    Custom,
     DepType,
     Download,
     Dynamic,
@@ -32,6 +33,7 @@ from moat.catalog.model import (
 __all__ = [
     "Catalog",
     "Credential",
+    "Custom",
     "DepType",
     "Download",
     "Dynamic",
@@ -62,7 +64,8 @@ class Catalog:
     def get(self, name: str) -> Entry | None:
         data = self.data
         return (data.runtimes.get(name) or data.tools.get(name) or data.npm_tools.get(name)
-                or data.github_binaries.get(name) or data.downloads.get(name) or data.uv_tools.get(name)
+                or data.github_binaries.get(name) or data.downloads.get(name) or data.custom.get(name)
+                or data.uv_tools.get(name)
                 or data.go_tools.get(name)
                 or data.services.get(name) or data.meta.get(name))
 
@@ -75,7 +78,7 @@ class Catalog:
     def names(self) -> list[str]:
         data = self.data
         return sorted([*data.runtimes, *data.tools, *data.npm_tools, *data.github_binaries, *data.downloads,
-                       *data.uv_tools, *data.go_tools, *data.services, *data.meta])
+                       *data.custom, *data.uv_tools, *data.go_tools, *data.services, *data.meta])
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every named entry, sorted by name."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from moat.catalog import Catalog
 from moat.catalog.model import (
     VERSION_RE,
+    Custom,
     DepType,
     Download,
     GithubBinary,
@@ -31,7 +32,8 @@ from moat.suggest import closest
 
 # How each kind installed by another dependency is named in a resolved dependency.
 INSTALLED_KINDS: dict[type, DepType] = {NpmTool: DepType.NPM, GithubBinary: DepType.RELEASE,
-                                        Download: DepType.DOWNLOAD, UvTool: DepType.UV, GoTool: DepType.GO}
+                                        Download: DepType.DOWNLOAD, Custom: DepType.CUSTOM, UvTool: DepType.UV,
+                                        GoTool: DepType.GO}
 
 _PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -6,6 +6,7 @@ from typing import Any
 
 from moat.catalog import (
     Catalog,
+    Custom,
     Download,
     Dynamic,
     Entry,
@@ -72,6 +73,8 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
     elif isinstance(entry, Download):
         out.update({"download": entry.url, "binary": entry.command or name,
                     "verified_by": entry.checksums_url.replace("{url}", entry.url), "requires": list(entry.requires)})
+    elif isinstance(entry, Custom):
+        out.update({"binary": entry.binary, "verified_by": entry.verification, "requires": list(entry.requires)})
     elif isinstance(entry, UvTool):
         out.update({"pypi_package": entry.package, "binary": entry.binary, "requires": list(entry.requires)})
     elif isinstance(entry, GoTool):

@@ -25,6 +25,7 @@ class DepType(StrEnum):
     NPM = "npm"  # a catalog tool installed with npm (the Go tool's type "npm")
     RELEASE = "github-binary"  # a binary from a GitHub release, its checksum verified
     DOWNLOAD = "download"  # a binary from its vendor's download site, its checksum verified
+    CUSTOM = "custom"  # installed by its own commands (rustup, playwright's browsers)
     UV = "uv-tool"  # a Python tool installed with uv (the Go tool's type "uv-tool")
     GO = "go-install"  # a Go program built with go install (checked against Go's checksum database)
     SERVICE = "service"
@@ -128,6 +129,19 @@ class Download(Versioned):
     targets: dict[Literal["amd64", "arm64"], str]
     requires: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class Custom(Versioned):
+    """A dependency with an installer of its own (the Go tool's "custom"): shell commands run as root
+    in one image layer; ``{version}`` is substituted, ``{fetch}`` is moat's verifying downloader."""
+
+    type: Literal["custom"] = "custom"
+    install: tuple[str, ...]
+    binary: str  # the program it provides
+    verification: str  # how what it downloads is checked, in words (moat deps info says it)
+    apt: tuple[str, ...] = ()  # Debian packages it needs (a linker for rust), added to the apt layer
+    requires: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)  # the image's environment it needs (PATH, homes)
 
 
 class UvTool(Versioned):
@@ -257,9 +271,9 @@ class Dynamic(_Frozen):
     default_version: str | None = None  # what a package without a version gets (go install's "latest")
 
 
-Entry = Runtime | Tool | NpmTool | GithubBinary | Download | UvTool | GoTool | Service | Meta
+Entry = Runtime | Tool | NpmTool | GithubBinary | Download | Custom | UvTool | GoTool | Service | Meta
 # Kinds installed by a tool that another dependency provides (node's npm, uv, go), or downloaded.
-Installed = NpmTool | GithubBinary | Download | UvTool | GoTool
+Installed = NpmTool | GithubBinary | Download | Custom | UvTool | GoTool
 
 
 class CatalogData(_Frozen):
@@ -270,6 +284,7 @@ class CatalogData(_Frozen):
     npm_tools: dict[str, NpmTool] = Field(default_factory=dict)
     github_binaries: dict[str, GithubBinary] = Field(default_factory=dict)
     downloads: dict[str, Download] = Field(default_factory=dict)
+    custom: dict[str, Custom] = Field(default_factory=dict)
     uv_tools: dict[str, UvTool] = Field(default_factory=dict)
     go_tools: dict[str, GoTool] = Field(default_factory=dict)
     meta: dict[str, Meta] = Field(default_factory=dict)
@@ -283,6 +298,7 @@ class CatalogData(_Frozen):
         seen: dict[str, str] = {}
         for kind, entries in (("runtimes", self.runtimes), ("tools", self.tools), ("npm_tools", self.npm_tools),
                               ("github_binaries", self.github_binaries), ("downloads", self.downloads),
+                              ("custom", self.custom),
                               ("uv_tools", self.uv_tools),
                               ("go_tools", self.go_tools), ("services", self.services), ("meta", self.meta)):
             for name in entries:
@@ -294,7 +310,8 @@ class CatalogData(_Frozen):
             if outside:
                 raise ValueError(f"meta {name!r} lists {outside}, which are not tools or runtimes of the catalog")
         installed: list[tuple[str, Installed]] = [*self.npm_tools.items(), *self.github_binaries.items(),
-                                                  *self.downloads.items(), *self.uv_tools.items(),
+                                                  *self.downloads.items(), *self.custom.items(),
+                                                  *self.uv_tools.items(),
                                                   *self.go_tools.items()]
         for name, tool in installed:
             if any(r not in seen for r in tool.requires):

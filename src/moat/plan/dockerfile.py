@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
-from moat.catalog import Catalog, DepType, Download, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
+from moat.catalog import Catalog, Custom, DepType, Download, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
 from moat.catalog.deps import Dependency, quote_packages
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
@@ -59,7 +59,7 @@ def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: 
 def build_context(inputs: ImageInputs) -> dict[str, str]:
     """The files the Dockerfile COPYs: the build's CA, the release installer."""
     context = {BUILD_CA_FILE: inputs.build_ca} if inputs.build_ca else {}
-    if any(d.type in (DepType.RELEASE, DepType.DOWNLOAD) for d in inputs.dependencies):
+    if any(d.type in (DepType.RELEASE, DepType.DOWNLOAD, DepType.CUSTOM) for d in inputs.dependencies):
         context[FETCH_RELEASE] = resources.files("moat.plan").joinpath("scripts", FETCH_RELEASE).read_text()
     return context
 
@@ -76,6 +76,7 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     # A runtime whose own image is the base needs no install step.
     to_install = [] if len(runtimes) == 1 else runtimes
     releases = sorted((d for d in deps if d.type in (DepType.RELEASE, DepType.DOWNLOAD)), key=lambda d: d.name)
+    customs = _of(deps, DepType.CUSTOM)
     apt = set(BASE_APT)
     links = []
     for dep in _of(deps, DepType.TOOL):
@@ -88,8 +89,12 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime)
         apt.update(entry.install_apt)
-    if releases:  # the installer's own needs
+    if releases or customs:  # the installer's own needs
         apt.update(("curl", "unzip"))
+    for dep in customs:
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, Custom)
+        apt.update(entry.apt)
     lines.append(
         "RUN apt-get update \\\n"
         f" && apt-get install -y --no-install-recommends {' '.join(sorted(apt))} \\\n"
@@ -104,6 +109,8 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Runtime) and dep.version
         lines += [line.replace("{version}", dep.version) for line in entry.install]
+    if releases or customs:
+        lines += [f"COPY {FETCH_RELEASE} {FETCH_RELEASE_PATH}", f"RUN chmod 755 {FETCH_RELEASE_PATH}"]
     lines += _release_lines(releases, inputs, catalog, trust)
     npm_tools = _of(deps, DepType.NPM)
     if npm_tools:  # after the runtimes (npm comes with node), before the packages people change most
@@ -134,6 +141,14 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             version = f"v{dep.version.removeprefix('v')}" if dep.version else "latest"
             installs.append(f"GOBIN=/usr/local/bin go install {shlex.quote(f'{entry.package}@{version}')}")
         lines.append(f"RUN {trust}" + " && ".join(installs) + " && go clean -cache -modcache")
+    for dep in customs:  # after the package managers they may use (playwright's npm), one layer each
+        entry = catalog.get(dep.name)
+        assert isinstance(entry, Custom) and dep.version
+        commands = [c.replace("{version}", dep.version).replace("{fetch}", FETCH_RELEASE_PATH) for c in entry.install]
+        lines.append(f"RUN {trust}" + " && ".join(commands))
+        if entry.env:
+            lines.append("ENV " + " ".join(f"{key}={shlex.quote(value) if '$' not in value else value}"
+                                           for key, value in sorted(entry.env.items())))
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None
@@ -148,9 +163,7 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
 
 def _release_lines(releases: list[Dependency], inputs: ImageInputs, catalog: Catalog, trust: str) -> list[str]:
     """The release installer, then one layer per program: adding one reuses the others' layers."""
-    if not releases:
-        return []
-    lines = [f"COPY {FETCH_RELEASE} {FETCH_RELEASE_PATH}", f"RUN chmod 755 {FETCH_RELEASE_PATH}"]
+    lines: list[str] = []
     mirror = f"MOAT_GITHUB_DOWNLOAD_BASE={shlex.quote(inputs.github_base)} " if inputs.github_base != GITHUB else ""
     env: dict[str, str] = {}
     for dep in releases:
