@@ -154,7 +154,9 @@ def test_dynamic_prefixes_require_their_runtime() -> None:
     npm = CATALOG.dynamic("npm")
     assert pip is not None and pip.requires == "python"
     assert npm is not None and npm.requires == "node"
-    assert CATALOG.dynamic("cargo") is None
+    assert {prefix: d.requires for prefix, d in CATALOG.data.dynamic.items()} == {
+        "pip": "python", "npm": "node", "go": "go", "cargo": "rust", "uv": "uv"}
+    assert CATALOG.dynamic("brew") is None
 
 
 def test_aliases_point_at_real_entries() -> None:
@@ -193,7 +195,7 @@ def test_describe_details_for_a_service() -> None:
 def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
-    assert names == [*CATALOG.names(), "go:", "npm:", "pip:", "uv:"]
+    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:"]
     assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "download", "custom", "uv-tool",
                                          "go-install",
                                          "service", "meta", "dynamic"}
@@ -348,6 +350,13 @@ def test_a_release_binary_without_a_way_to_verify_it_cannot_enter_the_catalog() 
     with pytest.raises(ValueError, match="not 64 hex digits"):
         GithubBinary(description="x", repo="o/r", asset="a", default="1", targets={"amd64": "x"},
                      sha256={"1": {"amd64": "abc"}})
+
+
+def test_cargo_builds_each_crate_with_its_lock_file() -> None:
+    lines = _render("dependencies: [rust, 'cargo:ripgrep@14.1.1', 'cargo:cargo-nextest']\n")
+    assert "RUN cargo install --locked cargo-nextest && cargo install --locked ripgrep@14.1.1" in lines
+    assert "cargo:ripgrep is installed with cargo, which needs the rust runtime" in only_problem(
+        "dependencies: ['cargo:ripgrep']\n")[1]
 
 
 def test_go_and_uv_prefixes_install_one_package_per_command() -> None:

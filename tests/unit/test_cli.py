@@ -68,7 +68,7 @@ def test_deps_list(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "DEFAULT", "VERSIONS", "DESCRIPTION"]
     names = [line.split()[0] for line in lines[1:]]
-    assert names == [*CATALOG.names(), "go:", "npm:", "pip:", "uv:"]
+    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:"]
     postgres = next(line for line in lines if line.startswith("postgres "))
     assert "service" in postgres and "15, 16, 17" in postgres
 
@@ -98,7 +98,7 @@ def test_deps_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     ("tool", ["bat", "bats", "curl", "fd", "git", "jq", "make", "mysql-client", "psql", "redis-cli", "sqlite3"]),
     ("github-binary", ["act", "buf", "bun", "fzf", "gh", "golangci-lint", "goreleaser", "lazygit", "opentofu",
                        "ripgrep", "sqlc", "task", "terragrunt", "uv"]),
-    ("dynamic", ["go:", "npm:", "pip:", "uv:"]),
+    ("dynamic", ["cargo:", "go:", "npm:", "pip:", "uv:"]),
 ])
 def test_deps_list_json_by_type(capsys: pytest.CaptureFixture[str], kind: str, expected: list[str]) -> None:
     code, out, _ = moat(capsys, "deps", "list", "--type", kind, "--json")

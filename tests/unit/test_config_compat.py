@@ -156,11 +156,10 @@ def test_deps_info_names_a_go_dependency_not_provided_yet(name: str) -> None:
     assert message == config_error(f"dependencies: [{name}]\n").problems[0].message
 
 
-@pytest.mark.parametrize("name", ["cargo:", "cargo:ripgrep"])
-def test_deps_info_names_a_go_prefix_not_provided_yet(name: str) -> None:
-    message = deps_info_error(name).message
-    assert message == ("the 'cargo:' dependencies of the Go moat are not supported yet;"
-                       " supported prefixes: go:, npm:, pip:, uv:")
+def test_every_prefix_of_the_go_moat_is_provided() -> None:
+    assert config_error("dependencies: [rust, 'cargo:ripgrep', python, 'pip:x', go, 'go:golang.org/x/y',"
+                        " uv, 'uv:x', node, 'npm:x', 'brew:x']\n").problems[0].message.startswith(
+        "unknown dependency prefix 'brew:'")
 
 
 def test_deps_info_still_calls_an_unknown_name_unknown() -> None:

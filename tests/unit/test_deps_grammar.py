@@ -175,15 +175,13 @@ def test_unknown_name_without_anything_close() -> None:
 
 def test_dependencies_of_the_go_moat_not_provided_yet() -> None:
     assert "does not provide yet" in error("protoc")
-    message = error("cargo:ripgrep")
-    assert "not supported yet" in message
-    assert "go:, npm:, pip:, uv:" in message
+    assert "is installed with cargo, which needs the rust runtime" not in error("protoc")
 
 
 def test_unknown_prefix() -> None:
     message = error("brew:wget")
     assert "unknown dependency prefix 'brew:'" in message
-    assert "go:, npm:, pip:, uv:" in message
+    assert "cargo:, go:, npm:, pip:, uv:" in message
 
 
 # --- resolve_dependencies ----------------------------------------------------------------------
