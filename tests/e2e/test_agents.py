@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from moat.agents.sessions import slug
+from moat.agents.sessions import claude_project_dir
 from tests.helpers import WORKSPACE_UID, moat_command, run_moat, runs, wait_for, write_workspace
 from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
 from tests.upstream import StandIn, make_ca, stand_in_proxy
@@ -49,7 +49,7 @@ def model_apis(tmp_path: Path, moat_home: Path) -> Iterator[ModelApis]:
     ca = make_ca(tmp_path / "upstream-ca")
     with llm_standin(ca) as llm, stand_in_proxy(llm.port) as proxy:
         url = f"http://127.0.0.1:{proxy.port}"
-        # HOME: where Claude Code's sessions are kept on the host (~/.claude/projects), the test's own.
+        # HOME: the test's own (nothing an agent command does may touch the user's home).
         env = {"HTTPS_PROXY": url, "HTTP_PROXY": url, "SSL_CERT_FILE": str(ca.cert_file), "SSL_CERT_DIR": "",
                "NO_PROXY": "", "HOME": str(tmp_path / "host-home")}
         if any(HOST_CAS.glob("*.crt")):  # npm's downloads during the image build go through it
@@ -169,8 +169,8 @@ def test_claude_sessions_stay_on_the_host_and_the_next_run_resumes_them(model_ap
                                             "network:\n  policy: strict\n")
     first = run_moat(["claude", str(workspace), "-p", "first question"], env=model_apis.env, timeout=BUILD_TIMEOUT)
     assert first.code == 0, first.output
-    projects = Path(model_apis.env["HOME"]) / ".claude" / "projects" / slug(str(workspace))
-    [transcript] = projects.glob("*.jsonl")  # the run's session, on the host where Claude Code keeps it
+    projects = claude_project_dir(workspace, moat_home)
+    [transcript] = projects.glob("*.jsonl")  # the run's session, kept on the host under MOAT_HOME
     assert "first question" in transcript.read_text()
     if os.getuid() == 0:
         assert projects.stat().st_uid == WORKSPACE_UID  # moat made it; the agent's uid writes in it

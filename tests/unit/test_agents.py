@@ -271,10 +271,14 @@ def test_with_both_grants_claude_uses_the_subscription_and_its_shell_commands_th
 
 # -- sessions kept on the host ---------------------------------------------------------------------
 
-def test_claude_keeps_the_workspaces_sessions_where_the_hosts_claude_does(tmp_path: Path) -> None:
+def test_claude_keeps_each_workspaces_sessions_under_moat_home(tmp_path: Path) -> None:
     claude = AGENTS["claude"]
     [(host, relative)] = claude.state(parse("").model, Path("/home/a/my.project"), tmp_path)
-    assert host == str(tmp_path / ".claude/projects/-home-a-my-project") and relative == ".claude/projects/-workspace"
+    assert host == str(claude_project_dir(Path("/home/a/my.project"), tmp_path))
+    assert Path(host).parent == tmp_path / "sessions" / "claude" and Path(host).name.startswith("home-a-my-project-")
+    assert relative == ".claude/projects/-workspace"
+    long = claude_project_dir(Path("/w/" + "x" * 400), tmp_path)  # any length: a name the filesystem takes
+    assert len(long.name) <= 93 and long != claude_project_dir(Path("/w/" + "x" * 401), tmp_path)
     assert claude.state(parse("claude: {sync_logs: false}\n").model, Path("/w"), tmp_path) == ()
     agent = replace(setup("claude", prompt="go"), state_mounts=((host, relative),))
     plan = plan_for("", command=(), agent=agent, identity=Identity(1000, 1000))
@@ -319,25 +323,28 @@ def _recorded_run(home: Path, run_id: str, workspace: Path, **meta: object) -> N
 
 
 def test_resume_takes_a_session_id_or_the_session_a_run_of_this_workspace_wrote(tmp_path: Path) -> None:
-    home, host_home, workspace = tmp_path / "moat", tmp_path / "host", tmp_path / "ws"
+    home, workspace = tmp_path / "moat", tmp_path / "ws"
     session = "3f2b8c1e-0d4a-4e57-9a61-2c7d5e8f9b10"
-    assert resume_session(session.upper(), workspace, home, host_home) == session
+    assert resume_session(session.upper(), workspace, home) == session
     _recorded_run(home, "run_aaaaaaaaaaaa", workspace)
     with pytest.raises(UsageError, match="no Claude Code session of run run_aaaaaaaaaaaa"):
-        resume_session("earlier", workspace, home, host_home)
-    transcript = claude_project_dir(workspace, host_home) / f"{session}.jsonl"
+        resume_session("earlier", workspace, home)
+    transcript = claude_project_dir(workspace, home) / f"{session}.jsonl"
     transcript.parent.mkdir(parents=True)
     transcript.write_text("{}\n")
     when = datetime(2026, 1, 1, 0, 5, tzinfo=UTC).timestamp()
     os.utime(transcript, (when, when))
-    assert resume_session("earlier", workspace, home, host_home) == session
+    assert resume_session("earlier", workspace, home) == session
     with pytest.raises(UsageError, match=r"worked on .*, not"):
-        resume_session("earlier", tmp_path / "elsewhere", home, host_home)
+        resume_session("earlier", tmp_path / "elsewhere", home)
     _recorded_run(home, "run_bbbbbbbbbbbb", workspace, name="shell", agent_cli=None)
     with pytest.raises(UsageError, match="did not run Claude Code"):
-        resume_session("shell", workspace, home, host_home)
+        resume_session("shell", workspace, home)
     with pytest.raises(UsageError, match="no run 'nothing'"):
-        resume_session("nothing", workspace, home, host_home)
+        resume_session("nothing", workspace, home)
+    _recorded_run(home, "run_cccccccccccc", workspace, name="cut-short", ended_at=None, state="running", pid=1)
+    with pytest.raises(UsageError, match="has no end on record"):
+        resume_session("cut-short", workspace, home)
 
 
 def test_exec_and_join_refuse_what_they_cannot_enter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -354,3 +361,22 @@ def test_exec_and_join_refuse_what_they_cannot_enter(tmp_path: Path, monkeypatch
     assert "not running" in capsys.readouterr().err
     assert main(["join", "nothing"]) == 2
     assert "no run 'nothing'" in capsys.readouterr().err
+
+
+def test_join_starts_the_agent_as_the_run_did() -> None:
+    from moat.cli.enter import join_command
+
+    gemini = {"agent_cli": "gemini", "agent_settings": {"yolo": False, "flags": {}}, "grants": ["gemini"]}
+    assert join_command(gemini, parse("").model, {}, "more", False) == ("gemini", "--prompt=more")  # no --yolo
+    copilot = {"agent_cli": "copilot", "agent_settings": {"yolo": True, "flags": {"model": "gpt-b"}},
+               "grants": ["github"]}
+    assert join_command(copilot, parse("copilot: {context: long_context}\n").model, {"GH_TOKEN": "x"}, "q",
+                        False)[:6] == ("copilot", "--no-auto-update", "--model", "gpt-b", "--context", "long_context")
+    pi = {"agent_cli": "pi", "agent_settings": {"yolo": True, "flags": {"provider": "openai", "model": "m"}},
+          "grants": ["anthropic", "openai"]}
+    assert join_command(pi, parse("").model, {"MOAT_CONTEXT": "/etc/moat/moat-context.md"}, "q", False) == (
+        "pi", "--provider", "openai", "--model", "m", "--append-system-prompt", "/etc/moat/moat-context.md",
+        "-p", "--", "q")
+    claude = {"agent_cli": "claude", "grants": ["claude", "anthropic"]}  # a record from before settings were kept
+    assert join_command(claude, parse("").model, {"ANTHROPIC_API_KEY": KEY}, None, True) == (
+        "env", "-u", "ANTHROPIC_API_KEY", "claude", "--dangerously-skip-permissions", "--continue")

@@ -323,10 +323,11 @@ def test_uv_and_go_tools_install_in_one_layer_each_with_their_versions() -> None
 
 
 def test_debian_tools_under_their_usual_names_and_the_bundles() -> None:
-    apt = "\n".join(_render("dependencies: [cli-essentials, go]\n"))
+    apt = "\n".join(_render("dependencies: [cli-essentials]\n"))
     assert "bat" in apt and "fd-find" in apt and "jq" in apt
     assert "ln -sf /usr/bin/batcat /usr/local/bin/bat" in apt and "ln -sf /usr/bin/fdfind /usr/local/bin/fd" in apt
     specs = {d.spec for d in parse("dependencies: [python, python-dev, go, go-extras]\n").dependencies}
+    assert "yq" not in {d.name for d in parse("dependencies: [cli-essentials]\n").dependencies}  # no go needed
     assert {"uv@0.11.6", "ruff", "black", "mypy", "pytest", "gofumpt@0.9.2", "govulncheck", "goreleaser@2.13.3",
             "golangci-lint@2.8.0"} <= specs
 
@@ -394,3 +395,13 @@ def test_custom_installers_run_their_commands_with_the_verifying_downloader() ->
     assert lines.index(playwright) > lines.index(next(line for line in lines if line.startswith("COPY fetch-release")))
     assert "playwright (playwright)" not in only_problem("dependencies: [playwright]\n")[1]
     assert "playwright needs node" in only_problem("dependencies: [playwright]\n")[1]
+
+
+def test_yarn_and_pnpm_come_from_corepack_with_its_cache_where_the_agent_reads_it() -> None:
+    lines = _render("dependencies: [node, yarn@4.5.3, pnpm]\n")
+    env = "ENV COREPACK_ENABLE_DOWNLOAD_PROMPT=0 COREPACK_HOME=/usr/local/share/corepack"
+    [yarn] = [line for line in lines if "corepack enable yarn" in line]
+    assert yarn == ("RUN corepack enable yarn && corepack install --global yarn@4.5.3"
+                    " && chmod -R a+rX /usr/local/share/corepack")
+    assert lines[lines.index(yarn) - 1] == env  # set before: the install goes where the run looks
+    assert any("corepack install --global pnpm@latest" in line for line in lines)

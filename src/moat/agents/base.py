@@ -32,8 +32,9 @@ class Agent(ABC):
         """The providers to look for, in order (pi's follow the backend it is told to use)."""
         return self.grants
 
-    def state(self, config: MoatConfig, workspace: Path, host_home: Path) -> tuple[tuple[str, str], ...]:
-        """Host directories the agent keeps its sessions in: (host path, path under the agent's $HOME)."""
+    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
+        """Host directories the agent keeps its sessions in (under MOAT_HOME): (host path, path under
+        the agent's $HOME)."""
         return ()
 
     @abstractmethod
@@ -42,8 +43,9 @@ class Agent(ABC):
         """The run's additions for this agent; ``grant_env`` holds the grant's placeholder variables."""
 
     def base(self, grant: str | None, command: tuple[str, ...], options: AgentOptions, **kw: Any) -> AgentSetup:
+        settings = {"yolo": options.yolo, "flags": dict(options.flags)}
         return AgentSetup(self.name, (*self.extra_dependencies, self.dependency), grant, command,
-                          interactive=options.prompt is None, **kw)
+                          interactive=options.prompt is None, settings=settings, **kw)
 
 
 def pretty_json(value: Any) -> str:

@@ -30,10 +30,10 @@ QUIET_ENV = {
 
 
 class Claude(Agent):
-    def state(self, config: MoatConfig, workspace: Path, host_home: Path) -> tuple[tuple[str, str], ...]:
+    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
         if config.claude.sync_logs is False:
             return ()
-        return ((str(claude_project_dir(workspace, host_home)), claude_mount_target()),)
+        return ((str(claude_project_dir(workspace, moat_home)), claude_mount_target()),)
 
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:

@@ -60,3 +60,5 @@ class AgentSetup:
     interactive: bool = True
     # Host directories the agent writes into (its session logs): (host path, path under $HOME).
     state_mounts: tuple[tuple[str, str], ...] = ()
+    # What ``moat join`` needs to start the agent again as the run did (its options but the prompt).
+    settings: Mapping[str, object] = field(default_factory=dict)

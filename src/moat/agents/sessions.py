@@ -1,14 +1,17 @@
-"""Where an agent's session transcripts live on the host, so that the next run can resume them.
+"""Where an agent's session transcripts are kept on the host, so that the next run can resume them.
 
-Claude Code keeps a workspace's sessions in ``~/.claude/projects/<slug>/<session-id>.jsonl``, the slug
-being the workspace's path with every character but letters and digits turned into '-'. moat mounts
-the host's directory for the workspace where Claude Code looks for ``/workspace``'s
-(``~/.claude/projects/-workspace``), as the Go tool does: sessions of a run are on the host when it
-ends, ``claude --continue`` finds the latest of them, and the host's own Claude Code sees them too.
+Claude Code keeps a project's sessions in ``~/.claude/projects/<slug>/<session-id>.jsonl``. moat keeps
+each workspace's in a directory of its own, ``MOAT_HOME/sessions/claude/<workspace slug>-<hash>``,
+linked where the agent's Claude Code looks for ``/workspace``'s: a run's sessions outlive it, and
+``claude --continue`` finds the latest. Not the host's own ``~/.claude/projects`` (the Go tool's
+choice): that would show the agent every transcript the host's Claude Code ever wrote for the
+workspace (what its tools printed, secrets among it), let it plant sessions the host's unsandboxed
+Claude Code would resume, and make moat create directories in the user's home as root under sudo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +27,11 @@ def slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "-", path)
 
 
-def claude_project_dir(workspace: Path, host_home: Path) -> Path:
-    return host_home / CLAUDE_PROJECTS / slug(str(workspace))
+def claude_project_dir(workspace: Path, moat_home: Path) -> Path:
+    """The workspace's sessions: a readable name (at most 80 characters) and a hash that tells apart
+    workspaces whose names read alike, whatever the path's length."""
+    digest = hashlib.sha256(str(workspace).encode()).hexdigest()[:12]
+    return moat_home / "sessions" / "claude" / f"{slug(str(workspace))[-80:].lstrip('-')}-{digest}"
 
 
 def claude_mount_target() -> str:

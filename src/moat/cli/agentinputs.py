@@ -51,7 +51,7 @@ def ignored_settings(config: Config, agent: Agent | None) -> list[str]:
     return notes
 
 
-def resume_session(value: str, workspace: Path, home: Path, host_home: Path) -> str:
+def resume_session(value: str, workspace: Path, home: Path) -> str:
     """``moat claude -r``'s value as a Claude Code session id: an id as it is, or the session a run
     (by id, name or id prefix) of this workspace last wrote."""
     from moat.agents.sessions import SESSION_ID, claude_project_dir, session_between
@@ -72,10 +72,13 @@ def resume_session(value: str, workspace: Path, home: Path, host_home: Path) -> 
         raise UsageError(f"run {run.id} ({run.name}) worked on {meta.get('workspace')}, not {workspace}",
                          hint="Resume it from that workspace: `moat claude <that workspace> -r ...`.")
     started = parse_time(meta.get("started_at")) or parse_time(meta.get("created_at"))
-    session = session_between(claude_project_dir(workspace, host_home), started, parse_time(meta.get("ended_at"))) \
-        if started else None
+    ended = parse_time(meta.get("ended_at"))
+    if started is None or ended is None:  # an orphaned run: no end to tell its session from later ones
+        raise UsageError(f"run {run.id} ({run.name}) has no end on record (it was cut short), so its session"
+                         " cannot be told from later ones", hint="Give the session's id instead, or use -c.")
+    session = session_between(claude_project_dir(workspace, home), started, ended)
     if session is None:
-        raise UsageError(f"no Claude Code session of run {run.id} ({run.name}) is kept on this host",
+        raise UsageError(f"no Claude Code session of run {run.id} ({run.name}) is kept in {home}",
                          hint="Its sessions are kept only when claude.sync_logs is not false; `moat claude -c`"
                               " continues the workspace's latest one.")
     return session

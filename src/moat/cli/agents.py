@@ -42,7 +42,7 @@ def _agent_command(agent: Agent) -> click.Command:
             from moat.run.store import moat_home
 
             workspace = path.expanduser().resolve()
-            resume = resume_session(resume, workspace, moat_home(), Path.home())
+            resume = resume_session(resume, workspace, moat_home())
         request = AgentOptions(prompt=prompt, initial=" ".join(words) or None, yolo=not noyolo,
                                continue_session=continue_session, resume=resume,
                                flags={k: v for k, v in flags.items() if v})

@@ -131,7 +131,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
             names.append(agent_grant)
         resolved = resolve_grants(names, home, run_id, profile)
         setup = replace(agent.agent.setup(agent.options, config.model, agent_grant, grant_env_of(resolved)),
-                        state_mounts=agent.agent.state(config.model, workspace, Path.home()))
+                        state_mounts=agent.agent.state(config.model, workspace, home))
     else:
         resolved = resolve_grants(names, home, run_id, profile)
     secrets = {} if dry_run else resolve_secrets(config.model.secrets)  # a dry run shows references, runs nothing

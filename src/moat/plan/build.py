@@ -322,6 +322,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         holder=holder,
         policy=policy,
         agent_cli=request.agent.name if request.agent else None,
+        agent_settings=request.agent.settings if request.agent else {},
     )
 
 

@@ -145,10 +145,10 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Custom) and dep.version
         commands = [c.replace("{version}", dep.version).replace("{fetch}", FETCH_RELEASE_PATH) for c in entry.install]
-        lines.append(f"RUN {trust}" + " && ".join(commands))
-        if entry.env:
+        if entry.env:  # before its commands: they install where the run will look (corepack's cache)
             lines.append("ENV " + " ".join(f"{key}={shlex.quote(value) if '$' not in value else value}"
                                            for key, value in sorted(entry.env.items())))
+        lines.append(f"RUN {trust}" + " && ".join(commands))
     for prefix in sorted({d.manager for d in deps if d.manager}):
         manager = catalog.dynamic(prefix)
         assert manager is not None

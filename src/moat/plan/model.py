@@ -137,6 +137,7 @@ class Plan:
     holder: ContainerSpec | None = None  # a strict Docker run's pod (see plan.pod): it is the run's network
     policy: NetworkPolicy | None = None  # network.rules and strict mode (None: permissive, no rules)
     agent_cli: str | None = None  # moat claude & co.: which agent the run is
+    agent_settings: Mapping[str, Any] = field(default_factory=dict)  # its options, for moat join
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -182,6 +183,7 @@ class Plan:
             "holder": None if self.holder is None else self.holder.to_dict(mask),
             "policy": None if self.policy is None else self.policy.to_json(),
             "agent_cli": self.agent_cli,
+            "agent_settings": dict(self.agent_settings),
         }
 
 

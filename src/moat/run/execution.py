@@ -120,7 +120,7 @@ class Run:
             agent={"container_name": plan.agent.name}, detached=detach,
             identity={"uid": plan.identity.uid, "gid": plan.identity.gid},
             proxy=plan.proxy is not None, grants=list(plan.proxy.grants) if plan.proxy else [],
-            **({"agent_cli": plan.agent_cli} if plan.agent_cli else {}),
+            **({"agent_cli": plan.agent_cli, "agent_settings": dict(plan.agent_settings)} if plan.agent_cli else {}),
         )
         try:
             record.write_file("Dockerfile", plan.image.dockerfile)

@@ -108,7 +108,13 @@ class Pod:
                 created = not Path(mount.source).exists()
                 private_dir(Path(mount.source))
                 if created and mount.owner is not None and os.getuid() == 0 and mount.owner[0] != 0:
-                    os.chown(mount.source, *mount.owner)  # the agent's to write in
+                    # The agent's to write in; through a descriptor of the directory just made (a
+                    # symlink put in its place meanwhile is refused, never followed).
+                    fd = os.open(mount.source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    try:
+                        os.fchown(fd, *mount.owner)
+                    finally:
+                        os.close(fd)
         holding: dict[str, Resource] = {}  # the directories of the container's files: removed after it
         for path, text in spec.files:
             directory = Path(path).parent

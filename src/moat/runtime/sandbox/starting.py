@@ -81,7 +81,7 @@ class Starter:
         try:
             return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise EngineError(f"cannot give {source} to a service: {exc.strerror}") from None
+            raise EngineError(f"cannot give {source} to the run: {exc.strerror}") from None
 
     def start(self, record: dict[str, Any], spec: ContainerSpec, *, tty: Terminal | None = None
               ) -> subprocess.Popen[bytes]:
@@ -181,7 +181,10 @@ class Starter:
         """The agent's command with the host's directories read-only, its mounts, its own /tmp; an
         interactive one on a pty of its own, made its controlling terminal in a session of its own.
         A read-only file (moat's CA) is given as a copy: its directory may be closed to the identity."""
-        binds = [launch.Bind(m.source, m.target, m.read_only) for m in spec.mounts
+        # A directory moat made for the agent (its sessions, under MOAT_HOME, which may be root's) is an
+        # open directory, reached as /proc/self/fd/N whatever its parents' permissions.
+        binds = [launch.Bind(f"/proc/self/fd/{keep(self._mount_fd(m.source, True))}" if m.create else m.source,
+                             m.target, m.read_only) for m in spec.mounts
                  if not (m.read_only and Path(m.source).is_file())]
         copies = [arg for m in spec.mounts if m.read_only and Path(m.source).is_file()
                   for arg in ("--ro-bind-data", str(keep(_data_fd(Path(m.source).read_bytes()))), m.target)]
