@@ -16,8 +16,9 @@ from moat.agents import AGENTS
 from moat.agents.base import toml_string
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentOptions, AgentSetup
 from moat.agents.sessions import claude_project_dir, session_between
-from moat.cli.agentinputs import choose_grant, resume_session, with_dependencies
+from moat.cli.agentinputs import choose_grant, resume_session
 from moat.config.features import unsupported
+from moat.config.load import parse_config
 from moat.credentials.credential import Credential
 from moat.credentials.store import CredentialStore
 from moat.errors import ConfigError, UsageError
@@ -41,7 +42,7 @@ def setup(agent: str, config: str = "", grant: str | None = None, env: dict[str,
 def test_claude_skips_permissions_answers_onboarding_and_approves_only_its_placeholder() -> None:
     s = setup("claude", grant="anthropic", env={"ANTHROPIC_API_KEY": KEY}, prompt="fix the tests")
     assert s.command == ("claude", "--dangerously-skip-permissions", "-p", "--", "fix the tests")
-    assert s.dependencies == ("node@22", "git", "claude-code") and not s.interactive
+    assert not s.interactive
     state = json.loads(s.home_files[".claude.json"])
     assert state["hasCompletedOnboarding"] is True
     assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
@@ -133,9 +134,14 @@ def test_pi_follows_its_grant_and_refuses_a_backend_it_has_no_credential_for() -
 
 # -- how a run takes them -------------------------------------------------------------------------
 
-def test_the_agents_dependencies_join_moat_yaml_whose_versions_win() -> None:
-    config = with_dependencies(parse("dependencies: [node@20, jq]\n"), AGENTS["claude"], CATALOG)
+def test_the_agents_dependencies_join_moat_yaml_whose_versions_win_and_meet_its_requirements() -> None:
+    claude = AGENTS["claude"]
+    implied = (*claude.extra_dependencies, claude.dependency)
+    config = parse_config("dependencies: [node@20, jq]\n", CATALOG, implied=implied)
     assert [d.spec for d in config.dependencies] == ["node@20", "jq", "git", "claude-code"]
+    # What the agent brings counts: gh needs git, typescript node, both added by moat claude.
+    assert [d.name for d in parse_config("dependencies: [gh, typescript]\n", CATALOG, implied=implied)
+            .dependencies] == ["gh", "typescript", "node", "git", "claude-code"]
 
 
 def test_the_plan_wraps_the_agent_to_copy_its_files_and_mounts_them_read_only() -> None:

@@ -304,9 +304,16 @@ def test_a_release_mirror_reaches_the_installer_and_a_bad_one_is_refused() -> No
         "github_base": "https://m.example.test/gh"}
     assert mirrors({"MOAT_GOPROXY": "https://proxy.example.test,direct"}) == {
         "goproxy": "https://proxy.example.test,direct"}
-    for bad in ("ftp://x", "https://x; rm -rf /", "https://x y"):
-        with pytest.raises(UsageError, match="must be an http"):
+    for bad in ("ftp://x", "https://x; rm -rf /", "https://x y", "http://mirror.example.test"):
+        with pytest.raises(UsageError, match="must be an https:// URL"):
             mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": bad})
+    assert mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": "http://127.0.0.1:8080"}) == {"github_base": "http://127.0.0.1:8080"}
+    assert mirrors({"MOAT_GOPROXY": "https://a.test|file:///srv/mods,off"})["goproxy"] == (
+        "https://a.test|file:///srv/mods,off")
+    with pytest.raises(UsageError, match="GOPROXY's list"):
+        mirrors({"MOAT_GOPROXY": "https://a.test,$(id)"})
+    # A setting the image does not use is not read: a run without release binaries ignores it.
+    assert mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": "ftp://x", "MOAT_GOPROXY": "x"}, releases=False, go=False) == {}
 
 
 def test_uv_and_go_tools_install_in_one_layer_each_with_their_versions() -> None:
@@ -405,3 +412,11 @@ def test_yarn_and_pnpm_come_from_corepack_with_its_cache_where_the_agent_reads_i
                     " && chmod -R a+rX /usr/local/share/corepack")
     assert lines[lines.index(yarn) - 1] == env  # set before: the install goes where the run looks
     assert any("corepack install --global pnpm@latest" in line for line in lines)
+
+
+def test_versions_that_could_not_be_installed_as_asked_are_said_at_once() -> None:
+    assert "it will not install sqlc@1.26.0 unverified" in only_problem("dependencies: [sqlc@1.26.0]\n")[1]
+    lines = _render("dependencies: [go, gopls@latest, gofumpt@v0.9.2, mockgen@0.5.0]\n")
+    [go] = [line for line in lines if "go install" in line]
+    assert "golang.org/x/tools/gopls@latest" in go and "mvdan.cc/gofumpt@v0.9.2" in go
+    assert "go.uber.org/mock/mockgen@v0.5.0" in go

@@ -99,7 +99,7 @@ def test_a_pinned_sha256_needs_no_checksum_file(host: tuple[Path, str], tmp_path
     ("no sums file", "cannot download its checksum file"),
     ("no checksum at all", "moat installs nothing unverified"),
     ("no asset", "cannot download"),
-    ("no such program inside", "holds no tool-1/tool"),
+    ("no such program inside", "holds no program tool-1/tool"),
 ])
 def test_nothing_unverified_or_missing_is_installed(host: tuple[Path, str], tmp_path: Path, case: str,
                                                     message: str) -> None:
@@ -146,3 +146,43 @@ def test_a_vendor_download_by_url_with_its_hash_file(host: tuple[Path, str], tmp
                    f"sums_url.{ARCH}={url}.sha256")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "tool").read_bytes() == PROGRAM
+
+
+@pytest.mark.parametrize("sums", [
+    "{hash}  {asset}\r\n",  # written on Windows
+    "SHA256 ({asset}) = {hash}\n",  # BSD's format
+    "{other}  dist/{asset}\n{hash}  {asset}\n",  # the exact name wins over another directory's file
+])
+def test_more_checksum_file_formats(host: tuple[Path, str], tmp_path: Path, sums: str) -> None:
+    release, base = host
+    (release / "tool_linux").write_bytes(PROGRAM)
+    (release / "SUMS").write_text(sums.format(hash=hashlib.sha256(PROGRAM).hexdigest(), asset="tool_linux",
+                                              other="f" * 64))
+    result = fetch(base, tmp_path, "tool_linux", "tool", f"sums.{ARCH}=SUMS")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_link_in_the_archive_is_not_installed(host: tuple[Path, str], tmp_path: Path) -> None:
+    release, base = host
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("tool")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    (release / "t.tar.gz").write_bytes(buffer.getvalue())
+    (release / "SUMS").write_text(f"{hashlib.sha256(buffer.getvalue()).hexdigest()}  t.tar.gz\n")
+    result = fetch(base, tmp_path, "t.tar.gz", "tool", f"sums.{ARCH}=SUMS")
+    assert result.returncode == 1 and "holds no program tool" in result.stderr
+    assert not (tmp_path / "tool").exists()
+
+
+def test_the_images_environment_cannot_supply_a_checksum(host: tuple[Path, str], tmp_path: Path) -> None:
+    release, base = host
+    (release / "tool_linux").write_bytes(b"not what anyone vouched for")
+    script = resources.files("moat.plan").joinpath("scripts", "fetch-release")
+    result = subprocess.run(["sh", str(script), "name=tool", "repo=o/r", "tag=v1", "command=tool",
+                             f"asset.{ARCH}=tool_linux", f"bin.{ARCH}=tool"],
+                            env={"PATH": os.environ["PATH"], "MOAT_GITHUB_DOWNLOAD_BASE": base,
+                                 "MOAT_INSTALL_DIR": str(tmp_path), "sha256": hashlib.sha256(b"x").hexdigest()},
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "moat installs nothing unverified" in result.stderr

@@ -23,7 +23,8 @@ class Agent(ABC):
     dependency: str  # the catalog's entry that installs it
     grants: tuple[str, ...]  # providers it can use, preferred first
     grant_hint: str  # what to run when none is stored
-    # Needed beside it (git for the agents' own use of the workspace; node installs npm tools).
+    # Needed beside it (git for the agents' own use of the workspace; node installs npm tools): with
+    # ``dependency``, added to moat.yaml's, where it names none of them (its versions win).
     extra_dependencies: tuple[str, ...] = ("node@22", "git")
     takes_initial_prompt: bool = True  # `moat X -- words` starts the session with them
     resumable: bool = False  # -c/-r: its sessions are kept on the host (see ``state``)
@@ -44,8 +45,7 @@ class Agent(ABC):
 
     def base(self, grant: str | None, command: tuple[str, ...], options: AgentOptions, **kw: Any) -> AgentSetup:
         settings = {"yolo": options.yolo, "flags": dict(options.flags)}
-        return AgentSetup(self.name, (*self.extra_dependencies, self.dependency), grant, command,
-                          interactive=options.prompt is None, settings=settings, **kw)
+        return AgentSetup(self.name, grant, command, interactive=options.prompt is None, settings=settings, **kw)
 
 
 def pretty_json(value: Any) -> str:

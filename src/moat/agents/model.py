@@ -52,7 +52,6 @@ class AgentSetup:
     """What the agent needs, in the terms of a run."""
 
     name: str  # claude, codex, …
-    dependencies: tuple[str, ...]  # catalog specs, added to moat.yaml's (a version given there wins)
     grant: str | None  # the provider whose credential it uses, when one is stored or named
     command: tuple[str, ...]  # the agent's command line
     env: Mapping[str, str] = field(default_factory=dict)

@@ -108,6 +108,10 @@ def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, sug
         raise DependencyError(
             f"invalid version {version!r} for {name} — available: {', '.join(entry.versions)}{default}"
         )
+    if isinstance(entry, GithubBinary) and entry.checksums is None and (version or entry.default) not in entry.sha256:
+        pinned = ", ".join(sorted(entry.sha256))
+        raise DependencyError(f"{name} publishes no checksums, and moat has its sha256 for {pinned} only: it will not"
+                              f" install {name}@{version} unverified; omit the version")
     if isinstance(entry, Installed):
         return Dependency(name, INSTALLED_KINDS[type(entry)], version or entry.default, version)
     kind = DepType.RUNTIME if isinstance(entry, Runtime) else DepType.SERVICE
@@ -174,10 +178,14 @@ def _describe(value: object) -> str:
     return repr(value)
 
 
-def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[Dependency], dict[int, str]]:
+def resolve_dependencies(items: list[object], catalog: Catalog,
+                         implied: tuple[str, ...] = ()) -> tuple[list[Dependency], dict[int, str]]:
     """Parse every entry; return the deduplicated dependencies and the problems by list index.
 
     Every entry is checked (not just up to the first bad one) so the user sees all problems at once.
+    ``implied``: what the command adds (an agent's CLI and what it needs), after the user's entries,
+    each only where the user named none of its name (their version wins); requirements are checked
+    with them in.
     """
     problems: dict[int, str] = {}
     seen: dict[str, tuple[int, Dependency]] = {}
@@ -208,6 +216,11 @@ def resolve_dependencies(items: list[object], catalog: Catalog) -> tuple[list[De
                     f"{dep.key} is declared twice with different versions"
                     f" ({earlier[1].spec} at dependencies[{earlier[0]}], {dep.spec} here); keep one"
                 )
+    for spec in implied:
+        dep = parse_dependency(spec, catalog)
+        if dep.key not in seen:
+            seen[dep.key] = (len(items), dep)
+            resolved.append(dep)
     for index, dep in ((seen[d.key][0], d) for d in resolved):
         entry = catalog.get(dep.name) if dep.type in INSTALLED_KINDS.values() else None
         if isinstance(entry, Installed):

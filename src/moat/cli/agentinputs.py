@@ -4,13 +4,11 @@ dependencies beside moat.yaml's, and the credential it uses, chosen from what th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from moat.agents.base import Agent
 from moat.agents.model import AgentOptions
-from moat.catalog import Catalog
-from moat.catalog.deps import parse_dependency
 from moat.config.load import Config
 from moat.errors import UsageError
 from moat.plan.proxy import ResolvedGrant
@@ -20,14 +18,6 @@ from moat.plan.proxy import ResolvedGrant
 class AgentRequest:
     agent: Agent
     options: AgentOptions
-
-
-def with_dependencies(config: Config, agent: Agent, catalog: Catalog) -> Config:
-    """moat.yaml's dependencies and the agent's; where moat.yaml names one (``node@20``) it wins."""
-    declared = {d.key for d in config.dependencies}
-    added = [d for d in (parse_dependency(spec, catalog) for spec in (*agent.extra_dependencies, agent.dependency))
-             if d.key not in declared]
-    return replace(config, dependencies=(*config.dependencies, *added))
 
 
 def ignored_settings(config: Config, agent: Agent | None) -> list[str]:

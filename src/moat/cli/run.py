@@ -86,7 +86,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
               as_json: bool, agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import load_catalog
-    from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings, with_dependencies
+    from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings
     from moat.cli.planview import render_plan
     from moat.cli.runinputs import (
         check_configured_grants,
@@ -112,10 +112,9 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         raise UsageError("-d and -i do not go together: a detached run has no terminal")
 
     catalog = load_catalog()
-    config = load_config(workspace, catalog)
+    implied = (*agent.agent.extra_dependencies, agent.agent.dependency) if agent else ()
+    config = load_config(workspace, catalog, implied)
     require_supported(config)
-    if agent is not None:
-        config = with_dependencies(config, agent.agent, catalog)
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     note = "\n".join(n for n in (note, *ignored_settings(config, agent.agent if agent else None)) if n)
     stat = workspace.stat()

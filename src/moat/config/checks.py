@@ -32,8 +32,8 @@ class CheckResult:
     problems: list[Problem] = field(default_factory=list)
 
 
-def check(model: MoatConfig, catalog: Catalog) -> CheckResult:
-    return _check(model.dependencies, model.services, catalog)
+def check(model: MoatConfig, catalog: Catalog, implied: tuple[str, ...] = ()) -> CheckResult:
+    return _check(model.dependencies, model.services, catalog, implied)
 
 
 def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
@@ -71,9 +71,10 @@ def _salvage(block: Any) -> ServiceOverride:
     return ServiceOverride.model_construct(**values)
 
 
-def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalog: Catalog) -> CheckResult:
+def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalog: Catalog,
+           implied: tuple[str, ...] = ()) -> CheckResult:
     result = CheckResult()
-    deps, result.problems = check_dependencies(dependencies, catalog)
+    deps, result.problems = check_dependencies(dependencies, catalog, implied)
     result.dependencies = deps
     declared = {d.name for d in deps if d.type is DepType.SERVICE}
     for name, override in services.items():
@@ -81,10 +82,11 @@ def _check(dependencies: list[Any], services: dict[str, ServiceOverride], catalo
     return result
 
 
-def check_dependencies(items: list[Any], catalog: Catalog) -> tuple[list[Dependency], list[Problem]]:
+def check_dependencies(items: list[Any], catalog: Catalog,
+                       implied: tuple[str, ...] = ()) -> tuple[list[Dependency], list[Problem]]:
     # A number such as `- 3.10` is judged (and named) as written.
     texts = [item if isinstance(item, bool) else (scalar_text(item) or item) for item in items]
-    deps, problems = resolve_dependencies(texts, catalog)
+    deps, problems = resolve_dependencies(texts, catalog, implied)
     return deps, [Problem(("dependencies", i), m) for i, m in sorted(problems.items())]
 
 

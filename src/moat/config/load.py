@@ -67,11 +67,12 @@ def _check_readable_as_config(file: Path, workspace: Path) -> None:
                           hint="Copy the file into the workspace (moat reads only the workspace's own moat.yaml).")
 
 
-def load_config(workspace: Path, catalog: Catalog) -> Config:
-    """Load the workspace's moat.yaml (falling back to agent.yaml); none at all is an empty config."""
+def load_config(workspace: Path, catalog: Catalog, implied: tuple[str, ...] = ()) -> Config:
+    """Load the workspace's moat.yaml (falling back to agent.yaml); none at all is an empty config.
+    ``implied``: dependencies the command adds (an agent's), checked together with the file's."""
     file = find_config_file(workspace)
     if file is None:
-        return Config(None, MoatConfig(), (), {})
+        return parse_config("", catalog, implied=implied) if implied else Config(None, MoatConfig(), (), {})
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -82,10 +83,10 @@ def load_config(workspace: Path, catalog: Catalog) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(file, [Located((), f"not UTF-8 text (byte {exc.start})")]) from None
-    return parse_config(text, catalog, file=file)
+    return parse_config(text, catalog, file=file, implied=implied)
 
 
-def parse_config(text: str, catalog: Catalog, *, file: Path | None = None) -> Config:
+def parse_config(text: str, catalog: Catalog, *, file: Path | None = None, implied: tuple[str, ...] = ()) -> Config:
     """Validate moat.yaml text. Raises ``ConfigError`` listing every problem found."""
     try:
         data, marks = load_document(text)
@@ -102,7 +103,7 @@ def parse_config(text: str, catalog: Catalog, *, file: Path | None = None) -> Co
         problems = translate(errors[:MAX_PROBLEMS], data, marks, MoatConfig)
         problems += _locate(checks.check_raw(data, catalog), marks)
         raise ConfigError(file, _at_most(problems, len(errors) - len(errors[:MAX_PROBLEMS]))) from None
-    result = checks.check(model, catalog)
+    result = checks.check(model, catalog, implied)
     problems = _locate(result.problems, marks)
     if problems:
         raise ConfigError(file, _at_most(problems, 0))

@@ -156,8 +156,11 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
 
     base = dockerfile.choose_base_image(config.dependencies, catalog, model.base_image)
     ca = build_ca(request.host_env) if traits.builds_images else None
+    builds = config.dependencies if traits.builds_images else ()
+    uses_go = any(d.type is DepType.GO or d.manager == "go" for d in builds)
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca,
-                                    **mirrors(request.host_env))
+                                    **mirrors(request.host_env, releases=any(d.type is DepType.RELEASE for d in builds),
+                                              go=uses_go))
     text = dockerfile.render(inputs, catalog)
     build_context = dockerfile.build_context(inputs) if traits.builds_images else {}
     # Services run in their own images: only what is built into the agent image names its tag.

@@ -22,7 +22,11 @@ from moat.errors import UsageError
 VARIABLE = "MOAT_BUILD_CA_CERTS"
 GITHUB_BASE_VARIABLE = "MOAT_GITHUB_DOWNLOAD_BASE"  # a mirror of https://github.com's release downloads
 GOPROXY_VARIABLE = "MOAT_GOPROXY"  # a Go module proxy (GOPROXY's syntax) for go install
-MIRROR = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~%/+\-]*)?$")
+# https, or plain http to this machine only: a release's checksum file comes from the same host as the
+# release, so a plain-http path anyone on the way could rewrite would vouch for what it served.
+MIRROR = re.compile(r"^(https://[A-Za-z0-9.\-\[\]:]+|http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?)"
+                    r"(/[A-Za-z0-9._~%/+\-]*)?$")
+GOPROXY_ENTRY = re.compile(r"^(direct|off|file:///[A-Za-z0-9._~%/+\-]*)$")
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+?-----END CERTIFICATE-----")
 SUFFIXES = (".crt", ".pem")
@@ -63,17 +67,23 @@ def _certificates(file: Path, hint: str) -> list[str]:
     return CERTIFICATE.findall(text)
 
 
-def mirrors(host_env: Mapping[str, str]) -> dict[str, str]:
-    """The build's download mirrors, each an http(s) URL (they reach the Dockerfile's command lines)."""
+def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = True) -> dict[str, str]:
+    """The build's download mirrors, read only when the image downloads from them (a value the build
+    does not use stops nothing). They reach the Dockerfile's command lines: URLs only."""
     found = {}
-    for variable, key in ((GITHUB_BASE_VARIABLE, "github_base"), (GOPROXY_VARIABLE, "goproxy")):
-        value = host_env.get(variable, "").strip()
-        if not value:
-            continue
-        urls = value.split(",") if variable == GOPROXY_VARIABLE else [value]
-        if not all(MIRROR.fullmatch(url) or url in ("direct", "off") for url in urls):
-            raise UsageError(f"{variable} must be an http:// or https:// URL (GOPROXY's list of them, for"
-                             f" {GOPROXY_VARIABLE}), not {value[:80]!r}",
-                             hint=f"For example {variable}=https://mirror.example.com/{key.split('_')[0]}")
-        found[key] = value.rstrip("/") if key == "github_base" else value
+    value = host_env.get(GITHUB_BASE_VARIABLE, "").strip()
+    if value and releases:
+        if not MIRROR.fullmatch(value):
+            raise UsageError(f"{GITHUB_BASE_VARIABLE} must be an https:// URL (or http:// to this machine),"
+                             f" not {value[:80]!r}", hint=f"For example {GITHUB_BASE_VARIABLE}="
+                                                          "https://mirror.example.com/github")
+        found["github_base"] = value.rstrip("/")
+    value = host_env.get(GOPROXY_VARIABLE, "").strip()
+    if value and go:
+        entries = re.split(r"[,|]", value)  # GOPROXY's list: ',' falls back on 404, '|' on any error
+        if not all(MIRROR.fullmatch(e) or GOPROXY_ENTRY.fullmatch(e) for e in entries):
+            raise UsageError(f"{GOPROXY_VARIABLE} must be GOPROXY's list of https:// URLs (or http:// to this"
+                             f" machine, file:///, direct, off), not {value[:80]!r}",
+                             hint=f"For example {GOPROXY_VARIABLE}=https://goproxy.example.com,direct")
+        found["goproxy"] = value
     return found

@@ -138,7 +138,10 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         for dep in go_tools:
             entry = catalog.get(dep.name)
             assert isinstance(entry, GoTool)
-            version = f"v{dep.version.removeprefix('v')}" if dep.version else "latest"
+            # A release (0.9.2, v0.9.2) is the module's tag; anything else (latest, a branch) is Go's to read.
+            version = dep.version or "latest"
+            if version[0].isdigit():
+                version = f"v{version}"
             installs.append(f"GOBIN=/usr/local/bin go install {shlex.quote(f'{entry.package}@{version}')}")
         lines.append(f"RUN {trust}" + " && ".join(installs) + " && go clean -cache -modcache")
     for dep in customs:  # after the package managers they may use (playwright's npm), one layer each
