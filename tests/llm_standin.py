@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.upstream import Seen, TestCA
+from tests.upstream import Seen, TestCA, serving
 
 REPLY_PREFIX = "stand-in model says: "
 DONE = "[DONE]"  # the end of a Chat Completions stream
@@ -357,14 +357,8 @@ def llm_standin(ca: TestCA | None, port: int = 0) -> Iterator[LlmStandIn]:
     if ca is not None:
         server.socket = ca.server_context().wrap_socket(server.socket, server_side=True)
     stand_in.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield stand_in
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def main() -> None:

@@ -223,7 +223,7 @@ def upstream_server(ca: TestCA | None, git_root: Path | None = None) -> Iterator
         context = ca.server_context()
         server.socket = context.wrap_socket(server.socket, server_side=True)
     upstream.port = server.server_address[1]
-    with _serving(server):
+    with serving(server):
         try:
             yield upstream
         finally:
@@ -298,12 +298,12 @@ def stand_in_proxy(default_port: int, routes: Mapping[str, int] | None = None,
     stand_in = StandIn(default_port, dict(routes or {}), plain_port)
     server = _TCPServer(("127.0.0.1", 0), _stand_in_handler(stand_in))
     stand_in.port = server.server_address[1]
-    with _serving(server):
+    with serving(server):
         yield stand_in
 
 
 @contextmanager
-def _serving(server: socketserver.BaseServer) -> Iterator[None]:
+def serving(server: socketserver.BaseServer) -> Iterator[None]:
     """``server`` answering in a thread of its own, and shut down and closed after."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

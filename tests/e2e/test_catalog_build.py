@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +23,7 @@ import pytest
 
 from moat.runtime.docker import DockerRuntime
 from tests.helpers import left_for, run_moat, runs, write_workspace
+from tests.upstream import serving
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -70,13 +70,8 @@ def releases(tmp_path: Path) -> Iterator[Releases]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
     stand_in.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield stand_in
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _env(releases: Releases) -> dict[str, str]:

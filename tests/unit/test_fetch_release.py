@@ -8,7 +8,6 @@ import io
 import os
 import subprocess
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from functools import partial
@@ -17,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+
+from tests.upstream import serving
 
 PROGRAM = b"#!/bin/sh\necho released\n"
 ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
@@ -32,11 +33,8 @@ def host(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "host"
     (root / "o" / "r" / "releases" / "download" / "v1").mkdir(parents=True)
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root / "o" / "r" / "releases" / "download" / "v1", f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield root / "o" / "r" / "releases" / "download" / "v1", f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def _tar(path: str) -> bytes:
