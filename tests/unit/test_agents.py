@@ -142,6 +142,11 @@ def test_the_agents_dependencies_join_moat_yaml_whose_versions_win_and_meet_its_
     # What the agent brings counts: gh needs git, typescript node, both added by moat claude.
     assert [d.name for d in parse_config("dependencies: [gh, typescript]\n", CATALOG, implied=implied)
             .dependencies] == ["gh", "typescript", "node", "git", "claude-code"]
+    # ...also when another key is wrong: that one is the only problem said.
+    with pytest.raises(ConfigError) as raised:
+        parse_config("dependencies: [typescript]\nnetwork: {policy: bogus}\n", CATALOG, implied=implied)
+    assert [p.dotted for p in raised.value.problems] == ["network.policy"]
+    assert claude_project_dir(Path(os.fsdecode(b"/w/bad\xff")), Path("/m")).name.startswith("w-bad-")
 
 
 def test_the_plan_wraps_the_agent_to_copy_its_files_and_mounts_them_read_only() -> None:
@@ -351,6 +356,10 @@ def test_resume_takes_a_session_id_or_the_session_a_run_of_this_workspace_wrote(
     _recorded_run(home, "run_cccccccccccc", workspace, name="cut-short", ended_at=None, state="running", pid=1)
     with pytest.raises(UsageError, match="has no end on record"):
         resume_session("cut-short", workspace, home)
+    # Once cleaned up, its end on record is when it was found: still no end to go by.
+    _recorded_run(home, "run_dddddddddddd", workspace, name="settled", state="failed", ended_unknown=True)
+    with pytest.raises(UsageError, match="has no end on record"):
+        resume_session("settled", workspace, home)
 
 
 def test_exec_and_join_refuse_what_they_cannot_enter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -373,16 +382,25 @@ def test_join_starts_the_agent_as_the_run_did() -> None:
     from moat.cli.enter import join_command
 
     gemini = {"agent_cli": "gemini", "agent_settings": {"yolo": False, "flags": {}}, "grants": ["gemini"]}
-    assert join_command(gemini, parse("").model, {}, "more", False) == ("gemini", "--prompt=more")  # no --yolo
-    copilot = {"agent_cli": "copilot", "agent_settings": {"yolo": True, "flags": {"model": "gpt-b"}},
-               "grants": ["github"]}
-    assert join_command(copilot, parse("copilot: {context: long_context}\n").model, {"GH_TOKEN": "x"}, "q",
-                        False)[:6] == ("copilot", "--no-auto-update", "--model", "gpt-b", "--context", "long_context")
+    assert join_command(gemini, {}, "more", False) == ("gemini", "--prompt=more")  # no --yolo
+    # The moat.yaml block the run was built from is kept with it (the file may have changed since).
+    copilot_setup = setup("copilot", "copilot: {context: long_context, reasoning_effort: high}\n", prompt="x",
+                          flags={"model": "gpt-b"})
+    copilot = {"agent_cli": "copilot", "agent_settings": dict(copilot_setup.settings), "grants": ["github"]}
+    assert join_command(copilot, {"GH_TOKEN": "x"}, "q", False) == (
+        "copilot", "--no-auto-update", "--model", "gpt-b", "--context", "long_context", "--reasoning-effort", "high",
+        "--allow-all", "--prompt=q")
     pi = {"agent_cli": "pi", "agent_settings": {"yolo": True, "flags": {"provider": "openai", "model": "m"}},
           "grants": ["anthropic", "openai"]}
-    assert join_command(pi, parse("").model, {"MOAT_CONTEXT": "/etc/moat/moat-context.md"}, "q", False) == (
+    assert join_command(pi, {"MOAT_CONTEXT": "/etc/moat/moat-context.md"}, "q", False) == (
         "pi", "--provider", "openai", "--model", "m", "--append-system-prompt", "/etc/moat/moat-context.md",
         "-p", "--", "q")
     claude = {"agent_cli": "claude", "grants": ["claude", "anthropic"]}  # a record from before settings were kept
-    assert join_command(claude, parse("").model, {"ANTHROPIC_API_KEY": KEY}, None, True) == (
+    assert join_command(claude, {"ANTHROPIC_API_KEY": KEY}, None, True) == (
         "env", "-u", "ANTHROPIC_API_KEY", "claude", "--dangerously-skip-permissions", "--continue")
+    # A damaged record: the safe reading (no yolo unless it says so), never a crash.
+    odd = {"agent_cli": "gemini", "agent_settings": {"yolo": "yes", "flags": ["x"], "block": {"nope": 1}},
+           "grants": "gemini"}
+    assert join_command(odd, {}, "q", False) == ("gemini", "--prompt=q")
+    # What is kept with the run never holds the agent's environment (moat.yaml's claude.env may be a secret).
+    assert "s3cret" not in json.dumps(setup("claude", "claude:\n  env: {TOKEN: s3cret}\n").settings)

@@ -299,7 +299,7 @@ def test_release_binaries_are_fetched_verified_one_layer_each_after_the_runtimes
 def test_a_release_mirror_reaches_the_installer_and_a_bad_one_is_refused() -> None:
     lines = _render("dependencies: [git, gh]\n", github_base="https://mirror.example.test/github")
     [install] = [line for line in lines if "name=gh" in line]
-    assert "MOAT_GITHUB_DOWNLOAD_BASE=https://mirror.example.test/github /usr/local/lib" in install
+    assert install.endswith(" base=https://mirror.example.test/github")
     assert mirrors({"MOAT_GITHUB_DOWNLOAD_BASE": "https://m.example.test/gh/"}) == {
         "github_base": "https://m.example.test/gh"}
     assert mirrors({"MOAT_GOPROXY": "https://proxy.example.test,direct"}) == {

@@ -57,8 +57,8 @@ def fetch(base: str, target: Path, asset: str, bin_: str, *extra: str) -> subpro
     script = resources.files("moat.plan").joinpath("scripts", "fetch-release")
     return subprocess.run(
         ["sh", str(script), "name=tool", "repo=o/r", "tag=v1", "command=tool", f"asset.{ARCH}={asset}",
-         f"bin.{ARCH}={bin_}", *extra],
-        env={"PATH": os.environ["PATH"], "MOAT_GITHUB_DOWNLOAD_BASE": base, "MOAT_INSTALL_DIR": str(target)},
+         f"bin.{ARCH}={bin_}", f"base={base}", *extra],
+        env={"PATH": os.environ["PATH"], "MOAT_INSTALL_DIR": str(target)},
         capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -179,8 +179,33 @@ def test_the_images_environment_cannot_supply_a_checksum(host: tuple[Path, str],
     (release / "tool_linux").write_bytes(b"not what anyone vouched for")
     script = resources.files("moat.plan").joinpath("scripts", "fetch-release")
     result = subprocess.run(["sh", str(script), "name=tool", "repo=o/r", "tag=v1", "command=tool",
-                             f"asset.{ARCH}=tool_linux", f"bin.{ARCH}=tool"],
-                            env={"PATH": os.environ["PATH"], "MOAT_GITHUB_DOWNLOAD_BASE": base,
-                                 "MOAT_INSTALL_DIR": str(tmp_path), "sha256": hashlib.sha256(b"x").hexdigest()},
+                             f"asset.{ARCH}=tool_linux", f"bin.{ARCH}=tool", f"base={base}"],
+                            env={"PATH": os.environ["PATH"], "MOAT_INSTALL_DIR": str(tmp_path),
+                                 "sha256": hashlib.sha256(b"x").hexdigest(), "sums": "SUMS"},
                             capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "moat installs nothing unverified" in result.stderr
+
+
+@pytest.mark.parametrize("link", ["/tmp", "../../.."])
+def test_a_linked_directory_in_the_archive_leads_nowhere(host: tuple[Path, str], tmp_path: Path, link: str) -> None:
+    release, base = host
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("tool-1")
+        info.type, info.linkname = tarfile.SYMTYPE, link
+        tar.addfile(info)
+    (release / "t.tar.gz").write_bytes(buffer.getvalue())
+    (release / "SUMS").write_text(f"{hashlib.sha256(buffer.getvalue()).hexdigest()}  t.tar.gz\n")
+    outside = Path(link if link.startswith("/") else "/") / "tool"
+    assert not outside.exists()
+    result = fetch(base, tmp_path, "t.tar.gz", "tool-1/tool", f"sums.{ARCH}=SUMS")
+    assert result.returncode == 1 and "holds no program" in result.stderr
+    assert not (tmp_path / "tool").exists()
+
+
+def test_a_command_name_is_a_name(host: tuple[Path, str], tmp_path: Path) -> None:
+    script = resources.files("moat.plan").joinpath("scripts", "fetch-release")
+    result = subprocess.run(["sh", str(script), "name=tool", "command=../x", f"asset.{ARCH}=a", f"bin.{ARCH}=a"],
+                            env={"PATH": os.environ["PATH"], "MOAT_INSTALL_DIR": str(tmp_path)},
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "bad command name ../x" in result.stderr

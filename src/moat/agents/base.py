@@ -43,8 +43,11 @@ class Agent(ABC):
               grant_env: Mapping[str, str]) -> AgentSetup:
         """The run's additions for this agent; ``grant_env`` holds the grant's placeholder variables."""
 
-    def base(self, grant: str | None, command: tuple[str, ...], options: AgentOptions, **kw: Any) -> AgentSetup:
-        settings = {"yolo": options.yolo, "flags": dict(options.flags)}
+    def base(self, grant: str | None, command: tuple[str, ...], options: AgentOptions,
+             block: Mapping[str, object] | None = None, **kw: Any) -> AgentSetup:
+        """``block``: the moat.yaml settings its command line was built from (no secret among them),
+        kept with the run so that ``moat join`` builds the same one whatever the file says by then."""
+        settings = {"yolo": options.yolo, "flags": dict(options.flags), "block": dict(block or {})}
         return AgentSetup(self.name, grant, command, interactive=options.prompt is None, settings=settings, **kw)
 
 

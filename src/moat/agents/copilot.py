@@ -44,7 +44,8 @@ class Copilot(Agent):
         env = {"COPILOT_AUTO_UPDATE": "false"}
         if GITHUB_TOKEN_VARIABLE in grant_env:  # Copilot reads its own variable first
             env["COPILOT_GITHUB_TOKEN"] = PLACEHOLDER
-        return self.base(grant, tuple(command), options, env=env,
+        settings = block.model_dump(include={"model", "context", "reasoning_effort", "experimental", "autopilot"})
+        return self.base(grant, tuple(command), options, block=settings, env=env,
                          home_files={".copilot/config.json": pretty_json({"trustedFolders": [WORKSPACE_MOUNT]})})
 
 

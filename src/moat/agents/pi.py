@@ -39,7 +39,8 @@ class Pi(Agent):
             command += ["--", options.initial]
         settings = {"defaultProjectTrust": "never", "enableInstallTelemetry": False, "enableAnalytics": False,
                     "quietStartup": True}
-        return self.base(grant, tuple(command), options, env={"PI_OFFLINE": "1"},
+        return self.base(grant, tuple(command), options, block=config.pi.model_dump(include={"provider", "model"}),
+                         env={"PI_OFFLINE": "1"},
                          home_files={".pi/agent/settings.json": pretty_json(settings)})
 
 

@@ -12,6 +12,7 @@ Claude Code would resume, and make moat create directories in the user's home as
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ def slug(path: str) -> str:
 def claude_project_dir(workspace: Path, moat_home: Path) -> Path:
     """The workspace's sessions: a readable name (at most 80 characters) and a hash that tells apart
     workspaces whose names read alike, whatever the path's length."""
-    digest = hashlib.sha256(str(workspace).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode(workspace)).hexdigest()[:12]  # any bytes a path may hold
     return moat_home / "sessions" / "claude" / f"{slug(str(workspace))[-80:].lstrip('-')}-{digest}"
 
 

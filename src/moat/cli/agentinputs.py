@@ -62,7 +62,7 @@ def resume_session(value: str, workspace: Path, home: Path) -> str:
         raise UsageError(f"run {run.id} ({run.name}) worked on {meta.get('workspace')}, not {workspace}",
                          hint="Resume it from that workspace: `moat claude <that workspace> -r ...`.")
     started = parse_time(meta.get("started_at")) or parse_time(meta.get("created_at"))
-    ended = parse_time(meta.get("ended_at"))
+    ended = None if meta.get("ended_unknown") else parse_time(meta.get("ended_at"))
     if started is None or ended is None:  # an orphaned run: no end to tell its session from later ones
         raise UsageError(f"run {run.id} ({run.name}) has no end on record (it was cut short), so its session"
                          " cannot be told from later ones", hint="Give the session's id instead, or use -c.")

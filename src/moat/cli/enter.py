@@ -4,7 +4,6 @@ the agent's user, in /workspace, with this terminal (or stdin and stdout) — th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import click
@@ -82,40 +81,35 @@ def join(run: str, agent: str | None, prompt: str | None, continue_session: bool
         raise UsageError("moat join needs a terminal for an interactive session", hint="Or ask once with -p PROMPT.")
     if continue_session and not AGENTS[cli].resumable:
         raise UsageError(f"-c continues Claude Code's sessions; {AGENTS[cli].title} has none moat keeps")
-    command = join_command(info.metadata, _config(info), runtime.container_env(container), prompt, continue_session)
+    command = join_command(info.metadata, runtime.container_env(container), prompt, continue_session)
     return int(runtime.exec_terminal(container, command, user, WORKSPACE_MOUNT))
 
 
-def join_command(meta: Mapping[str, Any], config: MoatConfig, env: Mapping[str, str], prompt: str | None,
+def join_command(meta: Mapping[str, Any], env: Mapping[str, str], prompt: str | None,
                  continue_session: bool) -> tuple[str, ...]:
-    """The agent's command line as the run built it — its options (--noyolo, a model), moat.yaml's
-    block, the grant it used, the placeholders its container holds — with this prompt. The run staged
-    the agent's files when it started: the command is all a second session needs."""
+    """The agent's command line as the run built it — its options (--noyolo, a model), the moat.yaml
+    settings it was built from (kept with the run: the agent may have rewritten the file since), the
+    grant it used, the placeholders its container holds — with this prompt. The run staged the
+    agent's files when it started: the command is all a second session needs."""
+    from pydantic import ValidationError
+
     from moat.agents import AGENTS
     from moat.agents.model import CONTEXT_ARGUMENT, AgentOptions
     from moat.plan.context import CONTEXT_VARIABLE
 
     agent = AGENTS[str(meta.get("agent_cli"))]
-    settings = meta.get("agent_settings") or {}
-    flags = {str(k): v for k, v in (settings.get("flags") or {}).items() if isinstance(v, str | bool)}
+    settings = meta.get("agent_settings")
+    settings = settings if isinstance(settings, dict) else {}
+    flags = settings.get("flags")
+    flags = {str(k): v for k, v in flags.items() if isinstance(v, str | bool)} if isinstance(flags, dict) else {}
+    block = settings.get("block")
+    try:
+        config = MoatConfig.model_validate({agent.name: block}) if isinstance(block, dict) else MoatConfig()
+    except ValidationError:
+        config = MoatConfig()  # a record from another version: the run's options still hold
     options = AgentOptions(prompt=prompt, continue_session=continue_session, yolo=settings.get("yolo", True) is True,
                            flags=flags)
-    grants = [str(g).split(":", 1)[0] for g in meta.get("grants") or []]
+    grants = [str(g).split(":", 1)[0] for g in meta.get("grants") or [] if isinstance(g, str)]
     grant = next((g for g in agent.preferred_grants(options, config) if g in grants), None)
     setup = agent.setup(options, config, grant, env)
     return tuple(env.get(CONTEXT_VARIABLE, "") if arg == CONTEXT_ARGUMENT else arg for arg in setup.command)
-
-
-def _config(info: Any) -> MoatConfig:
-    """The run's moat.yaml as it reads now (its agent block: a model, a provider), or the defaults."""
-    from moat.catalog import load_catalog
-    from moat.config.load import load_config
-    from moat.errors import MoatError
-
-    workspace = info.metadata.get("workspace")
-    if not workspace:
-        return MoatConfig()
-    try:
-        return load_config(Path(str(workspace)), load_catalog()).model
-    except (MoatError, OSError):
-        return MoatConfig()  # moved, or broken since: the run's own options still hold

@@ -36,7 +36,7 @@ def check(model: MoatConfig, catalog: Catalog, implied: tuple[str, ...] = ()) ->
     return _check(model.dependencies, model.services, catalog, implied)
 
 
-def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
+def check_raw(data: dict[str, Any], catalog: Catalog, implied: tuple[str, ...] = ()) -> list[Problem]:
     """What can still be judged when the schema pass failed, so one round reports every problem."""
     dependencies = data.get("dependencies")
     if dependencies is None:
@@ -53,7 +53,7 @@ def check_raw(data: dict[str, Any], catalog: Catalog) -> list[Problem]:
                 # Its field errors are among the schema errors; everything else about it can still
                 # be judged: its name, its extra keys, and the fields that are valid on their own.
                 services[name] = _salvage(block)
-    return _check(dependencies, services, catalog).problems
+    return _check(dependencies, services, catalog, implied).problems
 
 
 def _salvage(block: Any) -> ServiceOverride:

@@ -101,7 +101,7 @@ def parse_config(text: str, catalog: Catalog, *, file: Path | None = None, impli
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         problems = translate(errors[:MAX_PROBLEMS], data, marks, MoatConfig)
-        problems += _locate(checks.check_raw(data, catalog), marks)
+        problems += _locate(checks.check_raw(data, catalog, implied), marks)
         raise ConfigError(file, _at_most(problems, len(errors) - len(errors[:MAX_PROBLEMS]))) from None
     result = checks.check(model, catalog, implied)
     problems = _locate(result.problems, marks)

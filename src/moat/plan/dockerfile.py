@@ -167,13 +167,13 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
 def _release_lines(releases: list[Dependency], inputs: ImageInputs, catalog: Catalog, trust: str) -> list[str]:
     """The release installer, then one layer per program: adding one reuses the others' layers."""
     lines: list[str] = []
-    mirror = f"MOAT_GITHUB_DOWNLOAD_BASE={shlex.quote(inputs.github_base)} " if inputs.github_base != GITHUB else ""
+    mirror = [f"base={inputs.github_base}"] if inputs.github_base != GITHUB else []
     env: dict[str, str] = {}
     for dep in releases:
         entry = catalog.get(dep.name)
         assert isinstance(entry, GithubBinary | Download) and dep.version
-        lines.append(f"RUN {trust}{mirror if isinstance(entry, GithubBinary) else ''}{FETCH_RELEASE_PATH} " + " ".join(
-            shlex.quote(arg) for arg in release_arguments(dep.name, entry, dep.version)))
+        args = [*release_arguments(dep.name, entry, dep.version), *(mirror if isinstance(entry, GithubBinary) else [])]
+        lines.append(f"RUN {trust}{FETCH_RELEASE_PATH} " + " ".join(shlex.quote(arg) for arg in args))
         env.update(entry.env)
     if env:
         lines.append("ENV " + " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(env.items())))

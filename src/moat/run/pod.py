@@ -20,7 +20,7 @@ from pathlib import Path
 from moat.cache import HostCache
 from moat.constants import LABEL_RUN_ID
 from moat.credentials.rules import Registration
-from moat.errors import MoatError
+from moat.errors import EngineError, MoatError
 from moat.files import private_dir, write_private
 from moat.plan.containers import ContainerSpec
 from moat.plan.model import Plan
@@ -105,6 +105,10 @@ class Pod:
     def _create(self, spec: ContainerSpec, inside: tuple[Resource, ...]) -> tuple[str, Resource]:
         for mount in spec.mounts:
             if mount.create:
+                source = Path(mount.source)
+                if os.path.lexists(source) and (source.is_symlink() or not source.is_dir()):
+                    raise EngineError(f"{mount.source} should be a directory of moat's, and is not (a link?)",
+                                      hint="Remove it; moat makes it again.")
                 created = not Path(mount.source).exists()
                 private_dir(Path(mount.source))
                 if created and mount.owner is not None and os.getuid() == 0 and mount.owner[0] != 0:

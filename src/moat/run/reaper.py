@@ -139,7 +139,9 @@ def settle_orphan(run: RunInfo) -> None:
     metadata = dict(run.metadata)
     if metadata.get("state") in ACTIVE_STATES:
         metadata.update(state="failed", error="moat's process ended before the run finished (orphaned; cleaned up)")
-    metadata["ended_at"] = metadata.get("ended_at") or now_iso()
+    if not metadata.get("ended_at"):
+        # When it was found, not when it ended: whatever reads the run's time window must know.
+        metadata.update(ended_at=now_iso(), ended_unknown=True)
     with contextlib.suppress(OSError):
         write_private(run.directory / METADATA, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 

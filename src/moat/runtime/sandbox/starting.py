@@ -181,11 +181,12 @@ class Starter:
         """The agent's command with the host's directories read-only, its mounts, its own /tmp; an
         interactive one on a pty of its own, made its controlling terminal in a session of its own.
         A read-only file (moat's CA) is given as a copy: its directory may be closed to the identity."""
-        # A directory moat made for the agent (its sessions, under MOAT_HOME, which may be root's) is an
-        # open directory, reached as /proc/self/fd/N whatever its parents' permissions.
-        binds = [launch.Bind(f"/proc/self/fd/{keep(self._mount_fd(m.source, True))}" if m.create else m.source,
-                             m.target, m.read_only) for m in spec.mounts
-                 if not (m.read_only and Path(m.source).is_file())]
+        # A directory moat made for the agent (its sessions, under MOAT_HOME, which may be root's) is
+        # given as an open descriptor, whatever its parents' permissions; --bind-fd, which bwrap closes
+        # (a /proc/self/fd/N source would stay open in the agent: a way out of its view, up the tree).
+        binds = [launch.Bind(m.source, m.target, m.read_only,
+                             fd=keep(self._mount_fd(m.source, True)) if m.create else None)
+                 for m in spec.mounts if not (m.read_only and Path(m.source).is_file())]
         copies = [arg for m in spec.mounts if m.read_only and Path(m.source).is_file()
                   for arg in ("--ro-bind-data", str(keep(_data_fd(Path(m.source).read_bytes()))), m.target)]
         view = [*launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
