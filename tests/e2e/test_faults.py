@@ -121,10 +121,15 @@ def test_stop_racing_the_hand_off_never_loses_the_run(engine: DockerRuntime, moa
         run_id = wait_for(lambda b=before: [r["id"] for r in runs(moat_home) if r["id"] not in b], what="the run")[0]
         wait_for(lambda rid=run_id: metadata(moat_home, rid).get("state") in ("starting", "running"), what="start")
         time.sleep(rng.uniform(0.0, 0.8))
-        run_moat(["stop", run_id], timeout=120)
-        proc.communicate(timeout=120)
-        final = wait_for(lambda rid=run_id: metadata(moat_home, rid).get("ended_at") and metadata(moat_home, rid),
-                         timeout=60, what=f"trial {trial} to end")
+        stopped = run_moat(["stop", run_id], timeout=120)
+        out, err = proc.communicate(timeout=120)
+        try:
+            final = wait_for(lambda rid=run_id: metadata(moat_home, rid).get("ended_at") and metadata(moat_home, rid),
+                             timeout=60, what=f"trial {trial} to end")
+        except AssertionError as exc:  # a rare race: what each side said and what the record holds
+            raise AssertionError(f"{exc} (stop: {stopped.code} {stopped.output!r}; run -d: {proc.returncode}"
+                                 f" {out!r} {err!r}; record: {metadata(moat_home, run_id)};"
+                                 f" engine: {left_for(engine, run_id)})") from None
         assert final["state"] in ("interrupted", "failed"), (trial, final)
         assert left_for(engine, run_id) == [], (trial, final)
 
