@@ -51,6 +51,14 @@ class Agent(ABC):
         return AgentSetup(self.name, grant, command, interactive=options.prompt is None, settings=settings, **kw)
 
 
+def prompt_options(options: AgentOptions, interactive: str) -> list[str]:
+    """``--prompt=PROMPT``, or ``--<interactive>=MESSAGE`` for a first message: one argument each, so
+    that words starting with '-' are not taken for an option (for CLIs that read no '--')."""
+    if options.prompt is not None:
+        return [f"--prompt={options.prompt}"]
+    return [f"--{interactive}={options.initial}"] if options.initial else []
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True) + "\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from moat.agents.base import Agent, pretty_json
+from moat.agents.base import Agent, pretty_json, prompt_options
 from moat.agents.model import AgentOptions, AgentSetup
 from moat.config.schema import MoatConfig
 from moat.constants import WORKSPACE_MOUNT
@@ -36,11 +36,7 @@ class Copilot(Agent):
             command.append("--autopilot")
         if options.yolo:
             command.append("--allow-all")
-        # One argument each: a prompt that starts with '-' is not taken for an option.
-        if options.prompt is not None:
-            command.append(f"--prompt={options.prompt}")
-        elif options.initial:
-            command.append(f"--interactive={options.initial}")
+        command += prompt_options(options, "interactive")
         env = {"COPILOT_AUTO_UPDATE": "false"}
         if GITHUB_TOKEN_VARIABLE in grant_env:  # Copilot reads its own variable first
             env["COPILOT_GITHUB_TOKEN"] = PLACEHOLDER

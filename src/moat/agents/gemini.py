@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from moat.agents.base import Agent, pretty_json, stdio_servers
+from moat.agents.base import Agent, pretty_json, prompt_options, stdio_servers
 from moat.agents.model import AgentOptions, AgentSetup
 from moat.config.schema import MoatConfig
 
@@ -15,11 +15,7 @@ class Gemini(Agent):
         command = ["gemini"]
         if options.yolo:
             command.append("--yolo")
-        # One argument each: a prompt that starts with '-' is not taken for an option.
-        if options.prompt is not None:
-            command.append(f"--prompt={options.prompt}")
-        elif options.initial:
-            command.append(f"--prompt-interactive={options.initial}")
+        command += prompt_options(options, "prompt-interactive")
         settings: dict[str, object] = {
             "security": {"auth": {"selectedType": "gemini-api-key"}},
             "privacy": {"usageStatisticsEnabled": False},
