@@ -466,3 +466,27 @@ def test_the_agent_cannot_read_moat_home_even_when_it_could(sandbox_host: None, 
         assert out.startswith("cat: ") and "No such file or directory" in out  # `ls -A`: an empty directory
     finally:
         shutil.rmtree(shared)
+
+
+def test_the_agents_own_directory_is_bound_by_path_and_a_closed_one_is_said(make_pod: Callable[..., Pod],
+                                                                            tmp_path: Path) -> None:
+    """A directory moat made for the agent (its sessions): written as the agent's user, bound by its
+    path (no descriptor left open in the agent: it would be a handle up the host's tree, out of its
+    view). Under a MOAT_HOME closed to that user, the run says so before the agent starts."""
+    from moat.plan.containers import Mount
+
+    pod = make_pod()
+    parent = tmp_path / "open"
+    (parent / "sessions").mkdir(parents=True)
+    share(parent / "sessions")
+    kept = parent / "sessions" / "ws"
+    mount = Mount(str(kept), "/tmp/kept", create=True, owner=(identity().uid, identity().gid))
+    script = "echo transcript > /tmp/kept/s.jsonl && for f in /proc/$$/fd/*; do readlink $f; done; true"
+    code, out, err = pod.agent("sh", "-c", script, mounts=(*pod.plan.agent.mounts, mount))
+    assert code == 0, err
+    assert (kept / "s.jsonl").read_text() == "transcript\n" and (kept / "s.jsonl").stat().st_uid == identity().uid
+    assert not [line for line in out.splitlines() if "sessions" in line], out  # nothing open on it
+    if os.getuid() == 0 and identity().uid != 0:
+        closed = Mount(str(pod.home / "sessions" / "ws"), "/tmp/kept", create=True)
+        with pytest.raises(EngineError, match=r"cannot reach .*, where moat keeps its sessions"):
+            pod.start_agent("true", mounts=(*pod.plan.agent.mounts, closed))

@@ -123,13 +123,8 @@ class Bind:
     source: str  # a host path
     target: str  # where the container sees it
     read_only: bool = False
-    # An open descriptor of the source, for a path the identity cannot reach (under a root-owned
-    # MOAT_HOME). bwrap binds it and closes it: the command never holds a handle to the host's tree.
-    fd: int | None = None
 
     def argv(self) -> list[str]:
-        if self.fd is not None:
-            return ["--ro-bind-fd" if self.read_only else "--bind-fd", str(self.fd), self.target]
         return ["--ro-bind" if self.read_only else "--bind", self.source, self.target]
 
 

@@ -17,7 +17,7 @@ from moat.catalog import load_catalog
 from moat.catalog.model import HostRecipe
 from moat.errors import EngineError
 from moat.files import private_dir
-from moat.plan.containers import ContainerSpec
+from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.identity import Identity
 from moat.runtime.sandbox import boxes, cgroups, launch, procs, services, streams
 from moat.runtime.sandbox import scratch as dirs
@@ -181,12 +181,7 @@ class Starter:
         """The agent's command with the host's directories read-only, its mounts, its own /tmp; an
         interactive one on a pty of its own, made its controlling terminal in a session of its own.
         A read-only file (moat's CA) is given as a copy: its directory may be closed to the identity."""
-        # A directory moat made for the agent (its sessions, under MOAT_HOME, which may be root's) is
-        # given as an open descriptor, whatever its parents' permissions; --bind-fd, which bwrap closes
-        # (a /proc/self/fd/N source would stay open in the agent: a way out of its view, up the tree).
-        binds = [launch.Bind(m.source, m.target, m.read_only,
-                             fd=keep(self._mount_fd(m.source, True)) if m.create else None)
-                 for m in spec.mounts if not (m.read_only and Path(m.source).is_file())]
+        binds = [self._agent_bind(m) for m in spec.mounts if not (m.read_only and Path(m.source).is_file())]
         copies = [arg for m in spec.mounts if m.read_only and Path(m.source).is_file()
                   for arg in ("--ro-bind-data", str(keep(_data_fd(Path(m.source).read_bytes()))), m.target)]
         view = [*launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd,
@@ -199,6 +194,21 @@ class Starter:
         io = (boxes.Streams(tty.slave, tty.slave, tty.slave) if tty is not None
               else boxes.Streams(subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE))
         return _Launch(view, command, env, spec.working_dir or "/", io)
+
+    def _agent_bind(self, mount: Mount) -> launch.Bind:
+        """A directory moat makes for the agent (its sessions, under MOAT_HOME) is bound by its path,
+        which the agent's user must be able to reach: bwrap, run as that user, cannot bind an open
+        descriptor (--bind-fd, /proc/self/fd/N: "Permission denied"), and a descriptor left open in the
+        agent would be a handle up the host's tree, out of its view."""
+        if mount.create:
+            os.close(self._mount_fd(mount.source, True))  # made, and the agent's
+            if not launch.reachable(mount.source, self.identity):
+                raise EngineError(
+                    f"the agent's user (uid {self.identity.uid}) cannot reach {mount.source}, where moat keeps"
+                    " its sessions (MOAT_HOME is closed to it)",
+                    hint="Give MOAT_HOME to a directory that user can reach, set claude.sync_logs: false, or use"
+                         " --runtime docker.")
+        return launch.Bind(mount.source, mount.target, mount.read_only)
 
     def given_env(self, record: Mapping[str, Any]) -> dict[str, str]:
         """The environment the container was started with, read back from its pid namespace's init
