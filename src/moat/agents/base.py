@@ -26,7 +26,6 @@ class Agent(ABC):
     # Needed beside it (git for the agents' own use of the workspace; node installs npm tools): with
     # ``dependency``, added to moat.yaml's, where it names none of them (its versions win).
     extra_dependencies: tuple[str, ...] = ("node@22", "git")
-    takes_initial_prompt: bool = True  # `moat X -- words` starts the session with them
     resumable: bool = False  # -c/-r: its sessions are kept on the host (see ``state``)
 
     def preferred_grants(self, options: AgentOptions, config: MoatConfig) -> tuple[str, ...]:

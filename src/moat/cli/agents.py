@@ -24,8 +24,6 @@ def _agent_command(agent: Agent) -> click.Command:
     def command(ctx: click.Context, path: Path, prompt: str | None, noyolo: bool = False,
                 continue_session: bool = False, resume: str | None = None, **options: Any) -> int:
         words = ctx.meta.get(COMMAND_META, ())
-        if words and not agent.takes_initial_prompt:
-            raise UsageError(f"moat {agent.name} takes no initial prompt after '--'", hint="Use -p PROMPT.")
         if continue_session and resume:
             raise UsageError("-c and -r do not go together: -c continues the latest session, -r resumes one")
         if prompt is not None and not prompt.strip():
