@@ -64,6 +64,26 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     assert not leftovers, f"moat-labelled objects left on the engine: {leftovers}"
 
 
+SCRATCH_ROOT = Path("/tmp")  # moat's default place for a run's private directories
+
+
+def _scratch_dirs() -> set[str]:
+    return {p.name for p in SCRATCH_ROOT.glob("moat-run_*")}
+
+
+@pytest.fixture(autouse=True)
+def no_scratch_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A run removes its private directory under /tmp (``moat-<run id>``) when it ends: an engine
+    test whose runs leave one fails, naming it (unit tests plan into their own tmp_path)."""
+    if "unit" in request.node.path.parts:
+        yield
+        return
+    before = _scratch_dirs()
+    yield
+    left = sorted(_scratch_dirs() - before)
+    assert not left, f"run scratch directories left in {SCRATCH_ROOT}: {left}"
+
+
 def _homes(base: Path) -> set[str]:
     """The ids (``moat.home`` labels) of every MOAT_HOME the suite's tests made, and the empty id of
     objects that carry none."""

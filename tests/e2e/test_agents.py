@@ -221,3 +221,25 @@ def test_exec_and_join_enter_a_running_agents_container(model_apis: ModelApis, m
     gone = run_moat(["exec", run_id, "--", "true"])
     assert gone.code == 2 and "not running" in gone.stderr
     _nowhere(ANTHROPIC_KEY, moat_home, started.output)
+
+
+def test_claude_base_url_on_the_host_gets_the_key_through_the_proxy(model_apis: ModelApis, moat_home: Path,
+                                                                      tmp_path: Path) -> None:
+    """The Go tool's llm-proxy example: claude.base_url names an LLM proxy on the host's loopback
+    (here a plain-HTTP stand-in); the agent reaches it as moat-host under a strict policy, the proxy
+    injects the key there, and api.anthropic.com is never called."""
+    _grant("anthropic", ANTHROPIC_KEY)
+    with llm_standin(None) as local:
+        workspace = _workspace(tmp_path / "ws", f"name: llm-proxy\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+                                                f"claude:\n  base_url: http://localhost:{local.port}\n"
+                                                "network:\n  policy: strict\n")
+        result = run_moat(["claude", str(workspace), "-p", PONG], env=model_apis.env, timeout=BUILD_TIMEOUT)
+        assert result.code == 0, result.output
+        assert f"{REPLY_PREFIX}{PONG}" in result.stdout
+        calls = local.requests("/v1/messages")
+        assert calls, local.seen
+        assert all(call.header("x-api-key") == ANTHROPIC_KEY for call in calls)
+        assert PONG in local.prompts()
+    assert model_apis.hosts == []  # nothing went to the real API host
+    assert not model_apis.llm.seen
+    _nowhere(ANTHROPIC_KEY, moat_home, result.output)

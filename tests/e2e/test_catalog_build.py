@@ -1,6 +1,6 @@
 """The agent image built for real from one dependency of each kind that can be fetched here: a
-runtime (node), Debian tools (git; fd, linked under its usual name), a bundle (node-dev: npm tools), an
-npm: package, and a GitHub release binary — the last from a local stand-in of GitHub's release
+runtime (node), Debian tools (git; fd, linked under its usual name; protoc; the AWS CLI), a bundle
+(node-dev: npm tools), an npm: package, and a GitHub release binary — the last from a local stand-in of GitHub's release
 downloads (MOAT_GITHUB_DOWNLOAD_BASE, as a mirror would be set), its checksum file checked.
 
 The stand-in release holds a small program standing in for gh (no release host is reachable here);
@@ -81,8 +81,12 @@ def _env(releases: Releases) -> dict[str, str]:
     return env
 
 
-CONFIG = "name: every-kind\ndependencies: [node@22, git, fd, gh, node-dev, 'npm:is-number@7.0.0']\n"
+CONFIG = "name: every-kind\ndependencies: [node@22, git, fd, gh, node-dev, 'npm:is-number@7.0.0', protoc, aws]\n"
+# protoc finds the well-known types it is used with (their .proto files come with it).
+PROTO = 'syntax = "proto3"; import "google/protobuf/timestamp.proto"; message M { google.protobuf.Timestamp t = 1; }'
 CHECK = ("gh --version; fd --version; tsc --version; prettier --version; eslint --version;"
+         f" cd /tmp && echo '{PROTO}' > m.proto && protoc --python_out=. m.proto && ls m_pb2.py;"
+         " aws --version | cut -d' ' -f1;"
          " npm ls --global --depth 0 --parseable is-number | sed 's|.*/||'")
 
 
@@ -96,6 +100,8 @@ def test_an_image_with_one_dependency_of_each_kind(engine: DockerRuntime, moat_h
     assert lines[0] == "gh version /usr/local/bin/gh stand-in release"  # installed as gh, on PATH
     assert lines[1].startswith("fdfind ") or lines[1].startswith("fd ")  # Debian's, under the usual name
     assert lines[2].startswith("Version ")  # tsc, from the node-dev bundle
+    assert lines[5] == "m_pb2.py"  # protoc compiled a file importing a well-known type
+    assert lines[6].startswith("aws-cli/2.")  # AWS CLI v2
     assert lines[-1] == "is-number"  # the npm: package, installed globally
     assert releases.requests == [f"/cli/cli/releases/download/v{VERSION}/{ASSET}",
                                  f"/cli/cli/releases/download/v{VERSION}/gh_{VERSION}_checksums.txt"]

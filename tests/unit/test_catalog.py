@@ -34,6 +34,9 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "ruff", "black", "mypy", "pytest",
         "gopls", "govulncheck", "mockgen", "gofumpt", "yq", "air",
         "node-dev", "python-dev", "cli-essentials", "go-extras", "k8s",
+        "aws", "gcloud", "protoc", "protoc-gen-go", "protoc-gen-go-grpc", "protoc-gen-connect-go",
+        "protoc-gen-grpc-gateway", "protoc-gen-openapiv2", "protoc-gen-grpc-gateway-ts", "protoc-gen-validate",
+        "protoc-gen-doc", "protoc-gen-es", "protoc-gen-connect-es", "protobuf", "protobuf-es", "protobuf-grpc-gateway",
     }
     assert CATALOG.service_names() == ["ministack", "mysql", "ollama", "postgres", "redis"]
 
@@ -339,7 +342,25 @@ def test_debian_tools_under_their_usual_names_and_the_bundles() -> None:
             "golangci-lint@2.8.0"} <= specs
 
 
+def test_protoc_its_plugins_and_the_aws_cli_come_from_debian_and_go_install() -> None:
+    text = "\n".join(_render("dependencies: [go, node, protobuf, protobuf-es, aws]\n"))
+    apt_line = next(line for line in text.splitlines() if "apt-get install" in line)
+    assert {"protobuf-compiler", "libprotobuf-dev", "awscli"} <= set(apt_line.split())
+    for package in ("google.golang.org/protobuf/cmd/protoc-gen-go@latest", "github.com/envoyproxy/protoc-gen-validate",
+                    "@bufbuild/protoc-gen-es", "@connectrpc/protoc-gen-connect-es"):
+        assert package in text
+    assert details("protoc", CATALOG.get("protoc"))["apt_package"] == "protobuf-compiler libprotobuf-dev"  # type: ignore[arg-type]
+
+
+def test_gcloud_comes_from_googles_signed_apt_repository_at_the_version_asked() -> None:
+    text = "\n".join(_render("dependencies: [gcloud@528.0.0]\n"))
+    assert "[signed-by=/usr/share/keyrings/cloud.google.gpg] https://packages.cloud.google.com/apt" in text
+    assert '"google-cloud-cli$(test 528.0.0 = latest || echo =528.0.0-0)"' in text
+    assert "gnupg" in next(line for line in text.splitlines() if "apt-get install" in line)
+
+
 @pytest.mark.parametrize("text, message", [
+    ("dependencies: [protoc-gen-go, go]\n", "protoc-gen-go needs protoc: add 'protoc' to dependencies"),
     ("dependencies: [ruff]\n", "ruff (ruff) is installed with uv, which needs uv: add 'uv' to dependencies"),
     ("dependencies: [uv]\n", "uv needs python: add 'python' to dependencies"),
     ("dependencies: [gopls]\n", "gopls (golang.org/x/tools/gopls) is built with go install, which needs go"),

@@ -95,7 +95,8 @@ def test_deps_list_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(("kind", "expected"), [
     ("runtime", ["go", "node", "python"]),
-    ("tool", ["bat", "bats", "curl", "fd", "git", "jq", "make", "mysql-client", "psql", "redis-cli", "sqlite3"]),
+    ("tool", ["aws", "bat", "bats", "curl", "fd", "git", "jq", "make", "mysql-client", "protoc", "psql", "redis-cli",
+              "sqlite3"]),
     ("github-binary", ["act", "buf", "bun", "fzf", "gh", "golangci-lint", "goreleaser", "lazygit", "opentofu",
                        "ripgrep", "sqlc", "task", "terragrunt", "uv"]),
     ("dynamic", ["cargo:", "go:", "npm:", "pip:", "uv:"]),

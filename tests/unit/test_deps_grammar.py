@@ -174,8 +174,8 @@ def test_unknown_name_without_anything_close() -> None:
 
 
 def test_dependencies_of_the_go_moat_not_provided_yet() -> None:
-    assert "does not provide yet" in error("protoc")
-    assert "is installed with cargo, which needs the rust runtime" not in error("protoc")
+    assert "does not provide yet" in error("delta")
+    assert "is installed with cargo, which needs the rust runtime" not in error("delta")
 
 
 def test_unknown_prefix() -> None:

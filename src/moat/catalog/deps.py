@@ -231,8 +231,7 @@ def resolve_dependencies(items: list[object], catalog: Catalog,
                     seen[brought.key] = (index, brought)
                     resolved.append(brought)
             elif missing:
-                problems[index] = f"{_needs(dep.name, entry, ' and '.join(missing))}: add '{missing[0]}' to" \
-                                  " dependencies"
+                problems[index] = f"{_needs(dep.name, entry, missing[0])}: add '{missing[0]}' to dependencies"
         if dep.manager:
             needed = catalog.dynamic(dep.manager)
             assert needed is not None
@@ -246,11 +245,12 @@ def resolve_dependencies(items: list[object], catalog: Catalog,
 
 
 def _needs(name: str, entry: Installed, missing: str) -> str:
-    if isinstance(entry, NpmTool):
+    # The installer's own program first (node, uv, go); what else it needs (protoc for its plugins) plainly.
+    if isinstance(entry, NpmTool) and missing == "node":
         return f"{name} ({entry.package}) is installed with npm, which needs the {missing} runtime"
-    if isinstance(entry, UvTool):
+    if isinstance(entry, UvTool) and missing == "uv":
         return f"{name} ({entry.package}) is installed with uv, which needs {missing}"
-    if isinstance(entry, GoTool):
+    if isinstance(entry, GoTool) and missing == "go":
         return f"{name} ({entry.package}) is built with go install, which needs {missing}"
     return f"{name} needs {missing}"
 

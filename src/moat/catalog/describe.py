@@ -61,7 +61,7 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
     elif isinstance(entry, Runtime):
         out["base_image"] = entry.base_image
     elif isinstance(entry, Tool):
-        out["apt_package"] = entry.apt
+        out["apt_package"] = " ".join((entry.apt, *entry.apt_with))
         if entry.link:
             out["binary"] = f"{entry.binary} (Debian's {entry.link})"
     elif isinstance(entry, NpmTool):

@@ -66,6 +66,7 @@ class Runtime(Versioned):
 class Tool(Versioned):
     type: Literal["tool"] = "tool"
     apt: str  # the Debian package that provides the tool
+    apt_with: tuple[str, ...] = ()  # other packages it is used with (protoc's well-known types)
     binary: str | None = None  # the program it provides, when not named like the tool
     # Debian names some programs otherwise (batcat, fdfind): the name users type is linked to it.
     link: str | None = None  # the program Debian installs, linked as ``binary``

@@ -73,8 +73,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
             "Claude Code plugins are not installed yet (they are fetched into the image at build time)"),
     Feature(("claude", "marketplaces"), lambda c: bool(c.claude.marketplaces),
             "Claude Code plugin marketplaces are not installed yet"),
-    Feature(("claude", "base_url"), lambda c: c.claude.base_url is not None,
-            "a custom Anthropic endpoint (with the grant injected for its host) is not built yet"),
     Feature(("claude", "llm-gateway"), lambda c: c.claude.llm_gateway is not None, "the LLM gateway is not built yet"),
     Feature(("claude", "bedrock"), lambda c: c.claude.bedrock is not None and c.claude.bedrock.enabled,
             "Amazon Bedrock as Claude's backend is not built yet"),

@@ -32,7 +32,7 @@ from moat.constants import (
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
-from moat.plan import dockerfile
+from moat.plan import baseurl, dockerfile
 from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
@@ -149,7 +149,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     labels = {LABEL_RUN_ID: run_id, LABEL_HOME: home_id(request.home)}
     network = f"{NETWORK_PREFIX}{run_id}"
     scratch = request.scratch_root / f"moat-{run_id}"
-    policy = network_policy(model.network, request.allow_hosts, (g.rules for g in request.grants))
+    grants, host_ports, base_env, notes = _base_url(config, request.grants, tuple(model.network.host))
+    policy = network_policy(model.network, request.allow_hosts, (g.rules for g in grants))
     strict = policy is not None and policy.strict
     # Where the services and the agent are: the pod's holder, or (the sandbox) the run's network.
     members = pod_network(holder_name(run_id)) if traits.pods else network
@@ -180,7 +181,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         secrets |= service_secrets
 
     route: Route = "relay" if strict and traits.pods else traits.proxy_route
-    proxy = proxy_spec(request.grants, tuple(model.network.host), policy, run_id, request.home, request.proxy_ca,
+    proxy = proxy_spec(grants, host_ports, policy, run_id, request.home, request.proxy_ca,
                        traits.ca_path, route, new_token())
     context_target = f"{traits.grant_files}/{CONTEXT_FILE}"
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name, CONTEXT_VARIABLE: context_target}
@@ -190,10 +191,11 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     for service in services:
         env.update(service.agent_env)
     proxy_env: dict[str, str] = {}
-    files = grant_files(request.grants, scratch, traits.grant_files)
+    files = grant_files(grants, scratch, traits.grant_files)
     if proxy is not None:
-        placeholders = grant_env(request.grants, set(env), proxy)
+        placeholders = grant_env(grants, set(env), proxy)
         placeholders.update({variable: target for variable, (_, target, _) in files.items()})
+        placeholders.update(base_env)
         proxy_env = static_env(proxy, tuple(s.name for s in services), placeholders)
         env.update(proxy_env)
         secrets |= proxy.registration.secret_values()
@@ -226,9 +228,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     context_file = str(scratch / "context" / CONTEXT_FILE)
     context = render_context(
         name, run_id, policy, proxy is not None,
-        {g.name: granted_hosts((g.rules,)) for g in request.grants},
-        [variable for g in request.grants for variable in g.env],
-        {s.name: tuple(s.agent_env) for s in services}, tuple(model.network.host))
+        {g.name: granted_hosts((g.rules,)) for g in grants},
+        [variable for g in grants for variable in g.env],
+        {s.name: tuple(s.agent_env) for s in services}, host_ports)
     context_mounts = [Mount(context_file, context_target, read_only=True)]
     if traits.managed_memory:
         context_mounts.append(Mount(context_file, CLAUDE_MANAGED_MEMORY, read_only=True))
@@ -326,7 +328,30 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         policy=policy,
         agent_cli=request.agent.name if request.agent else None,
         agent_settings=request.agent.settings if request.agent else {},
+        notes=notes,
     )
+
+
+def _base_url(config: Config, grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...],
+              ) -> tuple[tuple[ResolvedGrant, ...], tuple[int, ...], dict[str, str], tuple[str, ...]]:
+    """claude.base_url applied: the anthropic grants also for its host, the host's port when it is
+    on this machine, and ANTHROPIC_BASE_URL — or, with no such grant, a note that it is unused."""
+    url = config.model.claude.base_url
+    if url is None:
+        return grants, host_ports, {}, ()
+    where = ("claude", "base_url")
+    try:
+        base = baseurl.route(url)
+    except baseurl.BaseUrlError as exc:
+        problem = Located(where, f"claude.base_url: {exc}", *config.marks.locate(where))
+        raise ConfigError(config.file, [problem]) from None
+    if not baseurl.uses_base_url(grants):
+        # As the Go tool: the endpoint is there to receive the grant's credential.
+        return grants, host_ports, {}, (
+            "claude.base_url is not used: the run has no claude or anthropic grant to send to it"
+            " (add one to grants:, or pass --grant)",)
+    ports = (*host_ports, base.host_port) if base.host_port and base.host_port not in host_ports else host_ports
+    return baseurl.with_base_url(grants, base), ports, {baseurl.BASE_URL_VARIABLE: base.url}, ()
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     for dep in _of(deps, DepType.TOOL):
         entry = catalog.get(dep.name)
         assert isinstance(entry, Tool)
-        apt.add(entry.apt)
+        apt.update((entry.apt, *entry.apt_with))
         if entry.link and entry.binary:
             links.append(f"ln -sf /usr/bin/{entry.link} /usr/local/bin/{entry.binary}")
     for dep in to_install:

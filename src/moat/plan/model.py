@@ -138,6 +138,7 @@ class Plan:
     policy: NetworkPolicy | None = None  # network.rules and strict mode (None: permissive, no rules)
     agent_cli: str | None = None  # moat claude & co.: which agent the run is
     agent_settings: Mapping[str, Any] = field(default_factory=dict)  # its options, for moat join
+    notes: tuple[str, ...] = ()  # what the user is told before the run starts (a setting left unused)
 
     @property
     def env(self) -> Mapping[str, str]:

@@ -60,4 +60,4 @@ def plan_caveats(plan: Plan) -> list[str]:
     strict = plan.policy is not None and plan.policy.strict
     provisions = {s.name: (s.provision.key, str(plan.home / "cache" / s.name)) for s in plan.services
                   if s.provision is not None}
-    return policy_caveats(strict, plan.limits.dns, provisions)
+    return [*plan.notes, *policy_caveats(strict, plan.limits.dns, provisions)]
