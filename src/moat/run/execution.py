@@ -120,6 +120,7 @@ class Run:
             agent={"container_name": plan.agent.name}, detached=detach,
             identity={"uid": plan.identity.uid, "gid": plan.identity.gid},
             proxy=plan.proxy is not None, grants=list(plan.proxy.grants) if plan.proxy else [],
+            scratch=str(plan.scratch),  # for `moat clean` to remove, should the run's teardown never come
             **({"agent_cli": plan.agent_cli, "agent_settings": dict(plan.agent_settings)} if plan.agent_cli else {}),
         )
         try:

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from moat.constants import (
@@ -44,6 +48,7 @@ class Leftovers:
     objects: list[tuple[EngineObject, str]] = field(default_factory=list)  # (object, why)
     images: list[ImageInfo] = field(default_factory=list)
     orphaned_runs: list[RunInfo] = field(default_factory=list)
+    finished_runs: list[RunInfo] = field(default_factory=list)  # whose kept objects go (their files too)
 
     @property
     def empty(self) -> bool:
@@ -76,6 +81,8 @@ def find(runtime: Runtime, registry: Registry, *, finished: bool, images: Images
             orphaned[run.id] = run
         elif finished:
             found.objects.append((obj, f"run {run_id} has finished ({run.recorded_state})"))
+            if run not in found.finished_runs:
+                found.finished_runs.append(run)
     # Orphaned runs with nothing left on the engine still need their record settled.
     for run in runs.values():
         if run.orphaned and run.metadata.get("runtime", runtime.name) == runtime.name:
@@ -117,7 +124,29 @@ def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
     for run in leftovers.orphaned_runs:
         problems += _unregister(run)
         settle_orphan(run)
+    for run in (*leftovers.orphaned_runs, *leftovers.finished_runs):
+        _remove_scratch(run)
     return problems
+
+
+def _remove_scratch(run: RunInfo) -> None:
+    """The run's private host directory (its agent's context file, grant files): what its teardown
+    would have removed, had it run (killed), or left for a kept agent. Only a directory of this
+    user's named after the run: the record says where, and nothing else is touched."""
+    text = run.metadata.get("scratch")
+    if not isinstance(text, str) or not text:
+        return
+    path = Path(text)
+    if not path.is_absolute() or path.name != f"moat-{run.id}":
+        return
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return  # gone already
+    # Not a link, and ours: the sandbox's directories belong to the agent's user, and its runtime
+    # removes them with the run's network.
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _unregister(run: RunInfo) -> list[str]:
