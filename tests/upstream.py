@@ -315,3 +315,50 @@ def serving(server: socketserver.BaseServer) -> Iterator[None]:
         thread.join(5)
 
 
+
+
+@contextmanager
+def git_http_server(root: Path) -> Iterator[tuple[int, list[str]]]:
+    """The repositories under ``root`` served over git's smart HTTP protocol (``git http-backend``,
+    as a forge serves them; shallow clones need it) on 127.0.0.1. Yields the port and the paths asked."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._backend()
+
+        def do_POST(self) -> None:
+            self._backend()
+
+        def _backend(self) -> None:
+            asked.append(self.path)
+            path, _, query = self.path.partition("?")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": str(root),
+                   "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path, "QUERY_STRING": query,
+                   "REQUEST_METHOD": self.command, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                   "CONTENT_LENGTH": str(length), "REMOTE_ADDR": "127.0.0.1"}
+            done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
+            head, _, payload = done.stdout.partition(b"\r\n\r\n")
+            status = 200
+            headers = []
+            for line in head.decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.lower() == "status":
+                    status = int(value.split()[0])
+                elif name:
+                    headers.append((name, value.strip()))
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(server):
+        yield server.server_address[1], asked

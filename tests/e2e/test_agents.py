@@ -21,7 +21,7 @@ import pytest
 from moat.agents.sessions import claude_project_dir
 from tests.helpers import WORKSPACE_UID, moat_command, run_moat, runs, wait_for, write_workspace
 from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
-from tests.upstream import StandIn, make_ca, stand_in_proxy
+from tests.upstream import StandIn, git_http_server, make_ca, stand_in_proxy
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -243,3 +243,55 @@ def test_claude_base_url_on_the_host_gets_the_key_through_the_proxy(model_apis: 
     assert model_apis.hosts == []  # nothing went to the real API host
     assert not model_apis.llm.seen
     _nowhere(ANTHROPIC_KEY, moat_home, result.output)
+
+
+SKILL = "moat-e2e-greeting"
+MARKETPLACE = {
+    ".claude-plugin/marketplace.json": '{"name": "moat-standin", "owner": {"name": "moat tests"}, "plugins":'
+                                       ' [{"name": "hello", "source": "./plugins/hello", "description": "stand-in"}]}',
+    "plugins/hello/.claude-plugin/plugin.json": '{"name": "hello", "version": "1.0.0", "description": "stand-in"}',
+    f"plugins/hello/skills/{SKILL}/SKILL.md": f"---\nname: {SKILL}\ndescription: Greets the moat end-to-end"
+                                               " test\n---\nSay hello.\n",
+}
+
+
+@pytest.fixture
+def marketplace_repo(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A stand-in plugin marketplace: a git repository served over git's smart HTTP protocol on
+    this machine's loopback (GitHub is not reachable here). Yields its URL and the paths asked for."""
+    source, bare = tmp_path / "market-src", tmp_path / "served" / "market.git"
+    for relative, text in MARKETPLACE.items():
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        (source / relative).write_text(text)
+    git = ["git", "-c", "user.name=moat", "-c", "user.email=moat@localhost", "-c", "init.defaultBranch=main"]
+    for command in (["init", "-q", str(source)], ["-C", str(source), "add", "."],
+                    ["-C", str(source), "commit", "-q", "-m", "stand-in marketplace"],
+                    ["clone", "-q", "--bare", str(source), str(bare)], ["-C", str(bare), "update-server-info"]):
+        subprocess.run([*git, *command], check=True, capture_output=True)
+    with git_http_server(tmp_path / "served") as (port, asked):
+        yield f"http://127.0.0.1:{port}/market.git", asked
+
+
+def test_claude_plugins_from_a_marketplace_are_built_into_the_image_and_enabled(
+        model_apis: ModelApis, moat_home: Path, tmp_path: Path, marketplace_repo: tuple[str, list[str]]) -> None:
+    """The Go tool's agent-claude example, its marketplace a local stand-in: cloned on the host, the
+    plugin installed into the image, and its skill offered to the model under a strict policy."""
+    url, asked = marketplace_repo
+    _grant("anthropic", ANTHROPIC_KEY)
+    workspace = _workspace(tmp_path / "ws", f"name: plugins\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+                                            "claude:\n  plugins:\n    hello@moat-standin: true\n"
+                                            f"  marketplaces:\n    moat-standin:\n      source: git\n      url: {url}\n"
+                                            "network:\n  policy: strict\n")
+    result = run_moat(["claude", str(workspace), "-p", "which skills do you have?"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    assert any(path.endswith("/info/refs?service=git-upload-pack") or path.endswith("/info/refs")
+               for path in asked), asked  # cloned by moat, on the host
+    calls = model_apis.llm.requests("/v1/messages")
+    assert any(SKILL.encode() in call.body for call in calls), "the plugin's skill never reached the model"
+    assert set(model_apis.hosts) == ANTHROPIC, model_apis.hosts
+    # A second run reuses the image: nothing is cloned again.
+    asked.clear()
+    again = run_moat(["claude", str(workspace), "-p", "again"], env=model_apis.env, timeout=BUILD_TIMEOUT)
+    assert again.code == 0, again.output
+    assert asked == []

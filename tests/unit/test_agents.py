@@ -194,7 +194,7 @@ def test_agent_blocks_load_and_only_what_is_not_built_is_refused() -> None:
     found = [".".join(p) for p, _ in unsupported(parse(
         "claude:\n  plugins: {a@b: true}\n  base_url: https://gw.example.test\n  sync_logs: true\n"
         "codex: {shared_sessions: true}\npi: {packages: ['npm:x']}\n"))]
-    assert found == ["claude.plugins", "codex.shared_sessions", "pi.packages"]  # base_url is built
+    assert found == ["codex.shared_sessions", "pi.packages"]  # plugins and base_url are built
 
 
 # -- the build's certificate authorities ------------------------------------------------------------

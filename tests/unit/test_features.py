@@ -27,7 +27,6 @@ UNSUPPORTED = [
     ("devices: [{name: board}]\n", "devices"),
     ("clipboard: true\n", "clipboard"),
     ("runtime: apple\n", "runtime"),
-    ("claude: {plugins: {a@b: true}}\n", "claude.plugins"),
     ("codex: {sync_logs: true}\n", "codex.sync_logs"),
     ("gemini: {sync_logs: true}\n", "gemini.sync_logs"),
     ("kiro: {sync_logs: true}\n", "kiro"),
@@ -93,7 +92,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     assert listed == [
         "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
-        "claude.plugins", "claude.marketplaces", "claude.llm-gateway", "claude.bedrock",
+        "claude.llm-gateway", "claude.bedrock",
         "codex.sync_logs", "pi.packages", "kiro",
     ]
 

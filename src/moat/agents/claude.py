@@ -72,6 +72,8 @@ class Claude(Agent):
         settings: dict[str, object] = {}
         if options.yolo:
             settings = {"permissions": {"defaultMode": "bypassPermissions"}, "skipDangerousModePermissionPrompt": True}
+        if block.plugins:  # installed in the image; this file replaces the one the install wrote
+            settings["enabledPlugins"] = dict(sorted(block.plugins.items()))
         files.update({".claude.json": pretty_json(state), ".claude/settings.json": pretty_json(settings)})
         return self.base(grant, tuple(command), options, env=env, home_files=files)
 

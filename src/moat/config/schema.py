@@ -8,6 +8,7 @@ normalised to one shape before validation, so errors point at the user's key, no
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
@@ -349,12 +350,38 @@ class LocalMcpServer(Section):
     cwd: Text = ""
 
 
+# Names and locations that reach a shell line and a path in the image: the Go tool's rules.
+MARKETPLACE_NAME = r"^[A-Za-z0-9_-]+$"
+PLUGIN_KEY = r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_-]+$"
+GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+GIT_URL = re.compile(r"^(https?://|ssh://|git@)[A-Za-z0-9._@:/~+-]+$")
+
+
 class Marketplace(Section):
     source: Literal["github", "git", "directory"]
     repo: Text = ""
     url: Text = ""
     path: Text = ""
     ref: Text = ""  # accepted by older Go moat versions, ignored there
+
+    @model_validator(mode="after")
+    def _location(self) -> Marketplace:
+        if self.source == "github" and not GITHUB_REPO.fullmatch(self.repo):
+            raise ValueError("a github marketplace needs repo: OWNER/REPO")
+        if self.source == "git" and not GIT_URL.fullmatch(self.url):
+            raise ValueError("a git marketplace needs url: an https://, ssh:// or git@ URL"
+                             " (letters, digits and . _ @ : / ~ + -)")
+        if self.source == "git" and self.url.startswith(("http://", "https://")):
+            authority = self.url.split("://", 1)[1].split("/", 1)[0]
+            if "@" in authority:  # it would be written into the image and the run's record
+                raise ValueError("a git marketplace's url must not carry a user or token; moat clones it with"
+                                 " your git, and its credential helper")
+            host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+            if self.url.startswith("http://") and host not in ("localhost", "127.0.0.1", "[::1]"):
+                raise ValueError("a git marketplace's url must be https:// (plain http:// only on this machine)")
+        if self.source == "directory" and not self.path:
+            raise ValueError("a directory marketplace needs path: a directory (relative to the workspace)")
+        return self
 
 
 class LlmGateway(Section):
@@ -377,8 +404,10 @@ class Bedrock(Section):
 class ClaudeConfig(Section):
     base_url: Annotated[Text, matching(r"^https?://[^/\s]+", "an http:// or https:// URL with a host")] | None = None
     sync_logs: bool | None = None
-    plugins: dict[str, bool] = Field(default_factory=dict)
-    marketplaces: dict[str, Marketplace] = Field(default_factory=dict)
+    plugins: dict[Annotated[str, matching(PLUGIN_KEY, "PLUGIN@MARKETPLACE (letters, digits and _ - .)")], bool] = \
+        Field(default_factory=dict)
+    marketplaces: dict[Annotated[str, matching(MARKETPLACE_NAME, "letters, digits, _ and -")], Marketplace] = \
+        Field(default_factory=dict)
     mcp: dict[str, LocalMcpServer] = Field(default_factory=dict)
     subscription_type: Text = ""
     rate_limit_tier: Text = ""

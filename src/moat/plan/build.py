@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentSetup, init_script
+from moat.agents.plugins import PluginSet, plugin_set
 from moat.catalog import Catalog, DepType
+from moat.catalog.deps import Dependency
 from moat.config.load import Config
 from moat.constants import (
     AGENT_CONTAINER_PREFIX,
@@ -159,15 +161,17 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     ca = build_ca(request.host_env) if traits.builds_images else None
     builds = config.dependencies if traits.builds_images else ()
     uses_go = any(d.type is DepType.GO or d.manager == "go" for d in builds)
+    claude_plugins, plugin_notes = _claude_plugins(config, request.workspace, builds, runtime)
+    notes += plugin_notes
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca,
                                     **mirrors(request.host_env, releases=any(d.type is DepType.RELEASE for d in builds),
-                                              go=uses_go))
+                                              go=uses_go), claude_plugins=claude_plugins)
     text = dockerfile.render(inputs, catalog)
     build_context = dockerfile.build_context(inputs) if traits.builds_images else {}
     # Services run in their own images: only what is built into the agent image names its tag.
     specs = sorted(d.spec for d in config.dependencies if d.type is not DepType.SERVICE)
     image = ImageSpec(image_tag(specs, text, build_context), base, text, tuple(specs), identity.uid, identity.gid,
-                      base_image_explicit=bool(model.base_image), context=build_context)
+                      base_image_explicit=bool(model.base_image), context=build_context, claude_plugins=claude_plugins)
 
     services: list[ServiceSpec] = []
     secrets: set[str] = set()
@@ -330,6 +334,28 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         agent_settings=request.agent.settings if request.agent else {},
         notes=notes,
     )
+
+
+CLAUDE_CODE = "claude-code"  # the catalog's name for Claude Code's CLI
+
+
+def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, ...], runtime: str,
+                    ) -> tuple[PluginSet | None, tuple[str, ...]]:
+    """claude.plugins and claude.marketplaces, for an image that has Claude Code (the Go tool skips
+    them otherwise, and so does moat, saying so)."""
+    block = config.model.claude
+    if not block.plugins and not block.marketplaces:
+        return None, ()
+    if not TRAITS[runtime].builds_images:
+        key = "plugins" if block.plugins else "marketplaces"
+        where = ("claude", key)
+        message = (f"claude.{key}: Claude Code's plugins are built into the agent image, and the {runtime} runtime"
+                   " builds none; use --runtime docker, or remove the key")
+        raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=True))])
+    if not any(d.name == CLAUDE_CODE for d in builds):
+        return None, (f"claude.plugins and claude.marketplaces are not installed: {CLAUDE_CODE} is not among the"
+                      " dependencies (moat claude adds it)",)
+    return plugin_set(block, workspace), ()
 
 
 def _base_url(config: Config, grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...],

@@ -11,6 +11,8 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
+from moat.agents import plugins
+from moat.agents.plugins import PluginSet
 from moat.catalog import Catalog, Custom, DepType, Download, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
 from moat.catalog.deps import Dependency, quote_packages
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
@@ -42,6 +44,11 @@ class ImageInputs:
     # Mirrors (MOAT_GITHUB_DOWNLOAD_BASE, MOAT_GOPROXY): where release binaries and Go modules come from.
     github_base: str = GITHUB
     goproxy: str | None = None
+    claude_plugins: PluginSet | None = None  # installed last, as the agent's user (claude.plugins)
+
+
+def agent_home(uid: int) -> str:
+    return "/root" if uid == 0 else AGENT_HOME
 
 
 def choose_base_image(deps: tuple[Dependency, ...], catalog: Catalog, override: str | None) -> str:
@@ -61,6 +68,8 @@ def build_context(inputs: ImageInputs) -> dict[str, str]:
     context = {BUILD_CA_FILE: inputs.build_ca} if inputs.build_ca else {}
     if any(d.type in (DepType.RELEASE, DepType.DOWNLOAD, DepType.CUSTOM) for d in inputs.dependencies):
         context[FETCH_RELEASE] = resources.files("moat.plan").joinpath("scripts", FETCH_RELEASE).read_text()
+    if inputs.claude_plugins:
+        context.update(plugins.context_files(inputs.claude_plugins, agent_home(inputs.uid)))
     return context
 
 
@@ -161,6 +170,8 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             else [manager.install.replace("{packages}", " ".join(specs))]
         lines.append(f"RUN {trust}" + " && ".join(commands))
     lines += _user_lines(inputs.uid, inputs.gid)
+    if inputs.claude_plugins:  # last: the layer most likely to change (a plugin added, --rebuild)
+        lines += plugins.dockerfile_lines(inputs.claude_plugins, agent_home(inputs.uid), inputs.uid, inputs.gid, trust)
     return "\n".join(lines) + "\n"
 
 

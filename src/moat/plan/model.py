@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moat.agents.plugins import PluginSet
 from moat.catalog.model import Provisions
 from moat.constants import MASK
 from moat.masking import Masker
@@ -32,6 +33,9 @@ class ImageSpec:
     base_image_explicit: bool = False  # moat.yaml's base_image chose it
     # Files the Dockerfile COPYs (name → text), sent with it as the build context: the build CA.
     context: Mapping[str, str] = field(default_factory=dict)
+    # Claude Code's plugin marketplaces: fetched on the host into the context when the image is built.
+    claude_plugins: PluginSet | None = None
+    fetched: Mapping[str, bytes] = field(default_factory=dict)  # what was fetched for the build (not in the tag)
 
 
 @dataclass(frozen=True)

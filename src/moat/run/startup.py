@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
+from moat.agents import plugins
 from moat.cache import HostCache, LockAborted, LockTimeout
 from moat.constants import LABEL_ROLE, ROLE_IMAGE
 from moat.errors import EngineError, MoatError
@@ -271,6 +272,13 @@ class Startup:
         if not self.rebuild and self.runtime.image_exists(image.tag):
             self.events.log(f"agent image {image.tag} is up to date")
             return
+        if image.claude_plugins is not None and image.claude_plugins.marketplaces:
+            # Only now, and only for a build: the clones are the build's input, not the tag's.
+            self.events.log("fetching Claude Code's plugin marketplaces")
+            fetched: dict[str, bytes] = {}
+            wanted = image.claude_plugins
+            self._abortable(lambda: fetched.update(plugins.fetch(wanted)))  # a clone can hang on the network
+            image = replace(image, fetched=fetched)
         self._build(image, "agent image", no_cache=self.rebuild)
         self.timeline.mark("image_built")
 

@@ -557,8 +557,8 @@ def _build_context(image: ImageSpec) -> io.BytesIO:
     """The Dockerfile and the files it COPYs, as the tar the engine's build API takes."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text in {"Dockerfile": image.dockerfile, **image.context}.items():
-            data = text.encode()
+        files = {name: text.encode() for name, text in {"Dockerfile": image.dockerfile, **image.context}.items()}
+        for name, data in {**files, **image.fetched}.items():
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
