@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from moat.agents.sessions import claude_project_dir
+from moat.agents.sessions import claude_project_dir, sessions_dir
 from tests.helpers import WORKSPACE_UID, moat_command, run_moat, runs, wait_for, write_workspace
 from tests.llm_standin import REPLY_PREFIX, LlmStandIn, llm_standin
 from tests.upstream import StandIn, git_http_server, make_ca, stand_in_proxy
@@ -295,3 +295,26 @@ def test_claude_plugins_from_a_marketplace_are_built_into_the_image_and_enabled(
     again = run_moat(["claude", str(workspace), "-p", "again"], env=model_apis.env, timeout=BUILD_TIMEOUT)
     assert again.code == 0, again.output
     assert asked == []
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.agent in ("codex", "gemini")], ids=lambda c: c.agent)
+def test_codex_and_gemini_sessions_stay_on_the_host_for_the_next_run(model_apis: ModelApis, moat_home: Path,
+                                                                     tmp_path: Path, case: AgentCase) -> None:
+    """The transcript a run's agent wrote outlives the run, in the workspace's own directory under
+    MOAT_HOME (never the host's ~/.codex or ~/.gemini), where the next run's agent finds it."""
+    _grant(case.provider, case.key)
+    workspace = _workspace(tmp_path / "ws", f"name: kept-{case.agent}\n{case.config}network:\n  policy: strict\n")
+    result = run_moat([case.agent, str(workspace), "-p", "remember the word OSPREY"], env=model_apis.env,
+                      timeout=BUILD_TIMEOUT)
+    assert result.code == 0, result.output
+    kept = sessions_dir(case.agent, workspace, moat_home)
+    written = [p for p in kept.rglob("*") if p.is_file() and b"OSPREY" in p.read_bytes()]
+    assert written, sorted(str(p.relative_to(kept)) for p in kept.rglob("*"))
+    assert not (tmp_path / "host-home" / f".{case.agent}").exists()  # the host's own directory is untouched
+    # A second run's agent writes beside the first's (the same directory, linked where it looks).
+    again = run_moat([case.agent, str(workspace), "-p", "and the word HERON"], env=model_apis.env,
+                     timeout=BUILD_TIMEOUT)
+    assert again.code == 0, again.output
+    assert any(b"HERON" in p.read_bytes() for p in kept.rglob("*") if p.is_file())
+    assert all(p.exists() for p in written)
+    _nowhere(case.key, moat_home, result.output)

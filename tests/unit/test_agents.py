@@ -291,6 +291,11 @@ def test_claude_keeps_each_workspaces_sessions_under_moat_home(tmp_path: Path) -
     long = claude_project_dir(Path("/w/" + "x" * 400), tmp_path)  # any length: a name the filesystem takes
     assert len(long.name) <= 93 and long != claude_project_dir(Path("/w/" + "x" * 401), tmp_path)
     assert claude.state(parse("claude: {sync_logs: false}\n").model, Path("/w"), tmp_path) == ()
+    # Codex's and Gemini CLI's whole session directories are the workspace's own, each under its agent.
+    for name, target in (("codex", ".codex/sessions"), ("gemini", ".gemini/tmp")):
+        [(kept, where)] = AGENTS[name].state(parse("").model, Path("/home/a/my.project"), tmp_path)
+        assert Path(kept).parent == tmp_path / "sessions" / name and where == target
+        assert AGENTS[name].state(parse(f"{name}: {{sync_logs: false}}\n").model, Path("/w"), tmp_path) == ()
     agent = replace(setup("claude", prompt="go"), state_mounts=((host, relative),))
     plan = plan_for("", command=(), agent=agent, identity=Identity(1000, 1000))
     [mount] = [m for m in plan.agent.mounts if m.source == host]

@@ -25,9 +25,9 @@ def test_copilot_context_and_reasoning_effort_and_codex_shared_sessions_load() -
     assert config.model.copilot.context == "long_context"
     assert config.model.copilot.reasoning_effort == "xhigh"
     assert config.model.codex.shared_sessions is True
-    # Copilot's settings are read by `moat copilot`; Codex's shared and synced sessions are not built yet.
-    assert [".".join(path) for path, _ in unsupported(config)] == ["codex.sync_logs", "codex.shared_sessions"]
-    with pytest.raises(UnsupportedFeatureError, match=r"not supported yet: codex\.sync_logs, codex\.shared_sessions"):
+    # Copilot's settings are read by `moat copilot`, Codex's synced sessions too; sharing the host's is not built.
+    assert [".".join(path) for path, _ in unsupported(config)] == ["codex.shared_sessions"]
+    with pytest.raises(UnsupportedFeatureError, match=r"not supported yet: codex\.shared_sessions"):
         require_supported(config)
 
 

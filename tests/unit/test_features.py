@@ -27,8 +27,6 @@ UNSUPPORTED = [
     ("devices: [{name: board}]\n", "devices"),
     ("clipboard: true\n", "clipboard"),
     ("runtime: apple\n", "runtime"),
-    ("codex: {sync_logs: true}\n", "codex.sync_logs"),
-    ("gemini: {sync_logs: true}\n", "gemini.sync_logs"),
     ("kiro: {sync_logs: true}\n", "kiro"),
     ("pi: {packages: ['npm:x']}\n", "pi.packages"),
     ("codex: {shared_sessions: true}\n", "codex.shared_sessions"),
@@ -67,6 +65,7 @@ SUPPORTED = [
     "pi: {provider: anthropic, model: m}\n",
     "claude: {sync_logs: false, mcp: {x: {command: y}}}\ncodex: {sync_logs: false}\n",
     "claude: {sync_logs: true}\n",
+    "codex: {sync_logs: true}\ngemini: {sync_logs: true}\n",
     "interactive: true\nsandbox: none\nagent: claude\nversion: '1'\n",
     "container: {memory: 512, cpus: 1, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
     "base_image: ubuntu:24.04\n",
@@ -93,7 +92,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
         "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude.llm-gateway", "claude.bedrock",
-        "codex.sync_logs", "pi.packages", "kiro",
+        "pi.packages", "kiro",
     ]
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from moat.agents.base import Agent, pretty_json, prompt_options, stdio_servers
 from moat.agents.model import AgentOptions, AgentSetup
+from moat.agents.sessions import GEMINI_SESSIONS, sessions_dir
 from moat.config.schema import MoatConfig
 
 
 class Gemini(Agent):
+    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
+        if config.gemini.sync_logs is False:
+            return ()
+        return ((str(sessions_dir("gemini", workspace, moat_home)), GEMINI_SESSIONS),)
+
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:
         command = ["gemini"]

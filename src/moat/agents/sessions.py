@@ -1,4 +1,5 @@
-"""Where an agent's session transcripts are kept on the host, so that the next run can resume them.
+"""Where an agent's session transcripts are kept on the host, so that the next run can resume them
+(Claude Code's, Codex's and Gemini CLI's; each agent's own directory under MOAT_HOME/sessions).
 
 Claude Code keeps a project's sessions in ``~/.claude/projects/<slug>/<session-id>.jsonl``. moat keeps
 each workspace's in a directory of its own, ``MOAT_HOME/sessions/claude/<workspace slug>-<hash>``,
@@ -28,11 +29,22 @@ def slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "-", path)
 
 
-def claude_project_dir(workspace: Path, moat_home: Path) -> Path:
-    """The workspace's sessions: a readable name (at most 80 characters) and a hash that tells apart
-    workspaces whose names read alike, whatever the path's length."""
+def sessions_dir(agent: str, workspace: Path, moat_home: Path) -> Path:
+    """The workspace's sessions of ``agent``: a readable name (at most 80 characters) and a hash that
+    tells apart workspaces whose names read alike, whatever the path's length."""
     digest = hashlib.sha256(os.fsencode(workspace)).hexdigest()[:12]  # any bytes a path may hold
-    return moat_home / "sessions" / "claude" / f"{slug(str(workspace))[-80:].lstrip('-')}-{digest}"
+    return moat_home / "sessions" / agent / f"{slug(str(workspace))[-80:].lstrip('-')}-{digest}"
+
+
+def claude_project_dir(workspace: Path, moat_home: Path) -> Path:
+    return sessions_dir("claude", workspace, moat_home)
+
+
+# Codex keeps its transcripts by date (~/.codex/sessions/YYYY/MM/DD/rollout-*.jsonl), not by project,
+# and Gemini CLI its chats under ~/.gemini/tmp/<hash of the project>/: each agent's whole directory is
+# the workspace's own (the Go tool's choice for Codex; Gemini's it does not keep).
+CODEX_SESSIONS = ".codex/sessions"
+GEMINI_SESSIONS = ".gemini/tmp"
 
 
 def claude_mount_target() -> str:

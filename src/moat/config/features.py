@@ -72,11 +72,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("claude", "llm-gateway"), lambda c: c.claude.llm_gateway is not None, "the LLM gateway is not built yet"),
     Feature(("claude", "bedrock"), lambda c: c.claude.bedrock is not None and c.claude.bedrock.enabled,
             "Amazon Bedrock as Claude's backend is not built yet"),
-    *(
-        Feature((agent, "sync_logs"), (lambda c, a=agent: getattr(c, a).sync_logs is True),  # type: ignore[misc]
-                f"syncing {agent}'s session logs to the host is not built yet (set it to false, or remove it)")
-        for agent in ("codex", "gemini")
-    ),
     Feature(("codex", "shared_sessions"), lambda c: c.codex.shared_sessions,
             "sharing the host's Codex sessions is not built yet"),
     Feature(("pi", "packages"), lambda c: bool(c.pi.packages), "pi packages are not installed yet"),
