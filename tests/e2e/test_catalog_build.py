@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,3 +125,92 @@ def test_a_release_whose_checksum_does_not_match_is_not_installed(engine: Docker
     [run] = runs(moat_home)
     assert left_for(engine, run["id"]) == []
     assert os.environ.get("MOAT_GITHUB_DOWNLOAD_BASE") is None  # the test's setting went to moat alone
+
+
+@dataclass
+class AptRepository:
+    """A stand-in for Docker's apt repository (download.docker.com is not reachable here), signed with
+    a key made for the test: a ``docker-ce-cli`` package holding this machine's own docker client."""
+
+    root: Path
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
+    done = subprocess.run(["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback",
+                           "--passphrase", "", *args], input=data, capture_output=True, check=True)
+    return done.stdout
+
+
+def _publish_docker_cli(root: Path, work: Path) -> None:
+    client = shutil.which("docker")
+    assert client, "the docker client is needed to stand in for docker-ce-cli"
+    package = work / "docker-ce-cli"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "usr" / "bin").mkdir(parents=True)
+    shutil.copy(client, package / "usr" / "bin" / "docker")
+    (package / "DEBIAN" / "control").write_text(
+        "Package: docker-ce-cli\nVersion: 5:99.0.0-moat-stand-in\nArchitecture: amd64\n"
+        "Maintainer: moat tests <tests@localhost>\nDescription: stand-in for Docker's CLI package\n")
+    repo = root / "debian"
+    pool = repo / "pool"
+    pool.mkdir(parents=True)
+    deb = pool / "docker-ce-cli_99.0.0_amd64.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(package), str(deb)], check=True,
+                   capture_output=True)
+    control = (package / "DEBIAN" / "control").read_text()
+    data = deb.read_bytes()
+    packages = (f"{control.rstrip()}\nFilename: pool/{deb.name}\nSize: {len(data)}\n"
+                f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n").encode()
+    index = repo / "dists" / "bookworm" / "stable" / "binary-amd64"
+    index.mkdir(parents=True)
+    (index / "Packages").write_bytes(packages)
+    release = ("Origin: moat-stand-in\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\n"
+               "Components: stable\nDate: Thu, 26 Nov 2026 00:00:00 UTC\nSHA256:\n"
+               f" {hashlib.sha256(packages).hexdigest()} {len(packages)} stable/binary-amd64/Packages\n")
+    keys = work / "gnupg"
+    keys.mkdir(mode=0o700)
+    _gpg(keys, "--quick-gen-key", "moat stand-in <tests@localhost>", "ed25519", "sign", "never")
+    (repo / "gpg").write_bytes(_gpg(keys, "--armor", "--export"))
+    (repo / "dists" / "bookworm" / "InRelease").write_bytes(_gpg(keys, "--clearsign", data=release.encode()))
+
+
+@pytest.fixture
+def docker_apt(tmp_path: Path) -> Iterator[AptRepository]:
+    stand_in = AptRepository(tmp_path / "apt")
+    _publish_docker_cli(stand_in.root, tmp_path / "apt-work")
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            stand_in.requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
+    stand_in.port = server.server_address[1]
+    with serving(server):
+        yield stand_in
+
+
+def test_docker_host_hands_the_agent_the_engine_through_its_socket(engine: DockerRuntime, moat_home: Path,
+                                                                   tmp_path: Path, docker_apt: AptRepository) -> None:
+    """docker:host: Docker's CLI from Docker's apt repository (its stand-in, its signature checked by
+    apt), the engine's socket mounted, the agent's user in the socket's group: the agent reaches the
+    very engine moat runs on."""
+    workspace = write_workspace(tmp_path / "ws", "name: with-docker\ndependencies: ['docker:host']\n")
+    if os.getuid() == 0:  # as on a laptop: the agent is an ordinary user, allowed in by the socket's group
+        shutil.chown(workspace, 1000, 1000)
+    env = {"MOAT_DOCKER_APT_BASE": docker_apt.base}
+    if any(HOST_CAS.glob("*.crt")):
+        env["MOAT_BUILD_CA_CERTS"] = str(HOST_CAS)
+    check = "id -u; docker version --format '{{.Server.Version}}'"
+    result = run_moat(["run", str(workspace), "--", "sh", "-c", check], env=env, timeout=900)
+    assert result.code == 0, result.output
+    uid, server = result.stdout.split()
+    assert uid == ("1000" if os.getuid() == 0 else str(os.getuid()))
+    assert server == engine.api.version()["Version"]  # the engine moat runs on
+    assert "/debian/dists/bookworm/InRelease" in docker_apt.requests  # signed index, checked by apt
+    assert any(path.endswith(".deb") for path in docker_apt.requests)

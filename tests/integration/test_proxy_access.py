@@ -166,6 +166,25 @@ def test_a_tunnel_to_moat_host_carries_any_protocol_even_server_first(host: Host
             client.unregister(host.home, "run_tcp")
 
 
+def test_a_grant_for_one_of_the_hosts_ports_reaches_that_port_alone(host: Host) -> None:
+    """claude.base_url's endpoint on this machine: its grant names moat-host:<its port>, and another
+    listed port of the host (a dev server, a tunnel) never gets the credential."""
+    token, key = secrets.token_hex(32), secrets.token_hex(16)
+    grant = GrantRules("endpoint", injections=(HeaderInjection((f"moat-host:{host.plain.port}",),
+                                                               (("X-Endpoint-Key", key),)),))
+    trace = host.home / "runs" / "run_port" / "network.jsonl"
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    client.register(host.home, registration("run_port", token, trace, grant,
+                                            host_ports=(host.https.port, host.plain.port)))
+    try:
+        assert curl(host.info, token, f"http://moat-host:{host.plain.port}/echo/its-port").returncode == 0
+        assert [s for s in host.plain.seen if s.path == "/echo/its-port"][-1].header("X-Endpoint-Key") == key
+        assert curl(host.info, token, f"https://moat-host:{host.https.port}/echo/other-port").returncode == 0
+        assert [s for s in host.https.seen if s.path == "/echo/other-port"][-1].header("X-Endpoint-Key") is None
+    finally:
+        client.unregister(host.home, "run_port")
+
+
 def test_moat_host_refuses_ports_not_listed(host: Host) -> None:
     with socket.socket() as spare:  # a port nobody listed (nor listens on)
         spare.bind(("127.0.0.1", 0))

@@ -24,11 +24,12 @@ GITHUB = ResolvedGrant("github", GrantRules("github", injections=(
 @pytest.mark.parametrize("url, agent_url, port", [
     ("http://localhost:8787", "http://moat-host:8787", 8787),
     ("http://127.0.0.1:8787/anthropic/", "http://moat-host:8787/anthropic/", 8787),
-    ("http://[::1]:9000", "http://moat-host:9000", 9000),
+    ("http://0.0.0.0:9000", "http://moat-host:9000", 9000),  # listening on every address: 127.0.0.1 too
     ("http://llm.localhost", "http://moat-host:80", 80),
 ])
 def test_an_endpoint_on_this_machine_is_reached_as_moat_host(url: str, agent_url: str, port: int) -> None:
-    assert route(url) == BaseUrl(agent_url, "moat-host", port)
+    # The grant is for that port alone: not for every port the run lists under network.host.
+    assert route(url) == BaseUrl(agent_url, f"moat-host:{port}", port)
 
 
 def test_an_endpoint_elsewhere_is_used_as_it_is() -> None:
@@ -38,6 +39,11 @@ def test_an_endpoint_elsewhere_is_used_as_it_is() -> None:
 
 @pytest.mark.parametrize("url, why", [
     ("https://localhost:8787", "must be plain http://"),
+    ("http://llm-gateway.example.com:8080/v1", "elsewhere must be https://"),  # the key would travel in clear
+    ("http://[::1]:9000", "at 127.0.0.1, not ::1"),
+    ("http://127.0.0.2:9000", "at 127.0.0.1, not 127.0.0.2"),
+    ("http://127.1:9000", "usual dotted form"),
+    ("http://localhost:0", "port is not valid"),
     ("http://user:pw@gateway.example.com", "must not carry a user or password"),
     ("http://gateway.example.com:99999", "port is not valid"),
     ("ftp://gateway.example.com", "http:// or https://"),
@@ -48,21 +54,23 @@ def test_what_cannot_be_routed_says_why(url: str, why: str) -> None:
 
 
 def test_only_the_anthropic_grants_are_injected_for_the_endpoint() -> None:
-    out = with_base_url((ANTHROPIC, GITHUB), BaseUrl("http://moat-host:8787", "moat-host", 8787))
-    assert out[0].rules.injections[0].hosts == ("api.anthropic.com", "moat-host")
+    out = with_base_url((ANTHROPIC, GITHUB), BaseUrl("http://moat-host:8787", "moat-host:8787", 8787))
+    assert out[0].rules.injections[0].hosts == ("api.anthropic.com", "moat-host:8787")
     assert out[0].rules.injections[0].set == (("x-api-key", KEY),)
     assert out[1] is GITHUB
 
 
 def test_the_plan_points_the_agent_at_moat_host_and_lets_the_proxy_reach_the_port(tmp_path: Path) -> None:
-    plan = plan_for("claude:\n  base_url: http://localhost:8787\nnetwork:\n  policy: strict\n",
+    plan = plan_for("claude:\n  base_url: http://localhost:8787\nnetwork:\n  policy: strict\n  host: [5432]\n",
                     home=tmp_path, scratch_root=tmp_path, grants=(ANTHROPIC,), proxy_ca=tmp_path / "ca.crt")
     assert plan.agent.env["ANTHROPIC_BASE_URL"] == "http://moat-host:8787"
     assert plan.proxy is not None
     registration = plan.proxy.registration
-    assert registration.host_ports == (8787,)
+    assert registration.host_ports == (5432, 8787)
     [grant] = registration.grants
-    assert grant.injections[0].hosts == ("api.anthropic.com", "moat-host")
+    assert grant.injections[0].hosts == ("api.anthropic.com", "moat-host:8787")
+    assert grant.injections[0].applies_to("moat-host:8787")
+    assert not grant.injections[0].applies_to("moat-host:5432")  # another of the host's services: nothing
     assert KEY not in str(plan.agent.env)
     assert plan_caveats(plan) == []
 

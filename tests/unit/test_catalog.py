@@ -198,10 +198,9 @@ def test_describe_details_for_a_service() -> None:
 def test_describe_lists_every_entry_and_prefix() -> None:
     rows = all_summaries(CATALOG)
     names = [r["name"] for r in rows]
-    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:"]
+    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:", "docker:host"]
     assert {r["type"] for r in rows} == {"runtime", "tool", "npm", "github-binary", "download", "custom", "uv-tool",
-                                         "go-install",
-                                         "service", "meta", "dynamic"}
+                                         "go-install", "service", "meta", "dynamic", "docker"}
 
 
 

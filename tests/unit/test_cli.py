@@ -68,7 +68,7 @@ def test_deps_list(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "DEFAULT", "VERSIONS", "DESCRIPTION"]
     names = [line.split()[0] for line in lines[1:]]
-    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:"]
+    assert names == [*CATALOG.names(), "cargo:", "go:", "npm:", "pip:", "uv:", "docker:host"]
     postgres = next(line for line in lines if line.startswith("postgres "))
     assert "service" in postgres and "15, 16, 17" in postgres
 

@@ -147,7 +147,7 @@ def deps_info_error(name: str) -> UsageError:
     return result.exception
 
 
-@pytest.mark.parametrize("name", ["delta", "docker"])
+@pytest.mark.parametrize("name", ["delta"])
 def test_deps_info_names_a_go_dependency_not_provided_yet(name: str) -> None:
     message = deps_info_error(name).message
     assert message.startswith(f"'{name}' is a dependency of the Go moat that this moat does not provide yet")

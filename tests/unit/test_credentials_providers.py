@@ -319,3 +319,14 @@ def test_host_patterns_are_validated() -> None:
     for bad in ("", "https://x.com", "x.com/path", "a.*.com", "x.com:443", "bad host"):
         assert valid_pattern(bad) is not None, bad
     assert normalize_host(" [::1] ") == "::1"
+
+
+def test_a_pattern_with_a_port_names_that_port_of_the_host_alone() -> None:
+    from moat.credentials.hosts import any_host_matches
+
+    assert any_host_matches(("moat-host:8787",), "moat-host:8787")
+    assert not any_host_matches(("moat-host:8787",), "moat-host:5432")
+    assert not any_host_matches(("moat-host:8787",), "moat-host")
+    assert any_host_matches(("moat-host",), "moat-host:5432")  # without a port: every port of the name
+    assert any_host_matches(("*.example.com",), "api.example.com:443")
+    assert not any_host_matches(("moat-host:8787",), "evil-moat-host:8787")

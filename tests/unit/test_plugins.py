@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,8 +97,13 @@ def _members(data: bytes) -> dict[str, tuple[int, bytes | None]]:
     return out
 
 
+def _directory_set(name: str, written: str, workspace: Path) -> PluginSet:
+    return PluginSet((MarketplaceSource(name, "directory", str(workspace / written), "", written),), (), {})
+
+
 def test_a_directory_marketplace_is_archived_without_git_links_or_setuid(tmp_path: Path) -> None:
-    market = tmp_path / "market"
+    workspace = tmp_path / "ws"
+    market = workspace / "market"
     (market / ".git").mkdir(parents=True)
     (market / ".git" / "config").write_text("[remote]\n")
     (market / "bin").mkdir()
@@ -106,23 +113,78 @@ def test_a_directory_marketplace_is_archived_without_git_links_or_setuid(tmp_pat
     secret = tmp_path / "id_ed25519"
     secret.write_text("PRIVATE KEY")
     (market / "key").symlink_to(secret)
-    fetched = plugins.fetch(PluginSet((MarketplaceSource("m", "directory", str(market)),), (), {}))
+    (market / "keys").symlink_to(tmp_path)  # a linked directory is not walked into either
+    fetched = plugins.fetch(_directory_set("m", "market", workspace), workspace)
     members = _members(fetched["claude-marketplaces/m.tar"])
     assert set(members) == {"bin", "bin/hook.sh", "marketplace.json"}
     assert members["bin/hook.sh"][0] == 0o755  # still executable, never setuid
     assert b"PRIVATE KEY" not in fetched["claude-marketplaces/m.tar"]
 
 
-def test_a_directory_marketplace_is_found_from_the_workspace() -> None:
+@pytest.mark.parametrize("path", ["/etc", "~/.ssh", "../outside", "a/../../outside"])
+def test_a_directory_marketplace_outside_the_workspace_is_refused_where_it_is_written(path: str) -> None:
+    [problem] = config_error(f"claude:\n  marketplaces: {{m: {{source: directory, path: '{path}'}}}}\n").problems
+    assert "inside the workspace" in problem.message
+
+
+def test_a_link_on_the_way_to_a_directory_marketplace_is_refused(tmp_path: Path) -> None:
+    """The agent writes the workspace: it could put a link where the marketplace was."""
+    workspace, home = tmp_path / "ws", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    workspace.mkdir()
+    (workspace / "market").symlink_to(home / ".ssh")
+    (workspace / "plugins").symlink_to(home)
+    for written in ("market", "plugins/.ssh"):
+        with pytest.raises(MoatError, match="not a directory of the workspace"):
+            plugins.fetch(_directory_set("m", written, workspace), workspace)
+
+
+def test_the_image_records_the_path_as_written_never_the_hosts(tmp_path: Path) -> None:
     config = parse("claude:\n  marketplaces: {m: {source: directory, path: ./plugins}}\n")
     found = plugins.plugin_set(config.model.claude, Path("/work/space"))
     assert found is not None and found.marketplaces[0].location == "/work/space/plugins"
+    known = json.loads(plugins.known_marketplaces(found, "/home/moatuser"))
+    assert known["m"]["source"] == {"source": "directory", "path": "./plugins"}
+
+
+def test_a_ref_is_cloned_and_named_in_the_dockerfile(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q", str(source)], ["-C", str(source), "commit", "-q", "--allow-empty", "-m", "one"],
+                 ["-C", str(source), "tag", "v1"], ["-C", str(source), "checkout", "-q", "-b", "next"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    (source / "only-on-v1.txt").write_text("no")  # never committed: the tag is what is cloned
+    url = f"file://{source}"
+    market = PluginSet((MarketplaceSource("m", "git", url, "v1"),), (), {})
+    fetched = plugins.fetch(market, tmp_path, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert "only-on-v1.txt" not in _members(fetched["claude-marketplaces/m.tar"])
+    lines = plugins.dockerfile_lines(market, "/root", 0, 0)
+    assert f"# claude marketplace m: git {url}@v1" in lines
+    [problem] = config_error("claude:\n  marketplaces: {m: {source: github, repo: a/b, ref: '-x'}}\n").problems
+    assert "a branch or tag name" in problem.message
+
+
+def test_a_clone_is_stopped_when_the_run_ends(tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    fake.chmod(0o755)
+    abort = threading.Event()
+    timer = threading.Timer(0.5, abort.set)
+    timer.start()
+    market = PluginSet((MarketplaceSource("m", "git", "https://git.example.test/m.git"),), (), {})
+    with pytest.raises(MoatError, match="the clone was stopped"):
+        plugins.fetch(market, tmp_path, env={"PATH": f"{fake.parent}:/usr/bin:/bin"}, abort=abort)
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_a_marketplace_that_cannot_be_cloned_says_which_and_why(tmp_path: Path) -> None:
     missing = PluginSet((MarketplaceSource("m", "git", f"file://{tmp_path}/nothing.git"),), (), {})
     with pytest.raises(MoatError) as caught:
-        plugins.fetch(missing, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+        plugins.fetch(missing, tmp_path, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     assert caught.value.message.startswith("claude.marketplaces.m: git could not clone")
-    with pytest.raises(MoatError, match="is not a directory"):
-        plugins.fetch(PluginSet((MarketplaceSource("d", "directory", str(tmp_path / "none")),), (), {}))
+    with pytest.raises(MoatError, match="is not a directory of the workspace"):
+        plugins.fetch(_directory_set("d", "none", tmp_path), tmp_path)

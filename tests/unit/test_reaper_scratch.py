@@ -58,3 +58,19 @@ def test_only_this_users_directory_is_removed(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(os, "getuid", lambda: uid)  # as if another user ran moat clean
     reaper.remove(FakeRuntime(), reaper.find(FakeRuntime(), Registry(RunStore(home)), finished=False))
     assert crashed.exists()
+
+
+def test_destroy_removes_the_scratch_directory_before_the_record_that_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from moat.cli import runs as runs_cli
+
+    home, root = tmp_path / "home", tmp_path / "scratch"
+    kept = _scratch(root, "run_kept00000001")
+    record(home, "run_kept00000001", "kept", "2026-11-24T09:00:00Z", scratch=str(kept))
+    monkeypatch.setenv("MOAT_HOME", str(home))
+    monkeypatch.setattr(runs_cli, "_runtime_of", lambda info: None)  # nothing on an engine to remove here
+    result = CliRunner().invoke(runs_cli.destroy, ["run_kept00000001"])
+    assert result.exit_code == 0, result.output
+    assert not kept.exists() and not (home / "runs" / "run_kept00000001").exists()

@@ -35,6 +35,7 @@ INSTALLED_KINDS: dict[type, DepType] = {NpmTool: DepType.NPM, GithubBinary: DepT
                                         Download: DepType.DOWNLOAD, Custom: DepType.CUSTOM, UvTool: DepType.UV,
                                         GoTool: DepType.GO}
 
+DOCKER_HOST = "docker:host"
 _PREFIX_RE = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_RULE = "versions may only contain letters, digits, '.', '-' and '_'"
@@ -77,8 +78,12 @@ def parse_dependency(text: object, catalog: Catalog, *, suggest: bool = True) ->
     if not raw:
         raise DependencyError("empty dependency: write a name such as 'postgres' or 'python@3.12'")
     match = _PREFIX_RE.match(raw)
+    if match and match.group(1) == "docker":
+        return _parse_docker(match.group(2), raw, catalog)
     if match:
         return _parse_dynamic(match.group(1), match.group(2), raw, catalog)
+    if raw == "docker":
+        raise DependencyError(DOCKER_MODES)
     name, sep, version = raw.partition("@")
     return _parse_named(name, version if sep else None, raw, catalog, suggest)
 
@@ -117,6 +122,19 @@ def _parse_named(name: str, version: str | None, raw: str, catalog: Catalog, sug
     kind = DepType.RUNTIME if isinstance(entry, Runtime) else DepType.SERVICE
     assert isinstance(entry, Runtime | Service)
     return Dependency(name, kind, version or entry.default, version)
+
+
+DOCKER_MODES = ("docker needs a mode: 'docker:host' (the Docker engine moat runs on, through its socket: full"
+                " access to it) or 'docker:dind' (a daemon of the run's own, not provided yet)")
+
+
+def _parse_docker(mode: str, raw: str, catalog: Catalog) -> Dependency:
+    if mode == "dind":
+        raise DependencyError(f"{raw!r}: a Docker daemon of the run's own (the Go moat's docker:dind, with its BuildKit"
+                              " sidecar) is not provided yet; docker:host hands the agent the engine moat runs on")
+    if mode != "host" or catalog.data.docker is None:
+        raise DependencyError(f"{raw!r}: {DOCKER_MODES}")
+    return Dependency(DOCKER_HOST, DepType.DOCKER, None, None)
 
 
 def _parse_dynamic(prefix: str, rest: str, raw: str, catalog: Catalog) -> Dependency:
@@ -231,7 +249,8 @@ def resolve_dependencies(items: list[object], catalog: Catalog,
                     seen[brought.key] = (index, brought)
                     resolved.append(brought)
             elif missing:
-                problems[index] = f"{_needs(dep.name, entry, missing[0])}: add '{missing[0]}' to dependencies"
+                added = " and ".join(f"'{m}'" for m in missing)
+                problems[index] = f"{_needs(dep.name, entry, missing)}: add {added} to dependencies"
         if dep.manager:
             needed = catalog.dynamic(dep.manager)
             assert needed is not None
@@ -244,15 +263,17 @@ def resolve_dependencies(items: list[object], catalog: Catalog,
     return resolved, problems
 
 
-def _needs(name: str, entry: Installed, missing: str) -> str:
+def _needs(name: str, entry: Installed, missing: list[str]) -> str:
     # The installer's own program first (node, uv, go); what else it needs (protoc for its plugins) plainly.
-    if isinstance(entry, NpmTool) and missing == "node":
-        return f"{name} ({entry.package}) is installed with npm, which needs the {missing} runtime"
-    if isinstance(entry, UvTool) and missing == "uv":
-        return f"{name} ({entry.package}) is installed with uv, which needs {missing}"
-    if isinstance(entry, GoTool) and missing == "go":
-        return f"{name} ({entry.package}) is built with go install, which needs {missing}"
-    return f"{name} needs {missing}"
+    first, others = missing[0], " and ".join(missing[1:])
+    also = f", and {others}" if others else ""
+    if isinstance(entry, NpmTool) and first == "node":
+        return f"{name} ({entry.package}) is installed with npm, which needs the node runtime{also}"
+    if isinstance(entry, UvTool) and first == "uv":
+        return f"{name} ({entry.package}) is installed with uv, which needs uv{also}"
+    if isinstance(entry, GoTool) and first == "go":
+        return f"{name} ({entry.package}) is built with go install, which needs go{also}"
+    return f"{name} needs {' and '.join(missing)}"
 
 
 def _expanded(item: object, catalog: Catalog, *, suggest: bool) -> list[tuple[Dependency, bool]]:

@@ -19,6 +19,7 @@ from moat.catalog import (
     Tool,
     UvTool,
 )
+from moat.catalog.model import DockerCli
 from moat.constants import AGENT_ENV_PREFIX
 
 
@@ -89,4 +90,18 @@ def details(name: str, entry: Entry | Dynamic) -> dict[str, Any]:
 def all_summaries(catalog: Catalog) -> list[dict[str, Any]]:
     rows = [summary(name, entry) for name, entry in catalog.entries()]
     rows += [summary(prefix, d) for prefix, d in sorted(catalog.data.dynamic.items())]
+    if catalog.data.docker is not None:
+        rows.append(docker_details(catalog.data.docker, brief=True))
     return rows
+
+
+def docker_details(cli: DockerCli, *, brief: bool = False) -> dict[str, Any]:
+    """``docker:host`` (the one Docker mode moat provides)."""
+    out: dict[str, Any] = {"name": "docker:host", "type": "docker", "default": None, "versions": [],
+                           "description": cli.description}
+    if not brief:
+        out.update({"apt_package": " ".join(cli.packages),
+                    "verified_by": f"apt, against the signing key of Docker's repository ({cli.apt_base})",
+                    "usage": f"the engine's socket at {cli.socket_target}, the agent in its group; not under"
+                             " network.policy: strict (the engine is a way around any policy)"})
+    return out

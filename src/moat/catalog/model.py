@@ -30,6 +30,7 @@ class DepType(StrEnum):
     GO = "go-install"  # a Go program built with go install (checked against Go's checksum database)
     SERVICE = "service"
     DYNAMIC = "dynamic"
+    DOCKER = "docker"  # docker:host — the Docker CLI, talking to the engine the run runs on
 
 
 class _Frozen(BaseModel):
@@ -277,6 +278,16 @@ Entry = Runtime | Tool | NpmTool | GithubBinary | Download | Custom | UvTool | G
 Installed = NpmTool | GithubBinary | Download | Custom | UvTool | GoTool
 
 
+class DockerCli(_Frozen):
+    """``docker:host``: Docker's CLI from Docker's apt repository (Debian's is too old for today's
+    engines), its packages checked by apt against Docker's signing key."""
+
+    description: str
+    apt_base: str  # Docker's repository: <apt_base>/<distribution>, its key at <apt_base>/<distribution>/gpg
+    packages: tuple[str, ...]
+    socket_target: str = "/var/run/docker.sock"  # where the agent finds the engine's socket
+
+
 class CatalogData(_Frozen):
     default_base_image: str
     runtimes: dict[str, Runtime]
@@ -290,6 +301,7 @@ class CatalogData(_Frozen):
     go_tools: dict[str, GoTool] = Field(default_factory=dict)
     meta: dict[str, Meta] = Field(default_factory=dict)
     dynamic: dict[str, Dynamic]
+    docker: DockerCli | None = None
     aliases: dict[str, str] = Field(default_factory=dict)  # common wrong name → right name
     not_yet_provided: frozenset[str] = frozenset()  # names the Go moat knows and we lack
     not_yet_dynamic: frozenset[str] = frozenset()  # package-manager prefixes likewise

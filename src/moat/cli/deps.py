@@ -49,8 +49,13 @@ def info(name: str, as_json: bool) -> None:
     from moat.catalog.describe import details
 
     catalog = load_catalog()
-    key, entry = _lookup(name, catalog)
-    data = details(key, entry)
+    if name.strip() in ("docker", "docker:host") and catalog.data.docker is not None:
+        from moat.catalog.describe import docker_details
+
+        data = docker_details(catalog.data.docker)
+    else:
+        key, entry = _lookup(name, catalog)
+        data = details(key, entry)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -64,6 +69,13 @@ def _lookup(name: str, catalog: Catalog) -> tuple[str, Any]:
     from moat.errors import UsageError
 
     prefix, colon, _ = name.partition(":")
+    if prefix == "docker":  # docker:host is answered before; anything else is what moat run says of it
+        from moat.catalog.deps import DependencyError, parse_dependency
+
+        try:
+            parse_dependency(name, catalog)
+        except DependencyError as exc:
+            raise UsageError(exc.message) from None
     if colon:
         manager = catalog.dynamic(prefix)
         if manager is not None:

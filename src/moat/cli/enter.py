@@ -80,7 +80,9 @@ def join(run: str, agent: str | None, prompt: str | None, continue_session: bool
     if prompt is None and not sys.stdin.isatty():
         raise UsageError("moat join needs a terminal for an interactive session", hint="Or ask once with -p PROMPT.")
     if continue_session and not AGENTS[cli].resumable:
-        raise UsageError(f"-c continues Claude Code's sessions; {AGENTS[cli].title} has none moat keeps")
+        raise UsageError(f"-c continues Claude Code's sessions; moat join cannot continue {AGENTS[cli].title}'s",
+                         hint=f"Its sessions are kept on the host: `moat join {run}` and resume one from inside"
+                              f" ({'codex resume' if cli == 'codex' else 'its own resume command'}).")
     command = join_command(info.metadata, runtime.container_env(container), prompt, continue_session)
     return int(runtime.exec_terminal(container, command, user, WORKSPACE_MOUNT))
 

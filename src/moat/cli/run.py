@@ -85,11 +85,12 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
               grants: tuple[str, ...], profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool,
               as_json: bool, agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
-    from moat.catalog import load_catalog
+    from moat.catalog import DepType, load_catalog
     from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings
     from moat.cli.planview import render_plan
     from moat.cli.runinputs import (
         check_configured_grants,
+        docker_socket,
         grant_names,
         proxy_ca_for,
         resolve_grants,
@@ -141,7 +142,9 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
                                                  " and every host is reachable already")
     uses_proxy = bool(resolved or network.host or policed)
     proxy_ca = proxy_ca_for(home, create=not dry_run) if uses_proxy else None
+    wants_docker = any(d.type is DepType.DOCKER for d in config.dependencies)
     request = RunRequest(
+        docker_socket=docker_socket(os.environ) if wants_docker else None,
         workspace=workspace,
         command=command,
         env=env,

@@ -103,3 +103,23 @@ def proxy_ca_for(home: Path, *, create: bool = True) -> Path:
     from moat.proxy.ca import ensure_ca
 
     return ensure_ca(home).cert_file
+
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_socket(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """docker:host's socket: the engine moat uses (DOCKER_HOST when it names a Unix socket, else the
+    default one) and the group that owns it; None when there is no socket to hand over."""
+    import stat as stat_module
+
+    value = env.get("DOCKER_HOST", "").strip()
+    if value and not value.startswith("unix://"):
+        raise UsageError(f"docker:host hands the agent the engine's Unix socket, and DOCKER_HOST names {value[:80]!r}",
+                         hint="Point DOCKER_HOST at a unix:// socket, or leave docker:host out.")
+    path = value.removeprefix("unix://") or DEFAULT_DOCKER_SOCKET
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    return (path, info.st_gid) if stat_module.S_ISSOCK(info.st_mode) else None

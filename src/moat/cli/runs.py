@@ -180,6 +180,7 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     """Remove runs' records (and anything they left on the engine)."""
     from moat.errors import UsageError
     from moat.run import control
+    from moat.run.reaper import remove_scratch
 
     registry = _registry()
     targets = list({t.id: t for t in (registry.resolve(r) for r in runs)}.values())  # each run once
@@ -193,5 +194,6 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
             click.echo(control.stop(registry, info, runtime, 60.0))
         if runtime is not None:
             control.remove_engine_objects(runtime, info.id)
+        remove_scratch(info)  # while the record still says where (a killed run's, a kept agent's files)
         registry.remove(info)
         click.echo(f"destroyed {info.id} ({info.name})")

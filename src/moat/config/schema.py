@@ -362,7 +362,7 @@ class Marketplace(Section):
     repo: Text = ""
     url: Text = ""
     path: Text = ""
-    ref: Text = ""  # accepted by older Go moat versions, ignored there
+    ref: Annotated[Text, matching(r"^$|^[A-Za-z0-9._][A-Za-z0-9._/-]*$", "a branch or tag name")] = ""  # github, git
 
     @model_validator(mode="after")
     def _location(self) -> Marketplace:
@@ -379,8 +379,12 @@ class Marketplace(Section):
             host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
             if self.url.startswith("http://") and host not in ("localhost", "127.0.0.1", "[::1]"):
                 raise ValueError("a git marketplace's url must be https:// (plain http:// only on this machine)")
-        if self.source == "directory" and not self.path:
-            raise ValueError("a directory marketplace needs path: a directory (relative to the workspace)")
+        if self.source == "directory":
+            parts = self.path.replace("\\", "/").split("/")
+            if not self.path or self.path.startswith(("/", "~")) or ".." in parts:
+                # Its files are copied into the image the agent reads: nothing from outside the workspace.
+                raise ValueError("a directory marketplace needs path: a directory inside the workspace, relative to"
+                                 " it (no /, ~ or ..)")
         return self
 
 

@@ -30,6 +30,12 @@ def host_matches(pattern: str, host: str) -> bool:
 
 
 def any_host_matches(patterns: tuple[str, ...] | list[str], host: str) -> bool:
+    """``host`` may carry a port (``moat-host:8787``, one of the host's own services): a pattern
+    with that port names it, and so does one without a port (every port of the name)."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and not name.endswith("]") and ":" not in name:
+        return any(host_matches(p, name) if ":" not in p else p.strip().lower() == host.strip().lower()
+                   for p in patterns)
     return any(host_matches(p, host) for p in patterns)
 
 

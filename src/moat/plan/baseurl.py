@@ -11,6 +11,7 @@ its proxy; the way is the same, the name is moat's). Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,7 +26,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 @dataclass(frozen=True)
 class BaseUrl:
     url: str  # what the agent is told (ANTHROPIC_BASE_URL)
-    host: str  # the host the grant is injected for
+    host: str  # the host the grant is injected for (moat-host:<port> for this machine's)
     host_port: int | None = None  # the host's own port, reached as moat-host
 
 
@@ -33,14 +34,25 @@ class BaseUrlError(ValueError):
     """A base_url moat cannot route (the message says why; the caller locates it in moat.yaml)."""
 
 
-def _on_this_machine(host: str) -> bool:
+def _on_this_machine(host: str) -> str | None:
+    """None: elsewhere; "": this machine, reached at 127.0.0.1; else the address moat cannot reach
+    it at (the proxy reaches the host's ports at 127.0.0.1 only)."""
     name = host.rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):
-        return True
+        return ""
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
-        return False
+        try:  # 127.1, 0x7f000001: forms the C library reads as addresses, and this module would not
+            socket.inet_aton(name)
+        except OSError:
+            return None
+        raise BaseUrlError(f"write the address {name!r} in its usual dotted form") from None
+    if address == ipaddress.ip_address("127.0.0.1") or address.is_unspecified:
+        return ""  # a server on 0.0.0.0 (or [::]) listens on 127.0.0.1 too
+    if address.is_loopback or address.is_unspecified:
+        return str(address)
+    return None
 
 
 def route(url: str) -> BaseUrl:
@@ -53,18 +65,30 @@ def route(url: str) -> BaseUrl:
         raise BaseUrlError("it must not carry a user or password; the run's claude or anthropic grant is injected"
                            " for its host")
     try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        port = parts.port
     except ValueError as exc:
         raise BaseUrlError(f"its port is not valid ({exc})") from None
+    if port == 0:
+        raise BaseUrlError("its port is not valid (0)")
+    port = port or DEFAULT_PORTS[parts.scheme]
     host = parts.hostname
-    if not _on_this_machine(host):
+    where = _on_this_machine(host)
+    if where is None:
+        if parts.scheme == "http":
+            # The proxy would put the run's credential on the wire in the clear.
+            raise BaseUrlError("an endpoint elsewhere must be https:// (the credential travels with each request;"
+                               " plain http:// only on this machine)")
         return BaseUrl(url, host)
+    if where != "":
+        raise BaseUrlError(f"moat reaches this machine's ports at 127.0.0.1, not {where}: point it at"
+                           f" http://localhost:{port} with the endpoint listening there")
     if parts.scheme == "https":
         # The proxy reaches the host's port as moat-host; no certificate names that.
         raise BaseUrlError("an endpoint on this machine must be plain http:// (moat's proxy reaches it on the host's"
                            " loopback, and encrypts the agent's side itself)")
     agent_url = urlunsplit((parts.scheme, f"{HOST_GATEWAY}:{port}", parts.path, parts.query, parts.fragment))
-    return BaseUrl(agent_url, HOST_GATEWAY, port)
+    # The grant is for this port of the host alone, not for every port the run lists under network.host.
+    return BaseUrl(agent_url, f"{HOST_GATEWAY}:{port}", port)
 
 
 def _grant_provider(grant: ResolvedGrant) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentSetup, init_script
 from moat.agents.plugins import PluginSet, plugin_set
 from moat.catalog import Catalog, DepType
-from moat.catalog.deps import Dependency
+from moat.catalog.deps import DOCKER_HOST, Dependency
 from moat.config.load import Config
 from moat.constants import (
     AGENT_CONTAINER_PREFIX,
@@ -121,6 +121,9 @@ class RunRequest:
     proxy_ca: Path | None = None  # moat's public CA certificate, when the run uses the proxy
     allow_hosts: tuple[str, ...] = ()  # --allow-host: hosts added to network.rules for this run
     agent: AgentSetup | None = None  # moat claude & co.: the agent's command, environment and files
+    # docker:host: the engine's Unix socket on this machine and the group that owns it (the caller
+    # looks them up only when moat.yaml asks for docker:host).
+    docker_socket: tuple[str, int] | None = None
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str, context: Mapping[str, str] | None = None) -> str:
@@ -165,7 +168,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     notes += plugin_notes
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca,
                                     **mirrors(request.host_env, releases=any(d.type is DepType.RELEASE for d in builds),
-                                              go=uses_go), claude_plugins=claude_plugins)
+                                              go=uses_go, docker=any(d.type is DepType.DOCKER for d in builds)),
+                                    claude_plugins=claude_plugins)
     text = dockerfile.render(inputs, catalog)
     build_context = dockerfile.build_context(inputs) if traits.builds_images else {}
     # Services run in their own images: only what is built into the agent image names its tag.
@@ -270,6 +274,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
     )
     held = traits.holds_agent and not interactive
+    docker_mounts, docker_groups = _docker_host(config, request, catalog, runtime, strict)
+    if docker_mounts:
+        env.setdefault("DOCKER_HOST", f"unix://{docker_mounts[0].target}")
     holder: ContainerSpec | None = None
     if traits.pods:
         holder = holder_spec(run_id, labels, request.home, tuple(s.name for s in services),
@@ -289,7 +296,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
                 *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
                 *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
-                *context_mounts, *state_mounts),
+                *context_mounts, *state_mounts, *docker_mounts),
         files=(*((source, text) for source, _, text in (*files.values(), *agent_files)), (context_file, context)),
         # In a pod the holder has them (Docker refuses them on a joined container).
         extra_hosts=() if holder is not None else proxy_hosts(proxy),
@@ -307,6 +314,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         init=True,
         held=held,
         scratch=str(scratch / "agent"),
+        groups=docker_groups,
     )
     return Plan(
         run_id=run_id,
@@ -337,6 +345,31 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
 
 
 CLAUDE_CODE = "claude-code"  # the catalog's name for Claude Code's CLI
+
+
+def _docker_host(config: Config, request: RunRequest, catalog: Catalog, runtime: str, strict: bool,
+                 ) -> tuple[tuple[Mount, ...], tuple[int, ...]]:
+    """docker:host: the engine's socket mounted for the agent, with the group that may use it."""
+    if catalog.data.docker is None or not any(d.type is DepType.DOCKER for d in config.dependencies):
+        return (), ()
+    written = [i for i, item in enumerate(config.model.dependencies) if str(item).strip() == DOCKER_HOST]
+    where: tuple[str | int, ...] = ("dependencies", written[0]) if written else ("dependencies",)
+    problem = None
+    if not TRAITS[runtime].builds_images:
+        problem = f"docker:host needs the docker runtime (the {runtime} runtime has no Docker engine to hand over)"
+    elif strict:
+        # Whoever holds the socket starts containers on any network, as root on the host: the
+        # policy would hold nothing. Refused, not weakened in silence.
+        problem = ("docker:host hands the agent the Docker engine, where it can start containers outside any"
+                   " network policy: it cannot run under network.policy: strict; use permissive, or leave"
+                   " Docker out")
+    elif request.docker_socket is None:
+        problem = "docker:host needs the Docker engine's Unix socket, and none was found"
+    if problem:
+        raise ConfigError(config.file, [Located(where, problem, *config.marks.locate(where))])
+    assert request.docker_socket is not None
+    path, gid = request.docker_socket
+    return (Mount(path, catalog.data.docker.socket_target),), (gid,)
 
 
 def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, ...], runtime: str,

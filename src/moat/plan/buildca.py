@@ -22,6 +22,7 @@ from moat.errors import UsageError
 VARIABLE = "MOAT_BUILD_CA_CERTS"
 GITHUB_BASE_VARIABLE = "MOAT_GITHUB_DOWNLOAD_BASE"  # a mirror of https://github.com's release downloads
 GOPROXY_VARIABLE = "MOAT_GOPROXY"  # a Go module proxy (GOPROXY's syntax) for go install
+DOCKER_APT_VARIABLE = "MOAT_DOCKER_APT_BASE"  # a mirror of download.docker.com/linux (docker:host)
 # https, or plain http to this machine only: a release's checksum file comes from the same host as the
 # release, so a plain-http path anyone on the way could rewrite would vouch for what it served.
 MIRROR = re.compile(r"^(https://[A-Za-z0-9.\-\[\]:]+|http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?)"
@@ -67,7 +68,8 @@ def _certificates(file: Path, hint: str) -> list[str]:
     return CERTIFICATE.findall(text)
 
 
-def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = True) -> dict[str, str]:
+def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = True,
+            docker: bool = False) -> dict[str, str]:
     """The build's download mirrors, read only when the image downloads from them (a value the build
     does not use stops nothing). They reach the Dockerfile's command lines: URLs only."""
     found = {}
@@ -86,4 +88,11 @@ def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = Tr
                              f" machine, file:///, direct, off), not {value[:80]!r}",
                              hint=f"For example {GOPROXY_VARIABLE}=https://goproxy.example.com,direct")
         found["goproxy"] = value
+    value = host_env.get(DOCKER_APT_VARIABLE, "").strip()
+    if value and docker:
+        if not MIRROR.fullmatch(value):
+            raise UsageError(f"{DOCKER_APT_VARIABLE} must be an https:// URL (or http:// to this machine),"
+                             f" not {value[:80]!r}", hint=f"For example {DOCKER_APT_VARIABLE}="
+                                                          "https://mirror.example.com/docker/linux")
+        found["docker_apt_base"] = value.rstrip("/")
     return found

@@ -65,6 +65,7 @@ class ContainerSpec:
     # Files moat writes before creating the container (host path, text), for its read-only mounts:
     # what they hold is never a secret (a grant's configuration with placeholders).
     files: tuple[tuple[str, str], ...] = ()
+    groups: tuple[int, ...] = ()  # supplementary groups (the Docker socket's, for docker:host)
 
     def to_dict(self, mask: Any) -> dict[str, Any]:
         """JSON-ready, secrets masked by ``mask`` (a ``Masker``)."""
@@ -94,6 +95,7 @@ class ContainerSpec:
             "init": self.init,
             "held": self.held,
             "files": [path for path, _ in self.files],
+            "groups": list(self.groups),
         }
 
 

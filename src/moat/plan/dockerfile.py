@@ -15,6 +15,7 @@ from moat.agents import plugins
 from moat.agents.plugins import PluginSet
 from moat.catalog import Catalog, Custom, DepType, Download, GithubBinary, GoTool, NpmTool, Runtime, Tool, UvTool
 from moat.catalog.deps import Dependency, quote_packages
+from moat.catalog.model import DockerCli
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
 
 # Always installed: TLS roots for anything that talks HTTPS.
@@ -45,6 +46,7 @@ class ImageInputs:
     github_base: str = GITHUB
     goproxy: str | None = None
     claude_plugins: PluginSet | None = None  # installed last, as the agent's user (claude.plugins)
+    docker_apt_base: str | None = None  # MOAT_DOCKER_APT_BASE: a mirror of Docker's apt repository
 
 
 def agent_home(uid: int) -> str:
@@ -100,6 +102,9 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
         apt.update(entry.install_apt)
     if releases or customs:  # the installer's own needs
         apt.update(("curl", "unzip"))
+    docker = bool(_of(deps, DepType.DOCKER))
+    if docker:
+        apt.add("curl")
     for dep in customs:
         entry = catalog.get(dep.name)
         assert isinstance(entry, Custom)
@@ -121,6 +126,8 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     if releases or customs:
         lines += [f"COPY {FETCH_RELEASE} {FETCH_RELEASE_PATH}", f"RUN chmod 755 {FETCH_RELEASE_PATH}"]
     lines += _release_lines(releases, inputs, catalog, trust)
+    if docker and catalog.data.docker is not None:
+        lines.append(_docker_cli(catalog.data.docker, inputs.docker_apt_base, trust))
     npm_tools = _of(deps, DepType.NPM)
     if npm_tools:  # after the runtimes (npm comes with node), before the packages people change most
         specs = []
@@ -216,6 +223,20 @@ def release_arguments(name: str, entry: GithubBinary | Download, version: str) -
         elif entry.checksums:
             args.append(f"sums.{arch}={fill(entry.checksums).replace('{asset}', asset)}")
     return args
+
+
+def _docker_cli(cli: DockerCli, mirror: str | None, trust: str) -> str:
+    """Docker's CLI from Docker's apt repository for the image's distribution (Debian or Ubuntu, by
+    its os-release), apt checking each package against the repository's key."""
+    base = mirror or cli.apt_base
+    distro = '$(. /etc/os-release && echo "$ID")'
+    return (f"RUN {trust}install -m 0755 -d /etc/apt/keyrings"
+            f' && curl -fsSL -o /etc/apt/keyrings/docker.asc "{base}/{distro}/gpg"'
+            " && chmod a+r /etc/apt/keyrings/docker.asc"
+            f' && echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] {base}/{distro}'
+            ' $(. /etc/os-release && echo "$VERSION_CODENAME") stable" > /etc/apt/sources.list.d/docker.list'
+            f" && apt-get update && apt-get install -y --no-install-recommends {' '.join(cli.packages)}"
+            " && rm -rf /var/lib/apt/lists/*")
 
 
 def _user_lines(uid: int, gid: int) -> list[str]:

@@ -298,6 +298,10 @@ class Inject:
         grants = flow.metadata[RUN].registration.grants
         host = flow.metadata[HOST]
         request = flow.request
+        if host == access.HOST_GATEWAY:
+            # The host's ports are each a service of their own: a grant names the one it is for
+            # (claude.base_url's endpoint), never every port the run lists.
+            host = f"{host}:{request.port}"
         used: dict[str, None] = {}
         sent = list(request.headers.items(multi=True))
         injected = inject.inject_headers(sent, grants, host)

@@ -125,11 +125,11 @@ def remove(runtime: Runtime, leftovers: Leftovers) -> list[str]:
         problems += _unregister(run)
         settle_orphan(run)
     for run in (*leftovers.orphaned_runs, *leftovers.finished_runs):
-        _remove_scratch(run)
+        remove_scratch(run)
     return problems
 
 
-def _remove_scratch(run: RunInfo) -> None:
+def remove_scratch(run: RunInfo) -> None:
     """The run's private host directory (its agent's context file, grant files): what its teardown
     would have removed, had it run (killed), or left for a kept agent. Only a directory of this
     user's named after the run: the record says where, and nothing else is touched."""

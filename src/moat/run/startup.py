@@ -277,7 +277,9 @@ class Startup:
             self.events.log("fetching Claude Code's plugin marketplaces")
             fetched: dict[str, bytes] = {}
             wanted = image.claude_plugins
-            self._abortable(lambda: fetched.update(plugins.fetch(wanted)))  # a clone can hang on the network
+            workspace = self.plan.workspace
+            # A clone can hang on the network: it is stopped with the run.
+            self._abortable(lambda: fetched.update(plugins.fetch(wanted, workspace, abort=self.abort)))
             image = replace(image, fetched=fetched)
         self._build(image, "agent image", no_cache=self.rebuild)
         self.timeline.mark("image_built")

@@ -349,6 +349,7 @@ class DockerRuntime:
                 init=spec.init or None,
                 tmpfs={path: "rw" for path in spec.tmpfs} or None,
                 cap_drop=list(spec.cap_drop) or None,
+                group_add=[str(g) for g in spec.groups] or None,
                 security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
                 extra_hosts=dict(spec.extra_hosts) or None,
                 # A pod's holder has no network ("none"); the others join its namespace ("container:…").
