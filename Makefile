@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml
 
 # The credential proxy runs mitmproxy in a virtualenv of its own (.venv/proxy): mitmproxy 11 pins
 # ruamel.yaml, h11 and cryptography below what moat itself uses. moat finds it beside its own.
+# cel-python evaluates claude.llm-gateway's Keep rules (their CEL expressions) there.
 PROXY_STAMP := $(VENV)/proxy/.installed-stamp
 $(PROXY_STAMP): pyproject.toml $(STAMP)
 	$(PYTHON) -m venv $(VENV)/proxy
-	$(VENV)/proxy/bin/pip install --quiet --disable-pip-version-check 'mitmproxy==11.0.2'
+	$(VENV)/proxy/bin/pip install --quiet --disable-pip-version-check 'mitmproxy==11.0.2' 'cel-python>=0.5'
 	$(VENV)/proxy/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(PROXY_STAMP)
 

@@ -185,10 +185,11 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
             if path == "/v1/messages/count_tokens":
                 self._json(200, {"input_tokens": max(1, len(seen.body) // 4)})
             elif path == "/v1/messages":
+                tool = _asked_tool(body, prompt)
                 if body.get("stream"):
-                    self._events(_anthropic_stream(body, reply))
+                    self._events(_anthropic_stream(body, reply, tool))
                 else:
-                    self._json(200, _anthropic_message(body, reply))
+                    self._json(200, _anthropic_message(body, reply, tool))
             elif path in ("/v1/responses", "/responses"):  # OpenAI; Copilot's API (no /v1)
                 if body.get("stream", False):
                     self._events(_responses_stream(body, reply))
@@ -260,15 +261,35 @@ def _copilot_model(model: str) -> dict[str, Any]:
 
 # -- Anthropic ---------------------------------------------------------------------------------------
 
-def _anthropic_message(body: dict[str, Any], reply: str) -> dict[str, Any]:
+# A prompt "call Edit" makes the model ask for that tool (once: not again in the turn that carries
+# the tool's result), its input a small edit of moat.yaml — what a policy on tool use judges.
+TOOL_PROMPT = re.compile(r"\bcall ([A-Za-z]+)\b")
+TOOL_INPUT = {"file_path": "/workspace/moat.yaml", "old_string": "name:", "new_string": "# edited\nname:"}
+
+
+def _asked_tool(body: dict[str, Any], prompt: str) -> str | None:
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    content = last.get("content")
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "tool_result" for p in content):
+        return None
+    match = TOOL_PROMPT.search(prompt)
+    return match.group(1) if match else None
+
+
+def _anthropic_message(body: dict[str, Any], reply: str, tool: str | None = None) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": reply}]
+    if tool:
+        content.append({"type": "tool_use", "id": f"toolu_standin{uuid.uuid4().hex[:12]}", "name": tool,
+                        "input": TOOL_INPUT})
     return {"id": f"msg_standin{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
-            "model": body.get("model", "claude-standin"), "content": [{"type": "text", "text": reply}],
-            "stop_reason": "end_turn", "stop_sequence": None,
+            "model": body.get("model", "claude-standin"), "content": content,
+            "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": 1, "output_tokens": len(reply.split())}}
 
 
-def _anthropic_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | None, Any]]:
-    message = _anthropic_message(body, reply)
+def _anthropic_stream(body: dict[str, Any], reply: str, tool: str | None = None) -> Iterator[tuple[str | None, Any]]:
+    message = _anthropic_message(body, reply, tool)
     start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}
     yield "message_start", {"type": "message_start", "message": start}
     yield "content_block_start", {"type": "content_block_start", "index": 0,
@@ -277,7 +298,16 @@ def _anthropic_stream(body: dict[str, Any], reply: str) -> Iterator[tuple[str | 
         yield "content_block_delta", {"type": "content_block_delta", "index": 0,
                                       "delta": {"type": "text_delta", "text": part}}
     yield "content_block_stop", {"type": "content_block_stop", "index": 0}
-    yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    if tool:  # its input streamed in pieces, as the API sends it
+        block = message["content"][1]
+        yield "content_block_start", {"type": "content_block_start", "index": 1,
+                                      "content_block": {**block, "input": {}}}
+        for part in _chunks(json.dumps(block["input"])):
+            yield "content_block_delta", {"type": "content_block_delta", "index": 1,
+                                          "delta": {"type": "input_json_delta", "partial_json": part}}
+        yield "content_block_stop", {"type": "content_block_stop", "index": 1}
+    yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"],
+                                                               "stop_sequence": None},
                             "usage": {"output_tokens": len(reply.split())}}
     yield "message_stop", {"type": "message_stop"}
 

@@ -9,6 +9,7 @@ their telemetry and update checks are off. Nothing leaves this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -318,3 +319,37 @@ def test_codex_and_gemini_sessions_stay_on_the_host_for_the_next_run(model_apis:
     assert any(b"HERON" in p.read_bytes() for p in kept.rglob("*") if p.is_file())
     assert all(p.exists() for p in written)
     _nowhere(case.key, moat_home, result.output)
+
+
+READ_ONLY = """scope: llm-gateway
+mode: enforce
+rules:
+  - name: deny-edit
+    match:
+      operation: "llm.tool_use"
+      when: "params.name == 'edit'"
+    action: deny
+    message: "File editing is blocked by policy."
+"""
+
+
+def test_claude_llm_gateway_denies_the_tool_use_its_keep_rules_forbid(model_apis: ModelApis, moat_home: Path,
+                                                                     tmp_path: Path) -> None:
+    """The Go tool's policy example: Anthropic's answer asking for Edit is judged by the run's Keep
+    rules in moat's proxy and replaced by a 400 policy_denied — the file stays as it was; an answer
+    asking for another tool passes."""
+    _grant("anthropic", ANTHROPIC_KEY)
+    config = (f"name: policy-demo\ndependencies: [node@22, {CLAUDE_CODE}]\n"
+              "claude:\n  llm-gateway:\n    policy: .keep/read-only.yaml\nnetwork:\n  policy: strict\n")
+    workspace = _workspace(tmp_path / "ws", config)
+    (workspace / ".keep").mkdir()
+    (workspace / ".keep" / "read-only.yaml").write_text(READ_ONLY)
+    denied = run_moat(["claude", str(workspace), "-p", "call Edit"], env=model_apis.env, timeout=BUILD_TIMEOUT)
+    assert "Policy denied: deny-edit. File editing is blocked by policy." in denied.output
+    assert (workspace / "moat.yaml").read_text() == config  # the edit never reached Claude Code
+    allowed = run_moat(["claude", str(workspace), "-p", "call Glob"], env=model_apis.env, timeout=BUILD_TIMEOUT)
+    assert allowed.code == 0, allowed.output
+    assert "Policy denied" not in allowed.output
+    [first, _] = sorted(runs(moat_home), key=lambda r: r["created_at"])
+    trace = [json.loads(line) for line in (moat_home / "runs" / first["id"] / "network.jsonl").read_text().splitlines()]
+    assert any(line.get("blocked") and line.get("status_code") == 400 for line in trace), trace

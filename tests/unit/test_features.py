@@ -91,7 +91,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     assert listed == [
         "network.keep_policy", "mounts",
         "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
-        "claude.llm-gateway", "claude.bedrock",
+        "claude.bedrock",
         "pi.packages", "kiro",
     ]
 

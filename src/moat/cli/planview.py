@@ -21,6 +21,12 @@ def _proxy_lines(plan: Plan) -> list[str]:
             out.append(f"  grant {grant['grant']:<12} {', '.join(rule['hosts'])}: its placeholder replaced")
     if shown["host_ports"]:
         out.append(f"  host ports   {', '.join(map(str, shown['host_ports']))} (as moat-host)")
+    gateway = plan.proxy.registration.extra.get("llm_policy")
+    if gateway:
+        rules = gateway["rules"]
+        out.append(f"  llm-gateway  api.anthropic.com's answers judged by {len(rules)} Keep rule"
+                   f"{'s' if len(rules) != 1 else ''} ({gateway['mode']}): "
+                   + ", ".join(f"{r['action']} {r['name']}" for r in rules))
     out.append(f"  trace        {shown['trace_file']}")
     return out
 

@@ -93,6 +93,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         docker_socket,
         grant_names,
         proxy_ca_for,
+        read_llm_policy,
         resolve_grants,
         resolve_secrets,
     )
@@ -140,11 +141,13 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     if allow_hosts and not policed:
         note = ((note + "\n") if note else "") + ("--allow-host changes nothing here: network.policy is permissive"
                                                  " and every host is reachable already")
-    uses_proxy = bool(resolved or network.host or policed)
+    gateway = config.model.claude.llm_gateway
+    uses_proxy = bool(resolved or network.host or policed or (gateway is not None and gateway.policy is not None))
     proxy_ca = proxy_ca_for(home, create=not dry_run) if uses_proxy else None
     wants_docker = any(d.type is DepType.DOCKER for d in config.dependencies)
     request = RunRequest(
         docker_socket=docker_socket(os.environ) if wants_docker else None,
+        llm_policy=read_llm_policy(config, workspace),
         workspace=workspace,
         command=command,
         env=env,

@@ -5,12 +5,16 @@ missing grant or an unresolvable secret stops the run with what to do, and nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moat.config.load import Config
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan.proxy import ResolvedGrant
+
+if TYPE_CHECKING:
+    from moat.policy.keep import RuleSet
 
 # The credential store, the providers and moat's CA cost imports (cryptography, the providers' YAML):
 # loaded only by runs that have grants.
@@ -123,3 +127,58 @@ def docker_socket(env: Mapping[str, str]) -> tuple[str, int] | None:
     except OSError:
         return None
     return (path, info.st_gid) if stat_module.S_ISSOCK(info.st_mode) else None
+
+
+def read_llm_policy(config: Config, workspace: Path) -> RuleSet | None:
+    """claude.llm-gateway's policy as Keep rules, checked (their expressions compiled) before
+    anything starts: moat.yaml's inline ``deny:`` list, or a rule file (relative to the workspace)."""
+    gateway = config.model.claude.llm_gateway
+    if gateway is None or gateway.policy is None:
+        return None
+    from moat.config.schema import InlinePolicy
+    from moat.policy.keep import SCOPE_LLM, KeepError, inline_rules, parse_rules
+
+    where = ("claude", "llm-gateway", "policy")
+
+    def problem(message: str) -> ConfigError:
+        return ConfigError(config.file, [Located(where, f"claude.llm-gateway.policy: {message}",
+                                                 *config.marks.locate(where))])
+
+    policy = gateway.policy
+    try:
+        if isinstance(policy, InlinePolicy):
+            if not policy.deny:
+                raise problem("an inline policy needs at least one operation under deny:")
+            rules = inline_rules(list(policy.deny), policy.mode, SCOPE_LLM)
+        elif "/" in policy or policy.endswith((".yaml", ".yml")):
+            rules = parse_rules(_rule_file(workspace / policy, problem), SCOPE_LLM)
+        else:
+            raise problem(f"{policy!r} names one of Keep's policy packs, which moat does not provide yet;"
+                          " give a rule file (a path ending in .yaml) or an inline deny: list")
+        compiled(rules)
+    except KeepError as exc:
+        raise problem(str(exc)) from None
+    return rules
+
+
+def _rule_file(path: Path, problem: Callable[[str], ConfigError]) -> object:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise problem(f"cannot read the rule file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise problem(f"{path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+
+
+def compiled(rules: RuleSet) -> None:
+    """Every rule's expression compiled, as the proxy will: a mistake is said now, not mid-run."""
+    try:
+        from moat.policy.keep import Evaluator
+    except ImportError:  # pragma: no cover — cel-python is a dependency of moat
+        raise UsageError("claude.llm-gateway needs cel-python", hint="pip install cel-python") from None
+    Evaluator(rules)

@@ -69,7 +69,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("clipboard",), lambda c: c.clipboard is True, "clipboard sharing is not built yet"),
     Feature(("runtime",), lambda c: c.runtime == "apple", "the Apple containers runtime is not built yet"),
     # The agents' blocks are read by `moat claude` & co.; what they cannot do yet is refused by key.
-    Feature(("claude", "llm-gateway"), lambda c: c.claude.llm_gateway is not None, "the LLM gateway is not built yet"),
     Feature(("claude", "bedrock"), lambda c: c.claude.bedrock is not None and c.claude.bedrock.enabled,
             "Amazon Bedrock as Claude's backend is not built yet"),
     Feature(("codex", "shared_sessions"), lambda c: c.codex.shared_sessions,

@@ -53,6 +53,7 @@ from moat.plan.proxy import (
     routes_around,
     static_env,
 )
+from moat.policy.keep import RuleSet
 
 # Variable names as the Go tool takes them (MY-VAR too): anything but '=', spaces and control characters.
 _ENV_NAME = re.compile(r"^[^=\s\x00-\x1f\x7f]+$")
@@ -124,6 +125,8 @@ class RunRequest:
     # docker:host: the engine's Unix socket on this machine and the group that owns it (the caller
     # looks them up only when moat.yaml asks for docker:host).
     docker_socket: tuple[str, int] | None = None
+    # claude.llm-gateway's Keep rules, read by the caller (a file in the workspace, or moat.yaml's inline list).
+    llm_policy: RuleSet | None = None
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str, context: Mapping[str, str] | None = None) -> str:
@@ -189,8 +192,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         secrets |= service_secrets
 
     route: Route = "relay" if strict and traits.pods else traits.proxy_route
+    llm_policy = _llm_gateway(config, request)
     proxy = proxy_spec(grants, host_ports, policy, run_id, request.home, request.proxy_ca,
-                       traits.ca_path, route, new_token())
+                       traits.ca_path, route, new_token(), llm_policy)
     context_target = f"{traits.grant_files}/{CONTEXT_FILE}"
     env = {AGENT_ENV_RUN_ID: run_id, AGENT_ENV_RUN_NAME: name, CONTEXT_VARIABLE: context_target}
     agent_init = f"{traits.grant_files}/agent-init"  # where an agent's staged home files are mounted
@@ -345,6 +349,20 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
 
 
 CLAUDE_CODE = "claude-code"  # the catalog's name for Claude Code's CLI
+
+
+def _llm_gateway(config: Config, request: RunRequest) -> RuleSet | None:
+    gateway = config.model.claude.llm_gateway
+    if gateway is None or gateway.policy is None:
+        return None
+    where = ("claude", "llm-gateway")
+    if config.model.claude.base_url is not None:
+        message = ("claude.llm-gateway and claude.base_url cannot both be set: the gateway judges"
+                   " api.anthropic.com's answers, base_url sends the calls elsewhere")
+        raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=True))])
+    if request.llm_policy is None:
+        raise UsageError("claude.llm-gateway's policy was not read (a bug in the caller)")
+    return request.llm_policy
 
 
 def _docker_host(config: Config, request: RunRequest, catalog: Catalog, runtime: str, strict: bool,

@@ -20,15 +20,16 @@ from moat.credentials.rules import Registration
 from moat.errors import UsageError
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.proxy import HOST_GATEWAY, PROXY_HOST, RELAY_PORT, ProxySpec, ResolvedGrant, Route, routes_around
+from moat.policy.keep import RuleSet
 from moat.policy.rules import NetworkPolicy
 
 
 def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], policy: NetworkPolicy | None,
                run_id: str, home: Path, proxy_ca: Path | None, ca_path: str, route: Route,
-               token: str) -> ProxySpec | None:
+               token: str, llm_policy: RuleSet | None = None) -> ProxySpec | None:
     """The run goes through moat's proxy when it has grants, opens host ports (network.host) or has a
-    network policy to enforce (strict mode, network.rules)."""
-    if not grants and not host_ports and policy is None:
+    policy to enforce (strict mode, network.rules, claude.llm-gateway)."""
+    if not grants and not host_ports and policy is None and llm_policy is None:
         return None
     if proxy_ca is None:
         raise UsageError("this run needs moat's proxy, but its CA was not prepared (a bug in the caller)")
@@ -38,7 +39,8 @@ def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], p
         grants=tuple(g.rules for g in grants),
         trace_file=str(home / RUNS_DIR / run_id / NETWORK_TRACE),
         host_ports=host_ports,
-        extra={} if policy is None else {"policy": policy.to_json()},
+        extra={**({} if policy is None else {"policy": policy.to_json()}),
+               **({} if llm_policy is None else {"llm_policy": llm_policy.to_json()})},
     )
     return ProxySpec(registration, str(proxy_ca), ca_path, route, tuple(g.name for g in grants))
 

@@ -24,6 +24,7 @@ HOST_GATEWAY_ADDRESS = "127.0.0.1"  # where those ports are reached
 KIND_HOST_SERVICE = "host-service"  # moat-host:<port> for a port the run does not list
 KIND_HOST_ADDRESS = "host-address"  # any other way to the host
 KIND_REQUEST_RULE = "request-rule"  # the run's network policy (network.rules, strict)
+KIND_LLM_POLICY = "llm-policy"  # claude.llm-gateway: a model answer its Keep rules deny
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

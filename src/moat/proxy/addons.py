@@ -1,12 +1,12 @@
 """The proxy's mitmproxy addons, one concern each, in the order the daemon installs them:
 
-    Auth → Upstream → HostAccess → Policy → Inject → Stream → Trace
+    Auth → Upstream → Policy → HostAccess → Inject → LlmPolicy → Stream → Trace
 
 Auth says which run a request belongs to (or answers 407); Upstream picks moat's own upstream
 proxy, if any, for the destination; HostAccess keeps the agent off the host; Policy applies the
-run's network rules; Inject applies the
-run's grants; Stream passes bodies through as they come; Trace writes the run's network.jsonl (the
-last two in ``responses``, what they share in ``flows``). The decisions themselves are plain
+run's network rules; Inject applies the run's grants; LlmPolicy judges Anthropic's answers by
+claude.llm-gateway's Keep rules; Stream passes bodies through as they come; Trace writes the run's
+network.jsonl (the last two in ``responses``, what they share in ``flows``). The decisions themselves are plain
 functions in inject/access/upstream/trace; these classes only connect them to mitmproxy's hooks
 (imported in the daemon's virtualenv only).
 """
@@ -20,13 +20,14 @@ from mitmproxy import http
 
 from moat.credentials.hosts import host_matches, normalize_host
 from moat.policy import rules
-from moat.proxy import access, inject
+from moat.proxy import access, inject, llmpolicy
 from moat.proxy.flows import (
     BLOCKED,
     BUFFER_LIMIT,
     GRANTS,
     GUARD_PREFIX,
     HOST,
+    LLM_JUDGE,
     MAPPED,
     OWN_RESPONSE,
     REQ_BYTES,
@@ -356,7 +357,46 @@ class Inject:
         flow.metadata[GRANTS] = tuple(dict.fromkeys((*flow.metadata.get(GRANTS, ()), *used)))
 
 
+class LlmPolicy:
+    """claude.llm-gateway: Anthropic's Messages answers read whole, judged by the run's Keep rules,
+    and replaced by Keep's 400 policy_denied when a rule denies (see ``llmpolicy``)."""
+
+    def responseheaders(self, flow: Any) -> None:
+        run = flow.metadata.get(RUN)
+        if not _active(flow) or run is None or run.llm_policy is None:
+            return
+        request = flow.request
+        if not llmpolicy.applies(flow.metadata[HOST], request.method, request.path):
+            return
+        flow.metadata[LLM_JUDGE] = True  # Stream leaves it whole (streamed, it could not be taken back)
+        length = flow.response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > llmpolicy.MAX_BODY:
+            self._deny(flow, llmpolicy.Verdict(True, "evaluation-error",
+                                               f"The response is over {llmpolicy.MAX_BODY >> 20} MB"))
+
+    def response(self, flow: Any) -> None:
+        if not flow.metadata.pop(LLM_JUDGE, False) or flow.metadata.get(BLOCKED):
+            return
+        response = flow.response
+        try:
+            body = response.get_content(strict=True) or b""
+        except ValueError:
+            verdict = llmpolicy.Verdict(True, "evaluation-error", "The response could not be decoded")
+        else:
+            verdict = llmpolicy.judge(flow.metadata[RUN].llm_policy, body, response.headers.get("content-type", ""))
+        if verdict.denied:
+            self._deny(flow, verdict)
+
+    @staticmethod
+    def _deny(flow: Any, verdict: llmpolicy.Verdict) -> None:
+        body = llmpolicy.denied_body(verdict)
+        flow.response = http.Response.make(400, body, {"Content-Type": "application/json"})
+        why = f"claude.llm-gateway: {verdict.rule}" + (f" ({verdict.message})" if verdict.message else "")
+        flow.metadata[BLOCKED] = access.Refusal(access.KIND_LLM_POLICY, why, body.decode())
+
+
 def addons(state: ProxyState) -> list[Any]:
     # Policy before HostAccess: a host the policy refuses is refused before anything looks its name
     # up (a lookup is itself a way out: a name can carry data to a resolver, its answer back).
-    return [Auth(state), Upstream(state), Policy(state), HostAccess(state), Inject(state), Stream(), Trace(state)]
+    return [Auth(state), Upstream(state), Policy(state), HostAccess(state), Inject(state), LlmPolicy(), Stream(),
+            Trace(state)]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from moat.constants import NETWORK_TRACE, RUNS_DIR
 from moat.credentials.rules import Registration
@@ -30,6 +31,7 @@ class Run:
     masker: Masker  # every secret of the run: the trace passes through it
     injected_names: frozenset[str] = field(default_factory=frozenset)  # headers its grants put secrets in
     policy: NetworkPolicy | None = None  # network.rules and strict mode, when the run has them
+    llm_policy: Any = None  # claude.llm-gateway's compiled Keep rules (a moat.policy.keep.Evaluator)
 
     @property
     def run_id(self) -> str:
@@ -61,6 +63,18 @@ def policy_of(registration: Registration) -> NetworkPolicy | None:
     if not isinstance(data, dict):
         raise ValueError("a network policy is an object")
     return NetworkPolicy.from_json(data)
+
+
+def llm_policy_of(registration: Registration) -> Any:
+    """The run's claude.llm-gateway rules, compiled (ValueError if they cannot be)."""
+    data = registration.extra.get("llm_policy")
+    if data is None:
+        return None
+    from moat.policy.keep import Evaluator, RuleSet  # noqa: PLC0415 — CEL is imported by runs that use it
+
+    if not isinstance(data, dict):
+        raise ValueError("an LLM policy is an object")
+    return Evaluator(RuleSet.from_json(data))
 
 
 def validate(registration: Registration, home: Path | None = None) -> str | None:
@@ -107,7 +121,8 @@ class RunRegistry:
         injected = frozenset(name.lower() for g in registration.grants for i in g.injections for name, value in i.set
                              if value in g.secret_values())  # a fixed header (anthropic-beta) is no secret
         masker = Masker(secret_forms(registration.secret_values()))
-        self._by_digest[digest] = Run(registration, masker, injected, policy_of(registration))
+        llm = llm_policy_of(registration)
+        self._by_digest[digest] = Run(registration, masker, injected, policy_of(registration), llm)
         self._digest_of[registration.run_id] = digest
         self._empty_since = None
 

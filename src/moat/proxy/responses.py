@@ -13,6 +13,7 @@ from moat.proxy.flows import (
     GRANTS,
     GUARD_PREFIX,
     HOST,
+    LLM_JUDGE,
     OWN_RESPONSE,
     REQ_BYTES,
     RESP_BYTES,
@@ -48,8 +49,10 @@ class Stream:
             return
         counter = Counter(flow.metadata, RESP_BYTES)
         secrets = flow.metadata.get(SCRUB)
+        judged = bool(flow.metadata.get(LLM_JUDGE))  # read whole: the policy may replace it
         if not secrets:
-            flow.response.stream = counter
+            if not judged:
+                flow.response.stream = counter
             return
         scrubber = inject.Scrubber(secrets)
         response = flow.response
@@ -60,7 +63,7 @@ class Stream:
             cleaned = [scrubber.text(v) for v in values]
             if cleaned != values:
                 headers.set_all(name, cleaned)
-        if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        if judged or headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
             # Compressed though it was asked not to be: the scrubber would see compressed bytes and
             # the client would inflate the credential. Read whole, decoded, scrubbed (``response``).
             flow.metadata[SCRUB_WHOLE] = True
