@@ -142,3 +142,16 @@ def test_unix_to_tcp_relays_and_a_missing_target_closes(tmp_path: Path) -> None:
         return answer, closed
 
     assert asyncio.run(scenario()) == (b"echo:hello", b"")
+
+
+def test_a_daemon_of_another_build_is_never_reused(tmp_path: Path) -> None:
+    """A daemon started by another build of moat would not enforce what this one registers (a new
+    policy would fail open): while it serves runs, moat refuses to use it."""
+    from moat.proxy.paths import ProxyPaths, daemon_build
+
+    reply = {"ok": True, "protocol": 1, "build": "0" * 16, "pid": os.getpid(), "pid_start": "99", "port": 41000,
+             "started_at": "t", "listeners": {}, "runs": ["run_a"], "idle_seconds": 0, "idle_limit": 60}
+    assert daemon_build() != reply["build"]
+    with control_socket(tmp_path, json.dumps(reply).encode() + b"\n"), \
+            pytest.raises(ProxyError, match="another version of moat"):
+        client._reuse(ProxyPaths(tmp_path), tmp_path / "ca.crt")

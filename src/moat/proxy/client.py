@@ -29,7 +29,7 @@ from moat.ownership import process_alive, signal_process
 from moat.proxy import protocol
 from moat.proxy.ca import PUBLIC_CERT, ensure_ca
 from moat.proxy.errors import ProxyError
-from moat.proxy.paths import PROTOCOL_VERSION, ProxyPaths
+from moat.proxy.paths import PROTOCOL_VERSION, ProxyPaths, daemon_build
 
 ENV_PROXY_PYTHON = "MOAT_PROXY_PYTHON"
 PROXY_USER = "moat"  # the user name in the proxy URL (the Go tool's); the password is the run's token
@@ -241,7 +241,7 @@ def _reuse(paths: ProxyPaths, ca_cert: Path) -> ProxyInfo | None:
         if reply.get("stopping"):  # idling out right now: let it go, start another
             _wait_gone(info.pid, info.pid_start, STOP_TIMEOUT)
             return None
-        if reply.get("protocol") == PROTOCOL_VERSION:
+        if reply.get("protocol") == PROTOCOL_VERSION and reply.get("build") == daemon_build():
             return info
         if info.runs:
             raise ProxyError("moat's proxy daemon is from another version of moat and serves runs",

@@ -37,7 +37,7 @@ from moat.proxy import access, control, protocol, relay
 from moat.proxy.addons import addons
 from moat.proxy.ca import ensure_ca
 from moat.proxy.flows import ProxyState
-from moat.proxy.paths import PROTOCOL_VERSION, ProxyPaths
+from moat.proxy.paths import PROTOCOL_VERSION, ProxyPaths, daemon_build
 from moat.proxy.registry import RunRegistry
 from moat.proxy.upstream import UpstreamConfig
 
@@ -100,6 +100,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {
             "protocol": PROTOCOL_VERSION,
+            "build": daemon_build(),
             "pid": os.getpid(),
             "pid_start": process_start(os.getpid()),
             "port": self.port,

@@ -3,10 +3,28 @@ its clients alike (standard library only)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 PROTOCOL_VERSION = 1  # of the control socket's messages; a daemon speaking another one is restarted
+# What the daemon runs: a daemon started by another build of moat (a policy it would not enforce,
+# a rule it would read otherwise) is not reused — an old daemon must never fail a new policy open.
+_DAEMON_CODE = ("proxy", "policy", "credentials/rules.py", "credentials/hosts.py", "masking.py", "constants.py")
+
+
+@functools.cache
+def daemon_build() -> str:
+    """A digest of the source the daemon runs (read once per process; a few dozen small files)."""
+    root = Path(__file__).resolve().parent.parent  # the moat package
+    digest = hashlib.sha256()
+    for entry in _DAEMON_CODE:
+        path = root / entry
+        files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
