@@ -32,6 +32,7 @@ from typing import Any
 from tests.upstream import Seen, TestCA, serving
 
 REPLY_PREFIX = "stand-in model says: "
+OVERLOADED = "be overloaded"  # a prompt the Messages API answers with a 503 page
 DONE = "[DONE]"  # the end of a Chat Completions stream
 # Long enough to stream in several events, short enough for any CLI to print whole.
 CHUNK = 12
@@ -184,6 +185,13 @@ def _handler(stand_in: LlmStandIn) -> type[BaseHTTPRequestHandler]:
                 time.sleep(stand_in.delays.get(prompt, 0))
             if path == "/v1/messages/count_tokens":
                 self._json(200, {"input_tokens": max(1, len(seen.body) // 4)})
+            elif path == "/v1/messages" and OVERLOADED in prompt:  # the API's own error, an HTML page
+                self.send_response(503)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Retry-After", "7")
+                self.send_header("Content-Length", "23")
+                self.end_headers()
+                self.wfile.write(b"<html>overloaded</html>")
             elif path == "/v1/messages":
                 tool = _asked_tool(body, prompt)
                 if body.get("stream"):

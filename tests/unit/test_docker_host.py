@@ -11,6 +11,7 @@ import pytest
 from moat.cli.runinputs import docker_socket
 from moat.errors import ConfigError, UsageError
 from moat.plan.identity import Identity
+from moat.policy.keep import inline_rules
 from tests.unit.support import config_error, plan_for
 
 SOCKET = ("/run/user-engine/docker.sock", 998)
@@ -47,7 +48,12 @@ def test_a_mirror_setting_changes_nothing_for_an_image_without_docker() -> None:
 @pytest.mark.parametrize("text, request_args, message", [
     ("dependencies: ['docker:host']\nnetwork: {policy: strict}\n", {"docker_socket": SOCKET,
                                                                     "proxy_ca": Path("/m/ca.crt")},
-     "cannot run under network.policy: strict"),
+     "cannot run with network.policy: strict, network.rules or claude.llm-gateway"),
+    ("dependencies: ['docker:host']\nnetwork: {rules: [{api.github.com: [deny * /**]}]}\n",
+     {"docker_socket": SOCKET, "proxy_ca": Path("/m/ca.crt")}, "outside any policy"),
+    ("dependencies: ['docker:host']\nclaude: {llm-gateway: {policy: {deny: [llm.tool_use]}}}\n",
+     {"docker_socket": SOCKET, "proxy_ca": Path("/m/ca.crt"),
+      "llm_policy": inline_rules(["llm.tool_use"], "", "llm-gateway")}, "outside any policy"),
     ("dependencies: ['docker:host']\n", {"docker_socket": SOCKET, "runtime": "sandbox"}, "needs the docker runtime"),
     ("dependencies: ['docker:host']\n", {}, "needs the Docker engine's Unix socket"),
 ])
@@ -82,3 +88,5 @@ def test_the_socket_is_the_engines_own(tmp_path: Path) -> None:
     assert docker_socket({"DOCKER_HOST": f"unix://{tmp_path / 'file'}"}) is None  # not a socket
     with pytest.raises(UsageError, match="names 'tcp://"):
         docker_socket({"DOCKER_HOST": "tcp://10.0.0.1:2375"})
+    with pytest.raises(UsageError, match="absolute path"):
+        docker_socket({"DOCKER_HOST": "unix://rel.sock"})

@@ -4,6 +4,7 @@ over Anthropic answers decomposed as Keep decomposes them (whole or streamed); f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,8 @@ def test_a_streamed_answer_is_put_back_together_with_its_tool_input() -> None:
 ])
 def test_a_denied_answer_becomes_keeps_policy_denied_error(body: bytes, content_type: str) -> None:
     verdict = llmpolicy.judge(evaluator(), body, content_type)
-    assert verdict == llmpolicy.Verdict(True, "deny-write", "File writing is blocked by policy.")
+    assert (verdict.denied, verdict.rule, verdict.message) == (True, "deny-write", "File writing is blocked by policy.")
+    assert verdict.logged == ("log-everything",)  # the summary call matched the log rule first
     assert json.loads(llmpolicy.denied_body(verdict)) == {"type": "error", "error": {
         "type": "policy_denied", "message": "Policy denied: deny-write. File writing is blocked by policy."}}
 
@@ -198,3 +200,77 @@ def test_the_plan_registers_the_rules_with_the_proxy_even_without_grants(tmp_pat
     with pytest.raises(ConfigError, match="cannot both be set"):
         plan_for("claude:\n  llm-gateway:\n    policy: {deny: [llm.tool_use]}\n  base_url: https://gw.example.com\n",
                  home=tmp_path, scratch_root=tmp_path, proxy_ca=tmp_path / "ca.crt", llm_policy=rules)
+
+
+# -- what the review found: every way for an answer to pass unjudged is closed ----------------------
+
+def test_parameters_cel_cannot_hold_deny_instead_of_passing() -> None:
+    huge = {**MESSAGE, "content": [{"type": "tool_use", "id": "t0", "name": "Read",
+                                    "input": {"limit": 18446744073709551616}}, TOOL]}
+    verdict = llmpolicy.judge(evaluator(), json.dumps(huge).encode(), "application/json")
+    assert verdict.denied and verdict.rule == "evaluation-error"
+    deep = '{"x":' * 3000 + "{}" + "}" * 3000  # deeper than json can read back (a RecursionError)
+    nested = ('{"type": "message", "role": "assistant", "content": [{"type": "tool_use", "id": "t",'
+              f' "name": "Read", "input": {deep}}}]}}')
+    assert llmpolicy.judge(evaluator(), nested.encode(), "application/json").denied
+
+
+@pytest.mark.parametrize("body", [
+    _sse(("message_start", {"message": {"type": "message", "role": "assistant", "content": []}}),
+         ("content_block_delta", {"index": 3, "delta": {"type": "input_json_delta", "partial_json": "{}"}})),
+    _sse(("message_start", {"message": {"type": "message", "role": "assistant", "content": []}}),
+         ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+         ("content_block_delta", {"index": 0, "delta": "x"})),
+    json.dumps({**MESSAGE, "content": [{"type": "tool_use", "name": ["Edit"], "input": {}}]}).encode(),
+])
+def test_malformed_answers_are_denied(body: bytes) -> None:
+    content_type = "application/json" if body.startswith(b"{") else "text/event-stream"
+    assert llmpolicy.judge(evaluator(), body, content_type).denied
+
+
+def test_what_follows_message_stop_or_an_error_event_is_judged_too() -> None:
+    after_stop = _sse(("message_start", {"message": {"type": "message", "role": "assistant", "content": []}}),
+                      ("message_stop", {}),
+                      ("content_block_start", {"index": 0, "content_block": TOOL}))
+    assert llmpolicy.judge(evaluator(), after_stop, "text/event-stream").denied
+    then_error = _streamed(MESSAGE).replace(b"event: message_stop",
+                                            b"event: error\ndata: {\"type\": \"error\"}\n\nevent: message_stop")
+    assert llmpolicy.judge(evaluator(), then_error, "text/event-stream").denied
+    only_error = _sse(("error", {"type": "error", "error": {"type": "overloaded_error"}}))
+    assert not llmpolicy.judge(evaluator(), only_error, "text/event-stream").denied
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("no", False), ("off", False), ("false", False),
+                                             ("yes", True), (None, False)])
+def test_case_sensitive_reads_as_keeps_yaml_reads_it(value: object, expected: bool) -> None:
+    assert parse_rules({**READ_ONLY, "case_sensitive": value}, "llm-gateway").case_sensitive is expected
+    with pytest.raises(KeepError, match="true or false"):
+        parse_rules({**READ_ONLY, "case_sensitive": "maybe"}, "llm-gateway")
+
+
+@pytest.mark.parametrize("when, named", [
+    ("containsAny(params.input.command, ['rm'])", "the function containsAny()"),
+    ("params.input.command.lowerAscii() == 'x'", "the method .lowerAscii()"),
+    ("now > 1", "the name 'now'"),
+    ("context.timestamp > 1", "context.timestamp"),
+])
+def test_names_moat_does_not_provide_are_refused_before_the_run(when: str, named: str) -> None:
+    with pytest.raises(KeepError, match=re.escape(named)):
+        evaluator({"rules": [{"name": "r", "match": {"when": when}, "action": "deny"}]})
+    ok = "[1, 2].exists(x, x > 1) && context.agent_id == '' && size(params) > 0 && has(params.name)"
+    evaluator({"rules": [{"name": "r", "match": {"when": ok}, "action": "deny"}]})
+
+
+def test_defs_are_substituted_as_keep_does_never_in_strings_or_fields() -> None:
+    data = {"defs": {"rm": "params.input.command.contains(' rm ')", "command": "params.input.command"},
+            "rules": [{"name": "no-rm", "match": {"operation": "llm.tool_use",
+                                                  "when": "rm || command.startsWith('rm')"}, "action": "deny"}]}
+    ev = evaluator(data)
+    assert ev.evaluate("llm.tool_use", {"name": "bash", "input": {"command": "rm -rf /"}}).denied
+    assert not ev.evaluate("llm.tool_use", {"name": "bash", "input": {"command": "ls"}}).denied
+
+
+def test_audit_only_and_log_rules_are_recorded_not_enforced() -> None:
+    audit = {**READ_ONLY, "mode": "audit_only"}
+    verdict = llmpolicy.judge(evaluator(audit), json.dumps(MESSAGE).encode(), "application/json")
+    assert not verdict.denied and "deny-write" in verdict.logged

@@ -122,6 +122,9 @@ def docker_socket(env: Mapping[str, str]) -> tuple[str, int] | None:
         raise UsageError(f"docker:host hands the agent the engine's Unix socket, and DOCKER_HOST names {value[:80]!r}",
                          hint="Point DOCKER_HOST at a unix:// socket, or leave docker:host out.")
     path = value.removeprefix("unix://") or DEFAULT_DOCKER_SOCKET
+    if not path.startswith("/"):
+        raise UsageError(f"docker:host needs the engine's socket by its absolute path; DOCKER_HOST names {path!r}",
+                         hint="Set DOCKER_HOST=unix:///absolute/path/docker.sock.")
     try:
         info = Path(path).stat()
     except OSError:

@@ -278,7 +278,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
     )
     held = traits.holds_agent and not interactive
-    docker_mounts, docker_groups = _docker_host(config, request, catalog, runtime, strict)
+    docker_mounts, docker_groups = _docker_host(config, request, catalog, runtime,
+                                                policy is not None or llm_policy is not None)
     if docker_mounts:
         env.setdefault("DOCKER_HOST", f"unix://{docker_mounts[0].target}")
     holder: ContainerSpec | None = None
@@ -365,7 +366,7 @@ def _llm_gateway(config: Config, request: RunRequest) -> RuleSet | None:
     return request.llm_policy
 
 
-def _docker_host(config: Config, request: RunRequest, catalog: Catalog, runtime: str, strict: bool,
+def _docker_host(config: Config, request: RunRequest, catalog: Catalog, runtime: str, policed: bool,
                  ) -> tuple[tuple[Mount, ...], tuple[int, ...]]:
     """docker:host: the engine's socket mounted for the agent, with the group that may use it."""
     if catalog.data.docker is None or not any(d.type is DepType.DOCKER for d in config.dependencies):
@@ -375,12 +376,12 @@ def _docker_host(config: Config, request: RunRequest, catalog: Catalog, runtime:
     problem = None
     if not TRAITS[runtime].builds_images:
         problem = f"docker:host needs the docker runtime (the {runtime} runtime has no Docker engine to hand over)"
-    elif strict:
-        # Whoever holds the socket starts containers on any network, as root on the host: the
-        # policy would hold nothing. Refused, not weakened in silence.
+    elif policed:
+        # Whoever holds the socket starts containers on any network, as root on the host: a policy
+        # (strict, network.rules, claude.llm-gateway) would hold nothing. Refused, not weakened in silence.
         problem = ("docker:host hands the agent the Docker engine, where it can start containers outside any"
-                   " network policy: it cannot run under network.policy: strict; use permissive, or leave"
-                   " Docker out")
+                   " policy: it cannot run with network.policy: strict, network.rules or claude.llm-gateway;"
+                   " drop them, or leave Docker out")
     elif request.docker_socket is None:
         problem = "docker:host needs the Docker engine's Unix socket, and none was found"
     if problem:

@@ -112,7 +112,23 @@ def parse_rules(data: object, scope: str) -> RuleSet:
     names: set[str] = set()
     for index, raw in enumerate(raw_rules):
         rules.append(_rule(raw, index, names))
-    return RuleSet(scope, tuple(rules), mode, on_error, bool(data.get("case_sensitive")), dict(defs))
+    return RuleSet(scope, tuple(rules), mode, on_error, _flag(data.get("case_sensitive", False), "case_sensitive"),
+                   dict(defs))
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "y"), ("false", "no", "off", "n", "")
+
+
+def _flag(value: object, key: str) -> bool:
+    """A boolean as Keep's YAML (yaml.v3) reads one: no, off, false are false (not a true string)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) or value is None else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE or value is None:
+        return False
+    raise KeepError(f"{key}: true or false, not {value!r}")
 
 
 def _rule(raw: object, index: int, names: set[str]) -> Rule:
@@ -151,10 +167,35 @@ class Decision:
 
 
 def _with_defs(expression: str, defs: Mapping[str, str]) -> str:
-    """Keep's defs: a name in an expression stands for its definition (in parentheses)."""
+    """Keep's defs, as its ResolveAliases substitutes them: a name stands for its definition's text,
+    except inside a quoted string or after a dot (a field of the same name)."""
     if not defs:
         return expression
-    return _IDENTIFIER.sub(lambda m: f"({defs[m.group(0)]})" if m.group(0) in defs else m.group(0), expression)
+    out: list[str] = []
+    i, n = 0, len(expression)
+    previous = ""  # the last character that was not part of a name or a blank
+    while i < n:
+        c = expression[i]
+        if c in "'\"":
+            j = i + 1
+            while j < n and expression[j] != c:
+                j += 2 if expression[j] == "\\" else 1
+            out.append(expression[i:j + 1])
+            i, previous = j + 1, c
+            continue
+        if c.isascii() and (c.isalpha() or c == "_"):
+            j = i
+            while j < n and expression[j].isascii() and (expression[j].isalnum() or expression[j] == "_"):
+                j += 1
+            name = expression[i:j]
+            out.append(defs[name] if previous != "." and name in defs else name)
+            i, previous = j, name[-1]
+            continue
+        out.append(c)
+        if c not in " \t\n\r":
+            previous = c
+        i += 1
+    return "".join(out)
 
 
 def _lower(value: Any) -> Any:
@@ -165,6 +206,51 @@ def _lower(value: Any) -> Any:
     if isinstance(value, list):
         return [_lower(v) for v in value]
     return value
+
+
+# What a rule's expression may name: the call's parameters and context (Keep's fields; moat fills
+# agent_id, user_id and labels empty), and standard CEL's functions (which cel-python implements).
+VARIABLES = frozenset({"params", "context"})
+CONTEXT_FIELDS = frozenset({"scope", "operation", "direction", "agent_id", "user_id", "labels"})
+FUNCTIONS = frozenset({"size", "has", "int", "uint", "double", "string", "bytes", "bool", "type", "dyn",
+                       "duration", "timestamp", "matches"})
+METHODS = frozenset({"contains", "startsWith", "endsWith", "matches", "size", "exists", "all", "exists_one",
+                     "map", "filter", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear",
+                     "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds"})
+MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
+
+
+def _unknown_names(tree: Any) -> str | None:
+    """The first function, method or variable in a parsed expression that moat does not provide."""
+    bound: set[str] = set()
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg" and str(node.children[1]) in MACROS and len(node.children) > 2:
+            for inner in node.children[2].iter_subtrees():  # the macro's variable: its first argument
+                if inner.data == "ident":
+                    bound.add(str(inner.children[0]))
+                    break
+    for node in tree.iter_subtrees_topdown():
+        tokens = [c for c in node.children if not hasattr(c, "data")]
+        if not tokens:
+            continue
+        name = str(tokens[0])
+        if node.data == "ident_arg" and name not in FUNCTIONS:
+            return f"the function {name}()"
+        if node.data == "member_dot_arg" and name not in METHODS:
+            return f"the method .{name}()"
+        if node.data == "ident" and name not in VARIABLES and name not in bound:
+            return f"the name {name!r}"
+        if node.data == "member_dot" and node.children and _is_context(node.children[0]) \
+                and name not in CONTEXT_FIELDS:
+            return f"context.{name}"
+    return None
+
+
+def _is_context(node: Any) -> bool:
+    """Whether a parsed receiver is the bare name ``context`` (member → primary → ident)."""
+    while getattr(node, "data", None) in ("member", "primary") and len(node.children) == 1:
+        node = node.children[0]
+    return getattr(node, "data", None) == "ident" and str(node.children[0]) == "context"
 
 
 def _specificity(rule: Rule) -> int:
@@ -188,10 +274,16 @@ class Evaluator:
             program = None
             if rule.when:
                 try:
-                    program = environment.program(environment.compile(_with_defs(rule.when, rules.defs)))
+                    tree = environment.compile(_with_defs(rule.when, rules.defs))
                 except Exception as exc:  # celpy's parse errors have no common base worth naming
                     detail = " ".join(str(exc).split())[:300]
                     raise KeepError(f"rule {rule.name!r}: its when: is not CEL moat can evaluate: {detail}") from None
+                unknown = _unknown_names(tree)
+                if unknown:
+                    # cel-python would compile it and fail (or, under on_error: open, skip it) mid-run.
+                    raise KeepError(f"rule {rule.name!r}: {unknown} is not something moat's Keep rules provide"
+                                    f" (standard CEL over params and context.{'/'.join(sorted(CONTEXT_FIELDS))})")
+                program = environment.program(tree)
             compiled.append((rule, program))
         # Keep's order: an exact operation before a glob before none; the file's order within each.
         self._compiled = sorted(compiled, key=lambda item: _specificity(item[0]))
@@ -200,12 +292,18 @@ class Evaluator:
                  ) -> Decision:
         rules = self.rules
         op = operation if rules.case_sensitive else operation.lower()
-        values = dict(params) if rules.case_sensitive else _lower(dict(params))
-        ctx = {"scope": rules.scope, "operation": op, **(context or {})}
-        if not rules.case_sensitive:
-            ctx = _lower(ctx)
-        activation = {"params": self._to_cel(values), "context": self._to_cel(ctx)}
         audit = rules.mode == "audit_only"
+        try:
+            values = dict(params) if rules.case_sensitive else _lower(dict(params))
+            ctx = {**dict.fromkeys(CONTEXT_FIELDS, ""), "labels": {}, "scope": rules.scope, "operation": op,
+                   **(context or {})}
+            if not rules.case_sensitive:
+                ctx = _lower(ctx)
+            activation = {"params": self._to_cel(values), "context": self._to_cel(ctx)}
+        except Exception as exc:  # parameters CEL cannot hold (a 65-bit integer, nesting too deep)
+            if audit:
+                return Decision(False)
+            return Decision(True, "evaluation-error", f"The call's parameters cannot be evaluated: {exc}")
         logged: list[str] = []
         for rule, program in self._compiled:
             if rule.operation and not fnmatch.fnmatchcase(op, rule.operation if rules.case_sensitive

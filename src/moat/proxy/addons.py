@@ -28,6 +28,7 @@ from moat.proxy.flows import (
     GUARD_PREFIX,
     HOST,
     LLM_JUDGE,
+    LLM_LOGGED,
     MAPPED,
     OWN_RESPONSE,
     REQ_BYTES,
@@ -366,24 +367,25 @@ class LlmPolicy:
         if not _active(flow) or run is None or run.llm_policy is None:
             return
         request = flow.request
-        if not llmpolicy.applies(flow.metadata[HOST], request.method, request.path):
-            return
-        flow.metadata[LLM_JUDGE] = True  # Stream leaves it whole (streamed, it could not be taken back)
-        length = flow.response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > llmpolicy.MAX_BODY:
-            self._deny(flow, llmpolicy.Verdict(True, "evaluation-error",
-                                               f"The response is over {llmpolicy.MAX_BODY >> 20} MB"))
+        # Every answer of the Messages API is read whole (Stream leaves it so: streamed, it could
+        # not be taken back); only a successful one holds what the model asked for.
+        if llmpolicy.applies(flow.metadata[HOST], request.method, request.path):
+            flow.metadata[LLM_JUDGE] = True
 
     def response(self, flow: Any) -> None:
         if not flow.metadata.pop(LLM_JUDGE, False) or flow.metadata.get(BLOCKED):
             return
         response = flow.response
+        if not 200 <= response.status_code < 300:
+            return  # the API's error (an overload, a retry-after): the agent's to see as it is
         try:
             body = response.get_content(strict=True) or b""
-        except ValueError:
-            verdict = llmpolicy.Verdict(True, "evaluation-error", "The response could not be decoded")
-        else:
             verdict = llmpolicy.judge(flow.metadata[RUN].llm_policy, body, response.headers.get("content-type", ""))
+        except Exception as exc:  # an addon's exception would let mitmproxy pass the answer on: deny
+            log.exception("denying an answer the LLM policy could not judge")
+            verdict = llmpolicy.Verdict(True, "evaluation-error", f"The response could not be judged: {exc}")
+        if verdict.logged:
+            flow.metadata[LLM_LOGGED] = verdict.logged
         if verdict.denied:
             self._deny(flow, verdict)
 

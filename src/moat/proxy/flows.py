@@ -30,6 +30,7 @@ GRANTS = "moat.grants"  # the grants applied
 SCRUB = "moat.scrub"  # the credentials a response from this host must not carry back
 SCRUB_WHOLE = "moat.scrub-whole"  # a compressed response, scrubbed once read whole
 LLM_JUDGE = "moat.llm-judge"  # an answer claude.llm-gateway's rules judge: read whole, not streamed
+LLM_LOGGED = "moat.llm-logged"  # the rules that matched it with action log (or would deny, audit_only)
 SUBSTITUTIONS = "moat.substitutions"  # token substitutions still to apply to the body
 REQ_BYTES = "moat.req-bytes"
 RESP_BYTES = "moat.resp-bytes"

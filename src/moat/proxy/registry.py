@@ -74,7 +74,11 @@ def llm_policy_of(registration: Registration) -> Any:
 
     if not isinstance(data, dict):
         raise ValueError("an LLM policy is an object")
-    return Evaluator(RuleSet.from_json(data))
+    try:
+        return Evaluator(RuleSet.from_json(data))
+    except ImportError:
+        raise ValueError("claude.llm-gateway needs cel-python in the proxy's Python environment"
+                         " (pip install cel-python there)") from None
 
 
 def validate(registration: Registration, home: Path | None = None) -> str | None:

@@ -14,6 +14,7 @@ from moat.proxy.flows import (
     GUARD_PREFIX,
     HOST,
     LLM_JUDGE,
+    LLM_LOGGED,
     OWN_RESPONSE,
     REQ_BYTES,
     RESP_BYTES,
@@ -169,7 +170,10 @@ class Trace:
             req_headers=request.headers.items(multi=True),
             resp_headers=response.headers.items(multi=True) if response is not None else (),
         )
-        self._write(run, trace.record(exchange, run.masker, run.injected_names))
+        line = trace.record(exchange, run.masker, run.injected_names)
+        if flow.metadata.get(LLM_LOGGED):  # claude.llm-gateway's log rules (and audit_only's would-be denials)
+            line["llm_policy_logged"] = list(flow.metadata[LLM_LOGGED])
+        self._write(run, line)
 
     def _write(self, run: Run, line: dict[str, Any]) -> None:
         path = run.registration.trace_file
