@@ -34,7 +34,7 @@ def test_names_are_sorted_and_cover_every_kind() -> None:
         "ruff", "black", "mypy", "pytest",
         "gopls", "govulncheck", "mockgen", "gofumpt", "yq", "air",
         "node-dev", "python-dev", "cli-essentials", "go-extras", "k8s",
-        "aws", "gcloud", "protoc", "protoc-gen-go", "protoc-gen-go-grpc", "protoc-gen-connect-go",
+        "aws", "gcloud", "delta", "protoc", "protoc-gen-go", "protoc-gen-go-grpc", "protoc-gen-connect-go",
         "protoc-gen-grpc-gateway", "protoc-gen-openapiv2", "protoc-gen-grpc-gateway-ts", "protoc-gen-validate",
         "protoc-gen-doc", "protoc-gen-es", "protoc-gen-connect-es", "protobuf", "protobuf-es", "protobuf-grpc-gateway",
     }
@@ -440,3 +440,12 @@ def test_versions_that_could_not_be_installed_as_asked_are_said_at_once() -> Non
     [go] = [line for line in lines if "go install" in line]
     assert "golang.org/x/tools/gopls@latest" in go and "mvdan.cc/gofumpt@v0.9.2" in go
     assert "go.uber.org/mock/mockgen@v0.5.0" in go
+
+
+def test_delta_is_built_with_cargo_after_the_rust_it_needs() -> None:
+    lines = _render("dependencies: [git, delta, rust]\n")
+    rust = next(i for i, line in enumerate(lines) if "rustup-init -y" in line)
+    delta = next(i for i, line in enumerate(lines) if "cargo install --locked --root /usr/local git-delta@0.18.2"
+                 in line)
+    assert rust < delta  # though 'delta' sorts before 'rust'
+    assert "delta needs rust: add 'rust' to dependencies" in only_problem("dependencies: [delta]\n")[1]

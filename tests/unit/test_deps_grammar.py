@@ -173,9 +173,9 @@ def test_unknown_name_without_anything_close() -> None:
     assert "did you mean" not in message
 
 
-def test_dependencies_of_the_go_moat_not_provided_yet() -> None:
-    assert "does not provide yet" in error("delta")
-    assert "is installed with cargo, which needs the rust runtime" not in error("delta")
+def test_a_docker_mode_not_provided_yet_is_said_as_such() -> None:
+    assert "is not provided yet" in error("docker:dind")
+    assert "unknown dependency prefix" not in error("docker:dind")
 
 
 def test_unknown_prefix() -> None:

@@ -87,7 +87,10 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
     # A runtime whose own image is the base needs no install step.
     to_install = [] if len(runtimes) == 1 else runtimes
     releases = sorted((d for d in deps if d.type in (DepType.RELEASE, DepType.DOWNLOAD)), key=lambda d: d.name)
+    # A custom installer another one needs (rust, for delta's cargo) goes first; else by name.
     customs = _of(deps, DepType.CUSTOM)
+    needed = {r for d in customs if isinstance(entry := catalog.get(d.name), Custom) for r in entry.requires}
+    customs.sort(key=lambda d: (d.name not in needed, d.name))
     apt = set(BASE_APT)
     links = []
     for dep in _of(deps, DepType.TOOL):
