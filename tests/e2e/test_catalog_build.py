@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,10 @@ HOST_CAS = Path("/usr/local/share/ca-certificates")
 
 
 @dataclass
-class Releases:
+class Served:
+    """A directory served over plain HTTP on 127.0.0.1 (a stand-in for a download host), and the
+    paths asked of it."""
+
     root: Path
     port: int = 0
     requests: list[str] = field(default_factory=list)
@@ -45,6 +49,20 @@ class Releases:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+
+@contextmanager
+def _served(stand_in: Served) -> Iterator[None]:
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            stand_in.requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
+    stand_in.port = server.server_address[1]
+    with serving(server):
+        yield
+
+
+class Releases(Served):
     def publish(self, sums: str | None = None) -> None:
         """gh's release: the archive, and its checksum file (``sums`` replaces the true one)."""
         directory = self.root / "cli" / "cli" / "releases" / "download" / f"v{VERSION}"
@@ -65,14 +83,7 @@ class Releases:
 def releases(tmp_path: Path) -> Iterator[Releases]:
     stand_in = Releases(tmp_path / "releases")
     stand_in.root.mkdir()
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            stand_in.requests.append(self.path)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
-    stand_in.port = server.server_address[1]
-    with serving(server):
+    with _served(stand_in):
         yield stand_in
 
 
@@ -127,20 +138,6 @@ def test_a_release_whose_checksum_does_not_match_is_not_installed(engine: Docker
     assert os.environ.get("MOAT_GITHUB_DOWNLOAD_BASE") is None  # the test's setting went to moat alone
 
 
-@dataclass
-class AptRepository:
-    """A stand-in for Docker's apt repository (download.docker.com is not reachable here), signed with
-    a key made for the test: a ``docker-ce-cli`` package holding this machine's own docker client."""
-
-    root: Path
-    port: int = 0
-    requests: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 def _gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
     done = subprocess.run(["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback",
                            "--passphrase", "", *args], input=data, capture_output=True, check=True)
@@ -181,22 +178,17 @@ def _publish_docker_cli(root: Path, work: Path) -> None:
 
 
 @pytest.fixture
-def docker_apt(tmp_path: Path) -> Iterator[AptRepository]:
-    stand_in = AptRepository(tmp_path / "apt")
+def docker_apt(tmp_path: Path) -> Iterator[Served]:
+    """A stand-in for Docker's apt repository (download.docker.com is not reachable here), signed with
+    a key made for the test: a ``docker-ce-cli`` package holding this machine's own docker client."""
+    stand_in = Served(tmp_path / "apt")
     _publish_docker_cli(stand_in.root, tmp_path / "apt-work")
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            stand_in.requests.append(self.path)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(stand_in.root)))
-    stand_in.port = server.server_address[1]
-    with serving(server):
+    with _served(stand_in):
         yield stand_in
 
 
 def test_docker_host_hands_the_agent_the_engine_through_its_socket(engine: DockerRuntime, moat_home: Path,
-                                                                   tmp_path: Path, docker_apt: AptRepository) -> None:
+                                                                   tmp_path: Path, docker_apt: Served) -> None:
     """docker:host: Docker's CLI from Docker's apt repository (its stand-in, its signature checked by
     apt), the engine's socket mounted, the agent's user in the socket's group: the agent reaches the
     very engine moat runs on."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from moat.agents.model import AgentOptions, AgentSetup
+from moat.agents.sessions import sessions_dir
 from moat.config.schema import LocalMcpServer, MoatConfig
 from moat.errors import UsageError
 
@@ -27,6 +28,9 @@ class Agent(ABC):
     # ``dependency``, added to moat.yaml's, where it names none of them (its versions win).
     extra_dependencies: tuple[str, ...] = ("node@22", "git")
     resumable: bool = False  # -c/-r: its sessions are kept on the host (see ``state``)
+    # Where under $HOME the agent keeps the sessions moat keeps on the host (None: it keeps none);
+    # its moat.yaml block's sync_logs: false keeps them in the container.
+    sessions_at: str | None = None
 
     def preferred_grants(self, options: AgentOptions, config: MoatConfig) -> tuple[str, ...]:
         """The providers to look for, in order (pi's follow the backend it is told to use)."""
@@ -35,7 +39,9 @@ class Agent(ABC):
     def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
         """Host directories the agent keeps its sessions in (under MOAT_HOME): (host path, path under
         the agent's $HOME)."""
-        return ()
+        if self.sessions_at is None or getattr(getattr(config, self.name), "sync_logs", None) is False:
+            return ()
+        return ((str(sessions_dir(self.name, workspace, moat_home)), self.sessions_at),)
 
     @abstractmethod
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 
 from moat.agents.base import Agent, pretty_json, stdio_servers
 from moat.agents.model import AgentOptions, AgentSetup
-from moat.agents.sessions import claude_mount_target, claude_project_dir
+from moat.agents.sessions import claude_mount_target
 from moat.config.schema import MoatConfig
 from moat.constants import WORKSPACE_MOUNT
 
@@ -30,11 +29,6 @@ QUIET_ENV = {
 
 
 class Claude(Agent):
-    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
-        if config.claude.sync_logs is False:
-            return ()
-        return ((str(claude_project_dir(workspace, moat_home)), claude_mount_target()),)
-
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:
         block = config.claude
@@ -80,4 +74,4 @@ class Claude(Agent):
 
 CLAUDE = Claude("claude", "Claude Code", "claude-code", ("claude", "anthropic"),
                 "`moat grant claude` (a Claude subscription: `claude setup-token`) or `moat grant anthropic`"
-                " (an API key)", resumable=True)
+                " (an API key)", resumable=True, sessions_at=claude_mount_target())

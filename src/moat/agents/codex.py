@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from moat.agents.base import Agent, pretty_json, stdio_servers, toml_string
 from moat.agents.model import AgentOptions, AgentSetup
-from moat.agents.sessions import CODEX_SESSIONS, sessions_dir
+from moat.agents.sessions import CODEX_SESSIONS
 from moat.config.schema import MoatConfig
 from moat.constants import WORKSPACE_MOUNT
 
@@ -50,11 +49,6 @@ def config_toml(yolo: bool, servers: Mapping[str, Mapping[str, object]]) -> str:
 
 
 class Codex(Agent):
-    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
-        if config.codex.sync_logs is False:
-            return ()
-        return ((str(sessions_dir("codex", workspace, moat_home)), CODEX_SESSIONS),)
-
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:
         if options.prompt is not None:
@@ -69,4 +63,5 @@ class Codex(Agent):
         return self.base(grant, command, options, home_files=files)
 
 
-CODEX = Codex("codex", "OpenAI Codex", "codex-cli", ("openai",), "`moat grant openai` (an API key)")
+CODEX = Codex("codex", "OpenAI Codex", "codex-cli", ("openai",), "`moat grant openai` (an API key)",
+              sessions_at=CODEX_SESSIONS)

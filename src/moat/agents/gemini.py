@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from moat.agents.base import Agent, pretty_json, prompt_options, stdio_servers
 from moat.agents.model import AgentOptions, AgentSetup
-from moat.agents.sessions import GEMINI_SESSIONS, sessions_dir
+from moat.agents.sessions import GEMINI_SESSIONS
 from moat.config.schema import MoatConfig
 
 
 class Gemini(Agent):
-    def state(self, config: MoatConfig, workspace: Path, moat_home: Path) -> tuple[tuple[str, str], ...]:
-        if config.gemini.sync_logs is False:
-            return ()
-        return ((str(sessions_dir("gemini", workspace, moat_home)), GEMINI_SESSIONS),)
-
     def setup(self, options: AgentOptions, config: MoatConfig, grant: str | None,
               grant_env: Mapping[str, str]) -> AgentSetup:
         command = ["gemini"]
@@ -37,4 +31,5 @@ class Gemini(Agent):
                          home_files={".gemini/settings.json": pretty_json(settings)})
 
 
-GEMINI = Gemini("gemini", "Gemini CLI", "gemini-cli", ("gemini",), "`moat grant gemini` (an API key)")
+GEMINI = Gemini("gemini", "Gemini CLI", "gemini-cli", ("gemini",), "`moat grant gemini` (an API key)",
+                sessions_at=GEMINI_SESSIONS)

@@ -73,13 +73,8 @@ def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = Tr
     """The build's download mirrors, read only when the image downloads from them (a value the build
     does not use stops nothing). They reach the Dockerfile's command lines: URLs only."""
     found = {}
-    value = host_env.get(GITHUB_BASE_VARIABLE, "").strip()
-    if value and releases:
-        if not MIRROR.fullmatch(value):
-            raise UsageError(f"{GITHUB_BASE_VARIABLE} must be an https:// URL (or http:// to this machine),"
-                             f" not {value[:80]!r}", hint=f"For example {GITHUB_BASE_VARIABLE}="
-                                                          "https://mirror.example.com/github")
-        found["github_base"] = value.rstrip("/")
+    if releases and (base := _base_url(host_env, GITHUB_BASE_VARIABLE, "https://mirror.example.com/github")):
+        found["github_base"] = base
     value = host_env.get(GOPROXY_VARIABLE, "").strip()
     if value and go:
         entries = re.split(r"[,|]", value)  # GOPROXY's list: ',' falls back on 404, '|' on any error
@@ -88,11 +83,17 @@ def mirrors(host_env: Mapping[str, str], *, releases: bool = True, go: bool = Tr
                              f" machine, file:///, direct, off), not {value[:80]!r}",
                              hint=f"For example {GOPROXY_VARIABLE}=https://goproxy.example.com,direct")
         found["goproxy"] = value
-    value = host_env.get(DOCKER_APT_VARIABLE, "").strip()
-    if value and docker:
-        if not MIRROR.fullmatch(value):
-            raise UsageError(f"{DOCKER_APT_VARIABLE} must be an https:// URL (or http:// to this machine),"
-                             f" not {value[:80]!r}", hint=f"For example {DOCKER_APT_VARIABLE}="
-                                                          "https://mirror.example.com/docker/linux")
-        found["docker_apt_base"] = value.rstrip("/")
+    if docker and (base := _base_url(host_env, DOCKER_APT_VARIABLE, "https://mirror.example.com/docker/linux")):
+        found["docker_apt_base"] = base
     return found
+
+
+def _base_url(host_env: Mapping[str, str], variable: str, example: str) -> str | None:
+    """A mirror's base URL from ``variable``: https, or http to this machine; None when unset."""
+    value = host_env.get(variable, "").strip()
+    if not value:
+        return None
+    if not MIRROR.fullmatch(value):
+        raise UsageError(f"{variable} must be an https:// URL (or http:// to this machine), not {value[:80]!r}",
+                         hint=f"For example {variable}={example}")
+    return value.rstrip("/")
