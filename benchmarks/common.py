@@ -26,15 +26,18 @@ class Service:
     env: dict[str, str]
     command: tuple[str, ...] | None
     exec_probe: tuple[str, ...]  # an authenticated check run inside the container
+    data_paths: tuple[str, ...] = ()  # where it keeps its data (moat puts them in memory: tmpfs)
 
 
 SERVICES = (
     Service("postgres", "moat-test/postgres:latest", 5432, {"POSTGRES_PASSWORD": PASSWORD}, None,
-            ("sh", "-c", f"PGPASSWORD={PASSWORD} psql -h 127.0.0.1 -U postgres -tAc 'select 1'")),
+            ("sh", "-c", f"PGPASSWORD={PASSWORD} psql -h 127.0.0.1 -U postgres -tAc 'select 1'"),
+            ("/var/lib/postgresql/data",)),
     Service("mysql", "moat-test/mysql:latest", 3306, {"MYSQL_ROOT_PASSWORD": PASSWORD, "MYSQL_DATABASE": "moat"},
-            None, ("sh", "-c", f"MYSQL_PWD={PASSWORD} mysql --protocol=TCP -h 127.0.0.1 -uroot -e 'select 1'")),
+            None, ("sh", "-c", f"MYSQL_PWD={PASSWORD} mysql --protocol=TCP -h 127.0.0.1 -uroot -e 'select 1'"),
+            ("/var/lib/mysql",)),
     Service("redis", "moat-test/redis:latest", 6379, {}, ("redis-server", "--requirepass", PASSWORD),
-            ("sh", "-c", f"REDISCLI_AUTH={PASSWORD} redis-cli -h 127.0.0.1 ping | grep -q PONG")),
+            ("sh", "-c", f"REDISCLI_AUTH={PASSWORD} redis-cli -h 127.0.0.1 ping | grep -q PONG"), ("/data",)),
 )
 
 
@@ -76,9 +79,14 @@ def wait_answering(service: str, address: str, port: int, interval: float, deadl
     raise TimeoutError(f"{service} did not answer at {address}:{port}")
 
 
-def run_agent(client: Any, started: float, network: str | None = None, **create: Any) -> float:
-    """Start the trivial agent (docker SDK ``client``); seconds from ``started`` to its first output."""
-    agent = client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network, **create)
+def create_agent(client: Any, network: str | None = None, **create: Any) -> Any:
+    return client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network, **create)
+
+
+def run_agent(client: Any, started: float, network: str | None = None, agent: Any = None, **create: Any) -> float:
+    """Start the trivial agent (docker SDK ``client``; ``agent``: one created beforehand); seconds
+    from ``started`` to its first output."""
+    agent = agent or create_agent(client, network, **create)
     try:
         stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
         agent.start()
