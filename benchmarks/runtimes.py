@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MOAT = [sys.executable, "-m", "moat"]
+SANDBOX_TRUE_GOAL = 0.30  # issue 14: `moat run --runtime sandbox -- true`, whole
 WORKSPACE_UID = 1000  # the sandbox never runs as root: as root, workspaces belong to this uid
 CASES = {
     "true": "name: bench-true\n",
@@ -44,6 +45,17 @@ def run_once(runtime: str, workspace: Path, env: dict[str, str]) -> float:
     if done.returncode != 0:
         raise SystemExit(f"moat run --runtime {runtime} failed:\n{done.stderr}")
     return elapsed
+
+
+BWRAP_FLOOR = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+               "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+
+
+def bwrap_once() -> float:
+    """The sandbox's floor for `-- true`: bubblewrap alone, the same namespaces, nothing of moat's."""
+    start = time.perf_counter()
+    subprocess.run(BWRAP_FLOOR, check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def workspace_for(scratch: Path, case: str, config: str) -> Path:
@@ -69,9 +81,14 @@ def cli(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
             for runtime in runtimes:  # warm-up: image build, page cache
                 run_once(runtime, workspace, env)
             times: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
+            floor = case == "true" and "sandbox" in runtimes
+            if floor:
+                times["bwrap_floor"] = []
             for index in range(args.runs):
                 for runtime in runtimes if index % 2 == 0 else tuple(reversed(runtimes)):
                     times[runtime].append(run_once(runtime, workspace, env))
+                if floor:
+                    times["bwrap_floor"].append(bwrap_once())
             results[case] = times
     return results
 
@@ -154,6 +171,12 @@ def main() -> None:
             ratio = statistics.median(times["sandbox"]) / statistics.median(times["docker"])
             print(f"{case:<8} sandbox/docker = {ratio:.2f}")
             report[case]["sandbox_over_docker"] = ratio
+        if "bwrap_floor" in times:
+            sandbox = statistics.median(times["sandbox"])
+            verdict = "meets goal" if sandbox <= SANDBOX_TRUE_GOAL else "MISSES goal"
+            print(f"{case:<8} sandbox {sandbox:.3f} s (goal <= {SANDBOX_TRUE_GOAL} s: {verdict}),"
+                  f" bwrap floor {statistics.median(times['bwrap_floor']):.3f} s")
+            report[case]["sandbox_minus_bwrap_floor"] = sandbox - statistics.median(times["bwrap_floor"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
