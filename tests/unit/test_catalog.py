@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -449,3 +450,37 @@ def test_delta_is_built_with_cargo_after_the_rust_it_needs() -> None:
                  in line)
     assert rust < delta  # though 'delta' sorts before 'rust'
     assert "delta needs rust: add 'rust' to dependencies" in only_problem("dependencies: [delta]\n")[1]
+
+
+def test_the_compiled_catalog_is_the_yaml_and_is_what_moat_reads() -> None:
+    """catalog.json (read at each start: ~2 ms, where the YAML takes ~55) is compiled from this very
+    catalog.yaml; after an edit of the YAML, `make catalog` writes it again."""
+    from importlib import resources
+
+    from moat.catalog import CATALOG_JSON, CATALOG_YAML, compile_catalog
+
+    files = resources.files("moat.catalog")
+    assert files.joinpath(CATALOG_JSON).read_text(encoding="utf-8") == \
+        compile_catalog(files.joinpath(CATALOG_YAML).read_text(encoding="utf-8")), "run `make catalog`"
+
+
+def test_a_yaml_edited_after_compiling_is_read_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import moat.catalog as catalog_module
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    source = resources_text("catalog.yaml")
+    (package / "catalog.json").write_text(catalog_module.compile_catalog(source))
+    (package / "catalog.yaml").write_text(source.replace("Git version control", "Git edited by hand"))
+    monkeypatch.setattr(catalog_module.resources, "files", lambda _: package)
+    catalog_module.load_catalog.cache_clear()
+    try:
+        assert catalog_module.load_catalog().get("git").description == "Git edited by hand"  # type: ignore[union-attr]
+    finally:
+        catalog_module.load_catalog.cache_clear()
+
+
+def resources_text(name: str) -> str:
+    from importlib import resources
+
+    return resources.files("moat.catalog").joinpath(name).read_text(encoding="utf-8")

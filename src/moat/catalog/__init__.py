@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-
-from ruamel.yaml import YAML
 
 from moat.catalog.model import (
     CatalogData,
@@ -97,12 +97,42 @@ class Catalog:
         return name in self.data.not_yet_provided or name in self.data.not_yet_dynamic
 
 
+CATALOG_YAML = "catalog.yaml"  # the catalog as it is written (and commented)
+# The same data compiled to JSON (`make catalog`): read at every start in a fraction of a millisecond,
+# where parsing the YAML takes ~55 ms. A test keeps the two equal.
+CATALOG_JSON = "catalog.json"
+
+
 def _read_yaml(text: str) -> object:
+    from ruamel.yaml import YAML  # noqa: PLC0415 — only where the YAML itself is read
+
     return YAML(typ="safe", pure=True).load(text)
+
+
+SOURCE_KEY = "compiled_from_sha256"  # in catalog.json: the YAML it was compiled from
+
+
+def _digest(yaml_text: str) -> str:
+    return hashlib.sha256(yaml_text.encode()).hexdigest()
+
+
+def compile_catalog(yaml_text: str) -> str:
+    """catalog.json's text for ``yaml_text`` (the YAML's digest in it)."""
+    data = _read_yaml(yaml_text)
+    assert isinstance(data, dict)
+    # In the YAML's order: some mappings are read in it (a credential's default may name one before it).
+    return json.dumps({**data, SOURCE_KEY: _digest(yaml_text)}, indent=1) + "\n"
 
 
 @cache
 def load_catalog() -> Catalog:
-    """The packaged catalog, validated once per process."""
-    text = resources.files("moat.catalog").joinpath("catalog.yaml").read_text(encoding="utf-8")
+    """The packaged catalog, validated once per process: its compiled JSON when it was compiled
+    from this very YAML (its digest says so), else the YAML itself (edited, `make catalog` not run)."""
+    files = resources.files("moat.catalog")
+    text = files.joinpath(CATALOG_YAML).read_text(encoding="utf-8")
+    compiled = files.joinpath(CATALOG_JSON)
+    if compiled.is_file():
+        data = json.loads(compiled.read_bytes())
+        if data.pop(SOURCE_KEY, None) == _digest(text):
+            return Catalog(CatalogData.model_validate(data))
     return Catalog(CatalogData.model_validate(_read_yaml(text)))
