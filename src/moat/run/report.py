@@ -11,12 +11,6 @@ import time
 from collections import deque
 from typing import IO, Any, Protocol
 
-from rich.console import Console
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.spinner import Spinner
-from rich.table import Table
-
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
 
 
@@ -119,6 +113,10 @@ class RichReporter:
     """A live list of what is in progress (spinners), with finished steps printed above it."""
 
     def __init__(self) -> None:
+        # rich only for a terminal: a piped or detached run (CI, an agent's) does not pay its import.
+        from rich.console import Console  # noqa: PLC0415
+        from rich.live import Live  # noqa: PLC0415
+
         self.console = Console(stderr=True)
         self._lock = threading.Lock()
         self._tasks: dict[str, tuple[str, str]] = {}
@@ -128,6 +126,10 @@ class RichReporter:
         self._started = False
 
     def _render(self) -> Any:
+        from rich.progress_bar import ProgressBar  # noqa: PLC0415 — imported already with Live
+        from rich.spinner import Spinner  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
         table = Table.grid(padding=(0, 1))
         with self._lock:
             tasks = list(self._tasks.items())
