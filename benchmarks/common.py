@@ -83,6 +83,37 @@ def create_agent(client: Any, network: str | None = None, **create: Any) -> Any:
     return client.containers.create(AGENT_IMAGE, ["echo", AGENT_LINE], network=network, **create)
 
 
+# As moat holds its agent (plan.containers.HOLD_WRAPPER): started early, waiting for a line on stdin.
+HELD_COMMAND = ["sh", "-c", f"read -r _ || exit 125; echo {AGENT_LINE}"]
+
+
+def hold_agent(client: Any, network: str, **create: Any) -> tuple[Any, Any]:
+    """The agent created and started, blocked on its stdin; and its output stream, attached before
+    it could print."""
+    agent = client.containers.create(AGENT_IMAGE, HELD_COMMAND, network=network, stdin_open=True, **create)
+    stream = agent.attach(stdout=True, stderr=True, stream=True, logs=True)
+    agent.start()
+    return agent, stream
+
+
+def release_agent(agent: Any, stream: Any, started: float) -> float:
+    """Its turn (a line on its stdin, as moat writes one); seconds from ``started`` to its output."""
+    sock = agent.attach_socket(params={"stdin": 1, "stream": 1})
+    try:
+        raw = getattr(sock, "_sock", sock)
+        raw.sendall(b"go\n")
+        first = None
+        for _ in stream:
+            first = first or time.monotonic() - started
+        agent.wait()
+    finally:
+        sock.close()
+        agent.remove(force=True)
+    if first is None:
+        raise RuntimeError("the held agent printed nothing")
+    return first
+
+
 def run_agent(client: Any, started: float, network: str | None = None, agent: Any = None, **create: Any) -> float:
     """Start the trivial agent (docker SDK ``client``; ``agent``: one created beforehand); seconds
     from ``started`` to its first output."""

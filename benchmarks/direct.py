@@ -3,8 +3,8 @@
 - the *floor*: every trick moat uses and nothing it cannot have — the three services started in
   parallel with their data in memory (tmpfs, as moat keeps it), polled every 25 ms with
   protocol-level checks from the host (TCP connect + handshake, no ``docker exec``), the agent's
-  container created while they start, started once they answer: the fastest this job can be done
-  here;
+  container created and started while they start, waiting on its stdin, and sent a line once they
+  answer (moat's held agent): the fastest this job can be done here;
 - the *disk floor*: the same with the services' data on disk and the agent created at the end (the
   floor this benchmark used before);
 - the *reference algorithm* of the Go tool: services started and waited one after another with an
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import SERVICES, Service, create_agent, run_agent, wait_answering
+from benchmarks.common import SERVICES, Service, hold_agent, release_agent, run_agent, wait_answering
 
 FLOOR_INTERVAL = 0.025
 REFERENCE_INTERVAL = 1.0
@@ -44,26 +44,39 @@ def _cleanup(client: Any, suffix: str, network: Any) -> None:
     network.remove()
 
 
-def _measure(client: Any, bring_up: Callable[[Any, str, str], None], precreate: bool = False) -> dict[str, float]:
+def _measure(client: Any, bring_up: Callable[[Any, str, str], None], hold: bool = False) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:10]
     started = time.monotonic()
     network = client.networks.create(f"bench-{suffix}", driver="bridge")
-    agent: Any = None
+    holding: threading.Thread | None = None
+    held: list[Any] = []
+    failed: list[BaseException] = []
     try:
-        creating = None
-        if precreate:  # off the critical path, as moat holds its agent container while services start
-            made: list[Any] = []
-            creating = threading.Thread(target=lambda: made.append(create_agent(
-                client, network.name, name=f"bench-agent-{suffix}", labels={"moat-bench": suffix})))
-            creating.start()
+        if hold:  # as moat: the agent created and started while the services start, waiting its turn
+
+            def start_held() -> None:
+                try:
+                    held.extend(hold_agent(client, network.name, name=f"bench-agent-{suffix}",
+                                           labels={"moat-bench": suffix}))
+                except BaseException as exc:  # re-raised below: a floor that silently got slower lies
+                    failed.append(exc)
+
+            holding = threading.Thread(target=start_held)
+            holding.start()
         bring_up(client, network.name, suffix)
         ready = time.monotonic() - started
-        if creating is not None:
-            creating.join()
-            agent = made[0] if made else None
-        first = run_agent(client, started, network.name, agent=agent, name=f"bench-agent-{suffix}",
-                          labels={"moat-bench": suffix})
+        if holding is not None:
+            holding.join()
+            holding = None
+            if failed:
+                raise failed[0]
+            first = release_agent(held[0], held[1], started)
+        else:
+            first = run_agent(client, started, network.name, name=f"bench-agent-{suffix}",
+                              labels={"moat-bench": suffix})
     finally:
+        if holding is not None:
+            holding.join()  # a creation under way lands before the cleanup looks for it
         _cleanup(client, suffix, network)
     return {"ready": ready, "first_output": first, "total": time.monotonic() - started}
 
@@ -99,7 +112,7 @@ def _reference_up(client: Any, network: str, suffix: str) -> None:
 
 
 def floor(client: Any) -> dict[str, float]:
-    return _measure(client, lambda c, n, s: _parallel_up(c, n, s, memory=True), precreate=True)
+    return _measure(client, lambda c, n, s: _parallel_up(c, n, s, memory=True), hold=True)
 
 
 def disk_floor(client: Any) -> dict[str, float]:

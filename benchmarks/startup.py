@@ -68,8 +68,12 @@ def _strict_copy(workspace: Path, grant: bool) -> Path:
     return target
 
 
+# The benchmark's homes keep their keys in a file: a desktop's keyring would keep one entry per home.
+BENCH_ENV = {"MOAT_KEYRING_BACKEND": "file"}
+
+
 def _store_grant(home: Path) -> None:
-    env = {**os.environ, "MOAT_HOME": str(home), "BENCH_TOKEN": GRANT_TOKEN}
+    env = {**os.environ, **BENCH_ENV, "MOAT_HOME": str(home), "BENCH_TOKEN": GRANT_TOKEN}
     subprocess.run([*MOAT, "grant", "github", "--token-env", "BENCH_TOKEN", "--no-validate"], env=env,
                    capture_output=True, check=True)
 
@@ -92,7 +96,7 @@ def moat_cold(workspace: Path, scratch: Path, grant: bool = False) -> dict[str, 
 
 
 def moat_run(workspace: Path, home: Path) -> dict[str, float]:
-    env = {**os.environ, "MOAT_HOME": str(home)}
+    env = {**os.environ, **BENCH_ENV, "MOAT_HOME": str(home)}
     started = time.monotonic()
     proc = subprocess.Popen([*MOAT, "run", str(workspace), "--", "echo", AGENT_LINE], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -141,40 +145,46 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moat-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         workspace = _localized_example(scratch)
-        strict, granted = _strict_copy(workspace, grant=False), _strict_copy(workspace, grant=True)
         home = scratch / "home"
         _store_grant(home)
-        contenders: dict[str, Any] = {
-            "moat": lambda: moat_run(workspace, home),
-            "moat_cold": lambda: moat_cold(workspace, scratch),
-            "moat_strict": lambda: moat_run(strict, home),
-            "moat_strict_grant": lambda: moat_run(granted, home),
-            "moat_strict_grant_cold": lambda: moat_cold(granted, scratch, grant=True),
-            "floor": lambda: direct.floor(client),
-            "disk_floor": lambda: direct.disk_floor(client),
-            "reference": lambda: direct.reference(client),
-        }
-        if "compose" not in args.skip:
-            contenders["compose"] = compose_peer.run
-        if "testcontainers" not in args.skip:
-            contenders["testcontainers"] = testcontainers_run
-        for run in contenders.values():  # warm-up: the agent image build, page cache, first-run costs
-            run()
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
-        names = list(contenders)
-        for index in range(args.runs):
-            for name in names[index % len(names):] + names[:index % len(names)]:  # rotating order
-                results[name].append(contenders[name]())
-        lag_home = scratch / "lag-home"
-        service_lags: list[float] = []
-        for _ in range(args.runs):
-            with lag.Watcher(client, lag_home) as watcher:
-                moat_run(workspace, lag_home)
-            service_lags += list(lag.lags(lag_home, watcher.first).values())
-            for log in lag_home.glob("runs/*"):
-                subprocess.run(["rm", "-rf", str(log)], check=True)
-        cli = cli_startup(max(args.runs, 7))
-        _stop_proxy(home)
+        try:
+            measure(args, client, scratch, workspace, home)
+        finally:
+            _stop_proxy(home)  # whatever failed: the warm home's daemon does not outlive it
+
+
+def measure(args: argparse.Namespace, client: Any, scratch: Path, workspace: Path, home: Path) -> None:
+    strict, granted = _strict_copy(workspace, grant=False), _strict_copy(workspace, grant=True)
+    contenders: dict[str, Any] = {
+        "moat": lambda: moat_run(workspace, home),
+        "moat_cold": lambda: moat_cold(workspace, scratch),
+        "moat_strict": lambda: moat_run(strict, home),
+        "moat_strict_grant": lambda: moat_run(granted, home),
+        "moat_strict_grant_cold": lambda: moat_cold(granted, scratch, grant=True),
+        "floor": lambda: direct.floor(client),
+        "disk_floor": lambda: direct.disk_floor(client),
+        "reference": lambda: direct.reference(client),
+    }
+    if "compose" not in args.skip:
+        contenders["compose"] = compose_peer.run
+    if "testcontainers" not in args.skip:
+        contenders["testcontainers"] = testcontainers_run
+    for run in contenders.values():  # warm-up: the agent image build, page cache, first-run costs
+        run()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for index in range(args.runs):
+        for name in names[index % len(names):] + names[:index % len(names)]:  # rotating order
+            results[name].append(contenders[name]())
+    lag_home = scratch / "lag-home"
+    service_lags: list[float] = []
+    for _ in range(args.runs):
+        with lag.Watcher(client, lag_home) as watcher:
+            moat_run(workspace, lag_home)
+        service_lags += list(lag.lags(lag_home, watcher.first).values())
+        for log in lag_home.glob("runs/*"):
+            subprocess.run(["rm", "-rf", str(log)], check=True)
+    cli = cli_startup(max(args.runs, 7))
     report(results, service_lags, cli, args)
 
 

@@ -484,3 +484,22 @@ def resources_text(name: str) -> str:
     from importlib import resources
 
     return resources.files("moat.catalog").joinpath(name).read_text(encoding="utf-8")
+
+
+def test_a_catalog_json_cannot_hold_unchanged_is_never_compiled_and_a_broken_one_is_not_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import moat.catalog as catalog_module
+
+    source = resources_text("catalog.yaml")
+    with pytest.raises((ValueError, ValidationError)):  # a key YAML reads as the float 1.1
+        catalog_module.compile_catalog(source + "\n1.10: x\n")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "catalog.yaml").write_text(source)
+    (package / "catalog.json").write_text("<<<<<<< HEAD\n" + catalog_module.compile_catalog(source))
+    monkeypatch.setattr(catalog_module.resources, "files", lambda _: package)
+    catalog_module.load_catalog.cache_clear()
+    try:
+        assert catalog_module.load_catalog().get("git") is not None  # the YAML, read itself
+    finally:
+        catalog_module.load_catalog.cache_clear()

@@ -18,10 +18,16 @@ def test_a_plain_run_never_imports_rich() -> None:
 
 
 def test_the_live_view_shows_the_tasks_in_progress_and_their_bars() -> None:
+    reporter = RichReporter()
+    try:
+        _render_checks(reporter)
+    finally:
+        reporter.pause()  # the live view's refresh thread ends, whatever failed
+
+
+def _render_checks(reporter: RichReporter) -> None:
     from rich.console import Console
 
-    reporter = RichReporter()
-    reporter.console = Console(file=io.StringIO(), force_terminal=False, width=120)
     reporter.task("image", "building the agent image")
     reporter.update("image", "Step 3/7")
     reporter.task("pull", "pulling postgres")
@@ -34,4 +40,3 @@ def test_the_live_view_shows_the_tasks_in_progress_and_their_bars() -> None:
     rendered = io.StringIO()
     Console(file=rendered, width=120).print(reporter._render())
     assert "building the agent image" not in rendered.getvalue()
-    reporter.pause()

@@ -117,10 +117,15 @@ def _digest(yaml_text: str) -> str:
 
 
 def compile_catalog(yaml_text: str) -> str:
-    """catalog.json's text for ``yaml_text`` (the YAML's digest in it)."""
+    """catalog.json's text for ``yaml_text`` (the YAML's digest in it): only a catalog that
+    validates, and only if JSON holds it unchanged (a key YAML reads as a number would not be)."""
     data = _read_yaml(yaml_text)
-    assert isinstance(data, dict)
+    CatalogData.model_validate(data)
     # In the YAML's order: some mappings are read in it (a credential's default may name one before it).
+    text = json.dumps(data, indent=1)
+    if json.loads(text) != data:
+        raise ValueError("catalog.yaml holds values JSON cannot keep as they are (a key that is not a string?)")
+    assert isinstance(data, dict)
     return json.dumps({**data, SOURCE_KEY: _digest(yaml_text)}, indent=1) + "\n"
 
 
@@ -132,7 +137,10 @@ def load_catalog() -> Catalog:
     text = files.joinpath(CATALOG_YAML).read_text(encoding="utf-8")
     compiled = files.joinpath(CATALOG_JSON)
     if compiled.is_file():
-        data = json.loads(compiled.read_bytes())
-        if data.pop(SOURCE_KEY, None) == _digest(text):
+        try:
+            data = json.loads(compiled.read_bytes())
+        except ValueError:  # a merge left it unreadable: the YAML is the catalog
+            data = None
+        if isinstance(data, dict) and data.pop(SOURCE_KEY, None) == _digest(text):
             return Catalog(CatalogData.model_validate(data))
     return Catalog(CatalogData.model_validate(_read_yaml(text)))

@@ -126,7 +126,7 @@ class RichReporter:
         self._started = False
 
     def _render(self) -> Any:
-        from rich.progress_bar import ProgressBar  # noqa: PLC0415 — imported already with Live
+        from rich.progress_bar import ProgressBar  # noqa: PLC0415 — a terminal's only, as the others
         from rich.spinner import Spinner  # noqa: PLC0415
         from rich.table import Table  # noqa: PLC0415
 
