@@ -8,6 +8,7 @@ import secrets as secrets_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentSetup, init_script
 from moat.agents.plugins import PluginSet, plugin_set
@@ -53,7 +54,9 @@ from moat.plan.proxy import (
     routes_around,
     static_env,
 )
-from moat.policy.keep import RuleSet
+
+if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
+    from moat.policy.keep import RuleSet
 
 # Variable names as the Go tool takes them (MY-VAR too): anything but '=', spaces and control characters.
 _ENV_NAME = re.compile(r"^[^=\s\x00-\x1f\x7f]+$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moat.constants import (
     CONTAINER_PREFIX,
@@ -20,8 +21,10 @@ from moat.credentials.rules import Registration
 from moat.errors import UsageError
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.proxy import HOST_GATEWAY, PROXY_HOST, RELAY_PORT, ProxySpec, ResolvedGrant, Route, routes_around
-from moat.policy.keep import RuleSet
 from moat.policy.rules import NetworkPolicy
+
+if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
+    from moat.policy.keep import RuleSet
 
 
 def proxy_spec(grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...], policy: NetworkPolicy | None,
