@@ -6,6 +6,9 @@ teardown) is tested without an engine or a socket. Faults are injected by operat
 
 from __future__ import annotations
 
+import hashlib
+import io
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from moat.runtime.base import (
     EngineObject,
     ExecResult,
     ExecStream,
+    ImageConfig,
     ImageInfo,
     LabelledObjects,
     NotFound,
@@ -58,6 +62,7 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.containers: dict[str, FakeContainer] = {}
+        self.created: dict[str, FakeContainer] = {}  # every container ever created, removed ones too
         self.networks: dict[str, dict[str, str]] = {}
         self.images_present: set[str] = {"moat-test/redis:latest", "moat-test/postgres:latest",
                                          "debian:bookworm-slim"}  # as `make engine` builds it
@@ -86,6 +91,10 @@ class FakeRuntime:
         fault = self.faults.get(operation)
         if fault is not None:
             fault(object_id)
+
+    def warm_makers(self) -> set[str]:
+        """The containers that made warm templates (after the run's own were gone)."""
+        return {i for i, c in self.created.items() if c.labels.get("moat.role") == "warm"}
 
     def by_role(self, role: str) -> list[FakeContainer]:
         return [c for c in self.containers.values() if c.spec.role == role]
@@ -136,6 +145,23 @@ class FakeRuntime:
     def remove_image(self, image_id: str) -> None:
         self._check("remove_image", image_id)
 
+    def image_config(self, ref: str) -> ImageConfig:
+        self._check("image_config", ref)
+        digest = hashlib.sha256(ref.encode()).hexdigest()
+        return ImageConfig(f"sha256:{digest}", ("docker-entrypoint.sh",), ("serve",))
+
+    def export_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        """A tar of what the service initialised there: one file naming the path."""
+        self._check("export_path", container_id)
+        top = path.rstrip("/").rsplit("/", 1)[-1]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            data = f"initialised {path}\n".encode()
+            info = tarfile.TarInfo(f"{top}/INITIALISED")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        yield buffer.getvalue()
+
     def create_network(self, name: str, labels: Mapping[str, str], scratch: str) -> str:
         self._check("create_network", name)
         with self.lock:
@@ -161,6 +187,7 @@ class FakeRuntime:
             container_id = f"{spec.role}-{spec.service or 'agent'}-{self.counter:04d}"
             container = FakeContainer(container_id, spec, {**spec.labels, **labels})
             self.containers[container_id] = container
+            self.created[container_id] = container
         if self.on_create is not None:
             self.on_create(container)
         return container_id
@@ -207,7 +234,8 @@ class FakeRuntime:
         with self.lock:
             container = self.containers.get(container_id)
         if container is not None and container.status == "running":
-            self._exit(container, 137)
+            # A service making a warm template shuts down cleanly when stopped (its STOPSIGNAL).
+            self._exit(container, 0 if container.labels.get("moat.role") == "warm" else 137)
 
     def remove_container(self, container_id: str) -> None:
         self._check("remove_container", container_id)

@@ -14,6 +14,7 @@ from moat.constants import MASK
 from moat.errors import EXIT_USAGE, ConfigError, UsageError
 from moat.plan.build import RunRequest, build_plan, image_tag
 from moat.plan.identity import Identity, agent_identity
+from moat.plan.model import Plan
 from moat.plan.names import new_run_id, random_name
 from tests.unit.support import (
     AWKWARD_PASSWORD,
@@ -413,14 +414,28 @@ ALL_AUTH = ("dependencies: [postgres, mysql, redis, ollama]\n"
             "services:\n  ollama:\n    models: [llama3.2:1b]\n")
 
 
+def _warm_secrets(plan: Plan) -> set[str]:
+    """What a warm start adds to the secrets: each template's throwaway password and the statements
+    that set the run's credentials."""
+    found: set[str] = set()
+    for spec in plan.services:
+        if spec.warm is not None:
+            found |= {spec.warm.template_password, *spec.warm.rekey.secrets}
+    return found
+
+
 def test_fresh_password_per_service_per_run() -> None:
     one, two = plan_for(ALL_AUTH), plan_for(ALL_AUTH)
-    assert len(one.secrets) == 3
+    run_secrets = one.secrets - _warm_secrets(one)
+    assert len(run_secrets) == 3
     assert one.secrets.isdisjoint(two.secrets)
-    for secret in one.secrets | two.secrets:
+    for secret in run_secrets | (two.secrets - _warm_secrets(two)):
         assert PASSWORD_SHAPE.fullmatch(secret)
     passwords = {one.env[f"MOAT_{n}_PASSWORD"] for n in ("POSTGRES", "MYSQL", "REDIS")}
-    assert passwords == set(one.secrets)
+    assert passwords == run_secrets
+    # postgres and mysql start warm: their templates' passwords are secrets too, and no run's.
+    templates = {s.warm.template_password for s in one.services if s.warm is not None}
+    assert len(templates) == 2 and templates.isdisjoint(passwords)
 
 
 def test_probe_carries_the_password_in_env_not_argv() -> None:

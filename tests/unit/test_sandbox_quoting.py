@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from moat import quoting
 from moat.plan.containers import ContainerSpec
-from moat.runtime.sandbox import quoting, services
+from moat.runtime.sandbox import services
 from moat.runtime.sandbox.starting import hosts
 
 

@@ -228,6 +228,14 @@ class HostRecipe(_Frozen):
     package: str  # the Debian package to install when they are missing ("" when Debian has none)
 
 
+class WarmRecipe(_Frozen):
+    """How a service starts warm (see services/warm.py): its data directories, once initialised with
+    throwaway credentials, are copied into each run's memory; the run's own credentials are set over
+    the service's local socket before it counts as ready."""
+
+    recipe: Literal["postgres", "mysql"]  # how the run's credentials are set (services/warm.py)
+
+
 class Service(Versioned):
     type: Literal["service"] = "service"
     image: str  # repository; the tag is the version
@@ -250,6 +258,7 @@ class Service(Versioned):
     min_memory_mb: int = 64
     # What its data adds to that when it is kept in memory (storage: memory counts toward the limit).
     data_memory_mb: int = 0
+    warm: WarmRecipe | None = None  # None: every run initialises the service afresh
 
     @model_validator(mode="after")
     def _inject_known(self) -> Service:

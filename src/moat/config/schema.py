@@ -175,6 +175,8 @@ class ServiceOverride(Section):
     # disk: an anonymous volume, as the image declares (for data larger than memory allows).
     storage: Literal["memory", "disk"] = "memory"
     provision_timeout: float = Field(1800, gt=0, le=86400, allow_inf_nan=False)  # seconds, per item
+    # Start from a cached initialised data directory (where the catalog knows how), not afresh.
+    warm: bool = True
 
 
 # --- network -----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from moat.plan.proxy import (
     routes_around,
     static_env,
 )
+from moat.plan.warm import plan_warm, why_cold
 
 if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
     from moat.policy.keep import RuleSet
@@ -92,6 +93,8 @@ class RuntimeTraits:
     managed_memory: bool = False
     # The agent's image is built from the plan's Dockerfile (the sandbox uses the host's programs).
     builds_images: bool = True
+    # Services start from cached initialised templates where the catalog knows how (plan.warm).
+    warm_services: bool = True
 
 
 TRAITS = {
@@ -100,7 +103,8 @@ TRAITS = {
                             pods=True, managed_memory=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
-                             grant_files="/tmp/moat-grants", builds_images=False),  # noqa: S108 — its /tmp
+                             grant_files="/tmp/moat-grants", builds_images=False,  # noqa: S108 — its /tmp
+                             warm_services=False),
 }
 
 
@@ -485,6 +489,17 @@ def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new
         memory_mb=override.memory if override else None,
         scratch=str(pod.scratch / name),
     )
+    warm, cold_reason = None, None
+    if service.warm is not None and pod.traits.warm_services and (override.warm if override else True):
+        if storage != "memory":
+            cold_reason = "storage: disk"
+        elif override is not None and not override.wait:
+            cold_reason = "wait: false (its run's credentials are set as it starts)"
+        else:
+            cold_reason = why_cold(service, terms.container_env, terms.credentials)
+        if cold_reason is None:
+            warm = plan_warm(service, name, f"{CONTAINER_PREFIX}warm-{name}-{pod.run_id}", container,
+                             terms.credentials, user_env, pod.labels)
     spec = ServiceSpec(
         name=name,
         version=version,
@@ -499,10 +514,15 @@ def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new
         hand_back_cache=bool(cache_path) and pod.traits.sidecars_write_as_root and pod.invoker[0] != 0,
         provision=provision,
         agent_env=terms.agent_env,
+        warm=warm,
+        cold_reason=cold_reason,
     )
     # Every value of a credential variable is a secret, whoever chose it (MYSQL_PASSWORD in
     # services.mysql.env is the user's, not the catalog's).
-    return spec, terms.secrets | frozenset(credential_values(terms.container_env))
+    secret_values = terms.secrets | frozenset(credential_values(terms.container_env))
+    if warm is not None:
+        secret_values |= warm.rekey.secrets | {warm.template_password}
+    return spec, secret_values
 
 
 def _run_name(cli_name: str | None, config_name: str | None) -> str:

@@ -40,6 +40,7 @@ class ContainerSpec:
     labels: Mapping[str, str]
     network: str
     command: tuple[str, ...] | None = None  # None keeps the image's own
+    entrypoint: tuple[str, ...] | None = None  # None keeps the image's own (then so must command)
     env: Mapping[str, str] = field(default_factory=dict)
     service: str | None = None  # the service's name, for a sidecar
     hostname: str | None = None
@@ -76,6 +77,7 @@ class ContainerSpec:
             "service": self.service,
             "network": self.network,
             "command": [mask.text(a) for a in self.command] if self.command else None,
+            **({"entrypoint": list(self.entrypoint)} if self.entrypoint is not None else {}),
             "env": mask.mapping(self.env),
             "hostname": self.hostname,
             "aliases": list(self.aliases),

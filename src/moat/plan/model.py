@@ -19,6 +19,7 @@ from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
 from moat.plan.proxy import PROXY_HOST, PROXY_USER, ProxySpec
+from moat.plan.warm import WarmSpec
 from moat.policy.rules import NetworkPolicy
 
 
@@ -86,6 +87,8 @@ class ServiceSpec:
     hand_back_cache: bool
     provision: ProvisionSpec | None
     agent_env: Mapping[str, str]  # the MOAT_<PREFIX>_* variables it gives the agent
+    warm: WarmSpec | None = None  # how it starts from a cached initialised template (plan.warm)
+    cold_reason: str | None = None  # why it starts afresh although its catalog entry could start warm
 
     @property
     def container_name(self) -> str:

@@ -196,10 +196,11 @@ class Run:
                 if outcome.error is not None:
                     fields["error"] = outcome.error
                 record.update(**fields)
-                self.teardown()
+                # A run whose agent finished leaves its services' warm templates for the next ones.
+                self.teardown(make_templates=outcome.state == "exited")
             record.close()
 
-    def teardown(self) -> None:
+    def teardown(self, make_templates: bool = False) -> None:
         """Remove everything the run created; every step runs; what failed is said and recorded."""
         self.signals.enter(TEARDOWN)
         events, record = self.events, self.record
@@ -210,6 +211,8 @@ class Run:
             events.warn(note)
             events.log(f"teardown: {note}")
         self.holds.release_all()
+        if make_templates and any(s.warm is not None for s in self.plan.services):
+            self._make_templates()
         if self._reaper is not None:
             self._reaper.join(REAPER_GRACE)  # let it finish what it started
         fields: dict[str, Any] = {"ended_at": now_iso(), "timings": self.timeline.marks()}
@@ -221,6 +224,31 @@ class Run:
         if record.failure is not None:
             fields["record_problem"] = record.failure
         record.update(**fields)
+
+    def _make_templates(self) -> None:
+        """The warm templates the run's services lack, made now that the run's own are gone; a signal
+        stops it at once (a template half-made is never kept)."""
+        from moat.cache.warm import WarmCache  # noqa: PLC0415 — only runs with a warm-capable service
+        from moat.services.warm import make_missing  # noqa: PLC0415
+
+        events, abort = self.events, threading.Event()
+
+        def work() -> None:
+            try:
+                make_missing(self.runtime, self.plan.services, WarmCache(self.plan.home), self.pod.owner_labels,
+                             abort, self.masker, events.info, events.warn_and_log)
+            except MoatError as exc:  # the engine went away: the next run tries again
+                events.log(f"warm templates not made: {exc.message}")
+            except Exception as exc:  # a bug there must not fail a run that is over
+                events.log(f"warm templates not made: internal error: {type(exc).__name__}: {exc}")
+
+        maker = threading.Thread(target=work, name="warm-templates", daemon=True)
+        maker.start()
+        while maker.is_alive():
+            maker.join(0.1)
+            if self.signals.teardown_signalled.is_set() or self.signals.escape.is_set():
+                abort.set()
+        self.timeline.mark("templates_made")
 
     def _reap_orphans(self) -> None:
         """What crashed runs left behind is reaped alongside this run's start, never delaying it."""

@@ -102,6 +102,11 @@ class Pod:
     def create_container(self, spec: ContainerSpec, inside: tuple[Resource, ...] = ()) -> str:
         return self._create(spec, inside)[0]
 
+    def discard(self, container_id: str) -> None:
+        """A container the run gives up on in its course (a warm start that failed): gone now."""
+        self.runtime.remove_container(container_id)
+        self.scope.forget(Resource(CONTAINER, container_id))
+
     def _create(self, spec: ContainerSpec, inside: tuple[Resource, ...]) -> tuple[str, Resource]:
         for mount in spec.mounts:
             if mount.create:

@@ -82,6 +82,8 @@ class RunSignals:
     phase_started: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     escape: threading.Event = field(default_factory=threading.Event)  # stop waiting for the engine
+    # A signal in teardown: what is optional there (making warm templates) stops at once.
+    teardown_signalled: threading.Event = field(default_factory=threading.Event)
     cancelled_by: int | None = None
     forwarded: list[int] = field(default_factory=list)
     _queue: queue.SimpleQueue[int | None] = field(default_factory=queue.SimpleQueue)
@@ -194,6 +196,7 @@ class RunSignals:
                                " tearing down")
             return
         if phase == TEARDOWN:
+            self.teardown_signalled.set()
             self.on_notice("still cleaning up; moat exits when everything the run started is removed"
                            " (insist with Ctrl-C to give up waiting)")
             return

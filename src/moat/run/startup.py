@@ -11,6 +11,7 @@ creates is in the run's scope the moment it exists.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from moat.agents import plugins
 from moat.cache import HostCache, LockAborted, LockTimeout
+from moat.cache.warm import Template, WarmCache
 from moat.constants import LABEL_ROLE, ROLE_IMAGE
 from moat.errors import EngineError, MoatError
 from moat.masking import Masker
@@ -32,8 +34,9 @@ from moat.run.scope import Resource
 from moat.run.signals import RunSignals
 from moat.run.timeline import Timeline
 from moat.runtime.base import Runtime
+from moat.services import warm
 from moat.services.provision import Provisioner
-from moat.services.readiness import Aborted, wait_ready
+from moat.services.readiness import Aborted, ReadinessError, Ready, wait_ready
 
 POLL = 0.1  # seconds: how often the main thread looks at signals and the held agent
 SETTLE_LIMIT = 180.0  # seconds teardown waits for start-up's engine calls (each has its own timeout)
@@ -93,6 +96,7 @@ class Startup:
         self._containers_started = threading.Event()  # every service's container has been started
         self._proxy_ready = threading.Event()  # the run's grants are in the proxy (or it has none)
         self._counted: set[str] = set()
+        self.warm_cache = WarmCache(plan.home)
 
     def run(self) -> Started:
         """Everything up and ready, or an error (``Interrupted`` when cancelled). Whatever exists is
@@ -379,23 +383,17 @@ class Startup:
                 except LockTimeout:
                     raise MoatError(f"{spec.name}: its host cache is being cleaned (`moat cache clean`)",
                                     hint="Wait for the cleaning to finish, then run again.") from None
-            if self.abort.is_set():
-                raise Aborted
-            container_id = self.pod.create_container(spec.container, inside)
-            with self._lock:
-                self.started.services[spec.name] = container_id
-            self.events.record.update_service(spec.name, container_id=container_id)
-            if self.abort.is_set():
-                raise Aborted
-            self.runtime.start_container(container_id)
-            self._count_started(spec.name)
-            if not spec.wait:
-                self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
-                return None
-            self.events.update(key, "waiting until it answers")
-            # A pod's services answer at its holder's address (none in a strict pod: the probe alone).
-            ready = wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker,
-                               address_of=self.started.holder)
+            with contextlib.ExitStack() as holding:
+                # Held until the service answers: the template is read while the sidecar starts.
+                template, container = self._template(spec, holding)
+                container_id = self._start(spec, container, inside)
+                if container_id is None:
+                    self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
+                    return None
+                self.events.update(key, "waiting until it answers")
+                if template is not None:
+                    container_id = self._rekey(spec, template, container_id, inside)
+            ready = self._wait_ready(spec, container_id)
         except (Aborted, LockAborted):
             self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
             raise
@@ -404,10 +402,62 @@ class Startup:
             raise
         total = time.monotonic() - started
         self.timeline.add(f"ready:{spec.name}", total)
-        self.events.record.update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes)
-        self.events.finish(key, f"{spec.name} ready in {total:.2f}s")
-        self.events.log(f"{spec.name} ready in {total:.3f}s after {ready.probes} checks")
+        self.events.record.update_service(spec.name, ready_seconds=round(total, 3), probes=ready.probes,
+                                          **({"warm": template is not None} if spec.warm is not None else {}))
+        how = " (warm)" if template is not None else ""
+        self.events.finish(key, f"{spec.name} ready in {total:.2f}s{how}")
+        self.events.log(f"{spec.name} ready in {total:.3f}s after {ready.probes} checks{how}")
         return container_id
+
+    def _template(self, spec: ServiceSpec, holding: contextlib.ExitStack) -> tuple[Template | None, ContainerSpec]:
+        """The warm template to start from, held for the block (None: start afresh), and the sidecar."""
+        if spec.warm is None:
+            if spec.cold_reason:
+                self.events.log(f"{spec.name} starts afresh: {spec.cold_reason}")
+            return None, spec.container
+        image = self.runtime.image_config(spec.image)
+        template = holding.enter_context(self.warm_cache.using(spec.warm.service, warm.key_of(spec.warm, image)))
+        if template is None:
+            self.events.log(f"{spec.name} starts afresh: no warm template yet (made after a run whose agent finishes)")
+            return None, spec.container
+        return template, warm.seeded(spec, template, image)
+
+    def _start(self, spec: ServiceSpec, container: ContainerSpec, inside: tuple[Resource, ...]) -> str | None:
+        """Create and start the sidecar; its id, or None when the run does not wait for it."""
+        container_id = self.pod.create_container(container, inside)
+        with self._lock:
+            self.started.services[spec.name] = container_id
+        self.events.record.update_service(spec.name, container_id=container_id)
+        if self.abort.is_set():
+            raise Aborted
+        self.runtime.start_container(container_id)
+        self._count_started(spec.name)
+        return container_id if spec.wait else None
+
+    def _rekey(self, spec: ServiceSpec, template: Template, container_id: str, inside: tuple[Resource, ...]) -> str:
+        """The run's credentials set in a service started from a template. A template that does not
+        start is removed, and the service starts afresh: the run goes on."""
+        self.masker.add([template.password])
+        try:
+            self._wait_ready(warm.rekey_spec(spec, template), container_id)
+            return container_id
+        except ReadinessError as exc:
+            assert spec.warm is not None
+            self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
+                                     f" starting it afresh ({exc.message.splitlines()[0]})")
+            self.events.record.write_file(f"warm-{spec.name}.log", self.masker.text(exc.message) + "\n")
+            self.warm_cache.drop(template.service, template.key)
+        self.pod.discard(container_id)
+        if self.abort.is_set():
+            raise Aborted
+        started = self._start(spec, spec.container, inside)
+        assert started is not None  # a warm start waits for its service
+        return started
+
+    def _wait_ready(self, spec: ServiceSpec, container_id: str) -> Ready:
+        # A pod's services answer at its holder's address (none in a strict pod: the probe alone).
+        return wait_ready(self.runtime, container_id, spec, self.plan.network, self.abort, self.masker,
+                          address_of=self.started.holder)
 
     def _ensure_service_image(self, spec: ServiceSpec, key: str) -> None:
         if self.runtime.image_exists(spec.image):

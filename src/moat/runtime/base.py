@@ -90,6 +90,13 @@ class LabelledObjects:
     volumes: list[str]
 
 
+@dataclass(frozen=True)
+class ImageConfig:
+    id: str  # the image's content digest: what a warm template is made from
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+
+
 ProgressCallback = Callable[[str], None]
 
 
@@ -120,6 +127,12 @@ class Runtime(Protocol):
     def images(self, repository: str) -> list[ImageInfo]: ...
 
     def remove_image(self, image_id: str) -> None: ...
+
+    def image_config(self, ref: str) -> ImageConfig:
+        """An image that exists: its id, entrypoint and command."""
+
+    def export_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        """A tar archive of ``path`` in a (stopped) container, its top directory named after it."""
 
     # --- the run's network (the pod) ----------------------------------------------------------------
 

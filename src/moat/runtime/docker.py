@@ -38,6 +38,7 @@ from moat.runtime.base import (
     EngineObject,
     ExecResult,
     ExecStream,
+    ImageConfig,
     ImageInfo,
     LabelledObjects,
     NotFound,
@@ -239,6 +240,16 @@ class DockerRuntime:
             return False
         return True
 
+    def image_config(self, ref: str) -> ImageConfig:
+        info = self._call(f"inspecting image {ref}", lambda: self.api.inspect_image(ref))
+        config = info.get("Config") or {}
+        return ImageConfig(str(info["Id"]), tuple(config.get("Entrypoint") or ()), tuple(config.get("Cmd") or ()))
+
+    def export_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        stream, _stat = self._in_container(f"copying {path} out of a container",
+                                           lambda: self.api.get_archive(container_id, path))
+        yield from _streamed(stream, f"copying {path} out of a container")
+
     def build_image(self, image: ImageSpec, labels: Mapping[str, str], on_line: ProgressCallback,
                     no_cache: bool = False) -> None:
         tag = image.tag
@@ -360,6 +371,7 @@ class DockerRuntime:
             created = api.create_container(
                 image=spec.image,
                 command=list(spec.command) if spec.command else None,
+                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
                 name=spec.name,
                 hostname=spec.hostname,
                 user=spec.user or "",

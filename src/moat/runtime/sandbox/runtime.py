@@ -36,6 +36,7 @@ from moat.runtime.base import (
     EngineObject,
     ExecResult,
     ExecStream,
+    ImageConfig,
     ImageInfo,
     LabelledObjects,
     NotFound,
@@ -123,6 +124,14 @@ class SandboxRuntime:
 
     def remove_image(self, image_id: str) -> None:
         return None
+
+    def image_config(self, ref: str) -> ImageConfig:
+        raise EngineError("the sandbox runtime runs the host's programs: it has no images",
+                          hint="A bug in moat: the sandbox plans no warm service templates.")
+
+    def export_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        raise EngineError("the sandbox runtime keeps no container filesystems to copy out of",
+                          hint="A bug in moat: the sandbox plans no warm service templates.")
 
     # --- the run's network -------------------------------------------------------------------------
 

@@ -17,10 +17,10 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from moat import quoting
 from moat.catalog.model import HostRecipe
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec
-from moat.runtime.sandbox import quoting
 
 LOOPBACK = "127.0.0.1"
 HOME = "/run/moat"  # the service's scratch directory, as the service sees it

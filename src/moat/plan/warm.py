@@ -1,0 +1,152 @@
+"""A warm start, planned: the container that initialises a service's template, and how a run that
+starts from the template gets its own credentials (see services/warm.py for the doing).
+
+A template is initialised with a throwaway password of its own and never with a run's. A run seeded
+from it sets its own credentials over the service's local socket (the template's password proves
+who it is where the socket asks) before its readiness check — the catalog's authenticated check with
+the run's credentials — may pass. The statements that set them travel in the exec's environment,
+as the readiness check's password does: never on a command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from moat.catalog.model import Service
+from moat.constants import LABEL_ROLE, LABEL_SERVICE
+from moat.masking import is_credential_name
+from moat.plan.containers import ContainerSpec
+from moat.plan.contract import contract, generate_password
+from moat.quoting import pg_name, sql_string
+
+FORMAT = 1  # bump when what a template holds or how it is made changes: older ones are never used
+ROLE_WARM = "warm"  # the label of a container that initialises a template
+LOOPBACK = "127.0.0.1"
+SQL_VAR = "MOAT_REKEY_SQL"
+USER_VAR = "MOAT_REKEY_USER"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default
+
+# The statements arrive on the client's stdin from a shell builtin: in no process's arguments.
+_PIPE = 'printf "%s\\n" "$' + SQL_VAR + '" | '
+
+
+@dataclass(frozen=True)
+class Rekey:
+    """Sets the run's credentials in a service started from a template."""
+
+    command: tuple[str, ...]
+    env: Mapping[str, str]  # holds the run's secret (as the readiness check's does)
+    password_env: str  # the client's variable for the template's password, added when it is known
+    secrets: frozenset[str]  # what the statements hold that must never be shown
+
+
+@dataclass(frozen=True)
+class WarmSpec:
+    recipe: str
+    service: str  # the catalog's name: templates are shared by every run's service of that kind
+    settings: str  # what the data depends on besides the image (canonical JSON, no secret in it)
+    data_paths: tuple[str, ...]
+    template: ContainerSpec  # initialises a template (the service's own image, settings and command)
+    template_probe: tuple[tuple[str, ...], Mapping[str, str], str | None]  # command, env, expect
+    template_password: str  # this plan's throwaway, used only if it makes the template
+    rekey: Rekey
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802/7677), made here: the server is
+    given the verifier, never the password (a failed statement is logged with its text)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _postgres(credentials: Mapping[str, str], port: int) -> Rekey:
+    # A verifier made from the password as given equals the server's only for ASCII (it applies
+    # SASLprep): others are refused by ``plan_warm`` before this.
+    verifier = scram_verifier(credentials["password"])
+    sql = f"ALTER ROLE {pg_name(credentials['user'])} PASSWORD '{verifier}';"
+    command = ("sh", "-c", _PIPE + f'psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port}'
+               f' -U "${USER_VAR}" -d postgres')
+    return Rekey(command, {SQL_VAR: sql, USER_VAR: credentials["user"]}, "PGPASSWORD", frozenset({sql, verifier}))
+
+
+def _mysql(credentials: Mapping[str, str], _port: int) -> Rekey:
+    user, password = sql_string(credentials["user"]), sql_string(credentials["password"])
+    sql = (f"ALTER USER IF EXISTS {user}@'localhost' IDENTIFIED BY {password};\n"
+           f"ALTER USER IF EXISTS {user}@'%' IDENTIFIED BY {password};")
+    command = ("sh", "-c", _PIPE + f'mysql --protocol=SOCKET -u "${USER_VAR}" -N -B')
+    return Rekey(command, {SQL_VAR: sql, USER_VAR: credentials["user"]}, "MYSQL_PWD", frozenset({sql}))
+
+
+RECIPES: dict[str, Callable[[Mapping[str, str], int], Rekey]] = {"postgres": _postgres, "mysql": _mysql}
+
+
+def why_cold(service: Service, container_env: Mapping[str, str], credentials: Mapping[str, str]) -> str | None:
+    """Why this service starts afresh although its catalog entry could start warm; None: it can."""
+    password_env = _password_env(service)
+    if password_env is None:
+        return "the catalog names no password variable for it"
+    others = sorted(k for k, v in container_env.items() if v and is_credential_name(k) and k != password_env)
+    if others:
+        # The template would hold them, in a file that outlives the run.
+        return f"its environment holds other credentials ({', '.join(others)})"
+    if not credentials.get("password", "").isascii():
+        return "its password is not ASCII"
+    return None
+
+
+def _password_env(service: Service) -> str | None:
+    credential = service.credentials.get("password")
+    return credential.env if credential is not None else None
+
+
+def plan_warm(service: Service, name: str, container_name: str, run_container: ContainerSpec,
+              credentials: Mapping[str, str], user_env: Mapping[str, str], labels: Mapping[str, str]) -> WarmSpec:
+    """The template's container and the run's rekey (``why_cold`` said it may start warm)."""
+    assert service.warm is not None
+    password_env = _password_env(service)
+    assert password_env is not None
+    template_password = generate_password()  # never the run's generator: nothing a run is given
+    # The template's contract: the user's settings, its own password.
+    terms = contract(service, name, service.port,
+                     {k: v for k, v in user_env.items() if k != password_env}, lambda: template_password)
+    settings_env = {k: v for k, v in terms.container_env.items() if k != password_env}
+    settings = json.dumps({"format": FORMAT, "recipe": service.warm.recipe, "env": settings_env,
+                           "command": list(terms.command) if terms.command else None,
+                           "data_paths": list(service.data_paths)}, sort_keys=True)
+    template = ContainerSpec(
+        role="service",
+        name=container_name,
+        image=run_container.image,
+        labels={**labels, LABEL_ROLE: ROLE_WARM, LABEL_SERVICE: name},
+        network="none",  # loopback only: the template is nobody's to reach
+        command=terms.command,
+        env=terms.container_env,
+        service=name,
+        hostname=name,
+        extra_hosts=((name, LOOPBACK),),  # the readiness check connects to the service's name
+        memory_mb=run_container.memory_mb,
+    )
+    return WarmSpec(
+        recipe=service.warm.recipe,
+        service=name,
+        settings=settings,
+        data_paths=service.data_paths,
+        template=template,
+        template_probe=(terms.probe_command, terms.probe_env, service.readiness.expect),
+        template_password=template_password,
+        rekey=RECIPES[service.warm.recipe](credentials, service.port),
+    )
