@@ -19,9 +19,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture
-def moat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def moat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path / "moat-home"
     monkeypatch.setenv("MOAT_HOME", str(home))
+    # Every test's runs share the services' warm templates, as one user's runs do: each is made once
+    # per session, not once per test (tests of the templates themselves set one of their own).
+    monkeypatch.setenv("MOAT_WARM_CACHE", str(tmp_path_factory.getbasetemp() / "warm-cache"))
     return home
 
 

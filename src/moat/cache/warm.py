@@ -1,11 +1,12 @@
 """Warm templates: a service's data directories as they are right after its first initialisation,
 made once per (image, settings) and copied into each run's memory (see services/warm.py).
 
-    MOAT_HOME/cache/.warm/<service>/<settings digest>-<image digest>/   0700
-        0.tar, 1.tar …   each data path as the engine exported it (0600)
-        meta.json        what it was made from, and its throwaway password (0600); written last
-    MOAT_HOME/cache/.moat/locks/warm/<service>-<key>   shared while a run starts from it, exclusive
-                                                        while one is made or removed
+    MOAT_HOME/cache/.warm/ (or $MOAT_WARM_CACHE)
+        <service>/<settings digest>-<image digest>/   0700
+            0.tar, 1.tar …   each data path as the engine exported it (0600)
+            meta.json        what it was made from, and its throwaway password (0600); written last
+        .locks/<service>-<key>   shared while a run starts from it, exclusive while one is made or
+                                 removed
 
 Nothing waits for these locks: a run that finds a template busy starts its service afresh, a run
 that finds another making it leaves the making to that one, and ``moat cache clean`` skips (and
@@ -59,9 +60,9 @@ def template_key(settings: str, image_id: str) -> str:
 
 
 class WarmCache:
-    def __init__(self, home: Path) -> None:
-        self.root = home / "cache" / ".warm"
-        self._locks = home / "cache" / ".moat" / "locks" / "warm"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks = root / ".locks"
 
     def _dir(self, service: str, key: str) -> Path:
         return self.root / service / key

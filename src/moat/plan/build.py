@@ -54,7 +54,7 @@ from moat.plan.proxy import (
     routes_around,
     static_env,
 )
-from moat.plan.warm import plan_warm, why_cold
+from moat.plan.warm import plan_warm, warm_root, why_cold
 
 if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
     from moat.policy.keep import RuleSet
@@ -341,6 +341,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         agent=agent,
         identity=identity,
         home=request.home,
+        warm_cache=warm_root(request.home, request.host_env),
         scratch=scratch,
         labels=labels,
         interactive=interactive,

@@ -134,6 +134,7 @@ class Plan:
     agent: ContainerSpec  # the agent's container, exactly as it will be created
     identity: Identity  # who the agent is (see plan.identity)
     home: Path  # MOAT_HOME: the run store and the host cache
+    warm_cache: Path  # where the services' warm templates are (cache.warm.warm_root)
     scratch: Path  # private per-run host directory (the sandbox keeps its services' files there)
     labels: Mapping[str, str]  # on every engine object of the run (owner labels are added at creation)
     interactive: bool

@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from moat.catalog.model import Service
 from moat.constants import LABEL_ROLE, LABEL_SERVICE
@@ -25,6 +26,7 @@ from moat.plan.containers import ContainerSpec
 from moat.plan.contract import contract, generate_password
 from moat.quoting import pg_name, sql_string
 
+WARM_CACHE_ENV = "MOAT_WARM_CACHE"  # where templates are kept, when not under MOAT_HOME
 FORMAT = 1  # bump when what a template holds or how it is made changes: older ones are never used
 ROLE_WARM = "warm"  # the label of a container that initialises a template
 LOOPBACK = "127.0.0.1"
@@ -56,6 +58,13 @@ class WarmSpec:
     template_probe: tuple[tuple[str, ...], Mapping[str, str], str | None]  # command, env, expect
     template_password: str  # this plan's throwaway, used only if it makes the template
     rekey: Rekey
+
+
+def warm_root(home: Path, env: Mapping[str, str]) -> Path:
+    """Where the warm templates are: ``$MOAT_WARM_CACHE``, else ``MOAT_HOME/cache/.warm`` (several
+    MOAT_HOMEs, a test suite's, may share one: its locks are its own)."""
+    chosen = env.get(WARM_CACHE_ENV)
+    return Path(chosen).expanduser() if chosen else home / "cache" / ".warm"
 
 
 def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:

@@ -235,7 +235,7 @@ class Run:
 
         def work() -> None:
             try:
-                make_missing(self.runtime, self.plan.services, WarmCache(self.plan.home), self.pod.owner_labels,
+                make_missing(self.runtime, self.plan.services, WarmCache(self.plan.warm_cache), self.pod.owner_labels,
                              abort, self.masker, events.info, events.warn_and_log)
             except MoatError as exc:  # the engine went away: the next run tries again
                 events.log(f"warm templates not made: {exc.message}")

@@ -96,7 +96,7 @@ class Startup:
         self._containers_started = threading.Event()  # every service's container has been started
         self._proxy_ready = threading.Event()  # the run's grants are in the proxy (or it has none)
         self._counted: set[str] = set()
-        self.warm_cache = WarmCache(plan.home)
+        self.warm_cache = WarmCache(plan.warm_cache)
 
     def run(self) -> Started:
         """Everything up and ready, or an error (``Interrupted`` when cancelled). Whatever exists is
@@ -392,7 +392,9 @@ class Startup:
                     return None
                 self.events.update(key, "waiting until it answers")
                 if template is not None:
-                    container_id = self._rekey(spec, template, container_id, inside)
+                    container_id, started_warm = self._rekey(spec, template, container_id, inside)
+                    if not started_warm:
+                        template = None
             ready = self._wait_ready(spec, container_id)
         except (Aborted, LockAborted):
             self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
@@ -434,13 +436,14 @@ class Startup:
         self._count_started(spec.name)
         return container_id if spec.wait else None
 
-    def _rekey(self, spec: ServiceSpec, template: Template, container_id: str, inside: tuple[Resource, ...]) -> str:
-        """The run's credentials set in a service started from a template. A template that does not
-        start is removed, and the service starts afresh: the run goes on."""
+    def _rekey(self, spec: ServiceSpec, template: Template, container_id: str,
+               inside: tuple[Resource, ...]) -> tuple[str, bool]:
+        """The run's credentials set in a service started from a template: its container, and whether
+        it started warm. A template that does not start is removed, and the service starts afresh."""
         self.masker.add([template.password])
         try:
             self._wait_ready(warm.rekey_spec(spec, template), container_id)
-            return container_id
+            return container_id, True
         except ReadinessError as exc:
             assert spec.warm is not None
             self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
@@ -452,7 +455,7 @@ class Startup:
             raise Aborted
         started = self._start(spec, spec.container, inside)
         assert started is not None  # a warm start waits for its service
-        return started
+        return started, False
 
     def _wait_ready(self, spec: ServiceSpec, container_id: str) -> Ready:
         # A pod's services answer at its holder's address (none in a strict pod: the probe alone).
