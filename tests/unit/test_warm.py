@@ -47,7 +47,7 @@ def test_postgres_and_mysql_plan_warm_with_a_throwaway_password_and_redis_does_n
         # The settings name no password, and the rekey's command line holds none either.
         assert spec.warm.template_password not in spec.warm.settings
         assert spec.env[password_var] not in spec.warm.settings
-        assert not any(spec.env[password_var] in arg for arg in spec.warm.rekey.command)
+        assert spec.env[password_var] not in spec.warm.rekey.script
     # postgres is given the verifier, never the password; mysql's statement quotes it.
     assert pg.env["POSTGRES_PASSWORD"] not in pg.warm.rekey.env["MOAT_REKEY_SQL"]  # type: ignore[union-attr]
     assert "PASSWORD 'SCRAM-SHA-256$4096:" in pg.warm.rekey.env["MOAT_REKEY_SQL"]  # type: ignore[union-attr]
@@ -204,8 +204,10 @@ def test_a_finished_run_makes_the_template_and_the_next_run_starts_from_it(tmp_p
     (sidecar,) = [c for c in runtime.created.values() if c.labels.get("moat.role") == "service"]
     assert sidecar.spec.entrypoint is not None  # seeded from the template
     execs = [command for container, command in runtime.exec_log if container == sidecar.id]
-    assert "MOAT_REKEY_SQL" in execs[0][-1]  # the credentials first, then the catalog's check
-    assert execs[-1] == service(plan, "postgres").probe.command
+    # One exec: the credentials set, then the catalog's check with them.
+    (rekey_and_check,) = execs
+    assert "MOAT_REKEY_SQL" in rekey_and_check[2] and rekey_and_check[2].endswith('&& exec "$@"')
+    assert rekey_and_check[4:] == service(plan, "postgres").probe.command
     assert meta["services"][0]["warm"] is True
     assert _containers(runtime, "warm") == []  # nothing more to make
     assert "warm template made" not in said

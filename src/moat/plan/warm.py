@@ -32,6 +32,7 @@ ROLE_WARM = "warm"  # the label of a container that initialises a template
 LOOPBACK = "127.0.0.1"
 SQL_VAR = "MOAT_REKEY_SQL"
 USER_VAR = "MOAT_REKEY_USER"
+TEMPLATE_PASSWORD_VAR = "MOAT_TEMPLATE_PASSWORD"  # noqa: S105 — a name; the client's own is the check's
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default
 
 # The statements arrive on the client's stdin from a shell builtin: in no process's arguments.
@@ -42,9 +43,8 @@ _PIPE = 'printf "%s\\n" "$' + SQL_VAR + '" | '
 class Rekey:
     """Sets the run's credentials in a service started from a template."""
 
-    command: tuple[str, ...]
+    script: str  # /bin/sh: sets them, the template's password in $MOAT_TEMPLATE_PASSWORD
     env: Mapping[str, str]  # holds the run's secret (as the readiness check's does)
-    password_env: str  # the client's variable for the template's password, added when it is known
     secrets: frozenset[str]  # what the statements hold that must never be shown
 
 
@@ -87,17 +87,17 @@ def _postgres(credentials: Mapping[str, str], port: int) -> Rekey:
     # SASLprep): others are refused by ``plan_warm`` before this.
     verifier = scram_verifier(credentials["password"])
     sql = f"ALTER ROLE {pg_name(credentials['user'])} PASSWORD '{verifier}';"
-    command = ("sh", "-c", _PIPE + f'psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port}'
-               f' -U "${USER_VAR}" -d postgres')
-    return Rekey(command, {SQL_VAR: sql, USER_VAR: credentials["user"]}, "PGPASSWORD", frozenset({sql, verifier}))
+    script = _PIPE + (f'PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql'
+                      f' -p {port} -U "${USER_VAR}" -d postgres')
+    return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql, verifier}))
 
 
 def _mysql(credentials: Mapping[str, str], _port: int) -> Rekey:
     user, password = sql_string(credentials["user"]), sql_string(credentials["password"])
     sql = (f"ALTER USER IF EXISTS {user}@'localhost' IDENTIFIED BY {password};\n"
            f"ALTER USER IF EXISTS {user}@'%' IDENTIFIED BY {password};")
-    command = ("sh", "-c", _PIPE + f'mysql --protocol=SOCKET -u "${USER_VAR}" -N -B')
-    return Rekey(command, {SQL_VAR: sql, USER_VAR: credentials["user"]}, "MYSQL_PWD", frozenset({sql}))
+    script = _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql --protocol=SOCKET -u "${USER_VAR}" -N -B'
+    return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql}))
 
 
 RECIPES: dict[str, Callable[[Mapping[str, str], int], Rekey]] = {"postgres": _postgres, "mysql": _mysql}

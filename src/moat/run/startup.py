@@ -383,6 +383,7 @@ class Startup:
                 except LockTimeout:
                     raise MoatError(f"{spec.name}: its host cache is being cleaned (`moat cache clean`)",
                                     hint="Wait for the cleaning to finish, then run again.") from None
+            ready: Ready | None = None
             with contextlib.ExitStack() as holding:
                 # Held until the service answers: the template is read while the sidecar starts.
                 template, container = self._template(spec, holding)
@@ -392,10 +393,11 @@ class Startup:
                     return None
                 self.events.update(key, "waiting until it answers")
                 if template is not None:
-                    container_id, started_warm = self._rekey(spec, template, container_id, inside)
-                    if not started_warm:
+                    container_id, ready = self._rekey(spec, template, container_id, inside)
+                    if ready is None:
                         template = None
-            ready = self._wait_ready(spec, container_id)
+            if ready is None:
+                ready = self._wait_ready(spec, container_id)
         except (Aborted, LockAborted):
             self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
             raise
@@ -437,13 +439,13 @@ class Startup:
         return container_id if spec.wait else None
 
     def _rekey(self, spec: ServiceSpec, template: Template, container_id: str,
-               inside: tuple[Resource, ...]) -> tuple[str, bool]:
-        """The run's credentials set in a service started from a template: its container, and whether
-        it started warm. A template that does not start is removed, and the service starts afresh."""
+               inside: tuple[Resource, ...]) -> tuple[str, Ready | None]:
+        """The run's credentials set in a service started from a template, then its readiness check:
+        its container, and its readiness (None: it did not start warm). A template that does not start
+        is removed, and the service starts afresh."""
         self.masker.add([template.password])
         try:
-            self._wait_ready(warm.rekey_spec(spec, template), container_id)
-            return container_id, True
+            return container_id, self._wait_ready(warm.rekey_spec(spec, template), container_id)
         except ReadinessError as exc:
             assert spec.warm is not None
             self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
@@ -455,7 +457,7 @@ class Startup:
             raise Aborted
         started = self._start(spec, spec.container, inside)
         assert started is not None  # a warm start waits for its service
-        return started, False
+        return started, None
 
     def _wait_ready(self, spec: ServiceSpec, container_id: str) -> Ready:
         # A pod's services answer at its holder's address (none in a strict pod: the probe alone).
