@@ -1,6 +1,6 @@
-"""Warm services on a real engine: a run whose agent finished leaves a template of each service's
-initialised data; the next run starts from it, with credentials of its own, and none of the first
-run's data."""
+"""Warm services on a real engine and in the sandbox: a run whose agent finished leaves a template of
+each service's initialised data; the next run starts from it, with credentials of its own, and none of
+the first run's data."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ import pytest
 from tests.helpers import only_run, run_moat, runs, write_workspace
 
 pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(params=["docker", "sandbox"])
+def runtime(request: pytest.FixtureRequest) -> str:
+    """Each runtime, with what it needs (the engine's images; the host's servers)."""
+    request.getfixturevalue("engine" if request.param == "docker" else "sandbox")
+    return str(request.param)
 
 CONFIG = """\
 name: warm
@@ -73,10 +80,10 @@ def _warm_flags(home: Path, run_id: str) -> dict[str, bool]:
     return {s["name"]: s.get("warm") for s in run["services"]}
 
 
-def test_a_run_starts_warm_from_the_template_the_last_one_left(engine: object, moat_home: Path, warm_cache: Path,
+def test_a_run_starts_warm_from_the_template_the_last_one_left(runtime: str, moat_home: Path, warm_cache: Path,
                                                                  tmp_path: Path) -> None:
     workspace = write_workspace(tmp_path / "ws", CONFIG, {"check.sh": CHECK})
-    first = run_moat(["run", str(workspace)])
+    first = run_moat(["run", "--runtime", runtime, str(workspace)])
     assert first.code == 0, first.output
     assert "postgres rows before: 0" in first.stdout and "mysql rows before: 0" in first.stdout
     assert "postgres's warm template made" in first.stderr and "mysql's warm template made" in first.stderr
@@ -94,7 +101,7 @@ def test_a_run_starts_warm_from_the_template_the_last_one_left(engine: object, m
     for meta in metas.values():
         assert meta["password"] not in json.dumps(first_run) and meta["password"] not in first.output
 
-    second = run_moat(["run", "-e", f"TEMPLATE_PG={metas['postgres']['password']}",
+    second = run_moat(["run", "--runtime", runtime, "-e", f"TEMPLATE_PG={metas['postgres']['password']}",
                        "-e", f"TEMPLATE_MY={metas['mysql']['password']}", str(workspace)])
     assert second.code == 0, second.output
     # A fresh template: the first run's rows are not there.
@@ -108,13 +115,13 @@ def test_a_run_starts_warm_from_the_template_the_last_one_left(engine: object, m
 
 
 def test_a_template_that_does_not_start_is_dropped_and_the_service_starts_afresh(
-        engine: object, moat_home: Path, warm_cache: Path, tmp_path: Path) -> None:
+        runtime: str, moat_home: Path, warm_cache: Path, tmp_path: Path) -> None:
     workspace = write_workspace(tmp_path / "ws", POSTGRES_ONLY)
-    assert run_moat(["run", str(workspace)]).code == 0
+    assert run_moat(["run", "--runtime", runtime, str(workspace)]).code == 0
     (template,) = _templates(warm_cache).values()
     (template / "0.tar").write_bytes(b"not a tar archive")
 
-    result = run_moat(["run", str(workspace)])
+    result = run_moat(["run", "--runtime", runtime, str(workspace)])
     assert result.code == 0, result.output
     assert "42" in result.stdout
     assert "did not start from its warm template, which is removed; starting it afresh" in result.stderr

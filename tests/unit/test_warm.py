@@ -12,8 +12,9 @@ import pytest
 
 from moat.cache.warm import WarmCache, template_key
 from moat.plan.model import Plan
-from moat.plan.warm import scram_verifier, warm_root
+from moat.plan.warm import SANDBOX_DATA, scram_verifier, warm_root
 from moat.runtime.base import ExecResult, ImageConfig
+from moat.runtime.sandbox import services
 from moat.services.warm import seeded
 from tests.unit.fakes import FakeRuntime
 from tests.unit.support import plan_for, service
@@ -75,12 +76,17 @@ def test_what_makes_a_service_start_afresh(extra: str, reason: str | None) -> No
         assert reason in (spec.cold_reason or "")
 
 
-def test_same_settings_same_key_and_the_sandbox_plans_no_template(tmp_path: Path) -> None:
+def test_same_settings_same_key_and_the_sandbox_plans_its_own(tmp_path: Path) -> None:
     one, same = service(plan_for(PG_MY), "postgres").warm, service(plan_for(PG_MY), "postgres").warm
     assert one is not None and same is not None
     assert one.settings == same.settings  # the passwords differ, the settings do not
+    # The sandbox's templates hold its own data directory, and are made in a network of their own.
     sandboxed = plan_for(PG_MY, runtime="sandbox")
-    assert all(s.warm is None for s in sandboxed.services)
+    for spec in sandboxed.services:
+        assert spec.warm is not None and spec.warm.data_paths == (SANDBOX_DATA,) == (services.DATA,)
+        assert spec.warm.template_network == spec.warm.template.network != "none"
+        assert "-h 127.0.0.1" in spec.warm.rekey.script  # its servers have no socket for others
+        assert spec.warm.settings != service(plan_for(PG_MY), spec.name).warm.settings
     assert warm_root(tmp_path, {}) == tmp_path / "cache" / ".warm"
     assert warm_root(tmp_path, {"MOAT_WARM_CACHE": "/x/y"}) == Path("/x/y")
 
@@ -173,8 +179,8 @@ def test_seeding_unpacks_into_memory_then_runs_the_images_own_entrypoint(tmp_pat
     assert container.entrypoint[2].endswith('exec "$@"')
     assert container.command == ("docker-entrypoint.sh", "postgres")
     assert container.tmpfs == spec.container.tmpfs  # still in memory
-    (mount,) = [m for m in container.mounts if m.target == "/run/moat-warm/0.tar"]
-    assert mount.read_only and mount.source == str(template.archive(0))
+    (mount,) = [m for m in container.mounts if m.target == "/run/moat-warm"]
+    assert mount.read_only and mount.source == str(template.path)
 
 
 # --- a run's course --------------------------------------------------------------------------------

@@ -103,8 +103,7 @@ TRAITS = {
                             pods=True, managed_memory=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
-                             grant_files="/tmp/moat-grants", builds_images=False,  # noqa: S108 — its /tmp
-                             warm_services=False),
+                             grant_files="/tmp/moat-grants", builds_images=False),  # noqa: S108 — its /tmp
 }
 
 
@@ -500,7 +499,7 @@ def _service_spec(config: Config, name: str, version: str, catalog: Catalog, new
             cold_reason = why_cold(service, terms.container_env, terms.credentials)
         if cold_reason is None:
             warm = plan_warm(service, name, f"{CONTAINER_PREFIX}warm-{name}-{pod.run_id}", container,
-                             terms.credentials, user_env, pod.labels)
+                             terms.credentials, user_env, pod.labels, sandbox=not pod.traits.builds_images)
     spec = ServiceSpec(
         name=name,
         version=version,

@@ -34,6 +34,10 @@ SQL_VAR = "MOAT_REKEY_SQL"
 USER_VAR = "MOAT_REKEY_USER"
 TEMPLATE_PASSWORD_VAR = "MOAT_TEMPLATE_PASSWORD"  # noqa: S105 — a name; the client's own is the check's
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default
+SEED_DIR = "/run/moat-warm"  # where a template is mounted in the sidecar that starts from it
+# The sandbox keeps a service's data in one directory of its own (runtime/sandbox/services.DATA),
+# whatever the image would: its templates hold that directory.
+SANDBOX_DATA = "/run/moat/data"
 
 # The statements arrive on the client's stdin from a shell builtin: in no process's arguments.
 _PIPE = 'printf "%s\\n" "$' + SQL_VAR + '" | '
@@ -55,6 +59,8 @@ class WarmSpec:
     settings: str  # what the data depends on besides the image (canonical JSON, no secret in it)
     data_paths: tuple[str, ...]
     template: ContainerSpec  # initialises a template (the service's own image, settings and command)
+    # A network made for the template alone (the sandbox's containers need one); None: none at all.
+    template_network: str | None
     template_probe: tuple[tuple[str, ...], Mapping[str, str], str | None]  # command, env, expect
     template_password: str  # this plan's throwaway, used only if it makes the template
     rekey: Rekey
@@ -82,25 +88,28 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def _postgres(credentials: Mapping[str, str], port: int) -> Rekey:
+def _postgres(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     # A verifier made from the password as given equals the server's only for ASCII (it applies
     # SASLprep): others are refused by ``plan_warm`` before this.
     verifier = scram_verifier(credentials["password"])
     sql = f"ALTER ROLE {pg_name(credentials['user'])} PASSWORD '{verifier}';"
-    script = _PIPE + (f'PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql'
+    # The image's server has a socket; the sandbox's has none (its clients use TCP, as in a container).
+    host = "/var/run/postgresql" if socket else LOOPBACK
+    script = _PIPE + (f'PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q -v ON_ERROR_STOP=1 -h {host}'
                       f' -p {port} -U "${USER_VAR}" -d postgres')
     return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql, verifier}))
 
 
-def _mysql(credentials: Mapping[str, str], _port: int) -> Rekey:
+def _mysql(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     user, password = sql_string(credentials["user"]), sql_string(credentials["password"])
     sql = (f"ALTER USER IF EXISTS {user}@'localhost' IDENTIFIED BY {password};\n"
            f"ALTER USER IF EXISTS {user}@'%' IDENTIFIED BY {password};")
-    script = _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql --protocol=SOCKET -u "${USER_VAR}" -N -B'
+    where = "--protocol=SOCKET" if socket else f"--protocol=TCP -h {LOOPBACK} -P {port}"
+    script = _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql {where} -u "${USER_VAR}" -N -B'
     return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql}))
 
 
-RECIPES: dict[str, Callable[[Mapping[str, str], int], Rekey]] = {"postgres": _postgres, "mysql": _mysql}
+RECIPES: dict[str, Callable[[Mapping[str, str], int, bool], Rekey]] = {"postgres": _postgres, "mysql": _mysql}
 
 
 def why_cold(service: Service, container_env: Mapping[str, str], credentials: Mapping[str, str]) -> str | None:
@@ -123,8 +132,10 @@ def _password_env(service: Service) -> str | None:
 
 
 def plan_warm(service: Service, name: str, container_name: str, run_container: ContainerSpec,
-              credentials: Mapping[str, str], user_env: Mapping[str, str], labels: Mapping[str, str]) -> WarmSpec:
-    """The template's container and the run's rekey (``why_cold`` said it may start warm)."""
+              credentials: Mapping[str, str], user_env: Mapping[str, str], labels: Mapping[str, str],
+              sandbox: bool = False) -> WarmSpec:
+    """The template's container and the run's rekey (``why_cold`` said it may start warm). ``sandbox``:
+    the service runs from the host's programs (runtime/sandbox), not from its image."""
     assert service.warm is not None
     password_env = _password_env(service)
     assert password_env is not None
@@ -133,15 +144,19 @@ def plan_warm(service: Service, name: str, container_name: str, run_container: C
     terms = contract(service, name, service.port,
                      {k: v for k, v in user_env.items() if k != password_env}, lambda: template_password)
     settings_env = {k: v for k, v in terms.container_env.items() if k != password_env}
+    data_paths = (SANDBOX_DATA,) if sandbox else service.data_paths
     settings = json.dumps({"format": FORMAT, "recipe": service.warm.recipe, "env": settings_env,
                            "command": list(terms.command) if terms.command else None,
-                           "data_paths": list(service.data_paths)}, sort_keys=True)
+                           "data_paths": list(data_paths), "runtime": "sandbox" if sandbox else "image"},
+                          sort_keys=True)
+    # Loopback only: the template is nobody's to reach (the sandbox's network is one, of its own).
+    network = container_name if sandbox else "none"
     template = ContainerSpec(
         role="service",
         name=container_name,
         image=run_container.image,
         labels={**labels, LABEL_ROLE: ROLE_WARM, LABEL_SERVICE: name},
-        network="none",  # loopback only: the template is nobody's to reach
+        network=network,
         command=terms.command,
         env=terms.container_env,
         service=name,
@@ -153,9 +168,10 @@ def plan_warm(service: Service, name: str, container_name: str, run_container: C
         recipe=service.warm.recipe,
         service=name,
         settings=settings,
-        data_paths=service.data_paths,
+        data_paths=data_paths,
         template=template,
+        template_network=network if sandbox else None,
         template_probe=(terms.probe_command, terms.probe_env, service.readiness.expect),
         template_password=template_password,
-        rekey=RECIPES[service.warm.recipe](credentials, service.port),
+        rekey=RECIPES[service.warm.recipe](credentials, service.port, not sandbox),
     )

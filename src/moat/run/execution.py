@@ -235,8 +235,10 @@ class Run:
 
         def work() -> None:
             try:
+                # The run's own scratch directory is gone: the template's network (a sandbox's) has one beside it.
+                scratch = self.plan.scratch.with_name(f"{self.plan.scratch.name}-warm")
                 make_missing(self.runtime, self.plan.services, WarmCache(self.plan.warm_cache), self.pod.owner_labels,
-                             abort, self.masker, events.info, events.warn_and_log)
+                             scratch, abort, self.masker, events.info, events.warn_and_log)
             except MoatError as exc:  # the engine went away: the next run tries again
                 events.log(f"warm templates not made: {exc.message}")
             except Exception as exc:  # a bug there must not fail a run that is over

@@ -93,7 +93,9 @@ def _translate(exc: BaseException, action: str) -> EngineError | None:
         return NotFound(f"{action} failed: {_explanation(exc)}")
     if isinstance(exc, APIError):
         explanation = _explanation(exc)
-        if exc.status_code == 409 and "is not running" in explanation:
+        # 409 when it had stopped; a 500 ("…is not running: Exited (2) …") when it stopped while the
+        # engine set an exec up in it.
+        if "is not running" in explanation and (exc.status_code == 409 or (exc.status_code or 0) >= 500):
             return ContainerNotRunning(f"{action} failed: {explanation}")
         return EngineError(f"{action} failed: {explanation}")
     if isinstance(exc, requests.exceptions.Timeout | socket.timeout):

@@ -13,23 +13,24 @@ run's credentials) may pass, the run's credentials are set over the local socket
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import posixpath
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 from moat.cache.warm import Template, WarmCache, template_key
 from moat.errors import EngineError, MoatError
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.model import ProbeSpec, ServiceSpec
-from moat.plan.warm import TEMPLATE_PASSWORD_VAR, WarmSpec
+from moat.plan.warm import SEED_DIR, TEMPLATE_PASSWORD_VAR, WarmSpec
 from moat.runtime.base import ImageConfig, Runtime
 from moat.services.readiness import Aborted, wait_ready
 
-SEED_DIR = "/run/moat-warm"  # where the template's archives are mounted in the sidecar
 STOP_TIMEOUT = 60.0  # seconds a template's service has to shut down cleanly
 
 
@@ -48,10 +49,10 @@ def seeded(spec: ServiceSpec, template: Template, image: ImageConfig) -> Contain
     container = spec.container
     command = container.command if container.command is not None else image.cmd
     lines = ["set -e"]
-    mounts = list(container.mounts)
+    # The template's directory (a sandbox binds directories only); its archives are read from it.
+    mounts = [*container.mounts, Mount(str(template.path), SEED_DIR, read_only=True)]
     for index, path in enumerate(template.data_paths):
         archive = f"{SEED_DIR}/{index}.tar"
-        mounts.append(Mount(str(template.archive(index)), archive, read_only=True))
         # The archive's top directory is named after the path: unpacked into its parent.
         parent = posixpath.dirname(path.rstrip("/")) or "/"
         lines.append(f"tar -x -p --numeric-owner -f {archive} -C {parent}")
@@ -71,7 +72,7 @@ def rekey_spec(spec: ServiceSpec, template: Template) -> ServiceSpec:
 
 
 def make_missing(runtime: Runtime, services: tuple[ServiceSpec, ...], cache: WarmCache, labels: Mapping[str, str],
-                 abort: threading.Event, masker: Masker, say: Callable[[str], None],
+                 scratch: Path, abort: threading.Event, masker: Masker, say: Callable[[str], None],
                  warn: Callable[[str], None]) -> list[str]:
     """The templates ``services`` lack, made one after the other (until ``abort``); what was made."""
     made: list[str] = []
@@ -81,7 +82,7 @@ def make_missing(runtime: Runtime, services: tuple[ServiceSpec, ...], cache: War
         started = time.monotonic()
         begun = f"making {spec.name}'s warm template for the next runs (once per image and settings)"
         try:
-            template = make_template(runtime, spec, cache, labels, abort, masker,
+            template = make_template(runtime, spec, cache, labels, scratch, abort, masker,
                                      on_start=functools.partial(say, begun))
         except Aborted:
             return made
@@ -95,10 +96,11 @@ def make_missing(runtime: Runtime, services: tuple[ServiceSpec, ...], cache: War
 
 
 def make_template(runtime: Runtime, spec: ServiceSpec, cache: WarmCache, labels: Mapping[str, str],
-                  abort: threading.Event, masker: Masker,
+                  scratch: Path, abort: threading.Event, masker: Masker,
                   on_start: Callable[[], None] = lambda: None) -> Template | None:
     """Initialise ``spec``'s template, unless one exists or another run is making it (None then).
-    Whatever it creates is removed before it returns; a failure raises ``TemplateFailed``."""
+    Whatever it creates is removed before it returns; a failure raises ``TemplateFailed``.
+    ``scratch``: a private directory the runtime may keep the template's network's files in."""
     warm = spec.warm
     assert warm is not None
     image = runtime.image_config(spec.image)
@@ -108,26 +110,36 @@ def make_template(runtime: Runtime, spec: ServiceSpec, cache: WarmCache, labels:
             return None
         on_start()
         masker.add([warm.template_password])
-        container_id = runtime.create_container(warm.template, labels)
+        with contextlib.ExitStack() as made:
+            if warm.template_network is not None:
+                runtime.create_network(warm.template_network, {**warm.template.labels, **labels}, str(scratch))
+                made.callback(runtime.remove_network, warm.template_network)
+            return _initialise(runtime, spec, warm, image, key, cache, labels, abort, masker)
+    return None  # not reached: the block returns (mypy cannot tell an ExitStack suppresses nothing)
+
+
+def _initialise(runtime: Runtime, spec: ServiceSpec, warm: WarmSpec, image: ImageConfig, key: str, cache: WarmCache,
+                labels: Mapping[str, str], abort: threading.Event, masker: Masker) -> Template:
+    container_id = runtime.create_container(warm.template, labels)
+    try:
+        runtime.start_container(container_id)
+        command, env, expect = warm.template_probe
+        template_spec = replace(spec, container=warm.template, probe=ProbeSpec(command, env, expect), warm=None)
         try:
-            runtime.start_container(container_id)
-            command, env, expect = warm.template_probe
-            template_spec = replace(spec, container=warm.template, probe=ProbeSpec(command, env, expect), warm=None)
-            try:
-                wait_ready(runtime, container_id, template_spec, "none", abort, masker)
-            except MoatError as exc:
-                raise TemplateFailed(f"{spec.name}'s template did not start: {exc.message}") from None
-            runtime.stop_container(container_id, STOP_TIMEOUT)
-            state = runtime.state(container_id)
-            if state.running or state.exit_code != 0:
-                raise TemplateFailed(f"{spec.name}'s template did not shut down cleanly (exit {state.exit_code})")
-            parts = [runtime.export_path(container_id, path) for path in warm.data_paths]
-            try:
-                return cache.store(warm.service, key, parts, warm.template_password, warm.data_paths, image.id,
-                                   warm.settings)
-            except OSError as exc:
-                raise TemplateFailed(f"{spec.name}'s template could not be saved: {exc}") from None
-            except EngineError as exc:
-                raise TemplateFailed(f"{spec.name}'s template could not be copied out: {exc.message}") from None
-        finally:
-            runtime.remove_container(container_id)
+            wait_ready(runtime, container_id, template_spec, warm.template.network, abort, masker)
+        except MoatError as exc:
+            raise TemplateFailed(f"{spec.name}'s template did not start: {exc.message}") from None
+        runtime.stop_container(container_id, STOP_TIMEOUT)
+        state = runtime.state(container_id)
+        if state.running or state.exit_code != 0:
+            raise TemplateFailed(f"{spec.name}'s template did not shut down cleanly (exit {state.exit_code})")
+        parts = [runtime.export_path(container_id, path) for path in warm.data_paths]
+        try:
+            return cache.store(warm.service, key, parts, warm.template_password, warm.data_paths, image.id,
+                               warm.settings)
+        except OSError as exc:
+            raise TemplateFailed(f"{spec.name}'s template could not be saved: {exc}") from None
+        except EngineError as exc:
+            raise TemplateFailed(f"{spec.name}'s template could not be copied out: {exc.message}") from None
+    finally:
+        runtime.remove_container(container_id)

@@ -43,7 +43,7 @@ from moat.runtime.base import (
     OutputChunk,
     ProgressCallback,
 )
-from moat.runtime.sandbox import boxes, cgroups, hostinfo, launch, streams
+from moat.runtime.sandbox import boxes, cgroups, hostinfo, launch, services, streams
 from moat.runtime.sandbox import scratch as dirs
 from moat.runtime.sandbox.procs import Proc
 from moat.runtime.sandbox.records import NETWORK, Records
@@ -126,12 +126,17 @@ class SandboxRuntime:
         return None
 
     def image_config(self, ref: str) -> ImageConfig:
-        raise EngineError("the sandbox runtime runs the host's programs: it has no images",
-                          hint="A bug in moat: the sandbox plans no warm service templates.")
+        """No image: what a service's data depends on here is the host's programs (a warm template
+        made with one postgres is not used with another)."""
+        return ImageConfig(services.programs_identity(), (), ())
 
     def export_path(self, container_id: str, path: str) -> Iterator[bytes]:
-        raise EngineError("the sandbox runtime keeps no container filesystems to copy out of",
-                          hint="A bug in moat: the sandbox plans no warm service templates.")
+        """A stopped service's data directory (kept on disk: ``tmpfs`` off), as a tar named after it."""
+        record = self.records.container(container_id)
+        data = Path(record["scratch"]) / Path(services.DATA).name
+        if path != services.DATA or not data.is_dir():
+            raise EngineError(f"{record['name']} has no data directory {path} to copy out")
+        yield from streams.tar_directory(data)
 
     # --- the run's network -------------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ script is quoted for the shell (``quoting.shell``), and for the language it ends
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,12 +24,14 @@ from moat import quoting
 from moat.catalog.model import HostRecipe
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec
+from moat.plan.warm import SEED_DIR
 
 LOOPBACK = "127.0.0.1"
 HOME = "/run/moat"  # the service's scratch directory, as the service sees it
 DATA = f"{HOME}/data"  # its data: in memory (tmpfs) or in the scratch directory
 MOUNTS = f"{HOME}/mnt"  # its mounts (a host cache), as /run/moat/mnt/<n>
 SETUP_VAR = "MOAT_SANDBOX_SETUP"  # setup-only text (SQL, a config) that may hold secrets
+SEED_ON_STDIN = "stdin"  # how a warm template's archive reaches a service's script (see starting.py)
 SETUP_FILE = "/tmp/moat-setup.sql"  # noqa: S108 — the service's own /tmp: in memory, gone with it
 
 
@@ -58,17 +63,54 @@ def find_binary(name: str, recipe: HostRecipe) -> str:
                       hint=f"To run {recipe.recipe} in the sandbox, {how}; or use --runtime docker.")
 
 
+def programs_identity() -> str:
+    """What the services' data depends on in the sandbox: the host's server programs, as installed
+    (path, size and time of each found): an upgrade makes the old warm templates unused."""
+    found = []
+    for name in sorted(PROGRAMS):
+        path = shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
+        candidates = [path] if path else sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+        for candidate in candidates:
+            with contextlib.suppress(OSError):
+                info = os.stat(candidate)
+                found.append(f"{candidate}:{info.st_size}:{info.st_mtime_ns}")
+    return "host:" + hashlib.sha256("\n".join(found).encode()).hexdigest()
+
+
+# The programs that make and read a service's data (the clients do not).
+PROGRAMS = ("initdb", "postgres", "mariadb-install-db", "mariadbd")
+
+
 def program(recipe: HostRecipe, spec: ContainerSpec, port: int, mounts: Mapping[str, str]) -> Program:
     """``mounts``: each mount's target in a container → where the service sees it."""
     builders = {"postgres": _postgres, "mariadb": _mariadb, "redis": _redis, "ollama": _ollama}
     return builders[recipe.recipe](recipe, spec, port, mounts)
 
 
-def _postgres(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: object) -> Program:
+def _seeded(mounts: Mapping[str, str], server: str) -> Program | None:
+    """A service started from a warm template (plan.warm): its data unpacked, then its server, which
+    finds it initialised (moat sets the run's credentials over TCP once it answers)."""
+    seed = mounts.get(SEED_DIR)
+    if seed is None:
+        return None
+    if seed != SEED_ON_STDIN:
+        raise EngineError(f"the warm template reached the sandbox as {seed!r}, not on stdin (a bug in moat)")
+    unpack = quoting.shell(["tar", "-x", "-p", "-f", "-", "-C", HOME])  # its top directory: DATA
+    return Program("\n".join(["set -e", unpack, f"exec {server} </dev/null"]))
+
+
+def _postgres(recipe: HostRecipe, spec: ContainerSpec, port: int, mounts: Mapping[str, str]) -> Program:
     user = spec.env.get("POSTGRES_USER") or "postgres"
     database = spec.env.get("POSTGRES_DB") or user
     pgdata = f"{DATA}/pgdata"
     postgres = find_binary("postgres", recipe)
+    server = quoting.shell([
+        # No Unix socket (clients use TCP, as in a container); throwaway data needs no fsync.
+        postgres, "-D", pgdata, "-h", LOOPBACK, "-p", str(port), "-c", "unix_socket_directories=",
+        "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"])
+    seeded = _seeded(mounts, server)
+    if seeded is not None:
+        return seeded
     lines = [
         "set -e",
         "printf '%s\\n' \"$POSTGRES_PASSWORD\" | " + quoting.shell([
@@ -80,10 +122,7 @@ def _postgres(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: objec
         env[SETUP_VAR] = f"CREATE DATABASE {quoting.pg_name(database)};"
         lines.append(f"printf '%s\\n' \"${SETUP_VAR}\" | " + quoting.shell(
             [postgres, "--single", "-D", pgdata, "-c", "exit_on_error=on", "postgres"]) + " >/dev/null")
-    lines += [f"unset {SETUP_VAR}", "exec " + quoting.shell([
-        # No Unix socket (clients use TCP, as in a container); throwaway data needs no fsync.
-        postgres, "-D", pgdata, "-h", LOOPBACK, "-p", str(port), "-c", "unix_socket_directories=",
-        "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"])]
+    lines += [f"unset {SETUP_VAR}", f"exec {server}"]
     return Program("\n".join(lines), env)
 
 
@@ -113,7 +152,7 @@ def mariadb_setup(env: Mapping[str, str]) -> str:
     return "\n".join(sql)
 
 
-def _mariadb(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: object) -> Program:
+def _mariadb(recipe: HostRecipe, spec: ContainerSpec, port: int, mounts: Mapping[str, str]) -> Program:
     datadir = f"{DATA}/mysql"
     install = quoting.shell([
         find_binary("mariadb-install-db", recipe), "--no-defaults", f"--datadir={datadir}", "--rpm",
@@ -123,6 +162,9 @@ def _mariadb(recipe: HostRecipe, spec: ContainerSpec, port: int, _mounts: object
         find_binary("mariadbd", recipe), "--no-defaults", f"--datadir={datadir}", f"--socket={HOME}/mysqld.sock",
         f"--port={port}", f"--bind-address={LOOPBACK}", "--skip-name-resolve", "--skip-log-bin",
         f"--pid-file={HOME}/mariadbd.pid", "--innodb-buffer-pool-size=32M"])
+    seeded = _seeded(mounts, server)
+    if seeded is not None:
+        return seeded
     lines = [
         "set -e",
         "umask 077",

@@ -4,6 +4,7 @@ environment, its command (a service's script or the agent's), its limits and its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ from moat.errors import EngineError
 from moat.files import private_dir
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.identity import Identity
+from moat.plan.warm import SEED_DIR
 from moat.runtime.sandbox import boxes, cgroups, launch, procs, services, streams
 from moat.runtime.sandbox import scratch as dirs
 from moat.runtime.sandbox.procs import Proc
@@ -83,6 +85,13 @@ class Starter:
         except OSError as exc:
             raise EngineError(f"cannot give {source} to the run: {exc.strerror}") from None
 
+    @staticmethod
+    def _archive_fd(path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise EngineError(f"cannot give the warm template {path} to the run: {exc.strerror}") from None
+
     def start(self, record: dict[str, Any], spec: ContainerSpec, *, tty: Terminal | None = None
               ) -> subprocess.Popen[bytes]:
         network = self.records.network(record["network"])
@@ -136,7 +145,14 @@ class Starter:
         recipe, port = _recipe(spec)
         # Its mounts (a host cache) are open directories: /proc/self/fd/N reaches them whatever their
         # parents' permissions (MOAT_HOME may be root's).
-        inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts}
+        inside = {m.target: f"/proc/self/fd/{keep(self._mount_fd(m.source, m.create))}" for m in spec.mounts
+                  if m.target != SEED_DIR}
+        for mount in spec.mounts:
+            if mount.target == SEED_DIR:
+                # A warm template's archive on the script's stdin: moat's private file (root's, when
+                # moat runs as root), read through the descriptor by a service that could not open it.
+                io = dataclasses.replace(io, stdin=keep(self._archive_fd(Path(mount.source) / "0.tar")))
+                inside[SEED_DIR] = services.SEED_ON_STDIN
         program = services.program(recipe, spec, port, inside)
         record["exec_env"] = program.exec_env
         view = launch.service_view(launch.Bind(record["scratch"], services.HOME), services.DATA, bool(spec.tmpfs),

@@ -129,3 +129,27 @@ def follow(path: Path, lines: int | None, running: Callable[[], bool]) -> Iterat
             return
         if not data:
             time.sleep(FOLLOW_POLL)
+
+
+TAR_CHUNK = 1 << 20
+
+
+def tar_directory(path: Path) -> Iterator[bytes]:
+    """``path`` as a tar archive whose top directory is its name (as ``docker cp`` gives one), made by
+    the host's tar (owners, modes and sparse files as they are), streamed as it is made."""
+    process = subprocess.Popen(["tar", "-c", "-C", str(path.parent), path.name], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        while chunk := process.stdout.read(TAR_CHUNK):
+            yield chunk
+        error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+        if process.wait() != 0:
+            raise EngineError(f"could not archive {path}: {error or f'tar exited {process.returncode}'}")
+    finally:
+        if process.poll() is None:  # the reader stopped early: the archive is not wanted any more
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
