@@ -188,6 +188,9 @@ def runtime_layer(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]
 
 
 def main() -> None:
+    # moat as its users run it: with its modules' bytecode cached (an environment that forbids writing
+    # it makes every start compile moat from source, ~0.1 s).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
