@@ -73,6 +73,7 @@ class FakeRuntime:
         self.agent = AgentScript()
         self.probe_results: dict[str, list[ExecResult]] = {}  # service → results, the last one repeats
         self.exec_log: list[tuple[str, tuple[str, ...]]] = []
+        self.exec_envs: list[Mapping[str, str]] = []  # each exec's environment, in exec_log's order
         self.counter = 0
         self.changed = threading.Condition(self.lock)
         self.on_create: Callable[[FakeContainer], None] | None = None
@@ -296,6 +297,7 @@ class FakeRuntime:
         if container.status != "running":
             raise ContainerNotRunning(f"{container_id} is not running")
         self.exec_log.append((container_id, command))
+        self.exec_envs.append(dict(env))
         results = self.probe_results.get(container.spec.service or "", [])
         if not results:
             return ExecResult(0, "1\nPONG\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from moat.cache.warm import WarmCache, template_key
+from moat.errors import EngineError
 from moat.plan.model import Plan
 from moat.plan.warm import SANDBOX_DATA, scram_verifier, warm_root
 from moat.runtime.base import ExecResult, ImageConfig
@@ -85,10 +86,35 @@ def test_same_settings_same_key_and_the_sandbox_plans_its_own(tmp_path: Path) ->
     for spec in sandboxed.services:
         assert spec.warm is not None and spec.warm.data_paths == (SANDBOX_DATA,) == (services.DATA,)
         assert spec.warm.template_network == spec.warm.template.network != "none"
-        assert "-h 127.0.0.1" in spec.warm.rekey.script  # its servers have no socket for others
+        assert "/var/run/postgresql" not in spec.warm.rekey.script  # its servers have no socket for others
         assert spec.warm.settings != service(plan_for(PG_MY), spec.name).warm.settings
     assert warm_root(tmp_path, {}) == tmp_path / "cache" / ".warm"
     assert warm_root(tmp_path, {"MOAT_WARM_CACHE": "/x/y"}) == Path("/x/y")
+
+
+def test_each_version_and_image_override_has_templates_of_its_own() -> None:
+    pg16 = service(plan_for("dependencies: [postgres@16]\n"), "postgres").warm
+    pg17 = service(plan_for("dependencies: [postgres@17]\n"), "postgres").warm
+    postgis = service(plan_for(PG_MY.replace("moat-test/postgres:latest", "postgis/postgis:17")), "postgres").warm
+    plain = service(plan_for(PG_MY), "postgres").warm
+    assert pg16 is not None and pg17 is not None and postgis is not None and plain is not None
+    assert len({pg16.settings, pg17.settings, postgis.settings, plain.settings}) == 4
+
+
+def test_mysql_statements_do_not_depend_on_the_servers_sql_mode_and_other_root_hosts_start_afresh() -> None:
+    sql = service(plan_for(PG_MY), "mysql").warm.rekey.env["MOAT_REKEY_SQL"]  # type: ignore[union-attr]
+    assert sql.startswith("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');")
+    spec = service(plan_for(PG_MY + "    env:\n      MYSQL_ROOT_HOST: '172.%'\n"), "mysql")
+    assert spec.warm is None and "MYSQL_ROOT_HOST" in (spec.cold_reason or "")
+    # How postgres clients authenticate is a setting, not a credential.
+    text = PG_MY.replace("moat-test/postgres:latest\n", "moat-test/postgres:latest\n    env:\n"
+                         "      POSTGRES_HOST_AUTH_METHOD: md5\n")
+    assert service(plan_for(text), "postgres").warm is not None
+
+
+def test_a_relative_warm_cache_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert warm_root(Path("/h"), {"MOAT_WARM_CACHE": "rel"}) == tmp_path / "rel"
 
 
 def test_postgres_settings_include_its_database(tmp_path: Path) -> None:
@@ -136,6 +162,46 @@ class _Raising:
 
     def __next__(self) -> bytes:
         raise OSError("disk full")
+
+
+def test_failures_remove_a_template_only_when_no_run_holds_it_and_twice_stop_warm_starts(tmp_path: Path) -> None:
+    cache = WarmCache(tmp_path / "warm")
+    key = template_key("{}", "sha256:1")
+    _store(cache, key)
+    with cache.using("postgres", key) as held:
+        assert held is not None
+        cache.failed("postgres", key)  # another run's failure: this one still holds it
+        assert held.archive(0).exists()
+    assert cache.failures("postgres", key) == 1
+    with cache.using("postgres", key) as held:
+        assert held is not None
+    cache.failed("postgres", key)  # unheld now: removed, and the key is broken
+    assert cache.find("postgres", key) is None and cache.broken("postgres", key)
+    _store(cache, key)  # even when one is stored again, it is not used
+    with cache.using("postgres", key) as held:
+        assert held is None
+    cache.remove()  # `moat cache clean`: tried again
+    assert not cache.broken("postgres", key)
+    cache.failed("postgres", key)
+    cache.succeeded("postgres", key)
+    assert cache.failures("postgres", key) == 0
+
+
+def test_clean_keeps_a_template_being_stored_and_removes_one_killed_half_way(tmp_path: Path) -> None:
+    cache = WarmCache(tmp_path / "warm")
+    parent = tmp_path / "warm" / "postgres"
+    parent.mkdir(parents=True)
+    busy, dead = parent / ".k-busy.123.tmp", parent / ".k-dead.456.tmp"
+    busy.mkdir()
+    dead.mkdir()
+    with cache.making("postgres", "k-busy") as mine:
+        assert mine
+        cache.remove()
+        assert busy.is_dir() and not dead.exists()
+    # A store of the key sweeps what a killed making of it left.
+    (parent / ".k-1.999.tmp").mkdir()
+    _store(cache, "k-1")
+    assert not (parent / ".k-1.999.tmp").exists()
 
 
 def test_a_template_being_made_is_not_used_and_one_in_use_is_not_removed(tmp_path: Path) -> None:
@@ -210,10 +276,15 @@ def test_a_finished_run_makes_the_template_and_the_next_run_starts_from_it(tmp_p
     (sidecar,) = [c for c in runtime.created.values() if c.labels.get("moat.role") == "service"]
     assert sidecar.spec.entrypoint is not None  # seeded from the template
     execs = [command for container, command in runtime.exec_log if container == sidecar.id]
-    # One exec: the credentials set, then the catalog's check with them.
+    # One exec: the credentials set, then the catalog's check with them, with the run's password.
     (rekey_and_check,) = execs
-    assert "MOAT_REKEY_SQL" in rekey_and_check[2] and rekey_and_check[2].endswith('&& exec "$@"')
+    assert "MOAT_REKEY_SQL" in rekey_and_check[2] and rekey_and_check[2].endswith('\nexec "$@"')
     assert rekey_and_check[4:] == service(plan, "postgres").probe.command
+    (env,) = [e for (container, _), e in zip(runtime.exec_log, runtime.exec_envs, strict=True)
+              if container == sidecar.id]
+    template = WarmCache(tmp_path / "warm").templates()[0]
+    assert env["PGPASSWORD"] == service(plan, "postgres").env["POSTGRES_PASSWORD"] != template.password
+    assert env["MOAT_TEMPLATE_PASSWORD"] == template.password
     assert meta["services"][0]["warm"] is True
     assert _containers(runtime, "warm") == []  # nothing more to make
     assert "warm template made" not in said
@@ -242,6 +313,62 @@ def test_a_broken_template_is_dropped_and_the_service_starts_afresh(tmp_path: Pa
     assert runtime.left() == []
     # Made again at the end of this run, whose agent finished.
     assert len(WarmCache(tmp_path / "warm").templates()) == 1
+
+
+class _NoShell(FakeRuntime):
+    """An image override without `sh`: the engine refuses to start a seeded sidecar."""
+
+    def start_container(self, container_id: str) -> None:
+        if self._get(container_id).spec.entrypoint is not None:
+            raise EngineError("starting a container failed: exec: \"sh\": executable file not found in $PATH")
+        super().start_container(container_id)
+
+
+def test_a_seeded_sidecar_that_cannot_start_falls_back_to_a_fresh_start(tmp_path: Path) -> None:
+    execute(_pg_plan(tmp_path), FakeRuntime(), tmp_path)
+    runtime = _NoShell()
+    outcome, error, meta, said = execute(_pg_plan(tmp_path), runtime, tmp_path)
+    assert error is None and outcome is not None and outcome.exit_code == 0, error
+    assert "starting it afresh (starting a container failed" in said
+    assert meta["services"][0]["warm"] is False and runtime.left() == []
+    # Twice: the key is not made or used again (no seeded sidecar is even tried).
+    execute(_pg_plan(tmp_path), _NoShell(), tmp_path)
+    runtime = _NoShell()
+    outcome, error, meta, said = execute(_pg_plan(tmp_path), runtime, tmp_path)
+    assert error is None and "warm template made" not in said
+    assert [c.spec.entrypoint for c in runtime.created.values() if c.labels.get("moat.role") == "service"] == [None]
+
+
+def test_a_refused_rekey_falls_back_at_once(tmp_path: Path) -> None:
+    execute(_pg_plan(tmp_path), FakeRuntime(), tmp_path)
+    runtime = FakeRuntime()
+    runtime.probe_results["postgres"] = [ExecResult(97, "psql: error: FATAL:  role does not exist"),
+                                         ExecResult(0, "1\n")]
+    outcome, error, meta, said = execute(_pg_plan(tmp_path), runtime, tmp_path)
+    assert error is None and outcome is not None and outcome.exit_code == 0, error
+    assert "refused its check" in said and meta["services"][0]["warm"] is False
+
+
+def test_a_slow_warm_start_fails_as_a_cold_one_would_and_keeps_its_template(tmp_path: Path) -> None:
+    execute(_pg_plan(tmp_path), FakeRuntime(), tmp_path)
+    runtime = FakeRuntime()
+    runtime.probe_results["postgres"] = [ExecResult(1, "not yet")]
+    plan = _pg_plan(tmp_path)
+    plan = plan.__class__(**{**plan.__dict__, "services": tuple(
+        s.__class__(**{**s.__dict__, "ready_timeout": 0.3}) for s in plan.services)})
+    _, error, _, _ = execute(plan, runtime, tmp_path)
+    assert error is not None and "was not ready after" in str(error)
+    assert len(WarmCache(tmp_path / "warm").templates()) == 1
+    assert WarmCache(tmp_path / "warm").templates()[0].key and runtime.left() == []
+
+
+def test_an_unusable_warm_cache_only_means_a_fresh_start(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    config = "dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n"
+    plan = make_plan(tmp_path, config, host_env={"MOAT_WARM_CACHE": str(tmp_path / "afile" / "warm")})
+    outcome, error, _, said = execute(plan, FakeRuntime(), tmp_path)
+    assert error is None and outcome is not None and outcome.exit_code == 0, error
+    assert "its warm templates cannot be used" in said and "warm template was not made" in said
 
 
 def test_a_failed_or_interrupted_run_makes_no_template(tmp_path: Path) -> None:

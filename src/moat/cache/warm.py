@@ -32,6 +32,7 @@ from moat.cache.host import LockTimeout, _flock
 from moat.files import now_iso, private_dir, write_private
 
 META = "meta.json"
+MAX_FAILURES = 2  # a key whose template failed to start this often is not made or used again
 SETTINGS_DIGEST = 16  # hex characters of each half of a key
 IMAGE_DIGEST = 12
 
@@ -84,6 +85,8 @@ class WarmCache:
             yield template
 
     def find(self, service: str, key: str) -> Template | None:
+        if self.broken(service, key):
+            return None
         return _read(service, key, self._dir(service, key))
 
     @contextlib.contextmanager
@@ -109,8 +112,9 @@ class WarmCache:
         """Write a template (inside ``making``): a reader sees all of it or none of it."""
         final = self._dir(service, key)
         parent = private_dir(final.parent)
+        for stale in parent.glob(f".{key}.*.tmp"):  # a making of this key that was killed half-way
+            shutil.rmtree(stale, ignore_errors=True)
         staging = parent / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         try:
             for index, chunks in enumerate(parts):
@@ -127,14 +131,43 @@ class WarmCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._drop_superseded(service, key)
-        template = self.find(service, key)
-        assert template is not None
+        template = _read(service, key, final)
+        if template is None:
+            raise OSError(f"the template just stored in {final} cannot be read")
         return template
 
     def drop(self, service: str, key: str) -> None:
-        """Remove a template that failed to start a service (held ``making``, or unheld: a template
-        that does not start is of no use to anyone)."""
+        """Remove a template (its ``making`` lock held)."""
         shutil.rmtree(self._dir(service, key), ignore_errors=True)
+
+    # --- templates that fail --------------------------------------------------------------------------
+
+    def _failures_file(self, service: str, key: str) -> Path:
+        return self.root / service / f".{key}.failures"
+
+    def failures(self, service: str, key: str) -> int:
+        try:
+            return int(self._failures_file(service, key).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def broken(self, service: str, key: str) -> bool:
+        return self.failures(service, key) >= MAX_FAILURES
+
+    def failed(self, service: str, key: str) -> None:
+        """A warm start from this template failed: counted, and the template removed unless a run
+        still holds it (that run's own failure, or success, decides then). The next template of the
+        key is made afresh; after ``MAX_FAILURES`` none is."""
+        private_dir(self.root / service)
+        write_private(self._failures_file(service, key), f"{self.failures(service, key) + 1}\n")
+        with self.making(service, key) as mine:
+            if mine:
+                self.drop(service, key)
+
+    def succeeded(self, service: str, key: str) -> None:
+        """A warm start worked: an earlier failure was the moment's, not the template's."""
+        with contextlib.suppress(OSError):
+            self._failures_file(service, key).unlink(missing_ok=True)
 
     def _drop_superseded(self, service: str, key: str) -> None:
         """The same settings' templates of other images: that image is gone or will be."""
@@ -188,8 +221,13 @@ class WarmCache:
                     path = self._dir(name, key)
                     removed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
                     self.drop(name, key)
-            for stale in directory.glob(".*.tmp") if directory.is_dir() else ():
-                shutil.rmtree(stale, ignore_errors=True)  # a making that was killed half-way
+            for stale in sorted(directory.glob(".*.tmp")) if directory.is_dir() else ():
+                # A making killed half-way (its lock free), never one under way.
+                with self.making(name, stale.name[1:].split(".", 1)[0]) as mine:
+                    if mine:
+                        shutil.rmtree(stale, ignore_errors=True)
+            for marker in directory.glob(".*.failures") if directory.is_dir() else ():
+                marker.unlink(missing_ok=True)  # cleaned: a key that failed may be tried again
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only when empty
         return removed, busy

@@ -46,6 +46,7 @@ class ProbeSpec:
     command: tuple[str, ...]
     env: Mapping[str, str]
     expect: str | None
+    refused: int | None = None  # an exit code that means "never": the wait ends at once
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ SEED_DIR = "/run/moat-warm"  # where a template is mounted in the sidecar that s
 # whatever the image would: its templates hold that directory.
 SANDBOX_DATA = "/run/moat/data"
 
+REKEY_REFUSED = 97  # the rekey's exit when the service answers and refuses it: no use trying again
 # The statements arrive on the client's stdin from a shell builtin: in no process's arguments.
 _PIPE = 'printf "%s\\n" "$' + SQL_VAR + '" | '
 
@@ -47,7 +48,10 @@ _PIPE = 'printf "%s\\n" "$' + SQL_VAR + '" | '
 class Rekey:
     """Sets the run's credentials in a service started from a template."""
 
-    script: str  # /bin/sh: sets them, the template's password in $MOAT_TEMPLATE_PASSWORD
+    # /bin/sh: exits 1 while the service does not answer yet, REKEY_REFUSED when it answers and the
+    # credentials cannot be set; falls through once they are set. The template's password is in
+    # $MOAT_TEMPLATE_PASSWORD.
+    script: str
     env: Mapping[str, str]  # holds the run's secret (as the readiness check's does)
     secrets: frozenset[str]  # what the statements hold that must never be shown
 
@@ -70,7 +74,8 @@ def warm_root(home: Path, env: Mapping[str, str]) -> Path:
     """Where the warm templates are: ``$MOAT_WARM_CACHE``, else ``MOAT_HOME/cache/.warm`` (several
     MOAT_HOMEs, a test suite's, may share one: its locks are its own)."""
     chosen = env.get(WARM_CACHE_ENV)
-    return Path(chosen).expanduser() if chosen else home / "cache" / ".warm"
+    # Absolute: the engine binds templates from it, and a run started elsewhere must find the same.
+    return Path(os.path.abspath(Path(chosen).expanduser())) if chosen else home / "cache" / ".warm"
 
 
 def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
@@ -93,19 +98,31 @@ def _postgres(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     # SASLprep): others are refused by ``plan_warm`` before this.
     verifier = scram_verifier(credentials["password"])
     sql = f"ALTER ROLE {pg_name(credentials['user'])} PASSWORD '{verifier}';"
-    # The image's server has a socket; the sandbox's has none (its clients use TCP, as in a container).
-    host = "/var/run/postgresql" if socket else LOOPBACK
-    script = _PIPE + (f'PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q -v ON_ERROR_STOP=1 -h {host}'
-                      f' -p {port} -U "${USER_VAR}" -d postgres')
+    # The image's server has a socket (trusted, unless the user chose peer: the exec is root, so TCP
+    # with the template's password next); the sandbox's has none (its clients use TCP).
+    hosts = f"/var/run/postgresql {LOOPBACK}" if socket else LOOPBACK
+    script = "\n".join([
+        f'up=; for h in {hosts}; do pg_isready -q -h "$h" -p {port} && up=1 && break; done',
+        '[ -n "$up" ] || exit 1',
+        "set=; for h in " + hosts + "; do if " + _PIPE + f'PGOPTIONS= PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q'
+        f' -v ON_ERROR_STOP=1 -h "$h" -p {port} -U "${USER_VAR}" -d postgres; then set=1; break; fi; done',
+        f'[ -n "$set" ] || exit {REKEY_REFUSED}',
+    ])
     return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql, verifier}))
 
 
 def _mysql(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     user, password = sql_string(credentials["user"]), sql_string(credentials["password"])
-    sql = (f"ALTER USER IF EXISTS {user}@'localhost' IDENTIFIED BY {password};\n"
+    # The literals are quoted for backslash escapes: on, whatever the server's configured sql_mode.
+    sql = ("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');\n"
+           f"ALTER USER IF EXISTS {user}@'localhost' IDENTIFIED BY {password};\n"
            f"ALTER USER IF EXISTS {user}@'%' IDENTIFIED BY {password};")
     where = "--protocol=SOCKET" if socket else f"--protocol=TCP -h {LOOPBACK} -P {port}"
-    script = _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql {where} -u "${USER_VAR}" -N -B'
+    script = "\n".join([
+        # `ping` succeeds once the server answers, whatever it says to the password it was given.
+        f'mysqladmin {where} -u "${USER_VAR}" --connect-timeout=2 ping >/dev/null 2>&1 || exit 1',
+        _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql {where} -u "${USER_VAR}" -N -B || exit {REKEY_REFUSED}',
+    ])
     return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql}))
 
 
@@ -117,13 +134,21 @@ def why_cold(service: Service, container_env: Mapping[str, str], credentials: Ma
     password_env = _password_env(service)
     if password_env is None:
         return "the catalog names no password variable for it"
-    others = sorted(k for k, v in container_env.items() if v and is_credential_name(k) and k != password_env)
+    others = sorted(k for k, v in container_env.items()
+                    if v and is_credential_name(k) and k != password_env and k not in NOT_SECRETS)
     if others:
         # The template would hold them, in a file that outlives the run.
         return f"its environment holds other credentials ({', '.join(others)})"
     if not credentials.get("password", "").isascii():
         return "its password is not ASCII"
+    root_host = container_env.get("MYSQL_ROOT_HOST", "%")
+    if service.warm is not None and service.warm.recipe == "mysql" and root_host not in ("%", ""):
+        return f"MYSQL_ROOT_HOST is {root_host!r} (a warm start sets root@'%' and root@localhost)"
     return None
+
+
+# Named like credentials, holding none: how clients authenticate (part of the template's settings).
+NOT_SECRETS = frozenset({"POSTGRES_HOST_AUTH_METHOD"})
 
 
 def _password_env(service: Service) -> str | None:
@@ -145,7 +170,10 @@ def plan_warm(service: Service, name: str, container_name: str, run_container: C
                      {k: v for k, v in user_env.items() if k != password_env}, lambda: template_password)
     settings_env = {k: v for k, v in terms.container_env.items() if k != password_env}
     data_paths = (SANDBOX_DATA,) if sandbox else service.data_paths
+    # The image's reference: each version (or override) has templates of its own, and the image's
+    # digest (in the key beside these) tells a rebuilt image of the same reference.
     settings = json.dumps({"format": FORMAT, "recipe": service.warm.recipe, "env": settings_env,
+                           "image": run_container.image,
                            "command": list(terms.command) if terms.command else None,
                            "data_paths": list(data_paths), "runtime": "sandbox" if sandbox else "image"},
                           sort_keys=True)

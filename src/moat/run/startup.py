@@ -36,13 +36,21 @@ from moat.run.timeline import Timeline
 from moat.runtime.base import Runtime
 from moat.services import warm
 from moat.services.provision import Provisioner
-from moat.services.readiness import Aborted, ReadinessError, Ready, wait_ready
+from moat.services.readiness import Aborted, CheckRefused, ReadinessError, Ready, wait_ready
 
 POLL = 0.1  # seconds: how often the main thread looks at signals and the held agent
 SETTLE_LIMIT = 180.0  # seconds teardown waits for start-up's engine calls (each has its own timeout)
 AGENT_WATCH = 0.5  # seconds between looks at a held agent's state
 RELAY_TIMEOUT = 10.0  # seconds for the sandbox's relay to the proxy to listen
 RELAY_POLL = 0.02
+
+
+class _Slow(MoatError):
+    """A warm start that was not ready in time while its server ran: not the template's fault."""
+
+    def __init__(self, error: ReadinessError) -> None:
+        super().__init__(error.message, hint=error.hint)
+        self.error = error
 
 
 class AgentExitedEarly(EngineError):
@@ -384,19 +392,27 @@ class Startup:
                     raise MoatError(f"{spec.name}: its host cache is being cleaned (`moat cache clean`)",
                                     hint="Wait for the cleaning to finish, then run again.") from None
             ready: Ready | None = None
+            failed: MoatError | None = None
             with contextlib.ExitStack() as holding:
                 # Held until the service answers: the template is read while the sidecar starts.
                 template, container = self._template(spec, holding)
-                container_id = self._start(spec, container, inside)
-                if container_id is None:
-                    self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
-                    return None
-                self.events.update(key, "waiting until it answers")
-                if template is not None:
-                    container_id, ready = self._rekey(spec, template, container_id, inside)
-                    if ready is None:
-                        template = None
+                if template is None:
+                    container_id = self._start(spec, container, inside)
+                    if container_id is None:
+                        self.events.finish(key, f"{spec.name} started (not waiting: wait: false)")
+                        return None
+                else:
+                    try:
+                        ready = self._warm_start(spec, template, container, inside, key)
+                    except MoatError as exc:
+                        failed = exc
+            if template is not None and failed is not None:
+                container_id = self._start_afresh(spec, template, failed, inside)
+                template = None
+            else:
+                container_id = self.started.services[spec.name]
             if ready is None:
+                self.events.update(key, "waiting until it answers")
                 ready = self._wait_ready(spec, container_id)
         except (Aborted, LockAborted):
             self.events.finish(key, f"{spec.name}: not waited for any more (the run is ending)", ok=None)
@@ -420,9 +436,20 @@ class Startup:
                 self.events.log(f"{spec.name} starts afresh: {spec.cold_reason}")
             return None, spec.container
         image = self.runtime.image_config(spec.image)
-        template = holding.enter_context(self.warm_cache.using(spec.warm.service, warm.key_of(spec.warm, image)))
+        service, key = spec.warm.service, warm.key_of(spec.warm, image)
+        try:
+            if self.warm_cache.broken(service, key):
+                self.events.log(f"{spec.name} starts afresh: its warm template failed twice with these settings"
+                                f" (`moat cache clean {service}` lets moat try again)")
+                return None, spec.container
+            template = holding.enter_context(self.warm_cache.using(service, key))
+        except OSError as exc:  # MOAT_WARM_CACHE unusable: the run does not need it
+            self.events.warn_and_log(f"{spec.name} starts afresh: its warm templates cannot be used"
+                                     f" ({exc.strerror or exc}: {exc.filename or self.warm_cache.root})")
+            return None, spec.container
         if template is None:
-            self.events.log(f"{spec.name} starts afresh: no warm template yet (made after a run whose agent finishes)")
+            self.events.log(f"{spec.name} starts afresh: no warm template yet (made after a run whose agent finishes)"
+                            " or it is being made or removed")
             return None, spec.container
         return template, warm.seeded(spec, template, image)
 
@@ -438,26 +465,48 @@ class Startup:
         self._count_started(spec.name)
         return container_id if spec.wait else None
 
-    def _rekey(self, spec: ServiceSpec, template: Template, container_id: str,
-               inside: tuple[Resource, ...]) -> tuple[str, Ready | None]:
-        """The run's credentials set in a service started from a template, then its readiness check:
-        its container, and its readiness (None: it did not start warm). A template that does not start
-        is removed, and the service starts afresh."""
+    def _warm_start(self, spec: ServiceSpec, template: Template, container: ContainerSpec,
+                    inside: tuple[Resource, ...], key: str) -> Ready:
+        """The sidecar seeded from ``template``, the run's credentials set, its check passed. A
+        service that is merely slow fails the run as a cold one would; any other failure is raised
+        for ``_start_afresh``."""
         self.masker.add([template.password])
+        container_id = self._start(spec, container, inside)
+        assert container_id is not None  # a warm start waits for its service
+        self.events.update(key, "waiting until it answers")
         try:
-            return container_id, self._wait_ready(warm.rekey_spec(spec, template), container_id)
+            ready = self._wait_ready(warm.rekey_spec(spec, template), container_id)
+        except CheckRefused:
+            raise
         except ReadinessError as exc:
-            assert spec.warm is not None
-            self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
-                                     f" starting it afresh ({exc.message.splitlines()[0]})")
-            self.events.record.write_file(f"warm-{spec.name}.log", self.masker.text(exc.message) + "\n")
-            self.warm_cache.drop(template.service, template.key)
-        self.pod.discard(container_id)
+            if self.runtime.state(container_id).running:
+                raise _Slow(exc) from None  # its ready_timeout passed: starting afresh would not be faster
+            raise
+        self.warm_cache.succeeded(template.service, template.key)
+        return ready
+
+    def _start_afresh(self, spec: ServiceSpec, template: Template, failed: MoatError,
+                      inside: tuple[Resource, ...]) -> str:
+        """After a warm start that failed: the template is blamed (dropped, once no other run holds it;
+        after a second failure of its key, not made again until `moat cache clean`), the sidecar
+        discarded, and the service started afresh; the run goes on."""
+        if isinstance(failed, _Slow):
+            raise failed.error
+        first_line = failed.message.splitlines()[0]
+        self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
+                                 f" starting it afresh ({first_line})")
+        with contextlib.suppress(MoatError):
+            self.events.record.write_file(f"warm-{spec.name}.log", self.masker.text(failed.message) + "\n")
+        with contextlib.suppress(OSError):
+            self.warm_cache.failed(template.service, template.key)
+        container_id = self.started.services.get(spec.name)
+        if container_id is not None:
+            self.pod.discard(container_id)
         if self.abort.is_set():
             raise Aborted
         started = self._start(spec, spec.container, inside)
         assert started is not None  # a warm start waits for its service
-        return started, None
+        return started
 
     def _wait_ready(self, spec: ServiceSpec, container_id: str) -> Ready:
         # A pod's services answer at its holder's address (none in a strict pod: the probe alone).

@@ -52,6 +52,14 @@ class Exited(Exception):
     """The container stopped while we waited."""
 
 
+class Refused(Exception):
+    """The check said it will never pass (its ``refused`` exit code)."""
+
+
+class CheckRefused(ReadinessError):
+    """A check that answered "never" (a warm start whose credentials could not be set)."""
+
+
 @dataclass(frozen=True)
 class Ready:
     seconds: float
@@ -127,6 +135,8 @@ class ExecProbe:
         expect = self.spec.probe.expect
         if self.last.exit_code == 0 and (expect is None or expect in self.last.output):
             return True
+        if self.spec.probe.refused is not None and self.last.exit_code == self.spec.probe.refused:
+            raise Refused
         if self.gated():
             # The probe connects to the port the gate watches: it can hardly succeed before it opens,
             # and each exec costs CPU a starting service needs. Now and then all the same: a service
@@ -200,6 +210,10 @@ def wait_ready(runtime: Runtime, container_id: str, spec: ServiceSpec, network: 
         raise _cannot_check(spec, missing, masker) from None
     except Exited:
         raise _exited(runtime, container_id, spec, clock() - start, probe.last, masker) from None
+    except Refused:
+        raise CheckRefused(f"{spec.name} answered, and refused its check after {clock() - start:.1f}s\n"
+                           f"{_describe_probe(spec, probe.last, masker)}",
+                           hint=f"Check services.{spec.name}.env in moat.yaml.") from None
     waited = clock() - start
     if probe.last is None or probe.probes <= 1:
         # The port never opened after the first check: one more, so the report shows what it says now.

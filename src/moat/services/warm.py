@@ -27,7 +27,7 @@ from moat.errors import EngineError, MoatError
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.model import ProbeSpec, ServiceSpec
-from moat.plan.warm import SEED_DIR, TEMPLATE_PASSWORD_VAR, WarmSpec
+from moat.plan.warm import REKEY_REFUSED, SEED_DIR, TEMPLATE_PASSWORD_VAR, WarmSpec
 from moat.runtime.base import ImageConfig, Runtime
 from moat.services.readiness import Aborted, wait_ready
 
@@ -66,9 +66,9 @@ def rekey_spec(spec: ServiceSpec, template: Template) -> ServiceSpec:
     with them, in one exec (each costs tens of milliseconds of a starting service's time)."""
     assert spec.warm is not None
     rekey, probe = spec.warm.rekey, spec.probe
-    command = ("sh", "-c", f'{rekey.script} && exec "$@"', "moat-rekey", *probe.command)
+    command = ("sh", "-c", f'{rekey.script}\nexec "$@"', "moat-rekey", *probe.command)
     env = {**probe.env, **rekey.env, TEMPLATE_PASSWORD_VAR: template.password}
-    return replace(spec, probe=ProbeSpec(command, env, probe.expect))
+    return replace(spec, probe=ProbeSpec(command, env, probe.expect, refused=REKEY_REFUSED))
 
 
 def make_missing(runtime: Runtime, services: tuple[ServiceSpec, ...], cache: WarmCache, labels: Mapping[str, str],
@@ -89,6 +89,9 @@ def make_missing(runtime: Runtime, services: tuple[ServiceSpec, ...], cache: War
         except MoatError as exc:
             warn(f"{spec.name}'s warm template was not made; the next run tries again: {exc.message}")
             continue
+        except OSError as exc:  # MOAT_WARM_CACHE unusable (full, read-only, not a directory)
+            warn(f"{spec.name}'s warm template was not made: {exc.strerror or exc}: {exc.filename or cache.root}")
+            continue
         if template is not None:
             made.append(spec.name)
             say(f"{spec.name}'s warm template made in {time.monotonic() - started:.1f}s")
@@ -106,7 +109,7 @@ def make_template(runtime: Runtime, spec: ServiceSpec, cache: WarmCache, labels:
     image = runtime.image_config(spec.image)
     key = key_of(warm, image)
     with cache.making(warm.service, key) as mine:
-        if not mine or cache.find(warm.service, key) is not None:
+        if not mine or cache.broken(warm.service, key) or cache.find(warm.service, key) is not None:
             return None
         on_start()
         masker.add([warm.template_password])
