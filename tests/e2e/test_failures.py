@@ -44,9 +44,10 @@ def test_service_that_exits_fails_fast_with_its_logs(engine: DockerRuntime, moat
 
 def test_readiness_timeout_names_service_wait_probe_and_logs(engine: DockerRuntime, moat_home: Path,
                                                              tmp_path: Path) -> None:
-    # Postgres needs over a second to initialise here: half a second is not enough.
+    # Postgres needs over a second to initialise here: half a second is not enough (from a warm
+    # template it may be: this one initialises).
     config = "dependencies: [postgres]\nservices:\n  postgres:\n    image: moat-test/postgres:latest\n" \
-             "    ready_timeout: 0.5\n"
+             "    ready_timeout: 0.5\n    warm: false\n"
     workspace = write_workspace(tmp_path / "ws", config)
     result = run_moat(["run", str(workspace), "--", "true"])
     assert result.code == 1, result.output

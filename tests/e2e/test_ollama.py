@@ -27,6 +27,13 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.engine
 
+
+@pytest.fixture(autouse=True)
+def _private_warm_cache(moat_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`moat cache list` and `clean` also show and remove warm templates: these tests' cache holds
+    only what they pulled (the session's shared templates are other tests')."""
+    monkeypatch.setenv("MOAT_WARM_CACHE", str(tmp_path / "warm-cache"))
+
 STANDIN = "moat-test/ollama-standin:latest"
 
 

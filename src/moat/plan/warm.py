@@ -93,6 +93,17 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+UP_POLL = 0.01  # seconds between looks, inside the sidecar, at whether its server answers
+UP_LOOKS = 150  # then the exec ends (exit 1) and the readiness wait decides whether to look again
+
+
+def _until_up(check: str) -> str:
+    """Waits inside the sidecar until ``check`` sets ``up``: the exec is under way when the server
+    comes up, so moat learns it within milliseconds, not an exec's round trip later."""
+    return (f"up=; n=0; while :; do {check}; [ -n \"$up\" ] && break; n=$((n+1));"
+            f" [ $n -lt {UP_LOOKS} ] || exit 1; sleep {UP_POLL}; done")
+
+
 def _postgres(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     # A verifier made from the password as given equals the server's only for ASCII (it applies
     # SASLprep): others are refused by ``plan_warm`` before this.
@@ -102,8 +113,7 @@ def _postgres(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     # with the template's password next); the sandbox's has none (its clients use TCP).
     hosts = f"/var/run/postgresql {LOOPBACK}" if socket else LOOPBACK
     script = "\n".join([
-        f'up=; for h in {hosts}; do pg_isready -q -h "$h" -p {port} && up=1 && break; done',
-        '[ -n "$up" ] || exit 1',
+        _until_up(f'for h in {hosts}; do pg_isready -q -h "$h" -p {port} && up=1 && break; done'),
         "set=; for h in " + hosts + "; do if " + _PIPE + f'PGOPTIONS= PGPASSWORD="${TEMPLATE_PASSWORD_VAR}" psql -X -q'
         f' -v ON_ERROR_STOP=1 -h "$h" -p {port} -U "${USER_VAR}" -d postgres; then set=1; break; fi; done',
         f'[ -n "$set" ] || exit {REKEY_REFUSED}',
@@ -120,7 +130,7 @@ def _mysql(credentials: Mapping[str, str], port: int, socket: bool) -> Rekey:
     where = "--protocol=SOCKET" if socket else f"--protocol=TCP -h {LOOPBACK} -P {port}"
     script = "\n".join([
         # `ping` succeeds once the server answers, whatever it says to the password it was given.
-        f'mysqladmin {where} -u "${USER_VAR}" --connect-timeout=2 ping >/dev/null 2>&1 || exit 1',
+        _until_up(f'mysqladmin {where} -u "${USER_VAR}" --connect-timeout=2 ping >/dev/null 2>&1 && up=1'),
         _PIPE + f'MYSQL_PWD="${TEMPLATE_PASSWORD_VAR}" mysql {where} -u "${USER_VAR}" -N -B || exit {REKEY_REFUSED}',
     ])
     return Rekey(script, {SQL_VAR: sql, USER_VAR: credentials["user"]}, frozenset({sql}))
