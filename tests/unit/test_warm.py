@@ -4,6 +4,7 @@ the fake runtime (made after an agent that finished, started from next time, dro
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -256,6 +257,11 @@ def _pg_plan(home: Path, command: tuple[str, ...] = ("sh", "-c", "echo hi")) -> 
                      command=command, host_env={"MOAT_WARM_CACHE": str(home / "warm")})
 
 
+def _quick_to_give_up(plan: Plan) -> Plan:
+    """Its services' ready_timeout a fraction of a second."""
+    return dataclasses.replace(plan, services=tuple(dataclasses.replace(s, ready_timeout=0.3) for s in plan.services))
+
+
 def _containers(runtime: FakeRuntime, role: str) -> list[str]:
     return [i for i, c in runtime.created.items() if c.labels.get("moat.role") == role]
 
@@ -353,13 +359,10 @@ def test_a_slow_warm_start_fails_as_a_cold_one_would_and_keeps_its_template(tmp_
     execute(_pg_plan(tmp_path), FakeRuntime(), tmp_path)
     runtime = FakeRuntime()
     runtime.probe_results["postgres"] = [ExecResult(1, "not yet")]
-    plan = _pg_plan(tmp_path)
-    plan = plan.__class__(**{**plan.__dict__, "services": tuple(
-        s.__class__(**{**s.__dict__, "ready_timeout": 0.3}) for s in plan.services)})
+    plan = _quick_to_give_up(_pg_plan(tmp_path))
     _, error, _, _ = execute(plan, runtime, tmp_path)
     assert error is not None and "was not ready after" in str(error)
-    assert len(WarmCache(tmp_path / "warm").templates()) == 1
-    assert WarmCache(tmp_path / "warm").templates()[0].key and runtime.left() == []
+    assert len(WarmCache(tmp_path / "warm").templates()) == 1 and runtime.left() == []
 
 
 def test_an_unusable_warm_cache_only_means_a_fresh_start(tmp_path: Path) -> None:
@@ -374,9 +377,7 @@ def test_an_unusable_warm_cache_only_means_a_fresh_start(tmp_path: Path) -> None
 def test_a_failed_or_interrupted_run_makes_no_template(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     runtime.probe_results["postgres"] = [ExecResult(2, "no")]
-    plan = _pg_plan(tmp_path)
-    plan = plan.__class__(**{**plan.__dict__, "services": tuple(
-        s.__class__(**{**s.__dict__, "ready_timeout": 0.3}) for s in plan.services)})
+    plan = _quick_to_give_up(_pg_plan(tmp_path))
     _, error, _, _ = execute(plan, runtime, tmp_path)
     assert error is not None
     assert _containers(runtime, "warm") == [] and WarmCache(tmp_path / "warm").templates() == []
