@@ -33,7 +33,7 @@ from moat.run.proxyuse import ProxyClient
 from moat.run.scope import Resource
 from moat.run.signals import RunSignals
 from moat.run.timeline import Timeline
-from moat.runtime.base import Runtime
+from moat.runtime.base import EngineGone, Runtime
 from moat.services import warm
 from moat.services.provision import Provisioner
 from moat.services.readiness import Aborted, CheckRefused, ReadinessError, Ready, wait_ready
@@ -455,6 +455,8 @@ class Startup:
 
     def _start(self, spec: ServiceSpec, container: ContainerSpec, inside: tuple[Resource, ...]) -> str | None:
         """Create and start the sidecar; its id, or None when the run does not wait for it."""
+        if self.abort.is_set():
+            raise Aborted
         container_id = self.pod.create_container(container, inside)
         with self._lock:
             self.started.services[spec.name] = container_id
@@ -492,6 +494,8 @@ class Startup:
         discarded, and the service started afresh; the run goes on."""
         if isinstance(failed, _Slow):
             raise failed.error
+        if isinstance(failed, EngineGone):
+            raise failed  # the engine, not the template: a fresh start would fail the same way
         first_line = failed.message.splitlines()[0]
         self.events.warn_and_log(f"{spec.name} did not start from its warm template, which is removed;"
                                  f" starting it afresh ({first_line})")
