@@ -16,7 +16,6 @@ UNSUPPORTED = [
     ("mounts:\n  - source: ./data\n    target: /data\n", "mounts"),
     ("volumes: [{name: cache, target: /cache}]\n", "volumes"),
     ("ports: {web: 8080}\n", "ports"),
-    ("hooks: {pre_run: make setup}\n", "hooks"),
     ("workspace: {mode: volume}\n", "workspace.mode"),
     ("mcp: [context7]\n", "mcp"),
     ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
@@ -69,6 +68,7 @@ SUPPORTED = [
     "interactive: true\nsandbox: none\nagent: claude\nversion: '1'\n",
     "container: {memory: 512, cpus: 1, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
     "base_image: ubuntu:24.04\n",
+    "hooks: {pre_run: make setup, post_build: make tools, post_build_root: apt-get install -y jq}\n",
 ]
 
 
@@ -90,7 +90,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
         "network.keep_policy", "mounts",
-        "volumes", "ports", "hooks", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
+        "volumes", "ports", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude.bedrock",
         "pi.packages", "kiro",
     ]

@@ -56,8 +56,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("mounts",), lambda c: bool(c.mounts), "extra mounts are not built yet"),
     Feature(("volumes",), lambda c: bool(c.volumes), "persistent volumes are not built yet"),
     Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),
-    Feature(("hooks",), lambda c: any((c.hooks.post_build, c.hooks.post_build_root, c.hooks.pre_run)),
-            "build and run hooks are not built yet"),
     Feature(("workspace", "mode"), lambda c: c.workspace.mode == "volume", "volume workspaces are not built yet"),
     Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),
     Feature(("snapshots",), lambda c: "snapshots" in c.model_fields_set and not c.snapshots.disabled,

@@ -35,7 +35,7 @@ from moat.constants import (
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
-from moat.plan import baseurl, dockerfile
+from moat.plan import baseurl, dockerfile, hooks
 from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
@@ -175,10 +175,12 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     uses_go = any(d.type is DepType.GO or d.manager == "go" for d in builds)
     claude_plugins, plugin_notes = _claude_plugins(config, request.workspace, builds, runtime)
     notes += plugin_notes
+    build_hooks = _build_hooks(config, runtime)
     inputs = dockerfile.ImageInputs(base, config.dependencies, identity.uid, identity.gid, build_ca=ca,
                                     **mirrors(request.host_env, releases=any(d.type is DepType.RELEASE for d in builds),
                                               go=uses_go, docker=any(d.type is DepType.DOCKER for d in builds)),
-                                    claude_plugins=claude_plugins)
+                                    claude_plugins=claude_plugins, post_build_root=build_hooks[0],
+                                    post_build=build_hooks[1])
     text = dockerfile.render(inputs, catalog)
     build_context = dockerfile.build_context(inputs) if traits.builds_images else {}
     # Services run in their own images: only what is built into the agent image names its tag.
@@ -259,6 +261,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     agent_files: list[tuple[str, str, str]] = []  # (host file, where the agent sees it, text)
     state_mounts: list[Mount] = []  # host directories the agent keeps its sessions in
     agent_command: tuple[str, ...] = ()  # what the agent's container runs, when it is not ``command``
+    links: list[tuple[str, str]] = []
     if request.agent is not None:
         setup = request.agent
         command = tuple(context_target if arg == CONTEXT_ARGUMENT else arg for arg in setup.command)
@@ -271,12 +274,16 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                         for index, (source, _) in enumerate(setup.state_mounts)]
         links = [(mount.target, relative) for mount, (_, relative) in zip(state_mounts, setup.state_mounts,
                                                                            strict=True)]
-        if agent_files or links:
-            agent_command = ("/bin/sh", "-c", init_script(links, bool(agent_files)), "moat-agent-init", *command)
     if not command:
         command = DEFAULT_COMMAND
         if request.interactive is None and not model.interactive:
             interactive = request.stdin_is_terminal
+    to_run = command  # the command, after the pre_run hook when there is one (plan.hooks)
+    if model.hooks.pre_run.strip():
+        env[hooks.PRE_RUN_VARIABLE] = model.hooks.pre_run
+        to_run = hooks.with_pre_run(command)
+    if agent_files or links:  # an agent's files, linked into its home before all else
+        agent_command = ("/bin/sh", "-c", init_script(links, bool(agent_files)), "moat-agent-init", *to_run)
     limits = Limits(
         memory_mb=model.container.memory or None,
         cpus=model.container.cpus or None,
@@ -301,7 +308,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         image=image.tag,
         labels={**labels, LABEL_ROLE: ROLE_AGENT},
         network=members,
-        command=(*HOLD_WRAPPER, *(agent_command or command)) if held else tuple(agent_command or command),
+        command=(*HOLD_WRAPPER, *(agent_command or to_run)) if held else tuple(agent_command or to_run),
         env=env,
         working_dir=WORKSPACE_MOUNT,
         mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
@@ -415,6 +422,21 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
         return None, (f"claude.plugins and claude.marketplaces are not installed: {CLAUDE_CODE} is not among the"
                       " dependencies (moat claude adds it)",)
     return plugin_set(block, workspace), ()
+
+
+def _build_hooks(config: Config, runtime: str) -> tuple[str, str]:
+    """hooks.post_build_root and hooks.post_build: layers of the agent's image, which the sandbox does
+    not build (it runs the host's programs): there they are refused, never skipped."""
+    model = config.model.hooks
+    if not TRAITS[runtime].builds_images:
+        for key in ("post_build_root", "post_build"):
+            if getattr(model, key).strip():
+                where = ("hooks", key)
+                message = (f"build hooks are layers of the agent's image, and the {runtime} runtime"
+                           " builds none (it runs the host's programs); move the step to hooks.pre_run, or use"
+                           " --runtime docker")
+                raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=True))])
+    return model.post_build_root, model.post_build
 
 
 def _base_url(config: Config, grants: tuple[ResolvedGrant, ...], host_ports: tuple[int, ...],

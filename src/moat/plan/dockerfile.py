@@ -17,6 +17,7 @@ from moat.catalog import Catalog, Custom, DepType, Download, GithubBinary, GoToo
 from moat.catalog.deps import Dependency, quote_packages
 from moat.catalog.model import DockerCli
 from moat.constants import AGENT_HOME, AGENT_USER, WORKSPACE_MOUNT
+from moat.plan import hooks
 
 # Always installed: TLS roots for anything that talks HTTPS.
 BASE_APT = ("ca-certificates",)
@@ -47,6 +48,8 @@ class ImageInputs:
     goproxy: str | None = None
     claude_plugins: PluginSet | None = None  # installed last, as the agent's user (claude.plugins)
     docker_apt_base: str | None = None  # MOAT_DOCKER_APT_BASE: a mirror of Docker's apt repository
+    post_build_root: str = ""  # hooks.post_build_root: a layer as root, after the dependencies
+    post_build: str = ""  # hooks.post_build: the next, as the agent's user
 
 
 def agent_home(uid: int) -> str:
@@ -180,6 +183,7 @@ def render(inputs: ImageInputs, catalog: Catalog) -> str:
             else [manager.install.replace("{packages}", " ".join(specs))]
         lines.append(f"RUN {trust}" + " && ".join(commands))
     lines += _user_lines(inputs.uid, inputs.gid)
+    lines += _hook_lines(inputs, trust)
     if inputs.claude_plugins:  # last: the layer most likely to change (a plugin added, --rebuild)
         lines += plugins.dockerfile_lines(inputs.claude_plugins, agent_home(inputs.uid), inputs.uid, inputs.gid, trust)
     return "\n".join(lines) + "\n"
@@ -240,6 +244,17 @@ def _docker_cli(cli: DockerCli, mirror: str | None, trust: str) -> str:
             ' $(. /etc/os-release && echo "$VERSION_CODENAME") stable" > /etc/apt/sources.list.d/docker.list'
             f" && apt-get update && apt-get install -y --no-install-recommends {' '.join(cli.packages)}"
             " && rm -rf /var/lib/apt/lists/*")
+
+
+def _hook_lines(inputs: ImageInputs, trust: str) -> list[str]:
+    """moat.yaml's build hooks (plan.hooks): root's, then the agent's user's, in the workspace."""
+    lines = []
+    root, user = hooks.build_command(inputs.post_build_root), hooks.build_command(inputs.post_build)
+    if root:
+        lines += ["USER 0:0", f"RUN {trust}{root}", f"USER {inputs.uid}:{inputs.gid}"]
+    if user:
+        lines.append(f"RUN {trust}{user}")
+    return lines
 
 
 def _user_lines(uid: int, gid: int) -> list[str]:
