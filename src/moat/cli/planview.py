@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from moat.plan.hooks import PRE_RUN_VARIABLE
 from moat.plan.model import Plan
 
 
@@ -112,7 +113,10 @@ def render_plan(plan: Plan) -> str:
     out += _proxy_lines(plan)
     out += _policy_lines(plan)
     out += ["", "Agent environment"]
-    out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items())]
+    out += [f"  {k}={v}" for k, v in sorted(mask.mapping(plan.env).items()) if k != PRE_RUN_VARIABLE]
+    if PRE_RUN_VARIABLE in plan.env:  # shown as the script it is, never a line that could pass for the plan's
+        out += ["", "Pre-run hook (before the command, every start)"]
+        out += [f"  | {line}" for line in mask.text(plan.env[PRE_RUN_VARIABLE]).split("\n")]
     if plan.proxy is not None:
         address = plan.to_dict()["proxy"]["url"]
         out += [f"  {k}={address}" for k in ("HTTPS_PROXY", "HTTP_PROXY", "http_proxy", "https_proxy")]

@@ -249,11 +249,13 @@ def _docker_cli(cli: DockerCli, mirror: str | None, trust: str) -> str:
 def _hook_lines(inputs: ImageInputs, trust: str) -> list[str]:
     """moat.yaml's build hooks (plan.hooks): root's, then the agent's user's, in the workspace."""
     lines = []
-    root, user = hooks.build_command(inputs.post_build_root), hooks.build_command(inputs.post_build)
+    # root's own home: the agent's (ENV HOME, set above) must not get root-owned caches.
+    root = hooks.run_instruction("post_build_root", inputs.post_build_root, f"{trust}export HOME=/root\n")
+    user = hooks.run_instruction("post_build", inputs.post_build, trust)
     if root:
-        lines += ["USER 0:0", f"RUN {trust}{root}", f"USER {inputs.uid}:{inputs.gid}"]
+        lines += ["USER 0:0", root, f"USER {inputs.uid}:{inputs.gid}"]
     if user:
-        lines.append(f"RUN {trust}{user}")
+        lines.append(user)
     return lines
 
 

@@ -13,12 +13,14 @@ line fails the layer. ``pre_run`` is a script of its own, run by ``/bin/sh`` as 
 
 from __future__ import annotations
 
+import json
+
 PRE_RUN_VARIABLE = "MOAT_PRE_RUN"  # the hook's text, for the wrapper to run (never re-parsed on the host)
-_TRAILING = ("&&", ";", "\\")
+HOOK_NAME = "moat-hook:"  # the script's $0, so a failing build step names its hook
 
 # $MOAT_PRE_RUN in a shell of its own (an `exit` in it ends the hook, not the wrapper); then the command.
 PRE_RUN_WRAPPER = (
-    'sh -c "$' + PRE_RUN_VARIABLE + '"; status=$?; '
+    '/bin/sh -c -- "$' + PRE_RUN_VARIABLE + '"; status=$?; '
     'if [ "$status" -ne 0 ]; then '
     'echo "moat: the pre_run hook failed (exit code $status); the command did not run. Its output is above;'
     ' fix hooks.pre_run in moat.yaml." >&2; exit "$status"; fi; '
@@ -26,23 +28,19 @@ PRE_RUN_WRAPPER = (
 )
 
 
-def build_command(text: str) -> str:
-    """One ``RUN`` command from a build hook: its lines joined with ``&&``."""
-    commands = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        stripped = True
-        while stripped:
-            stripped = False
-            for ending in _TRAILING:
-                if line.endswith(ending):
-                    line = line[: -len(ending)].rstrip()
-                    stripped = True
-        if line:
-            commands.append(line)
-    return " && ".join(commands)
+def script(text: str) -> str:
+    """A hook's text as its script: lines split at newlines only (a form feed or U+2028 inside a
+    quoted string is not a line break), carriage returns and trailing blank lines dropped."""
+    return "\n".join(line.rstrip("\r") for line in text.split("\n")).strip("\n")
+
+
+def run_instruction(key: str, text: str, prelude: str = "") -> str | None:
+    """The Dockerfile ``RUN`` of build hook ``key`` (None when it holds no command): exec form, so the
+    script reaches ``/bin/sh -e`` exactly, newlines included, and no text of it is a Dockerfile line."""
+    body = script(text)
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in body.split("\n")):
+        return None
+    return "RUN " + json.dumps(["/bin/sh", "-ec", prelude + body, f"{HOOK_NAME}{key}"])
 
 
 def with_pre_run(command: tuple[str, ...]) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from docker.utils import parse_repository_tag
 
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec
+from moat.plan.hooks import HOOK_NAME
 from moat.plan.model import ImageSpec, Plan
 from moat.runtime.base import (
     ContainerNotRunning,
@@ -83,6 +84,14 @@ def answers(timeout: float) -> bool:
 def _explanation(exc: APIError) -> str:
     text = exc.explanation or str(exc)
     return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _failed_hook(recent: list[str]) -> str | None:
+    """The build hook whose step failed (its script is named ``moat-hook:<key>``), if one did."""
+    steps = [line for line in recent if line.startswith("Step ")]
+    if steps and HOOK_NAME in steps[-1]:
+        return steps[-1].rsplit(HOOK_NAME, 1)[1].split('"', 1)[0]
+    return None
 
 
 def _translate(exc: BaseException, action: str) -> EngineError | None:
@@ -264,9 +273,11 @@ class DockerRuntime:
             if "error" in event:
                 detail = event.get("errorDetail", {}).get("message") or event["error"]
                 tail = "\n".join(f"    {line}" for line in recent[-15:])
+                hook = _failed_hook(recent)
                 raise EngineError(
                     f"building the agent image {tag} failed: {detail.strip()}\n  last build output:\n{tail}",
-                    hint="Check the dependencies in moat.yaml (a pip:/npm: package name or version?)"
+                    hint=f"Fix hooks.{hook} in moat.yaml (its output is above)." if hook else
+                    "Check the dependencies in moat.yaml (a pip:/npm: package name or version?)"
                     " and the build log in the run directory.",
                 )
             text = event.get("stream") or event.get("status") or ""
