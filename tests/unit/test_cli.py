@@ -35,6 +35,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip() == f"moat, version {__version__}"
 
 
+def test_version_command_prints_as_the_go_tool_does(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = moat(capsys, "version")
+    assert code == 0
+    assert out == f"moat {__version__}\n"
+    _, listed, _ = moat(capsys, "--help")
+    assert re.search(r"^\s+version\s+Print the version of moat\.$", listed, re.M)
+
+
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str], flag: str) -> None:
     code, out, _ = moat(capsys, flag)

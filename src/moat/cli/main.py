@@ -26,7 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("moat.cli.enter:exec_", "Run a command in a running run's agent container (moat exec RUN -- CMD)."),
     "join": ("moat.cli.enter:join", "Start the run's agent once more in its running container (moat join RUN)."),
     "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
-    "cache": ("moat.cli.cache:cache", "List and clean the host cache of provisioned items (ollama models)."),
+    "cache": ("moat.cli.cache:cache", "List and clean the host cache: provisioned items, warm service templates."),
     "list": ("moat.cli.runs:list_runs", "List runs, newest first (--all includes finished ones)."),
     "logs": ("moat.cli.runs:logs", "Show a run's output; -f follows a live run."),
     "stop": ("moat.cli.runs:stop", "Stop runs (default: the most recent active run)."),
@@ -37,6 +37,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "revoke": ("moat.cli.grant:revoke", "Remove a stored credential."),
     "trace": ("moat.cli.trace:trace", "Show what a run did: --network lists its requests through the proxy."),
     "proxy": ("moat.cli.proxy:proxy", "Show or stop moat's credential proxy (shared by the runs with grants)."),
+    "version": ("moat.cli.version:version", "Print the version of moat."),
 }
 
 
