@@ -38,6 +38,7 @@ LABEL_OWNER_PID = "moat.owner-pid"  # the moat process that created it (orphan d
 LABEL_OWNER_HOST = "moat.owner-host"
 LABEL_OWNER_START = "moat.owner-start"  # the owner's start time: a reused pid is not the owner
 LABEL_HOME = "moat.home"  # which MOAT_HOME the run belongs to (a hash of its path)
+LABEL_VOLUME = "moat.volume"  # a volume kept across runs (volumes: type: volume): its name
 ROLE_AGENT = "agent"
 ROLE_SERVICE = "service"
 ROLE_NETWORK = "network"

@@ -98,7 +98,7 @@ TOP_LEVEL = {
     "container": "container: {memory: 1024, cpus: 1.5, dns: [1.1.1.1], ulimits: {nofile: {soft: 1, hard: 2}}}\n",
     "base_image": "base_image: ubuntu:24.04\n",
     "mounts": "mounts: [./a:/a]\n",
-    "volumes": "volumes: [{name: v, target: /v}]\n",
+    "volumes": "name: agent\nvolumes: [{name: v, target: /v}]\n",
     "ports": "ports: {web: 3000}\n",
     "hooks": "hooks: {pre_run: make}\n",
     "workspace": "workspace: {mode: volume}\n",

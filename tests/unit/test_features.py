@@ -12,9 +12,6 @@ from moat.errors import EXIT_USAGE, MoatError, UnsupportedFeatureError
 from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
 
 UNSUPPORTED = [
-    ("mounts: [./data:/data]\n", "mounts"),
-    ("mounts:\n  - source: ./data\n    target: /data\n", "mounts"),
-    ("volumes: [{name: cache, target: /cache}]\n", "volumes"),
     ("ports: {web: 8080}\n", "ports"),
     ("workspace: {mode: volume}\n", "workspace.mode"),
     ("mcp: [context7]\n", "mcp"),
@@ -59,6 +56,8 @@ SUPPORTED = [
     "runtime: sandbox\n",
     "workspace: {mode: bind}\n",
     "grants: []\nsecrets: {}\nmounts: []\n",
+    "mounts: [./data:/data, {source: ., target: /workspace, exclude: [node_modules]}]\n",
+    "name: agent\nvolumes: [{name: cache, target: /cache}, {name: state, target: /s, type: volume}]\n",
     "claude: {}\n",
     "copilot: {model: gpt-5, context: long_context, reasoning_effort: high}\n",
     "pi: {provider: anthropic, model: m}\n",
@@ -89,22 +88,21 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     head = info.value.message.splitlines()[0]
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
-        "network.keep_policy", "mounts",
-        "volumes", "ports", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
+        "network.keep_policy", "ports", "mcp", "snapshots", "tracing", "language_servers", "devices", "clipboard",
         "claude.bedrock",
         "pi.packages", "kiro",
     ]
 
 
 def test_each_feature_says_where_and_why(workspace: Path) -> None:
-    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  keep_policy: my-pack\nmounts: [./data:/data]\n")
+    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  keep_policy: my-pack\nports: {web: 3000}\n")
     config = load_config(workspace, CATALOG)
     with pytest.raises(UnsupportedFeatureError) as info:
         require_supported(config)
     message = info.value.message
-    assert "not supported yet: network.keep_policy, mounts" in message
+    assert "not supported yet: network.keep_policy, ports" in message
     assert "network.keep_policy (moat.yaml:3):" in message
-    assert "mounts (moat.yaml:4):" in message
+    assert "ports (moat.yaml:4):" in message
     assert "keep policies are not enforced" in message  # a security setting is never silently ignored
 
 

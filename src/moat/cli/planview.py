@@ -107,7 +107,10 @@ def render_plan(plan: Plan) -> str:
     out.append(f"  runs as       {agent.user}" + ("; capabilities dropped: " + ", ".join(agent.cap_drop)
                                                  if agent.cap_drop else "")
                + ("; no-new-privileges" if agent.no_new_privileges else ""))
-    out += [f"  mount         {m.source} → {m.target}" + (" (read-only)" if m.read_only else "") for m in agent.mounts]
+    for m in agent.mounts:
+        out.append(f"  mount         {'volume ' if m.volume else ''}{m.source} → {m.target}"
+                   + (" (read-only)" if m.read_only else ""))
+        out += [f"    hidden      {m.target.rstrip('/')}/{path} (an empty in-memory directory)" for path in m.excluded]
     if agent.held:
         out.append("  started while the services start, held until its turn (its go line on stdin)")
     out += _proxy_lines(plan)

@@ -54,6 +54,9 @@ def common_options(function: Any) -> Any:
         click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
                      help="Let the agent reach HOST (or *.example.com) in this run, as a network.rules entry would"
                           " (repeatable; matters under network.policy: strict)."),
+        click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET[:ro]",
+                     help="Bind a host path into the container (repeatable; SOURCE relative to the workspace; a"
+                          " TARGET of /workspace replaces the workspace's mount)."),
         click.option("--dry-run", is_flag=True, help="Print the plan (secrets masked) and start nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON."),
     ]
@@ -83,7 +86,7 @@ def run(ctx: click.Context, /, path: Path, interactive: bool | None, **options: 
 def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *, env: tuple[str, ...],
               name: str | None, runtime: str | None, detach: bool, rebuild: bool, keep: bool,
               grants: tuple[str, ...], profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool,
-              as_json: bool, agent: AgentRequest | None = None) -> int:
+              as_json: bool, mounts: tuple[str, ...] = (), agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import DepType, load_catalog
     from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings
@@ -102,6 +105,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     from moat.plan.build import RunRequest, build_plan
     from moat.plan.identity import agent_identity
     from moat.plan.names import new_run_id
+    from moat.plan.storage import parse_cli_mount
     from moat.run.store import moat_home
     from moat.runtime import select
 
@@ -113,6 +117,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     if detach and interactive:
         raise UsageError("-d and -i do not go together: a detached run has no terminal")
 
+    cli_mounts = tuple(parse_cli_mount(text) for text in mounts)
     catalog = load_catalog()
     implied = (*agent.agent.extra_dependencies, agent.agent.dependency) if agent else ()
     config = load_config(workspace, catalog, implied)
@@ -165,6 +170,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         proxy_ca=proxy_ca,
         allow_hosts=allow_hosts,
         agent=setup,
+        mounts=cli_mounts,
     )
     plan = build_plan(config, request, catalog, run_id=run_id)
     if dry_run:

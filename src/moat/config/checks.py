@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,7 @@ from moat.catalog.model import PROVISION_ITEM_RE
 from moat.config.problems import describe
 from moat.config.schema import MoatConfig, ServiceOverride
 from moat.config.yamldoc import Path, scalar_text
+from moat.errors import dotted_path
 from moat.suggest import did_you_mean
 
 ITEM_RULE = "letters, digits and . _ : / @ -, starting with a letter or digit"
@@ -33,7 +36,58 @@ class CheckResult:
 
 
 def check(model: MoatConfig, catalog: Catalog, implied: tuple[str, ...] = ()) -> CheckResult:
-    return _check(model.dependencies, model.services, catalog, implied)
+    result = _check(model.dependencies, model.services, catalog, implied)
+    result.problems += check_storage(model)
+    return result
+
+
+# A volume's directory is MOAT_HOME/volumes/<name>/<volume>, a Docker volume moat_<name>_<volume>.
+VOLUME_SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_storage(model: MoatConfig) -> list[Problem]:
+    """mounts and volumes together: one target each, excludes that do not overlap each other or hide a
+    volume, and volumes kept under a run name that can name a directory and a Docker volume."""
+    problems: list[Problem] = []
+    targets: dict[str, Path] = {}
+
+    def claim(target: str, path: Path) -> None:
+        if target in targets:
+            problems.append(Problem(path, f"{target} is already the target of {dotted_path(targets[target])};"
+                                          " each path in the container gets one mount"))
+        else:
+            targets[target] = path
+
+    for index, mount in enumerate(model.mounts):
+        claim(mount.target, ("mounts", index, "target"))
+        seen: list[str] = []
+        for position, excluded in enumerate(mount.exclude):
+            for earlier in seen:
+                if excluded == earlier or excluded.startswith(earlier + "/") or earlier.startswith(excluded + "/"):
+                    problems.append(Problem(("mounts", index, "exclude", position),
+                                            f"'{excluded}' overlaps '{earlier}', excluded already; keep one"))
+                    break
+            seen.append(excluded)
+            hidden = posixpath.join(mount.target, excluded)
+            for number, volume in enumerate(model.volumes):
+                if volume.target == hidden or volume.target.startswith(hidden + "/"):
+                    problems.append(Problem(("mounts", index, "exclude", position),
+                                            f"'{excluded}' would hide volumes[{number}] ({volume.target})"))
+    names: dict[str, int] = {}
+    for index, volume in enumerate(model.volumes):
+        claim(volume.target, ("volumes", index, "target"))
+        if volume.name in names:
+            problems.append(Problem(("volumes", index, "name"),
+                                    f"volumes[{names[volume.name]}] is named '{volume.name}' too"))
+        names.setdefault(volume.name, index)
+    if model.volumes:
+        if model.name is None:
+            problems.append(Problem(("volumes",), "volumes are kept per run name: set name: (e.g. name: my-agent)"
+                                                  " so that the next run finds them", at_key=True))
+        elif not VOLUME_SCOPE_RE.fullmatch(model.name):
+            problems.append(Problem(("name",), f"{model.name!r} cannot name the volumes' directory and Docker volume:"
+                                               " use letters, digits and . _ - (starting with a letter or digit)"))
+    return problems
 
 
 def check_raw(data: dict[str, Any], catalog: Catalog, implied: tuple[str, ...] = ()) -> list[Problem]:

@@ -53,8 +53,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
                   " secrets: are); the reference itself would become the value"),
     Feature(("network", "keep_policy"), lambda c: c.network.keep_policy is not None,
             "keep policies are not enforced yet"),
-    Feature(("mounts",), lambda c: bool(c.mounts), "extra mounts are not built yet"),
-    Feature(("volumes",), lambda c: bool(c.volumes), "persistent volumes are not built yet"),
     Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),
     Feature(("workspace", "mode"), lambda c: c.workspace.mode == "volume", "volume workspaces are not built yet"),
     Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),

@@ -8,6 +8,7 @@ normalised to one shape before validation, so errors point at the user's key, no
 
 from __future__ import annotations
 
+import posixpath
 import re
 import unicodedata
 from typing import Annotated, Any, Literal
@@ -247,7 +248,7 @@ class NetworkConfig(Section):
 # --- files -------------------------------------------------------------------------------------
 
 
-def _mount_entry(value: Any) -> Any:
+def mount_entry(value: Any) -> Any:
     """``./data:/data:ro`` → ``{source: ./data, target: /data, mode: ro}``."""
     if not isinstance(value, str):
         return value
@@ -257,16 +258,59 @@ def _mount_entry(value: Any) -> Any:
     return {"source": parts[0], "target": parts[1], **({"mode": parts[2]} if len(parts) == 3 else {})}
 
 
+# An excluded path is the path of an empty in-memory directory laid over the mount; the Go tool's
+# characters (it interpolates them into a root-run tar), no '..' (it would leave the mount).
+_EXCLUDE_CHARS = re.compile(r"[A-Za-z0-9/._*-]+")
+# Where a mount would replace what every container needs (or hide the whole system).
+SYSTEM_TARGETS = ("/", "/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/usr", "/tmp")  # noqa: S108 — a target refused
+
+
+def _exclude_path(value: str) -> str:
+    if not value:
+        raise ValueError("an excluded path must not be empty")
+    bad = _EXCLUDE_CHARS.sub("", value)
+    if bad:
+        raise ValueError(f"unsupported character {bad[0]!r} in {value!r} (allowed: letters, digits, / . - _ *)")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} must not contain '..': an excluded path stays inside its mount")
+    if value.startswith("/"):
+        raise ValueError(f"{value!r} must be relative to the mount's target (e.g. node_modules)")
+    cleaned = posixpath.normpath(value)
+    if cleaned == ".":
+        raise ValueError(f"{value!r} is the mount itself; to hide all of it, remove the mount")
+    return cleaned
+
+
+def _mount_target(value: str) -> str:
+    cleaned = posixpath.normpath(value)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} must not contain '..'")
+    if cleaned == "/" or any(cleaned == s for s in SYSTEM_TARGETS) or cleaned.startswith(("/proc/", "/sys/",
+                                                                                           "/dev/")):
+        raise ValueError(f"{cleaned!r} is a system directory every container needs; mount somewhere else"
+                         " (e.g. /data)")
+    return cleaned
+
+
+MountTarget = Annotated[AbsolutePath, AfterValidator(_mount_target)]
+
+
 class Mount(Section):
-    source: Annotated[str, StringConstraints(min_length=1)]
-    target: AbsolutePath
+    source: Annotated[Text, StringConstraints(min_length=1)]
+    target: MountTarget
     mode: Literal["", "ro", "rw"] = ""
-    exclude: list[Text] = Field(default_factory=list)
+    exclude: list[Annotated[Text, AfterValidator(_exclude_path)]] = Field(default_factory=list)
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode == "ro"
 
 
 class Volume(Section):
     name: LowerName
-    target: AbsolutePath
+    target: MountTarget
     readonly: bool = False
     type: Literal["", "bind", "volume"] = ""
 
@@ -474,7 +518,7 @@ class MoatConfig(Section):
     runtime: Literal["", "docker", "apple", "sandbox"] = ""
     container: ContainerConfig = Field(default_factory=ContainerConfig)
     base_image: ImageRef | None = None
-    mounts: list[Annotated[Mount, BeforeValidator(_mount_entry)]] = Field(default_factory=list)
+    mounts: list[Annotated[Mount, BeforeValidator(mount_entry)]] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
     ports: dict[Annotated[str, StringConstraints(min_length=1)], Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=dict)

@@ -35,7 +35,7 @@ from moat.constants import (
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
 from moat.ownership import home_id
-from moat.plan import baseurl, dockerfile, hooks
+from moat.plan import baseurl, dockerfile, hooks, storage
 from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
@@ -57,6 +57,7 @@ from moat.plan.proxy import (
 from moat.plan.warm import plan_warm, warm_root, why_cold
 
 if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
+    from moat.config.schema import Mount as MountEntry
     from moat.policy.keep import RuleSet
 
 # Variable names as the Go tool takes them (MY-VAR too): anything but '=', spaces and control characters.
@@ -93,6 +94,8 @@ class RuntimeTraits:
     managed_memory: bool = False
     # The agent's image is built from the plan's Dockerfile (the sandbox uses the host's programs).
     builds_images: bool = True
+    # The engine keeps named volumes (volumes' type: volume).
+    engine_volumes: bool = False
     # Services start from cached initialised templates where the catalog knows how (plan.warm).
     warm_services: bool = True
 
@@ -100,7 +103,7 @@ class RuntimeTraits:
 TRAITS = {
     "docker": RuntimeTraits(holds_agent=True, sidecars_write_as_root=True, contains_root=True,
                             proxy_route="gateway", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat",
-                            pods=True, managed_memory=True),
+                            pods=True, managed_memory=True, engine_volumes=True),
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
                              grant_files="/tmp/moat-grants", builds_images=False),  # noqa: S108 — its /tmp
@@ -133,6 +136,8 @@ class RunRequest:
     docker_socket: tuple[str, int] | None = None
     # claude.llm-gateway's Keep rules, read by the caller (a file in the workspace, or moat.yaml's inline list).
     llm_policy: RuleSet | None = None
+    # --mount: each as written and parsed (plan.storage.parse_cli_mount), added to moat.yaml's mounts.
+    mounts: tuple[tuple[str, MountEntry], ...] = ()
 
 
 def image_tag(dependency_specs: list[str], dockerfile_text: str, context: Mapping[str, str] | None = None) -> str:
@@ -302,6 +307,12 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                              network=network, extra_hosts=proxy_hosts(proxy), dns=limits.dns)
         if strict:
             network = members  # no engine network at all
+    own_mounts = (*((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
+                  *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
+                  *context_mounts, *state_mounts, *docker_mounts)
+    agent_mounts = (*storage.agent_mounts(config, request.workspace, request.home, request.host_env, request.mounts,
+                                          identity, traits.engine_volumes, runtime), *own_mounts)
+    storage.check_overlaps(agent_mounts, own_mounts)
     agent = ContainerSpec(
         role="agent",
         name=f"{AGENT_CONTAINER_PREFIX}{run_id}",
@@ -311,10 +322,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         command=(*HOLD_WRAPPER, *(agent_command or to_run)) if held else tuple(agent_command or to_run),
         env=env,
         working_dir=WORKSPACE_MOUNT,
-        mounts=(Mount(str(request.workspace), WORKSPACE_MOUNT),
-                *((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
-                *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
-                *context_mounts, *state_mounts, *docker_mounts),
+        mounts=agent_mounts,
         files=(*((source, text) for source, _, text in (*files.values(), *agent_files)), (context_file, context)),
         # In a pod the holder has them (Docker refuses them on a joined container).
         extra_hosts=() if holder is not None else proxy_hosts(proxy),

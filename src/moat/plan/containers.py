@@ -28,6 +28,13 @@ class Mount:
     create: bool = False
     # Who owns it when moat creates it as root for an agent of another uid (its session logs).
     owner: tuple[int, int] | None = None
+    # With ``create``: the directories made between this one and ``source`` are 0711, so that the
+    # agent's user (the sandbox binds as that user) reaches its own directory and lists none.
+    reach_from: str | None = None
+    # A Docker named volume (``source`` is its name): made on first use, owned by ``owner``, kept.
+    volume: bool = False
+    # Paths under the mount (relative) hidden behind empty in-memory directories (mounts.exclude).
+    excluded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,9 @@ class ContainerSpec:
             "aliases": list(self.aliases),
             "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "working_dir": self.working_dir,
-            "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only} for m in self.mounts],
+            "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only,
+                        **({"type": "volume"} if m.volume else {}),
+                        **({"excluded": list(m.excluded)} if m.excluded else {})} for m in self.mounts],
             "tmpfs": list(self.tmpfs),
             "user": self.user,
             "cap_drop": list(self.cap_drop),

@@ -109,12 +109,16 @@ class Pod:
 
     def _create(self, spec: ContainerSpec, inside: tuple[Resource, ...]) -> tuple[str, Resource]:
         for mount in spec.mounts:
+            for excluded in mount.excluded:
+                make_excluded(Path(mount.source), excluded)
             if mount.create:
                 source = Path(mount.source)
                 if os.path.lexists(source) and (source.is_symlink() or not source.is_dir()):
                     raise EngineError(f"{mount.source} should be a directory of moat's, and is not (a link?)",
                                       hint="Remove it; moat makes it again.")
                 created = not Path(mount.source).exists()
+                if mount.reach_from is not None:
+                    reachable_parents(Path(mount.reach_from), source.parent)
                 private_dir(Path(mount.source))
                 if created and mount.owner is not None and os.getuid() == 0 and mount.owner[0] != 0:
                     # The agent's to write in; through a descriptor of the directory just made (a
@@ -281,3 +285,47 @@ class Remover:
                 problems.append(exc.message)
         if problems:
             raise TeardownProblem("; ".join(problems))
+
+
+def make_excluded(source: Path, excluded: str) -> None:
+    """The directory an excluded path's in-memory one is laid over, made in the mount's source (on the
+    host) when missing, as the owner of the directory it is made in: the engine would make it, as
+    root. Made one level at a time, never through a link (one put there since the plan is refused)."""
+    parent = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    walked = source
+    try:
+        for part in excluded.split("/"):
+            walked /= part
+            try:
+                os.mkdir(part, 0o755, dir_fd=parent)
+                made = True
+            except FileExistsError:
+                made = False
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            except OSError as exc:
+                raise EngineError(f"cannot exclude {source / excluded}: {walked} is not a directory ({exc.strerror})",
+                                  hint="Exclude a directory (or a path that does not exist).") from None
+            if made and os.getuid() == 0:
+                owner = os.fstat(parent)
+                os.fchown(child, owner.st_uid, owner.st_gid)
+            os.close(parent)
+            parent = child
+    except PermissionError as exc:
+        raise EngineError(f"cannot make {source / excluded} to exclude it: {exc.strerror}",
+                          hint="Create the directory yourself, or exclude one you can create.") from None
+    finally:
+        os.close(parent)
+
+
+def reachable_parents(top: Path, path: Path) -> None:
+    """``path`` and the directories between ``top`` and it, made 0711 where missing (``top`` as
+    private_dir makes it): searchable by another user, listable by none."""
+    private_dir(top)
+    for part in path.relative_to(top).parts:
+        top /= part
+        try:
+            top.mkdir(mode=0o711)
+        except FileExistsError:
+            continue
+        top.chmod(0o711)

@@ -28,8 +28,9 @@ from docker.types import Mount as SdkMount
 from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
+from moat.constants import LABEL_HOME, LABEL_ROLE, LABEL_VOLUME
 from moat.errors import EngineError
-from moat.plan.containers import ContainerSpec
+from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.hooks import HOOK_NAME
 from moat.plan.model import ImageSpec, Plan
 from moat.runtime.base import (
@@ -359,19 +360,21 @@ class DockerRuntime:
 
     def create_container(self, spec: ContainerSpec, labels: Mapping[str, str]) -> str:
         api = self.api
+        for mount in spec.mounts:
+            if mount.volume:
+                self._ensure_volume(mount, spec, labels)
 
         def create() -> str:
             host_config = api.create_host_config(
                 # Mounts, not binds: a path with ':' in it is a path, not a separator.
-                mounts=[SdkMount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
-                or None,
+                mounts=_sdk_mounts(spec) or None,
                 mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
                 memswap_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
                 dns=list(spec.dns) or None,
                 ulimits=[Ulimit(name=n, soft=s, hard=h) for n, (s, h) in spec.ulimits.items()] or None,
                 init=spec.init or None,
-                tmpfs={path: "rw" for path in spec.tmpfs} or None,
+                tmpfs=_tmpfs(spec) or None,
                 cap_drop=list(spec.cap_drop) or None,
                 group_add=[str(g) for g in spec.groups] or None,
                 security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
@@ -399,6 +402,47 @@ class DockerRuntime:
             return str(created["Id"])
 
         return self._call(f"creating container {spec.name}", create)
+
+    def _ensure_volume(self, mount: Mount, spec: ContainerSpec, labels: Mapping[str, str]) -> None:
+        """A named volume the run keeps (volumes' type: volume): made on first use, labelled as moat's
+        but of no run (a run's clean-up leaves it), its root given to the agent's user. The engine makes
+        a new volume's root root's; a short container of the agent's own image (no network, no other
+        mount) hands it over, once."""
+        api = self.api
+        try:
+            self._call(f"looking up volume {mount.source}", lambda: api.inspect_volume(mount.source))
+            return
+        except NotFound:
+            pass
+        volume_labels = {LABEL_VOLUME: mount.source,
+                         **{k: v for k, v in {**spec.labels, **labels}.items() if k == LABEL_HOME}}
+        self._call(f"creating volume {mount.source}", lambda: api.create_volume(mount.source, labels=volume_labels))
+        if mount.owner is None or mount.owner == (0, 0):
+            return
+        uid, gid = mount.owner
+
+        def hand_over() -> None:
+            helper = api.create_container(
+                image=spec.image, entrypoint=["chown", f"{uid}:{gid}", "/volume"], user="0",
+                labels={**spec.labels, **labels, LABEL_ROLE: "volume-setup"}, network_disabled=True,
+                host_config=api.create_host_config(
+                    mounts=[SdkMount("/volume", mount.source, type="volume")], network_mode="none"))
+            try:
+                api.start(helper)
+                code = api.wait(helper, timeout=60).get("StatusCode", 1)
+                if code != 0:
+                    output = api.logs(helper).decode(errors="replace").strip()[-500:]
+                    raise EngineError(f"could not give volume {mount.source} to uid {uid}: {output or code}",
+                                      hint="Its image needs chown; or remove the volume (moat volumes rm).")
+            finally:
+                api.remove_container(helper, force=True)
+
+        try:
+            self._call(f"handing volume {mount.source} to the agent's user", hand_over)
+        except BaseException:
+            with _gone_is_fine(f"removing volume {mount.source}"):
+                api.remove_volume(mount.source, force=True)  # half-made: the next run tries again
+            raise
 
     def start_container(self, container_id: str) -> None:
         self._call("starting a container", lambda: self.api.start(container_id))
@@ -577,6 +621,27 @@ class DockerRuntime:
     def remove_volume(self, name: str) -> None:
         with _gone_is_fine(f"removing volume {name}"):
             self.api.remove_volume(name, force=True)
+
+
+# An excluded path's in-memory directory: the agent's (its user is not root; a mode alone is not kept on
+# a tmpfs below a bind, measured on Docker 20.10), and its programs may run (node_modules/.bin): runc's
+# default for tmpfs is noexec.
+
+
+def _sdk_mounts(spec: ContainerSpec) -> list[SdkMount]:
+    return [SdkMount(m.target, m.source, type="volume" if m.volume else "bind", read_only=m.read_only)
+            for m in spec.mounts]
+
+
+def _tmpfs(spec: ContainerSpec) -> dict[str, str]:
+    """The container's own tmpfs (a service's data), then the excluded paths' (the engine sorts every
+    mount by depth: an overlay comes after the bind it hides part of)."""
+    found = {path: "rw" for path in spec.tmpfs}
+    for m in spec.mounts:
+        uid, gid = m.owner or (0, 0)
+        for excluded in m.excluded:
+            found[f"{m.target.rstrip('/')}/{excluded}"] = f"rw,exec,nosuid,nodev,mode=0755,uid={uid},gid={gid}"
+    return found
 
 
 def _build_context(image: ImageSpec) -> io.BytesIO:

@@ -123,9 +123,23 @@ class Bind:
     source: str  # a host path
     target: str  # where the container sees it
     read_only: bool = False
+    excluded: tuple[str, ...] = ()  # paths under it hidden by empty in-memory directories (the identity's)
 
     def argv(self) -> list[str]:
-        return ["--ro-bind" if self.read_only else "--bind", self.source, self.target]
+        hidden = [arg for path in self.excluded for arg in ("--tmpfs", f"{self.target.rstrip('/')}/{path}")]
+        return ["--ro-bind" if self.read_only else "--bind", self.source, self.target, *hidden]
+
+
+def mount_point_possible(target: str, home: str) -> bool:
+    """Whether bwrap can mount at ``target`` in an agent's view: the host's top-level directories are
+    read-only binds (nothing can be made in them), the rest (a new top-level directory, /tmp, /run,
+    /workspace, the agent's home) is the sandbox's own."""
+    top = target.split("/")[1]
+    if top in _NOT_SHARED or not os.path.lexists(f"/{top}"):
+        return True
+    if target == home or target.startswith(home.rstrip("/") + "/"):
+        return True
+    return os.path.lexists(target)
 
 
 HIDDEN = ("/tmp", "/run")  # noqa: S108 — a service's own: the host's are not shown

@@ -16,6 +16,7 @@ from typing import Any
 
 from moat.catalog import load_catalog
 from moat.catalog.model import HostRecipe
+from moat.constants import AGENT_HOME as IMAGE_HOME
 from moat.errors import EngineError
 from moat.files import private_dir
 from moat.plan.containers import ContainerSpec, Mount
@@ -77,7 +78,7 @@ class Starter:
     def _mount_fd(self, source: str, create: bool) -> int:
         path = Path(source)
         if create:  # a directory of moat's (a host cache) that the service writes, as the identity
-            private_dir(path)
+            private_dir(path)  # (made by the pod already when it is the agent's)
             if os.geteuid() == 0 and path.stat().st_uid != self.identity.uid:
                 dirs.hand_to(path, self.identity)
         try:
@@ -221,10 +222,24 @@ class Starter:
             if not launch.reachable(mount.source, self.identity):
                 raise EngineError(
                     f"the agent's user (uid {self.identity.uid}) cannot reach {mount.source}, where moat keeps"
-                    " its sessions (MOAT_HOME is closed to it)",
-                    hint="Give MOAT_HOME to a directory that user can reach, set claude.sync_logs: false, or use"
-                         " --runtime docker.")
-        return launch.Bind(mount.source, mount.target, mount.read_only)
+                    " its sessions or a volume (MOAT_HOME is closed to it)",
+                    hint="Give MOAT_HOME to a directory that user can reach (e.g. chmod 711 on it and its"
+                         " parents), set claude.sync_logs: false, or use --runtime docker.")
+        source = mount.source if os.path.isdir(mount.source) else os.path.dirname(mount.source)
+        if not launch.reachable(source, self.identity):
+            raise EngineError(f"the agent's user (uid {self.identity.uid}) cannot reach {mount.source}, which a mount"
+                              " gives it (the sandbox binds it as that user)",
+                              hint="Mount a path that user can read, or use --runtime docker.")
+        target = mount.target
+        if target.startswith(IMAGE_HOME + "/"):  # the image's home (~/.myapp) is the sandbox agent's own
+            target = AGENT_HOME + target[len(IMAGE_HOME):]
+        if not launch.mount_point_possible(target, AGENT_HOME):
+            top = "/" + target.split("/")[1]
+            raise EngineError(f"the sandbox shows the host's {top} read-only, and {target} does not exist in it:"
+                              " nothing can be mounted there",
+                              hint="Choose a target outside the host's directories (e.g. /data), or use --runtime"
+                                   " docker.")
+        return launch.Bind(mount.source, target, mount.read_only, mount.excluded)
 
     def given_env(self, record: Mapping[str, Any]) -> dict[str, str]:
         """The environment the container was started with, read back from its pid namespace's init

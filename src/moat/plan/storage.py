@@ -1,0 +1,153 @@
+"""The agent's storage beyond its image: the workspace, moat.yaml's ``mounts`` and ``--mount``, and its
+``volumes``.
+
+- The workspace is bound at /workspace unless a mount targets /workspace: that one replaces it (and
+  may hide parts of it with ``exclude``), as in the Go tool.
+- A mount's source is the host's: relative to the workspace, ``~`` for the caller's home; it must
+  exist. An excluded path is an empty in-memory directory laid over the mount; it must be a
+  directory or missing (moat makes it, as the source's owner, before the container starts: the
+  engine would make it as root), never a link.
+- A volume outlives runs: kept per run name (``name:``), a directory under MOAT_HOME/volumes (type
+  bind, the default) or a Docker named volume ``moat_<name>_<volume>`` (type volume, Docker only).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from moat.config.load import Config
+from moat.config.schema import Mount as MountEntry
+from moat.config.schema import mount_entry
+from moat.constants import WORKSPACE_MOUNT
+from moat.errors import ConfigError, Located, UsageError
+from moat.plan.containers import Mount
+from moat.plan.identity import Identity
+
+VOLUMES_DIR = "volumes"
+
+
+def volume_dir(home: Path, scope: str, volume: str) -> Path:
+    """Where a ``type: bind`` volume of the runs named ``scope`` lives (the Go tool's layout)."""
+    return home / VOLUMES_DIR / scope / volume
+
+
+def docker_volume_name(scope: str, volume: str) -> str:
+    return f"moat_{scope}_{volume}"
+
+
+class _Place:
+    """Where a mount came from, for its errors: moat.yaml's mounts[i] (located) or a --mount."""
+
+    def __init__(self, config: Config, index: int | None, text: str = "") -> None:
+        self.config, self.index, self.text = config, index, text
+
+    def fail(self, message: str, key: str | int = "source", hint: str | None = None) -> Exception:
+        if self.index is None:
+            return UsageError(f"--mount {self.text}: {message}", hint=hint)
+        where: tuple[str | int, ...] = ("mounts", self.index, key) if isinstance(key, str) else (
+            "mounts", self.index, "exclude", key)
+        line, column = self.config.marks.locate(where, prefer_key=False)
+        return ConfigError(self.config.file, [Located(where, message, line, column)], hint=hint)
+
+
+def agent_mounts(config: Config, workspace: Path, home: Path, host_env: Mapping[str, str],
+                 extra: Sequence[tuple[str, MountEntry]], identity: Identity, engine_volumes: bool,
+                 runtime: str) -> tuple[Mount, ...]:
+    """The workspace's mount (or the one that replaces it) first, then the others, then the volumes.
+    ``extra`` are the command line's ``--mount`` (as written, parsed)."""
+    model = config.model
+    entries = [(_Place(config, index), entry) for index, entry in enumerate(model.mounts)]
+    taken = {entry.target: f"moat.yaml's mounts[{index}]" for index, entry in enumerate(model.mounts)}
+    taken.update({volume.target: f"moat.yaml's volumes[{index}]" for index, volume in enumerate(model.volumes)})
+    for text, entry in extra:
+        if entry.target in taken:
+            raise UsageError(f"--mount {text}: {entry.target} is already the target of {taken[entry.target]};"
+                             " each path in the container gets one mount")
+        taken[entry.target] = f"--mount {text}"
+        entries.append((_Place(config, None, text), entry))
+    mounts = [_bound(place, entry, workspace, host_env, identity) for place, entry in entries]
+    if WORKSPACE_MOUNT not in taken:
+        mounts.insert(0, Mount(str(workspace), WORKSPACE_MOUNT))
+    else:
+        mounts.sort(key=lambda m: m.target != WORKSPACE_MOUNT)
+    for index, volume in enumerate(model.volumes):
+        assert model.name is not None  # config.checks: volumes need a run name
+        if volume.type == "volume":
+            if not engine_volumes:
+                where = ("volumes", index, "type")
+                raise ConfigError(config.file, [Located(
+                    where, f"type: volume is a Docker named volume, and the {runtime} runtime has no engine to keep"
+                           " one; use type: bind (a directory under MOAT_HOME/volumes), or --runtime docker",
+                    *config.marks.locate(where, prefer_key=False))])
+            mounts.append(Mount(docker_volume_name(model.name, volume.name), volume.target, volume.readonly,
+                                owner=(identity.uid, identity.gid), volume=True))
+        else:
+            mounts.append(Mount(str(volume_dir(home, model.name, volume.name)), volume.target, volume.readonly,
+                                create=True, owner=(identity.uid, identity.gid), reach_from=str(home)))
+    return tuple(mounts)
+
+
+def _bound(place: _Place, entry: MountEntry, workspace: Path, host_env: Mapping[str, str],
+           identity: Identity) -> Mount:
+    source = entry.source
+    if source == "~" or source.startswith("~/"):
+        home = host_env.get("HOME", "")
+        if not home:
+            raise place.fail(f"{source} starts with ~, and HOME is not set")
+        source = home + source[1:]
+    path = Path(posixpath.normpath(os.path.join(workspace, source)))  # an absolute source stays itself
+    if not os.path.lexists(path):
+        raise place.fail(f"the mount's source {path} does not exist",
+                         hint="Create it, or correct the path (relative paths start at the workspace).")
+    if not path.exists():
+        raise place.fail(f"the mount's source {path} is a link to nothing")
+    if entry.exclude and not path.is_dir():
+        raise place.fail(f"{path} is a file; only a directory's contents can be excluded")
+    for position, excluded in enumerate(entry.exclude):
+        hidden = path / excluded
+        if "*" in excluded:
+            raise place.fail(f"'{excluded}': a pattern cannot be hidden, name the directory (e.g. node_modules)",
+                             position)
+        if hidden.is_symlink():
+            raise place.fail(f"{hidden} is a link; exclude the directory it points to, inside the mount",
+                             position)
+        if hidden.exists() and not hidden.is_dir():
+            raise place.fail(f"{hidden} is a file; only directories can be excluded", position)
+    # The owner: the agent's user, whose the excluded paths' in-memory directories are.
+    return Mount(str(path), entry.target, entry.read_only, excluded=tuple(entry.exclude),
+                 owner=(identity.uid, identity.gid) if entry.exclude else None)
+
+
+def parse_cli_mount(text: str) -> tuple[str, MountEntry]:
+    """``--mount SOURCE:TARGET[:ro|rw]``, checked as moat.yaml's string form is."""
+    try:
+        return text, MountEntry.model_validate(mount_entry(text))
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = f"{where}: {first['msg']}" if where else first["msg"]
+        else:
+            message = str(exc)
+        raise UsageError(f"--mount {text!r}: {message.removeprefix('Value error, ')}",
+                         hint="Write --mount SOURCE:TARGET or SOURCE:TARGET:ro (TARGET absolute).") from None
+
+
+def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount]) -> None:
+    """A user's mount where moat puts its own (its CA, a grant's files, the agent's sessions) would
+    replace moat's, or be replaced: refused, naming both."""
+    mine = {m.target for m in own}
+    for mount in mounts:
+        if mount in own:
+            continue
+        for other in mine:
+            if (mount.target == other or other.startswith(mount.target.rstrip("/") + "/")
+                    or mount.target.startswith(other.rstrip("/") + "/")):
+                raise UsageError(f"a mount at {mount.target} would cover {other}, where moat puts the agent's own"
+                                 " files (its CA, a grant's files, its sessions)",
+                                 hint="Mount it somewhere else (e.g. under /data).")
