@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "join": ("moat.cli.enter:join", "Start the run's agent once more in its running container (moat join RUN)."),
     "deps": ("moat.cli.deps:deps", "List and describe the dependencies moat.yaml can declare."),
     "cache": ("moat.cli.cache:cache", "List and clean the host cache: provisioned items, warm service templates."),
+    "volumes": ("moat.cli.volumes:volumes", "List and remove the volumes runs keep across runs (per run name)."),
     "list": ("moat.cli.runs:list_runs", "List runs, newest first (--all includes finished ones)."),
     "logs": ("moat.cli.runs:logs", "Show a run's output; -f follows a live run."),
     "stop": ("moat.cli.runs:stop", "Stop runs (default: the most recent active run)."),

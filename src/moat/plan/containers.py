@@ -31,8 +31,9 @@ class Mount:
     # With ``create``: the directories made between this one and ``source`` are 0711, so that the
     # agent's user (the sandbox binds as that user) reaches its own directory and lists none.
     reach_from: str | None = None
-    # A Docker named volume (``source`` is its name): made on first use, owned by ``owner``, kept.
-    volume: bool = False
+    # A Docker named volume (``source`` is the engine's name for it), as "<run name>/<volume>": made
+    # on first use, owned by ``owner``, kept across runs.
+    volume: str = ""
     # Paths under the mount (relative) hidden behind empty in-memory directories (mounts.exclude).
     excluded: tuple[str, ...] = ()
 

@@ -21,8 +21,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from moat.config.load import Config
+from moat.config.problems import translate
 from moat.config.schema import Mount as MountEntry
 from moat.config.schema import mount_entry
+from moat.config.yamldoc import Marks
 from moat.constants import WORKSPACE_MOUNT
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan.containers import Mount
@@ -85,7 +87,7 @@ def agent_mounts(config: Config, workspace: Path, home: Path, host_env: Mapping[
                            " one; use type: bind (a directory under MOAT_HOME/volumes), or --runtime docker",
                     *config.marks.locate(where, prefer_key=False))])
             mounts.append(Mount(docker_volume_name(model.name, volume.name), volume.target, volume.readonly,
-                                owner=(identity.uid, identity.gid), volume=True))
+                                owner=(identity.uid, identity.gid), volume=f"{model.name}/{volume.name}"))
         else:
             mounts.append(Mount(str(volume_dir(home, model.name, volume.name)), volume.target, volume.readonly,
                                 create=True, owner=(identity.uid, identity.gid), reach_from=str(home)))
@@ -126,15 +128,15 @@ def _bound(place: _Place, entry: MountEntry, workspace: Path, host_env: Mapping[
 def parse_cli_mount(text: str) -> tuple[str, MountEntry]:
     """``--mount SOURCE:TARGET[:ro|rw]``, checked as moat.yaml's string form is."""
     try:
-        return text, MountEntry.model_validate(mount_entry(text))
-    except (ValueError, ValidationError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = f"{where}: {first['msg']}" if where else first["msg"]
+        data = mount_entry(text)
+        return text, MountEntry.model_validate(data)
+    except ValueError as exc:
+        if isinstance(exc, ValidationError):  # phrased as moat.yaml's problems are
+            message = "; ".join(f"{p.dotted}: {p.message}" if p.path else p.message
+                                for p in translate(exc.errors(), data, Marks(), MountEntry))
         else:
             message = str(exc)
-        raise UsageError(f"--mount {text!r}: {message.removeprefix('Value error, ')}",
+        raise UsageError(f"--mount {text!r}: {message}",
                          hint="Write --mount SOURCE:TARGET or SOURCE:TARGET:ro (TARGET absolute).") from None
 
 

@@ -414,7 +414,7 @@ class DockerRuntime:
             return
         except NotFound:
             pass
-        volume_labels = {LABEL_VOLUME: mount.source,
+        volume_labels = {LABEL_VOLUME: mount.volume,
                          **{k: v for k, v in {**spec.labels, **labels}.items() if k == LABEL_HOME}}
         self._call(f"creating volume {mount.source}", lambda: api.create_volume(mount.source, labels=volume_labels))
         if mount.owner is None or mount.owner == (0, 0):
