@@ -266,11 +266,19 @@ def test_keep_keeps_the_agent_that_ran_for_a_look_and_nothing_else(engine: Docke
         assert "done" in container.logs().decode()
         bits, _ = container.get_archive("/home/moatuser/left")  # its files are there to look at
         assert b"kept-file" in b"".join(bits)
+        listed = run_moat(["system", "containers", "--json"])
+        assert listed.code == 0, listed.output
+        assert {"name": container.name, "runtime": "docker", "status": "exited", "run_id": run_id}.items() <= next(
+            c for c in json.loads(listed.stdout) if c["id"] == kept).items()
+        # Its directory is not a leftover while the container is there ...
+        assert f"moat-{run_id}" not in run_moat(["system", "clean-temp", "--dry-run", "--min-age", "0s"]).stdout
     finally:
         container.remove(force=True)
         scratch = Path(tempfile.gettempdir()) / f"moat-{run_id}"  # its mounts stay with it (docker cp)
         assert (scratch / "context" / "moat-context.md").is_file()
-        shutil.rmtree(scratch)
+    # ... and is one once it is gone.
+    assert str(scratch) in run_moat(["system", "clean-temp", "--dry-run", "--min-age", "0s"]).stdout
+    shutil.rmtree(scratch)
     assert left_for(engine, run_id) == []
 
 

@@ -38,6 +38,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "revoke": ("moat.cli.grant:revoke", "Remove a stored credential."),
     "trace": ("moat.cli.trace:trace", "Show what a run did: --network lists its requests through the proxy."),
     "proxy": ("moat.cli.proxy:proxy", "Show or stop moat's credential proxy (shared by the runs with grants)."),
+    "system": ("moat.cli.system:system", "Moat's images and containers on every runtime; leftover temp directories."),
     "version": ("moat.cli.version:version", "Print the version of moat."),
 }
 

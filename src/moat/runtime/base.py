@@ -84,6 +84,16 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str  # "" in the sandbox (the host's programs)
+    status: str  # created, running, exited, …
+    created: float  # seconds since the epoch (0: unknown)
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class LabelledObjects:
     containers: list[str]
     networks: list[str]
@@ -209,3 +219,6 @@ class Runtime(Protocol):
         """Every container, network and volume carrying label ``key`` (any value)."""
 
     def remove_volume(self, name: str) -> None: ...
+
+    def containers(self, key: str) -> list[ContainerInfo]:
+        """Every container (running or not) carrying label ``key``, with its name, image and status."""

@@ -34,6 +34,7 @@ from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.hooks import HOOK_NAME
 from moat.plan.model import ImageSpec, Plan
 from moat.runtime.base import (
+    ContainerInfo,
     ContainerNotRunning,
     ContainerState,
     EngineGone,
@@ -621,6 +622,12 @@ class DockerRuntime:
     def remove_volume(self, name: str) -> None:
         with _gone_is_fine(f"removing volume {name}"):
             self.api.remove_volume(name, force=True)
+
+    def containers(self, key: str) -> list[ContainerInfo]:
+        listing = self._call("listing containers", lambda: self.api.containers(all=True, filters={"label": [key]}))
+        return [ContainerInfo(c["Id"], (c.get("Names") or ["/"])[0].lstrip("/"), str(c.get("Image", "")),
+                              str(c.get("State", "")), float(c.get("Created") or 0), dict(c.get("Labels") or {}))
+                for c in listing]
 
 
 # An excluded path's in-memory directory: the agent's (its user is not root; a mode alone is not kept on

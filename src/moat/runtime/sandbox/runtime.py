@@ -31,6 +31,7 @@ from moat.plan.containers import ContainerSpec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Plan
 from moat.runtime.base import (
+    ContainerInfo,
     ContainerNotRunning,
     ContainerState,
     EngineObject,
@@ -195,6 +196,7 @@ class SandboxRuntime:
             "hostname": spec.hostname or spec.name, "scratch": str(directory), "trusted": str(trusted),
             "tag": self._tag(container_id), "interactive": spec.role == "agent" and (spec.tty or spec.stdin_open),
             "run": spec.labels.get(LABEL_RUN_ID) or spec.network, "cgroups": [], "monitor": None, "init": None,
+            "created": time.time(),
         }
         self.records.write(spec.network, container_id, record)  # first: whatever follows is found from it
         try:
@@ -383,3 +385,16 @@ class SandboxRuntime:
 
     def remove_volume(self, name: str) -> None:
         return None
+
+    def containers(self, key: str) -> list[ContainerInfo]:
+        found = []
+        for record in self.records.all():
+            if record["kind"] != "container" or key not in record.get("labels", {}):
+                continue
+            try:
+                status = self.state(record["id"]).status
+            except NotFound:
+                continue  # gone meanwhile
+            found.append(ContainerInfo(record["id"], record["name"], "", status, float(record.get("created", 0)),
+                                       record.get("labels", {})))
+        return found
