@@ -54,6 +54,9 @@ def common_options(function: Any) -> Any:
         click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
                      help="Let the agent reach HOST (or *.example.com) in this run, as a network.rules entry would"
                           " (repeatable; matters under network.policy: strict)."),
+        click.option("--worktree", "--wt", "worktree", metavar="BRANCH",
+                     help="Run in a git worktree of BRANCH (made from HEAD when new) instead of PATH itself;"
+                          " the run is named NAME-BRANCH (see `moat wt`)."),
         click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET[:ro]",
                      help="Bind a host path into the container (repeatable; SOURCE relative to the workspace; a"
                           " TARGET of /workspace replaces the workspace's mount)."),
@@ -86,7 +89,8 @@ def run(ctx: click.Context, /, path: Path, interactive: bool | None, **options: 
 def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *, env: tuple[str, ...],
               name: str | None, runtime: str | None, detach: bool, rebuild: bool, keep: bool,
               grants: tuple[str, ...], profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool,
-              as_json: bool, mounts: tuple[str, ...] = (), agent: AgentRequest | None = None) -> int:
+              as_json: bool, mounts: tuple[str, ...] = (), worktree: str | None = None,
+              agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import DepType, load_catalog
     from moat.cli.agentinputs import choose_grant, grant_env_of, ignored_settings
@@ -120,7 +124,14 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     cli_mounts = tuple(parse_cli_mount(text) for text in mounts)
     catalog = load_catalog()
     implied = (*agent.agent.extra_dependencies, agent.agent.dependency) if agent else ()
-    config = load_config(workspace, catalog, implied)
+    config_dir = workspace
+    if worktree is not None:
+        from moat.cli.worktree import enter_worktree
+
+        workspace, config_dir, branch = enter_worktree(workspace, worktree, dry_run)
+    config = load_config(config_dir, catalog, implied)
+    if worktree is not None and name is None:
+        name = f"{config.model.name}-{branch}" if config.model.name else branch
     require_supported(config)
     runtime, note = select.choose(runtime, config.model.runtime, os.environ)
     note = "\n".join(n for n in (note, *ignored_settings(config, agent.agent if agent else None)) if n)

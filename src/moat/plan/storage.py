@@ -29,6 +29,7 @@ from moat.constants import WORKSPACE_MOUNT
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan.containers import Mount
 from moat.plan.identity import Identity
+from moat.worktrees import main_git_dir
 
 VOLUMES_DIR = "volumes"
 
@@ -77,6 +78,7 @@ def agent_mounts(config: Config, workspace: Path, home: Path, host_env: Mapping[
         mounts.insert(0, Mount(str(workspace), WORKSPACE_MOUNT))
     else:
         mounts.sort(key=lambda m: m.target != WORKSPACE_MOUNT)
+    mounts += _worktree_git(workspace, mounts)
     for index, volume in enumerate(model.volumes):
         assert model.name is not None  # config.checks: volumes need a run name
         if volume.type == "volume":
@@ -153,3 +155,22 @@ def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount]) -> None:
                 raise UsageError(f"a mount at {mount.target} would cover {other}, where moat puts the agent's own"
                                  " files (its CA, a grant's files, its sessions)",
                                  hint="Mount it somewhere else (e.g. under /data).")
+
+
+def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
+    """A worktree's main git directory at its own path (its ``.git`` file names it so), for git to
+    work in the run; its hooks and config read-only: a hook or a filter the agent left there would
+    run on the host the next time you use git in the main checkout. ``hooks`` is made when missing
+    (the repository's owner's), so that it is there to be read-only."""
+    at_workspace = next((m for m in mounts if m.target == WORKSPACE_MOUNT), None)
+    if at_workspace is None or at_workspace.source != str(workspace):
+        return []
+    main = main_git_dir(workspace)
+    if main is None or main.is_relative_to(workspace):
+        return []
+    owner = main.stat()
+    found = [Mount(str(main), str(main)),
+             Mount(str(main / "hooks"), str(main / "hooks"), True, create=True, owner=(owner.st_uid, owner.st_gid))]
+    found += [Mount(str(main / name), str(main / name), True) for name in ("config", "config.worktree")
+              if (main / name).is_file() and not (main / name).is_symlink()]
+    return found
