@@ -147,7 +147,7 @@ def test_volumes_are_kept_per_run_name_under_moat_home_or_as_docker_volumes(work
 
 
 def test_a_users_mount_cannot_cover_moats_own(workspace: Path) -> None:
-    with pytest.raises(UsageError, match="would cover /etc/moat/moat-context.md"):
+    with pytest.raises(UsageError, match=r"would cover /etc/moat/moat-context\.md"):
         _plan(workspace, "mounts: ['./data:/etc/moat']\n")
 
 
@@ -235,7 +235,7 @@ def test_volumes_prune_keeps_an_active_runs(capsys: pytest.CaptureFixture[str], 
     import moat.cli.volumes as cli
 
     monkeypatch.setattr(cli, "_active_names", lambda: {"other"})
-    code, out, err = _volumes_cli(capsys, "prune", "-f")
+    code, _, err = _volumes_cli(capsys, "prune", "-f")
     assert code == 0
     assert "kept 1 volume(s) of active runs (other)" in err
     assert not (kept / "volumes" / "agent").exists()

@@ -39,13 +39,14 @@ class StubRuntime:
 def runtimes(monkeypatch: pytest.MonkeyPatch) -> list[StubRuntime]:
     from moat.runtime import select
 
+    now = time.time()  # ages are relative to the test, not to when the module was imported
     found = [StubRuntime("sandbox", container_list=[
-                ContainerInfo("c" * 32, "moat-agent-run_aaaaaaaaaaaa", "", "running", NOW - 90,
+                ContainerInfo("c" * 32, "moat-agent-run_aaaaaaaaaaaa", "", "running", now - 90,
                               {"moat.run-id": "run_aaaaaaaaaaaa"})]),
              StubRuntime("docker", image_list=[
-                ImageInfo("sha256:" + "1" * 64, ("moat/run:0123456789abcdef",), 2_000_000, False, {}, NOW - 7200)],
+                ImageInfo("sha256:" + "1" * 64, ("moat/run:0123456789abcdef",), 2_000_000, False, {}, now - 7200)],
                 container_list=[ContainerInfo("d" * 64, "moat-svc-run_bbbbbbbbbbbb-postgres", "postgres:16",
-                                              "exited", NOW - 30, {"moat.run-id": "run_bbbbbbbbbbbb"})])]
+                                              "exited", now - 30, {"moat.run-id": "run_bbbbbbbbbbbb"})])]
     monkeypatch.setattr(select, "available", lambda home: found)
     return found
 

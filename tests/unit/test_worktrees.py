@@ -1,4 +1,4 @@
-"""moat.worktrees with the host's git on throwaway repositories: where a branch's worktree goes, made
+"""moat.run.worktrees with the host's git on throwaway repositories: where a branch's worktree goes, made
 and reused, which branch names are refused, what `moat wt clean` removes and keeps, and the main git
 directory a run in a worktree gets (its hooks and config read-only)."""
 
@@ -15,7 +15,8 @@ from moat.errors import UsageError
 from moat.plan.build import RunRequest, build_plan
 from moat.plan.containers import Mount
 from moat.plan.identity import Identity
-from moat.worktrees import Repo, Worktree, dirty, ensure, find_repo, listed, main_git_dir, remove, repo_id
+from moat.plan.storage import main_git_dir
+from moat.run.worktrees import Repo, Worktree, dirty, ensure, find_repo, listed, remove, repo_id
 from tests.unit.support import CATALOG
 
 

@@ -126,7 +126,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
     implied = (*agent.agent.extra_dependencies, agent.agent.dependency) if agent else ()
     config_dir = workspace
     if worktree is not None:
-        from moat.cli.worktree import enter_worktree
+        from moat.cli.worktreeinputs import enter_worktree
 
         workspace, config_dir, branch = enter_worktree(workspace, worktree, dry_run)
     config = load_config(config_dir, catalog, implied)

@@ -1,5 +1,5 @@
 """``moat wt BRANCH [-- CMD]``, ``moat wt list``, ``moat wt clean [BRANCH]``, and ``--worktree`` on the
-commands that start a run: a run in a git worktree of the branch (see moat.worktrees)."""
+commands that start a run: a run in a git worktree of the branch (see moat.run.worktrees)."""
 
 from __future__ import annotations
 
@@ -11,42 +11,7 @@ from typing import Any
 import click
 
 from moat.cli.run import COMMAND_META, RunCommand, common_options, start_run
-
-
-def _active_in(path: Path) -> Any:
-    from moat.run.registry import Registry
-    from moat.run.store import RunStore
-
-    return next((r for r in Registry(RunStore()).all() if r.active and r.metadata.get("workspace") == str(path)),
-                None)
-
-
-def enter_worktree(start: Path, branch: str, dry_run: bool) -> tuple[Path, Path, str]:
-    """(workspace, where its moat.yaml is read, branch) for a run in BRANCH's worktree of the repository
-    ``start`` is in. The worktree's moat.yaml, else the repository root's. A dry run makes nothing: a
-    worktree not made yet is planned from the main checkout's tree."""
-    from moat.config.load import find_config_file
-    from moat.errors import UsageError
-    from moat.run.store import moat_home
-    from moat.worktrees import base_path, check_branch, ensure, find_repo, path_of
-
-    repo = find_repo(start)
-    base = base_path(os.environ, moat_home())
-    if dry_run:
-        check_branch(repo, branch)
-        path = path_of(repo, base, branch)
-        if not path.is_dir():
-            click.echo(f"moat: the worktree of {branch!r} would be made at {path} (from {repo.root}'s HEAD when"
-                       " the branch is new); planned from the main checkout", err=True)
-            return repo.root, repo.root, branch
-        return path, path if find_config_file(path) else repo.root, branch
-    active = _active_in(path_of(repo, base, branch))
-    if active is not None:
-        raise UsageError(f"a run is already active in the worktree of {branch!r}: {active.name} ({active.id})",
-                         hint=f"Follow it with `moat logs -f {active.id}`, or stop it with `moat stop {active.id}`.")
-    made = ensure(repo, base, branch)
-    click.echo(f"moat: {'made' if made.created else 'using'} the worktree of {branch!r} at {made.path}", err=True)
-    return made.path, made.path if find_config_file(made.path) else repo.root, branch
+from moat.cli.worktreeinputs import active_in
 
 
 class WorktreeGroup(click.Group):
@@ -88,7 +53,7 @@ def list_(as_json: bool) -> None:
     """The worktrees moat made for the repository you are in, each with its latest run."""
     from moat.run.registry import Registry
     from moat.run.store import RunStore, moat_home
-    from moat.worktrees import base_path, find_repo, listed
+    from moat.run.worktrees import base_path, find_repo, listed
 
     repo = find_repo(Path.cwd())
     found = listed(repo, base_path(os.environ, moat_home()))
@@ -121,7 +86,7 @@ def clean(branch: str | None, force: bool) -> None:
     Branches stay; a worktree with uncommitted changes stays unless -f."""
     from moat.errors import UsageError
     from moat.run.store import moat_home
-    from moat.worktrees import base_path, dirty, find_repo, listed, remove
+    from moat.run.worktrees import base_path, dirty, find_repo, listed, remove
 
     repo = find_repo(Path.cwd())
     base = base_path(os.environ, moat_home())
@@ -132,7 +97,7 @@ def clean(branch: str | None, force: bool) -> None:
             raise UsageError(f"moat made no worktree of {branch!r} for {repo.root}", hint="`moat wt list` lists them.")
     removed = 0
     for worktree in found:
-        active = _active_in(worktree.path)
+        active = active_in(worktree.path)
         if active is not None:
             click.echo(f"kept {worktree.branch}: run {active.name} ({active.id}) is active in it", err=True)
             continue

@@ -29,7 +29,6 @@ from moat.constants import WORKSPACE_MOUNT
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan.containers import Mount
 from moat.plan.identity import Identity
-from moat.worktrees import main_git_dir
 
 VOLUMES_DIR = "volumes"
 
@@ -174,3 +173,21 @@ def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
     found += [Mount(str(main / name), str(main / name), True) for name in ("config", "config.worktree")
               if (main / name).is_file() and not (main / name).is_symlink()]
     return found
+
+
+def main_git_dir(workspace: Path) -> Path | None:
+    """The main repository's git directory when ``workspace`` is a worktree of it (``.git`` a file
+    reading ``gitdir: <main>/.git/worktrees/<name>``), else None."""
+    dot_git = workspace / ".git"
+    if dot_git.is_symlink() or not dot_git.is_file():
+        return None
+    try:
+        line = dot_git.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    if not line.startswith("gitdir: "):
+        return None
+    gitdir = (workspace / line.removeprefix("gitdir: ")).resolve()
+    if gitdir.parent.name != "worktrees" or not (gitdir.parent.parent / "objects").is_dir():
+        return None  # a submodule's, or something else: not a worktree of a repository here
+    return gitdir.parent.parent

@@ -198,21 +198,3 @@ def remove(repo: Repo, base: Path, worktree: Worktree, force: bool) -> None:
         except OSError:
             break
         parent = parent.parent
-
-
-def main_git_dir(workspace: Path) -> Path | None:
-    """The main repository's git directory when ``workspace`` is a worktree of it (``.git`` a file
-    reading ``gitdir: <main>/.git/worktrees/<name>``), else None."""
-    dot_git = workspace / ".git"
-    if dot_git.is_symlink() or not dot_git.is_file():
-        return None
-    try:
-        line = dot_git.read_text(errors="replace").strip()
-    except OSError:
-        return None
-    if not line.startswith("gitdir: "):
-        return None
-    gitdir = (workspace / line.removeprefix("gitdir: ")).resolve()
-    if gitdir.parent.name != "worktrees" or not (gitdir.parent.parent / "objects").is_dir():
-        return None  # a submodule's, or something else: not a worktree of a repository here
-    return gitdir.parent.parent
