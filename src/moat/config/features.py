@@ -56,8 +56,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),
     Feature(("workspace", "mode"), lambda c: c.workspace.mode == "volume", "volume workspaces are not built yet"),
     Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),
-    Feature(("snapshots",), lambda c: "snapshots" in c.model_fields_set and not c.snapshots.disabled,
-            "workspace snapshots are not built yet (set snapshots.disabled: true to run without them)"),
     Feature(("tracing",), lambda c: "tracing" in c.model_fields_set and not c.tracing.disable_exec,
             "exec tracing is not built yet (set tracing.disable_exec: true to run without it)"),
     Feature(("language_servers",), lambda c: bool(c.language_servers), "language servers are not built yet"),

@@ -42,7 +42,7 @@ from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIA
 from moat.plan.contract import contract, generate_password
 from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
-from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec
+from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec, SnapshotPolicy
 from moat.plan.names import new_run_id, random_name
 from moat.plan.pod import holder_name, holder_spec, pod_network
 from moat.plan.policy import granted_hosts, network_policy
@@ -57,6 +57,7 @@ from moat.plan.proxy import (
 from moat.plan.warm import plan_warm, warm_root, why_cold
 
 if TYPE_CHECKING:  # annotations only: the Keep engine is imported by runs that have a policy
+    from moat.config.schema import MoatConfig
     from moat.config.schema import Mount as MountEntry
     from moat.policy.keep import RuleSet
 
@@ -365,6 +366,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
         holder=holder,
         policy=policy,
+        snapshots=_snapshots(model),
         agent_cli=request.agent.name if request.agent else None,
         agent_settings=request.agent.settings if request.agent else {},
         notes=notes,
@@ -430,6 +432,17 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
         return None, (f"claude.plugins and claude.marketplaces are not installed: {CLAUDE_CODE} is not among the"
                       " dependencies (moat claude adds it)",)
     return plugin_set(block, workspace), ()
+
+
+def _snapshots(model: MoatConfig) -> SnapshotPolicy | None:
+    """moat.yaml's snapshots: on unless disabled (as in the Go tool), with its pre-run trigger."""
+    config = model.snapshots
+    if config.disabled:
+        return None
+    return SnapshotPolicy(pre_run=not config.triggers.disable_pre_run,
+                          use_gitignore=not config.exclude.ignore_gitignore,
+                          additional=tuple(config.exclude.additional), max_count=config.retention.max_count,
+                          delete_initial=config.retention.delete_initial)
 
 
 def _build_hooks(config: Config, runtime: str) -> tuple[str, str]:

@@ -122,6 +122,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SnapshotPolicy:
+    """moat.yaml's snapshots, for this run (None on the plan when disabled)."""
+
+    pre_run: bool = True  # a snapshot of the workspace before the agent starts
+    use_gitignore: bool = True
+    additional: tuple[str, ...] = ()  # more patterns to leave out (gitignore syntax)
+    max_count: int = 10  # kept, besides the pre-run one unless delete_initial
+    delete_initial: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pre_run": self.pre_run, "use_gitignore": self.use_gitignore, "additional": list(self.additional),
+                "max_count": self.max_count, "delete_initial": self.delete_initial}
+
+
+@dataclass(frozen=True)
 class Plan:
     run_id: str
     name: str
@@ -148,6 +163,7 @@ class Plan:
     agent_cli: str | None = None  # moat claude & co.: which agent the run is
     agent_settings: Mapping[str, Any] = field(default_factory=dict)  # its options, for moat join
     notes: tuple[str, ...] = ()  # what the user is told before the run starts (a setting left unused)
+    snapshots: SnapshotPolicy | None = None  # workspace snapshots (moat.yaml's snapshots), None: disabled
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -194,6 +210,7 @@ class Plan:
             "policy": None if self.policy is None else self.policy.to_json(),
             "agent_cli": self.agent_cli,
             "agent_settings": dict(self.agent_settings),
+            "snapshots": None if self.snapshots is None else self.snapshots.to_dict(),
         }
 
 

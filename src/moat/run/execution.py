@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,7 @@ class Run:
             identity={"uid": plan.identity.uid, "gid": plan.identity.gid},
             proxy=plan.proxy is not None, grants=list(plan.proxy.grants) if plan.proxy else [],
             scratch=str(plan.scratch),  # for `moat clean` to remove, should the run's teardown never come
+            snapshots=plan.snapshots.to_dict() if plan.snapshots is not None else None,  # for `moat snapshot`
             **({"agent_cli": plan.agent_cli, "agent_settings": dict(plan.agent_settings)} if plan.agent_cli else {}),
         )
         try:
@@ -145,8 +147,9 @@ class Run:
             events.warn_and_log(caveat)
         self.record.update(state="starting")
         self._reap_orphans()
+        snapshot = self._pre_run_snapshot if plan.snapshots is not None and plan.snapshots.pre_run else None
         started = Startup(plan, self.pod, events, self.signals, self.holds.cache, self.timeline, self.masker,
-                          rebuild=self.options.rebuild, proxy=self.proxy).run()
+                          rebuild=self.options.rebuild, proxy=self.proxy, snapshot=snapshot).run()
         self.signals.checkpoint()
         if detach:
             from moat.run.handoff import hand_off  # noqa: PLC0415 — only detached runs need it
@@ -154,6 +157,29 @@ class Run:
             hand_off(self, started)
             return Outcome("handed-off", handed_off=True)
         return self.run_agent(started, echo=True)
+
+    def _pre_run_snapshot(self, abort: threading.Event) -> None:
+        """The workspace as it was before the agent (snapshots' pre-run trigger), taken while the
+        services start; the agent waits for it. Best effort, as in the Go tool: a workspace that
+        cannot be snapshotted is said so, and the run goes on."""
+        from moat.run.snapshots import PRE_RUN, SnapshotError, Snapshots, selection_of  # noqa: PLC0415
+
+        policy = self.plan.snapshots
+        assert policy is not None
+        started = time.monotonic()
+        try:
+            snapshot = Snapshots(self.record.dir / "snapshots").create(
+                self.plan.workspace, PRE_RUN, selection_of(policy), max_count=policy.max_count,
+                keep_initial=not policy.delete_initial, abort=abort)
+        except (SnapshotError, OSError) as exc:
+            if abort.is_set():
+                return
+            message = exc.message if isinstance(exc, SnapshotError) else str(exc)
+            self.events.warn_and_log(f"no pre-run snapshot of the workspace: {message}")
+            return
+        self.events.log(f"pre-run snapshot {snapshot.id}: {snapshot.files} files, {snapshot.size_bytes} bytes"
+                        f" in {time.monotonic() - started:.2f} s")
+        self.timeline.mark("pre_run_snapshot")
 
     def run_agent(self, started: Started, *, echo: bool, on_started: Any = None) -> Outcome:
         events = self.events

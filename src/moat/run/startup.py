@@ -87,7 +87,8 @@ class Started:
 class Startup:
     def __init__(self, plan: Plan, pod: Pod, events: RunEvents, signals: RunSignals, cache: HostCache,
                  timeline: Timeline, masker: Masker, rebuild: bool = False,
-                 proxy: ProxyClient | None = None) -> None:
+                 proxy: ProxyClient | None = None,
+                 snapshot: Callable[[threading.Event], None] | None = None) -> None:
         self.plan = plan
         self.proxy = proxy
         self.pod = pod
@@ -98,6 +99,7 @@ class Startup:
         self.timeline = timeline
         self.masker = masker
         self.rebuild = rebuild
+        self.snapshot = snapshot  # the pre-run snapshot of the workspace, taken while the rest starts
         self.abort = threading.Event()
         self.started = Started()
         self._lock = threading.Lock()
@@ -115,9 +117,11 @@ class Startup:
         self.timeline.mark("network")
         if not self.plan.services:
             self._containers_started.set()
-        workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 2, thread_name_prefix="moat-start")
+        workers = ThreadPoolExecutor(max_workers=len(self.plan.services) + 3, thread_name_prefix="moat-start")
         futures: list[Future[None]] = [workers.submit(self._agent), workers.submit(self._proxy)]
         futures += [workers.submit(self._service, spec) for spec in self.plan.services]
+        if self.snapshot is not None:
+            futures.append(workers.submit(self.snapshot, self.abort))
         try:
             self._wait(futures)
         finally:
