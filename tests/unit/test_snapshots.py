@@ -1,0 +1,169 @@
+"""Workspace snapshots (moat.run.snapshots) on real files: what an archive takes (gitignore as git
+reads it, .git never, links as links), retention, and restores that leave nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from moat.errors import UsageError
+from moat.plan.model import SnapshotPolicy
+from moat.run.snapshots import (
+    MANUAL,
+    PRE_RUN,
+    Selection,
+    SnapshotError,
+    Snapshots,
+    retained,
+    selection_of,
+    walk,
+)
+from tests.unit.support import plan_for
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+WORKSPACE = {
+    ".gitignore": "node_modules/\n*.log\n!keep.log\n/build\n",
+    "src/a.py": "print('a')\n",
+    "src/.gitignore": "generated/\n/local.txt\n",
+    "src/generated/x.py": "x\n",
+    "src/local.txt": "local\n",
+    "src/deep/local.txt": "deep\n",  # /local.txt in src/.gitignore is anchored to src/
+    "node_modules/pkg/index.js": "js\n",
+    "debug.log": "noise\n",
+    "keep.log": "kept\n",
+    "build/out.bin": "bin\n",
+    "lib/build/kept.txt": "a nested build/ is not /build\n",
+    ".git/config": "[core]\n",
+}
+
+
+def test_a_snapshot_takes_what_git_would_and_never_git(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", WORKSPACE)
+    (ws / "link").symlink_to("/etc/passwd")
+    taken = sorted(relative for relative, _ in walk(ws, Selection()))
+    assert taken == [".gitignore", "keep.log", "lib", "lib/build", "lib/build/kept.txt", "link", "src",
+                     "src/.gitignore", "src/a.py", "src/deep", "src/deep/local.txt"]
+    everything = sorted(r for r, _ in walk(ws, Selection(use_gitignore=False, additional=("*.bin",))))
+    assert "node_modules/pkg/index.js" in everything and "build/out.bin" not in everything
+    assert not any(r.startswith(".git/") or r == ".git" for r in everything)
+
+
+def test_create_restore_to_and_retention(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", WORKSPACE)
+    (ws / "link").symlink_to("src/a.py")
+    store = Snapshots(tmp_path / "run" / "snapshots")
+    first = store.create(ws, PRE_RUN, Selection(), max_count=2)
+    assert first.type == PRE_RUN and first.files == 11
+    assert oct(store.archive(first).stat().st_mode & 0o777) == "0o600"
+    out = tmp_path / "out"
+    store.restore_to(first, out)
+    assert _digest(out) == {k: v for k, v in _digest(ws).items() if k in {
+        ".gitignore", "keep.log", "lib/build/kept.txt", "src/.gitignore", "src/a.py", "src/deep/local.txt"}}
+    assert os.readlink(out / "link") == "src/a.py"  # a link stays a link
+    with pytest.raises(UsageError, match="not an empty directory"):
+        store.restore_to(first, out)
+    # Retention: max_count besides the pre-run one; the oldest others go.
+    made = [store.create(ws, MANUAL, Selection(), label=str(i), max_count=2) for i in range(3)]
+    assert [s.id for s in store.all()] == [first.id, made[1].id, made[2].id]
+    assert not store.archive(made[0]).exists()
+    assert store.get(None) == made[2] and store.get(made[1].id[:9]) == made[1]
+    with pytest.raises(UsageError, match="no snapshot 'snap_nope'"):
+        store.get("snap_nope")
+
+
+def test_restore_in_place_replaces_what_a_snapshot_takes_and_keeps_the_rest(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", WORKSPACE)
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create(ws, PRE_RUN, Selection())
+    before = _digest(ws)
+    (ws / "src" / "a.py").write_text("changed\n")
+    _tree(ws, {"src/new.py": "new\n", "newdir/f": "f\n", "node_modules/pkg/more.js": "ignored, stays\n"})
+    (ws / "keep.log").unlink()
+    store.restore_in_place(snap, ws, Selection())
+    after = _digest(ws)
+    assert after == {**before, "node_modules/pkg/more.js": after["node_modules/pkg/more.js"]}
+    assert not (ws / "newdir").exists() and not list(ws.glob(".moat-restore-*"))
+
+
+def test_a_damaged_archive_touches_nothing(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", {"a": "a\n"})
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create(ws, PRE_RUN, Selection())
+    data = store.archive(snap).read_bytes()
+    store.archive(snap).write_bytes(data[: len(data) // 2])
+    (ws / "a").write_text("current\n")
+    with pytest.raises(SnapshotError, match="cannot be restored"):
+        store.restore_in_place(snap, ws, Selection())
+    assert (ws / "a").read_text() == "current\n" and not list(ws.glob(".moat-restore-*"))
+    with pytest.raises(SnapshotError):
+        store.restore_to(snap, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.moat-restore-*"))
+
+
+def test_an_archive_cannot_write_outside_its_destination(tmp_path: Path) -> None:
+    store = Snapshots(tmp_path / "snapshots")
+    ws = _tree(tmp_path / "ws", {"a": "a\n"})
+    snap = store.create(ws, MANUAL, Selection())
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        evil = tarfile.TarInfo("../escaped")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    store.archive(snap).write_bytes(buffer.getvalue())
+    with pytest.raises(UsageError, match="does not exist"):
+        store.restore_to(snap, tmp_path / "out" / "inner")  # parent missing: refused before anything
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SnapshotError):
+        store.restore_to(snap, tmp_path / "out" / "inner")
+    assert not (tmp_path / "out" / "escaped").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_tar_stream_becomes_a_snapshot_without_its_top_directory(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in (("workspace/a.txt", b"A"), ("workspace/sub/b.txt", b"B")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    raw = buffer.getvalue()
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create_from_tar((raw[i:i + 1000] for i in range(0, len(raw), 1000)), MANUAL)
+    assert snap.files == 2
+    store.restore_to(snap, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "b.txt").read_text() == "B"
+
+
+def test_retained_keeps_the_pre_run_one_unless_told() -> None:
+    from moat.run.snapshots import Snapshot
+
+    snaps = [Snapshot(f"s{i}", PRE_RUN if i == 0 else MANUAL, f"t{i}", 1, 1) for i in range(4)]
+    assert [s.id for s in retained(snaps, 2, keep_initial=True)] == ["s1"]
+    assert [s.id for s in retained(snaps, 2, keep_initial=False)] == ["s0", "s1"]
+    assert retained(snaps, 10, keep_initial=True) == []
+
+
+def test_the_plan_carries_moat_yamls_snapshots() -> None:
+    assert plan_for("").snapshots == SnapshotPolicy()
+    assert plan_for("snapshots: {disabled: true}\n").snapshots is None
+    policy = plan_for("snapshots:\n  triggers: {disable_pre_run: true}\n  exclude: {ignore_gitignore: true,"
+                      " additional: [dist/]}\n  retention: {max_count: 3, delete_initial: true}\n").snapshots
+    assert policy == SnapshotPolicy(False, False, ("dist/",), 3, True)
+    assert selection_of(policy) == Selection(False, ("dist/",), False)
