@@ -38,6 +38,7 @@ LABEL_OWNER_PID = "moat.owner-pid"  # the moat process that created it (orphan d
 LABEL_OWNER_HOST = "moat.owner-host"
 LABEL_OWNER_START = "moat.owner-start"  # the owner's start time: a reused pid is not the owner
 LABEL_HOME = "moat.home"  # which MOAT_HOME the run belongs to (a hash of its path)
+LABEL_WORKSPACE_OF = "moat.workspace-of"  # a volume workspace: the run whose it is (kept until destroy)
 LABEL_VOLUME = "moat.volume"  # a volume kept across runs (volumes: type: volume): "<run name>/<volume>"
 ROLE_AGENT = "agent"
 ROLE_SERVICE = "service"
@@ -53,3 +54,5 @@ PROXY_SOCKET = "proxy.sock"
 AGENT_CONTAINER_PREFIX = "moat-agent-"
 
 MASK = "****"
+
+WORKSPACE_VOLUME_PREFIX = "moat-ws-"  # + run id: a volume workspace (workspace.mode: volume)

@@ -57,6 +57,9 @@ def common_options(function: Any) -> Any:
         click.option("--worktree", "--wt", "worktree", metavar="BRANCH",
                      help="Run in a git worktree of BRANCH (made from HEAD when new) instead of PATH itself;"
                           " the run is named NAME-BRANCH (see `moat wt`)."),
+        click.option("--workspace-mode", type=click.Choice(["bind", "volume"]),
+                     help="bind: the agent works on the workspace itself; volume: on a copy in a volume of the"
+                          " run's own, the host's tree untouched (over moat.yaml's workspace.mode)."),
         click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET[:ro]",
                      help="Bind a host path into the container (repeatable; SOURCE relative to the workspace; a"
                           " TARGET of /workspace replaces the workspace's mount)."),
@@ -90,6 +93,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
               name: str | None, runtime: str | None, detach: bool, rebuild: bool, keep: bool,
               grants: tuple[str, ...], profile: str | None, allow_hosts: tuple[str, ...], dry_run: bool,
               as_json: bool, mounts: tuple[str, ...] = (), worktree: str | None = None,
+              workspace_mode: str | None = None,
               agent: AgentRequest | None = None) -> int:
     """Plan a run and execute it (or print it): ``moat run``'s work, and the agent commands'."""
     from moat.catalog import DepType, load_catalog
@@ -182,6 +186,7 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         allow_hosts=allow_hosts,
         agent=setup,
         mounts=cli_mounts,
+        workspace_mode=workspace_mode,
     )
     plan = build_plan(config, request, catalog, run_id=run_id)
     if dry_run:

@@ -173,9 +173,20 @@ def stop(runs: tuple[str, ...], timeout: float) -> None:
         click.echo(control.stop(registry, info, _runtime_of(info), timeout))
 
 
+def _snapshotted(info: Any) -> bool:
+    from moat.errors import MoatError
+    from moat.run.snapshots import Snapshots
+
+    try:
+        return bool(Snapshots(info.directory / "snapshots").all())
+    except MoatError:
+        return False
+
+
 @click.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Stop a running run first instead of refusing.")
+@click.option("-f", "--force", is_flag=True,
+              help="Stop a running run first instead of refusing; discard a volume workspace without a snapshot.")
 def destroy(runs: tuple[str, ...], force: bool) -> None:
     """Remove runs' records (and anything they left on the engine)."""
     from moat.errors import UsageError
@@ -188,12 +199,22 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     if running and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in running)
         raise UsageError(f"still running: {names}; stop it first (`moat stop`) or use -f")
+    unsaved = [t for t in targets if t.metadata.get("workspace_volume") and not _snapshotted(t)]
+    if unsaved and not force:
+        names = ", ".join(f"{t.id} ({t.name})" for t in unsaved)
+        raise UsageError(f"{names} worked on a copy of the workspace (workspace.mode: volume) and has no snapshot:"
+                         " destroying it deletes that volume and all the agent's changes",
+                         hint="Capture them first: `moat snapshot RUN`, then `moat snapshot restore RUN --to DIR`;"
+                              " or pass -f to discard them.")
     for info in targets:
         runtime = _runtime_of(info)
         if info.active:
             click.echo(control.stop(registry, info, runtime, 60.0))
         if runtime is not None:
             control.remove_engine_objects(runtime, info.id)
+            volume = info.metadata.get("workspace_volume")
+            if volume:
+                runtime.remove_volume(str(volume))
         remove_scratch(info)  # while the record still says where (a killed run's, a kept agent's files)
         registry.remove(info)
         click.echo(f"destroyed {info.id} ({info.name})")

@@ -61,6 +61,21 @@ def _owner(path: Path) -> tuple[int, int] | None:
     return info.st_uid, info.st_gid
 
 
+def _helper_image(runtime: Any, info: Any) -> str:
+    """An image to read the volume through: the run's own, else any agent image moat built here."""
+    from moat.constants import AGENT_IMAGE_REPO
+    from moat.errors import EngineError
+
+    image = str(info.metadata.get("image") or "")
+    if image and runtime.image_exists(image):
+        return image
+    for other in runtime.images(AGENT_IMAGE_REPO):
+        if other.tags:
+            return str(other.tags[0])
+    raise EngineError(f"no agent image is left to read run {info.id}'s volume with (`moat clean` removed them)",
+                      hint="Run anything with moat once (it builds one), then try again.")
+
+
 @click.group(cls=SnapshotGroup)
 def snapshot() -> None:
     """Workspace snapshots: `moat snapshot RUN [--label L]` takes one now; a run takes a pre-run one
@@ -76,8 +91,17 @@ def take(run: str, label: str) -> None:
 
     info = _run(run)
     selection, max_count, keep_initial = _selection(info)
-    made = _store(info).create(_workspace(info), MANUAL, selection, label=label, max_count=max_count,
-                               keep_initial=keep_initial)
+    volume = info.metadata.get("workspace_volume")
+    if volume:  # a volume workspace: what the agent has there, .git and all
+        from moat.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime()
+        runtime.ping()
+        made = _store(info).create_from_tar(runtime.export_volume(str(volume), _helper_image(runtime, info)),
+                                            MANUAL, label=label, max_count=max_count, keep_initial=keep_initial)
+    else:
+        made = _store(info).create(_workspace(info), MANUAL, selection, label=label, max_count=max_count,
+                                   keep_initial=keep_initial)
     click.echo(f"{made.id} ({made.files} files, {made.size_bytes} bytes)")
 
 
@@ -118,7 +142,7 @@ def prune(run: str, keep: int, dry_run: bool, force: bool) -> None:
     found = store.all()
     doomed = retained(found, keep, keep_initial=True)
     if len(doomed) == len(found) and found:
-        doomed = doomed[:-1]  # never the last one
+        doomed = doomed[:-1]  # never the last one: for a volume workspace, the only copy of its work
     if not doomed:
         click.echo(f"Nothing to prune ({len(found)} snapshot(s)).")
         return
@@ -156,6 +180,10 @@ def restore(run: str, snapshot_id: str | None, to: Path | None, force: bool) -> 
         store.restore_to(chosen, target, _owner(target.parent))
         click.echo(f"Restored {chosen.id} ({chosen.created_at}) into {target}.")
         return
+    if info.metadata.get("workspace_volume"):
+        raise UsageError(f"run {info.id} worked on a copy of the workspace (workspace.mode: volume): restoring"
+                         " in place would write its work over your tree",
+                         hint=f"Restore it elsewhere: moat snapshot restore {info.id} --to DIR.")
     if info.active:
         raise UsageError(f"run {info.id} is active: its agent may be writing the workspace",
                          hint="Stop it first (moat stop), or restore elsewhere with --to DIR.")

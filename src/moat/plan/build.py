@@ -31,6 +31,7 @@ from moat.constants import (
     ROLE_SERVICE,
     RUNTIMES,
     WORKSPACE_MOUNT,
+    WORKSPACE_VOLUME_PREFIX,
 )
 from moat.errors import ConfigError, Located, UsageError
 from moat.masking import credential_values
@@ -137,6 +138,7 @@ class RunRequest:
     docker_socket: tuple[str, int] | None = None
     # claude.llm-gateway's Keep rules, read by the caller (a file in the workspace, or moat.yaml's inline list).
     llm_policy: RuleSet | None = None
+    workspace_mode: str | None = None  # --workspace-mode (bind, volume): over moat.yaml's workspace.mode
     # --mount: each as written and parsed (plan.storage.parse_cli_mount), added to moat.yaml's mounts.
     mounts: tuple[tuple[str, MountEntry], ...] = ()
 
@@ -311,8 +313,12 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     own_mounts = (*((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
                   *(Mount(source, target, read_only=True) for source, target, _ in (*files.values(), *agent_files)),
                   *context_mounts, *state_mounts, *docker_mounts)
+    mode = request.workspace_mode or model.workspace.mode or "bind"
+    copy = storage.workspace_copy(config, request.workspace, f"{WORKSPACE_VOLUME_PREFIX}{run_id}",
+                                  request.workspace_mode is not None, traits.engine_volumes,
+                                  runtime) if mode == "volume" else None
     agent_mounts = (*storage.agent_mounts(config, request.workspace, request.home, request.host_env, request.mounts,
-                                          identity, traits.engine_volumes, runtime), *own_mounts)
+                                          identity, traits.engine_volumes, runtime, copy), *own_mounts)
     storage.check_overlaps(agent_mounts, own_mounts)
     agent = ContainerSpec(
         role="agent",
@@ -366,7 +372,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
         holder=holder,
         policy=policy,
-        snapshots=_snapshots(model),
+        snapshots=_snapshots(model, copy is not None),
+        workspace_copy=copy,
         agent_cli=request.agent.name if request.agent else None,
         agent_settings=request.agent.settings if request.agent else {},
         notes=notes,
@@ -434,12 +441,13 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
     return plugin_set(block, workspace), ()
 
 
-def _snapshots(model: MoatConfig) -> SnapshotPolicy | None:
-    """moat.yaml's snapshots: on unless disabled (as in the Go tool), with its pre-run trigger."""
+def _snapshots(model: MoatConfig, volume_workspace: bool) -> SnapshotPolicy | None:
+    """moat.yaml's snapshots: on unless disabled (as in the Go tool), with its pre-run trigger (not for
+    a volume workspace: the host's tree is its pre-run state, untouched)."""
     config = model.snapshots
     if config.disabled:
         return None
-    return SnapshotPolicy(pre_run=not config.triggers.disable_pre_run,
+    return SnapshotPolicy(pre_run=not config.triggers.disable_pre_run and not volume_workspace,
                           use_gitignore=not config.exclude.ignore_gitignore,
                           additional=tuple(config.exclude.additional), max_count=config.retention.max_count,
                           delete_initial=config.retention.delete_initial)

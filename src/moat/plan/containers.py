@@ -34,6 +34,9 @@ class Mount:
     # A Docker named volume (``source`` is the engine's name for it), as "<run name>/<volume>": made
     # on first use, owned by ``owner``, kept across runs.
     volume: str = ""
+    # The run's volume workspace (workspace.mode: volume; ``source`` is the engine's volume), filled
+    # with a copy of the workspace before the agent starts, kept after the run until `moat destroy`.
+    workspace_copy: bool = False
     # Paths under the mount (relative) hidden behind empty in-memory directories (mounts.exclude).
     excluded: tuple[str, ...] = ()
 
@@ -92,7 +95,7 @@ class ContainerSpec:
             "extra_hosts": [list(pair) for pair in self.extra_hosts],
             "working_dir": self.working_dir,
             "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only,
-                        **({"type": "volume"} if m.volume else {}),
+                        **({"type": "volume"} if m.volume or m.workspace_copy else {}),
                         **({"excluded": list(m.excluded)} if m.excluded else {})} for m in self.mounts],
             "tmpfs": list(self.tmpfs),
             "user": self.user,

@@ -122,6 +122,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class WorkspaceCopy:
+    """workspace.mode: volume: the workspace copied into the run's own volume before the agent starts."""
+
+    volume: str  # the engine's volume, moat-ws-<run id>
+    source: str  # the host workspace (read, never written)
+    excluded: tuple[str, ...] = ()  # patterns (relative to the workspace) not copied
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"volume": self.volume, "source": self.source, "excluded": list(self.excluded)}
+
+
+@dataclass(frozen=True)
 class SnapshotPolicy:
     """moat.yaml's snapshots, for this run (None on the plan when disabled)."""
 
@@ -164,6 +176,7 @@ class Plan:
     agent_settings: Mapping[str, Any] = field(default_factory=dict)  # its options, for moat join
     notes: tuple[str, ...] = ()  # what the user is told before the run starts (a setting left unused)
     snapshots: SnapshotPolicy | None = None  # workspace snapshots (moat.yaml's snapshots), None: disabled
+    workspace_copy: WorkspaceCopy | None = None  # a volume workspace (None: the workspace is bound)
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -211,6 +224,8 @@ class Plan:
             "agent_cli": self.agent_cli,
             "agent_settings": dict(self.agent_settings),
             "snapshots": None if self.snapshots is None else self.snapshots.to_dict(),
+            "workspace_mode": "bind" if self.workspace_copy is None else "volume",
+            "workspace_copy": None if self.workspace_copy is None else self.workspace_copy.to_dict(),
         }
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from moat.constants import WORKSPACE_MOUNT
 from moat.errors import ConfigError, Located, UsageError
 from moat.plan.containers import Mount
 from moat.plan.identity import Identity
+from moat.plan.model import WorkspaceCopy
 
 VOLUMES_DIR = "volumes"
 
@@ -57,13 +59,51 @@ class _Place:
         return ConfigError(self.config.file, [Located(where, message, line, column)], hint=hint)
 
 
+def workspace_copy(config: Config, workspace: Path, volume: str, from_cli: bool, engine_volumes: bool,
+                   runtime: str) -> WorkspaceCopy:
+    """workspace.mode: volume: the tree copied into a volume of the run's own, without what the
+    /workspace mount's ``exclude`` names (patterns allowed: ``*`` ``dist/*.map``), never without
+    ``.git`` (a partial repository is a broken one); a worktree or a submodule (``.git`` a file naming
+    a directory elsewhere) cannot be copied whole, and is refused."""
+    where = ("workspace", "mode")
+
+    def refuse(message: str, hint: str | None = None) -> Exception:
+        if from_cli or config.file is None:
+            return UsageError(f"--workspace-mode volume: {message}", hint=hint)
+        return ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=False))],
+                           hint=hint)
+
+    if not engine_volumes:
+        raise refuse(f"a volume workspace is a Docker volume, and the {runtime} runtime has none",
+                     hint="Use --runtime docker, or workspace.mode: bind.")
+    dot_git = workspace / ".git"
+    if dot_git.is_symlink() or (dot_git.exists() and not dot_git.is_dir()):
+        raise refuse(f"{workspace} is a git worktree or submodule (.git is a file): its repository is elsewhere"
+                     " and would not be copied", hint="Run from the main checkout, or use workspace.mode: bind.")
+    excluded: list[str] = []
+    for index, entry in enumerate(config.model.mounts):
+        if entry.target != WORKSPACE_MOUNT:
+            continue
+        for position, pattern in enumerate(entry.exclude):
+            first = pattern.split("/", 1)[0]
+            if fnmatch.fnmatchcase(".git", first):
+                place = ("mounts", index, "exclude", position)
+                message = (f"'{pattern}' would leave .git out of the volume workspace's copy, and a partial .git"
+                           " is a broken repository")
+                raise ConfigError(config.file, [Located(place, message, *config.marks.locate(place))])
+            excluded.append(pattern)
+    return WorkspaceCopy(volume, str(workspace), tuple(excluded))
+
+
 def agent_mounts(config: Config, workspace: Path, home: Path, host_env: Mapping[str, str],
                  extra: Sequence[tuple[str, MountEntry]], identity: Identity, engine_volumes: bool,
-                 runtime: str) -> tuple[Mount, ...]:
+                 runtime: str, copy: WorkspaceCopy | None = None) -> tuple[Mount, ...]:
     """The workspace's mount (or the one that replaces it) first, then the others, then the volumes.
-    ``extra`` are the command line's ``--mount`` (as written, parsed)."""
+    ``extra`` are the command line's ``--mount`` (as written, parsed). With ``copy`` (a volume
+    workspace) /workspace is that volume, and a mount at /workspace only says what is not copied."""
     model = config.model
-    entries = [(_Place(config, index), entry) for index, entry in enumerate(model.mounts)]
+    entries = [(_Place(config, index), entry) for index, entry in enumerate(model.mounts)
+               if copy is None or entry.target != WORKSPACE_MOUNT]
     taken = {entry.target: f"moat.yaml's mounts[{index}]" for index, entry in enumerate(model.mounts)}
     taken.update({volume.target: f"moat.yaml's volumes[{index}]" for index, volume in enumerate(model.volumes)})
     for text, entry in extra:
@@ -73,7 +113,12 @@ def agent_mounts(config: Config, workspace: Path, home: Path, host_env: Mapping[
         taken[entry.target] = f"--mount {text}"
         entries.append((_Place(config, None, text), entry))
     mounts = [_bound(place, entry, workspace, host_env, identity) for place, entry in entries]
-    if WORKSPACE_MOUNT not in taken:
+    if copy is not None:
+        if any(m.target == WORKSPACE_MOUNT for m in mounts):
+            raise UsageError("--mount …:/workspace cannot replace a volume workspace's /workspace",
+                             hint="Leave it out, or use --workspace-mode bind.")
+        mounts.insert(0, Mount(copy.volume, WORKSPACE_MOUNT, workspace_copy=True))
+    elif WORKSPACE_MOUNT not in taken:
         mounts.insert(0, Mount(str(workspace), WORKSPACE_MOUNT))
     else:
         mounts.sort(key=lambda m: m.target != WORKSPACE_MOUNT)

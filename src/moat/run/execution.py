@@ -123,6 +123,8 @@ class Run:
             proxy=plan.proxy is not None, grants=list(plan.proxy.grants) if plan.proxy else [],
             scratch=str(plan.scratch),  # for `moat clean` to remove, should the run's teardown never come
             snapshots=plan.snapshots.to_dict() if plan.snapshots is not None else None,  # for `moat snapshot`
+            workspace_mode="bind" if plan.workspace_copy is None else "volume",
+            **({"workspace_volume": plan.workspace_copy.volume} if plan.workspace_copy is not None else {}),
             **({"agent_cli": plan.agent_cli, "agent_settings": dict(plan.agent_settings)} if plan.agent_cli else {}),
         )
         try:

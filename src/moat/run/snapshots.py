@@ -25,18 +25,20 @@ import secrets
 import shutil
 import stat
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pathspec
 from filelock import FileLock
 
 from moat.errors import MoatError, UsageError
 from moat.files import now_iso, private_dir, write_private
-from moat.plan.model import SnapshotPolicy
+from moat.plan.identity import Identity
+from moat.plan.model import SnapshotPolicy, WorkspaceCopy
 
 INDEX = "snapshots.json"
 PRE_RUN = "pre-run"
@@ -318,6 +320,36 @@ class Snapshots:
             _move_into(staging, workspace)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def copy_archive(copy: WorkspaceCopy, identity: Identity, scratch: Path,
+                 abort: threading.Event | None = None) -> Iterator[tuple[BinaryIO, int]]:
+    """(an open tar of the workspace for a volume workspace, its entry count): everything but the
+    excluded patterns (gitignore syntax), ``.git`` whole, every entry the agent's user's. In the run's
+    private scratch directory, removed afterwards."""
+    selection = Selection(use_gitignore=False, additional=copy.excluded, include_git=True)
+    private_dir(scratch)
+    fd, name = tempfile.mkstemp(prefix="workspace-", suffix=".tar", dir=scratch)
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            count = 0
+            with tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for relative, path in walk(Path(copy.source), selection, abort):
+                    info = tar.gettarinfo(str(path), arcname=relative)
+                    info.uid, info.gid, info.uname, info.gname = identity.uid, identity.gid, "", ""
+                    info.mode &= 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)
+                    if info.isreg():
+                        with path.open("rb") as source:
+                            tar.addfile(info, source)
+                    else:
+                        tar.addfile(info)
+                    count += 1
+            handle.seek(0)
+            yield handle, count
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def retained(snapshots: list[Snapshot], keep: int, keep_initial: bool) -> list[Snapshot]:

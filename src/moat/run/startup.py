@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from moat.agents import plugins
 from moat.cache import HostCache, LockAborted, LockTimeout
 from moat.cache.warm import Template, WarmCache
-from moat.constants import LABEL_ROLE, ROLE_IMAGE
+from moat.constants import LABEL_HOME, LABEL_ROLE, LABEL_WORKSPACE_OF, ROLE_IMAGE
 from moat.errors import EngineError, MoatError
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
@@ -207,6 +207,8 @@ class Startup:
 
     def _agent(self) -> None:
         self._ensure_agent_image()
+        if self.plan.workspace_copy is not None:
+            self._copy_workspace()
         if not self.plan.agent.held:
             return  # created when its turn comes (in a detached run, by the supervisor)
         # The engine starts containers one network operation at a time: the services go first. The
@@ -224,6 +226,28 @@ class Startup:
         self.runtime.start_container(agent)
         self.started.agent = agent
         self.timeline.mark("agent_held")
+
+    def _copy_workspace(self) -> None:
+        """workspace.mode: volume: the workspace's tree (without its excludes, .git whole) written as a
+        tar in the run's scratch directory, unpacked into the run's new volume, owned by the agent's
+        user. The volume is the run's work: it stays until `moat destroy`, not in the run's scope."""
+        from moat.run.snapshots import copy_archive  # noqa: PLC0415 — only volume workspaces need it
+
+        copy = self.plan.workspace_copy
+        assert copy is not None
+        key = "workspace"
+        self.events.task(key, f"copying the workspace into volume {copy.volume}")
+        labels = {LABEL_WORKSPACE_OF: self.plan.run_id, LABEL_HOME: self.plan.labels.get(LABEL_HOME, "")}
+        try:
+            with copy_archive(copy, self.plan.identity, self.plan.scratch, self.abort) as (archive, files):
+                if self.abort.is_set():
+                    raise Aborted
+                self.runtime.fill_volume(copy.volume, self.plan.image.tag, labels, archive)
+        except BaseException:
+            self.events.finish(key, "copying the workspace", ok=False)
+            raise
+        self.events.finish(key, f"copied the workspace into volume {copy.volume} ({files} files)")
+        self.timeline.mark("workspace_copied")
 
     # --- the proxy: the run's grants registered, the agent told where it listens ---------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec
@@ -219,6 +219,12 @@ class Runtime(Protocol):
         """Every container, network and volume carrying label ``key`` (any value)."""
 
     def remove_volume(self, name: str) -> None: ...
+
+    def fill_volume(self, name: str, image: str, labels: Mapping[str, str], archive: BinaryIO) -> None:
+        """A new engine volume with the tar ``archive`` unpacked at its root (a volume workspace)."""
+
+    def export_volume(self, name: str, image: str) -> Iterator[bytes]:
+        """An engine volume's contents as a tar (top directory ``workspace``)."""
 
     def containers(self, key: str) -> list[ContainerInfo]:
         """Every container (running or not) carrying label ``key``, with its name, image and status."""

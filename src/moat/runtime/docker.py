@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import docker
 import requests
@@ -28,7 +28,7 @@ from docker.types import Mount as SdkMount
 from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
-from moat.constants import LABEL_HOME, LABEL_ROLE, LABEL_VOLUME
+from moat.constants import LABEL_HOME, LABEL_ROLE, LABEL_VOLUME, WORKSPACE_MOUNT
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.hooks import HOOK_NAME
@@ -445,6 +445,53 @@ class DockerRuntime:
                 api.remove_volume(mount.source, force=True)  # half-made: the next run tries again
             raise
 
+    def fill_volume(self, name: str, image: str, labels: Mapping[str, str], archive: BinaryIO) -> None:
+        """A new volume ``name`` with ``archive`` (a tar) unpacked at its root: through a container of
+        ``image`` that is created, never started (the engine unpacks into its mounts); the volume's
+        root takes the image's /workspace's owner (the engine's copy-up), the files the tar's."""
+        api = self.api
+        self._call(f"creating volume {name}", lambda: api.create_volume(name, labels=dict(labels)))
+
+        def fill() -> None:
+            helper = api.create_container(
+                image=image, entrypoint=["true"], labels={**labels, LABEL_ROLE: "workspace-copy"},
+                network_disabled=True, host_config=api.create_host_config(
+                    mounts=[SdkMount(WORKSPACE_MOUNT, name, type="volume")], network_mode="none"))
+            try:
+                if not api.put_archive(helper, WORKSPACE_MOUNT, archive):
+                    raise EngineError(f"the engine did not unpack the workspace into volume {name}")
+            finally:
+                api.remove_container(helper, force=True)
+
+        self._call(f"copying the workspace into volume {name}", fill)
+
+    def export_volume(self, name: str, image: str) -> Iterator[bytes]:
+        """The volume's contents, as a tar whose top directory is ``workspace``."""
+        api = self.api
+
+        def open_archive() -> tuple[str, Iterator[bytes]]:
+            helper = api.create_container(
+                image=image, entrypoint=["true"], labels={LABEL_ROLE: "workspace-export"}, network_disabled=True,
+                host_config=api.create_host_config(mounts=[SdkMount(WORKSPACE_MOUNT, name, type="volume")],
+                                                   network_mode="none"))
+            try:
+                stream, _ = api.get_archive(helper, WORKSPACE_MOUNT)
+            except BaseException:
+                api.remove_container(helper, force=True)
+                raise
+            return helper, stream
+
+        try:
+            self._call(f"looking up volume {name}", lambda: api.inspect_volume(name))
+        except NotFound:
+            raise EngineError(f"volume {name} is gone: the run's workspace is not there any more") from None
+        helper, stream = self._call(f"reading volume {name}", open_archive)
+        try:
+            yield from stream
+        finally:
+            with _gone_is_fine("removing a helper container"):
+                api.remove_container(helper, force=True)
+
     def start_container(self, container_id: str) -> None:
         self._call("starting a container", lambda: self.api.start(container_id))
 
@@ -636,8 +683,8 @@ class DockerRuntime:
 
 
 def _sdk_mounts(spec: ContainerSpec) -> list[SdkMount]:
-    return [SdkMount(m.target, m.source, type="volume" if m.volume else "bind", read_only=m.read_only)
-            for m in spec.mounts]
+    return [SdkMount(m.target, m.source, type="volume" if m.volume or m.workspace_copy else "bind",
+                     read_only=m.read_only) for m in spec.mounts]
 
 
 def _tmpfs(spec: ContainerSpec) -> dict[str, str]:

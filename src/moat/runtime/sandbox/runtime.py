@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from moat.constants import LABEL_RUN_ID
 from moat.errors import EngineError, UsageError
@@ -385,6 +385,12 @@ class SandboxRuntime:
 
     def remove_volume(self, name: str) -> None:
         return None
+
+    def fill_volume(self, name: str, image: str, labels: Mapping[str, str], archive: BinaryIO) -> None:
+        raise EngineError("the sandbox keeps no volumes (a volume workspace needs --runtime docker)")
+
+    def export_volume(self, name: str, image: str) -> Iterator[bytes]:
+        raise EngineError("the sandbox keeps no volumes (a volume workspace needs --runtime docker)")
 
     def containers(self, key: str) -> list[ContainerInfo]:
         found = []
