@@ -167,3 +167,12 @@ def test_the_plan_carries_moat_yamls_snapshots() -> None:
                       " additional: [dist/]}\n  retention: {max_count: 3, delete_initial: true}\n").snapshots
     assert policy == SnapshotPolicy(False, False, ("dist/",), 3, True)
     assert selection_of(policy) == Selection(False, ("dist/",), False)
+
+
+def test_restoring_keeps_what_the_snapshots_rules_ignored_even_if_the_agent_removed_them(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", {".gitignore": "cache/\n", "a": "a\n", "cache/big": "keep me\n"})
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create(ws, PRE_RUN, Selection())
+    (ws / ".gitignore").unlink()  # now cache/ is no longer ignored in the workspace
+    store.restore_in_place(snap, ws, Selection())
+    assert (ws / "cache" / "big").read_text() == "keep me\n" and (ws / ".gitignore").exists()

@@ -240,3 +240,76 @@ def test_volumes_prune_keeps_an_active_runs(capsys: pytest.CaptureFixture[str], 
     assert "kept 1 volume(s) of active runs (other)" in err
     assert not (kept / "volumes" / "agent").exists()
     assert (kept / "volumes" / "other" / "state").exists()
+
+
+# --- workspace.mode: volume ---------------------------------------------------------------------
+
+
+def test_a_volume_workspace_is_a_volume_of_the_runs_own_without_the_excludes(workspace: Path) -> None:
+    from moat.plan.model import WorkspaceCopy
+
+    (workspace / ".git").mkdir()
+    text = ("workspace: {mode: volume}\n"
+            "mounts: [{source: ., target: /workspace, exclude: [node_modules, 'dist/*.map']}]\n")
+    plan = _plan(workspace, text)
+    copy = plan.workspace_copy
+    assert copy == WorkspaceCopy(f"moat-ws-{plan.run_id}", str(workspace), ("node_modules", "dist/*.map"))
+    first = plan.agent.mounts[0]
+    assert first == Mount(copy.volume, WORKSPACE_MOUNT, workspace_copy=True)
+    assert not any(m.source == str(workspace) for m in plan.agent.mounts)  # the host's tree is not there
+    assert plan.snapshots is not None and not plan.snapshots.pre_run  # nothing to snapshot before: the host
+    assert plan.to_dict()["workspace_mode"] == "volume"
+    assert _sdk_mounts(plan.agent)[0]["Type"] == "volume"
+    # --workspace-mode over moat.yaml's, both ways.
+    from moat.config.load import parse_config as parse
+
+    config = parse(text.replace(", 'dist/*.map'", ""), CATALOG, file=workspace / "moat.yaml")
+    bound = build_plan(config, RunRequest(workspace=workspace, command=("true",), runtime="docker",
+                                          workspace_mode="bind", home=workspace / "home"), CATALOG)
+    assert bound.workspace_copy is None
+    assert bound.agent.mounts[0].excluded == ("node_modules",)
+    with pytest.raises(ConfigError, match="a pattern cannot be hidden"):  # bound, a pattern is no directory
+        build_plan(parse(text, CATALOG, file=workspace / "moat.yaml"),
+                   RunRequest(workspace=workspace, command=("true",), runtime="docker", workspace_mode="bind",
+                              home=workspace / "home"), CATALOG)
+
+
+@pytest.mark.parametrize(("text", "runtime", "words"), [
+    ("workspace: {mode: volume}\n", "sandbox", "sandbox runtime has none"),
+    ("workspace: {mode: volume}\nmounts: [{source: ., target: /workspace, exclude: [.git/objects]}]\n", "docker",
+     "would leave .git out"),
+    ("workspace: {mode: volume}\nmounts: [{source: ., target: /workspace, exclude: ['*']}]\n", "docker",
+     "would leave .git out"),
+])
+def test_what_a_volume_workspace_cannot_be(workspace: Path, text: str, runtime: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _plan(workspace, text, runtime=runtime)
+    assert words in info.value.problems[0].message
+    assert info.value.problems[0].line is not None
+
+
+def test_a_worktree_cannot_be_a_volume_workspace(workspace: Path) -> None:
+    (workspace / ".git").write_text("gitdir: /elsewhere/.git/worktrees/x\n")
+    with pytest.raises(ConfigError, match="worktree or submodule"):
+        _plan(workspace, "workspace: {mode: volume}\n")
+
+
+def test_the_copy_takes_git_whole_and_leaves_the_excludes_out(workspace: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    from moat.plan.model import WorkspaceCopy
+    from moat.run.snapshots import copy_archive
+
+    for name in (".git/objects/ab/cd", ".git/HEAD", "node_modules/x/y.js", "dist/a.map", "dist/a.js", "src/m.py"):
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text(name)
+    (workspace / ".gitignore").write_text("dist/\n")  # not a copy's business: the agent gets dist/
+    copy = WorkspaceCopy("v", str(workspace), ("node_modules", "dist/*.map"))
+    with copy_archive(copy, Identity(1234, 5678), tmp_path / "scratch") as (archive, count), \
+            tarfile.open(fileobj=archive, mode="r|") as tar:
+        members = {m.name: m for m in tar}
+    assert {".git/objects/ab/cd", ".git/HEAD", "dist/a.js", "src/m.py", ".gitignore"} <= set(members)
+    assert not any(n.startswith("node_modules") or n == "dist/a.map" for n in members)
+    assert count == len(members)
+    assert {(m.uid, m.gid) for m in members.values()} == {(1234, 5678)}
+    assert not list((tmp_path / "scratch").iterdir())  # the archive is gone afterwards

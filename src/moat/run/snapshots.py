@@ -121,8 +121,11 @@ def _rebase(line: str, base: str) -> str:
     return ("!" if negate else "") + rebased
 
 
-def walk(workspace: Path, selection: Selection, abort: threading.Event | None = None) -> Iterator[tuple[str, Path]]:
-    """(relative path, path) of everything a snapshot of ``workspace`` takes, parents first."""
+def walk(workspace: Path, selection: Selection, abort: threading.Event | None = None,
+         rules_also_from: Path | None = None) -> Iterator[tuple[str, Path]]:
+    """(relative path, path) of everything a snapshot of ``workspace`` takes, parents first. With
+    ``rules_also_from`` (a snapshot's tree), its .gitignore files count too: a path either ignores is
+    left out."""
     matcher = _Matcher(selection)
     pending: list[tuple[Path, str]] = [(workspace, "")]
     while pending:
@@ -130,6 +133,8 @@ def walk(workspace: Path, selection: Selection, abort: threading.Event | None = 
         if abort is not None and abort.is_set():
             raise SnapshotError("the snapshot was stopped")
         matcher.read(directory, relative)
+        if rules_also_from is not None:
+            matcher.read(rules_also_from / relative if relative else rules_also_from, relative)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
@@ -309,7 +314,9 @@ class Snapshots:
             self.extract(snapshot, staging)  # whole, or the workspace is untouched
             if owner is not None:
                 _chown_tree(staging, owner)
-            current = [relative for relative, _ in walk(workspace, selection)]
+            # What either the workspace's rules or the snapshot's ignore stays (an agent that removed a
+            # .gitignore does not get the ignored files deleted).
+            current = [relative for relative, _ in walk(workspace, selection, rules_also_from=staging)]
             for relative in reversed(current):  # children before their directories
                 path = workspace / relative
                 if path.is_dir() and not path.is_symlink():
