@@ -58,7 +58,11 @@ def render_plan(plan: Plan) -> str:
     out = [
         "Run plan (dry run: nothing was started)",
         f"  run        {plan.run_id}  name {plan.name}",
-        f"  workspace  {plan.workspace}  (mounted at /workspace)",
+        f"  workspace  {plan.workspace}  " + (
+            "(mounted at /workspace)" if plan.workspace_copy is None else
+            f"(copied into volume {plan.workspace_copy.volume} at /workspace"
+            + (f", without {', '.join(plan.workspace_copy.excluded)}" if plan.workspace_copy.excluded else "")
+            + "; the host's tree is not mounted)"),
         f"  config     {plan.config_file or '(none: defaults)'}",
         f"  runtime    {plan.runtime}  network {plan.network}",
         "",
@@ -108,7 +112,7 @@ def render_plan(plan: Plan) -> str:
                                                  if agent.cap_drop else "")
                + ("; no-new-privileges" if agent.no_new_privileges else ""))
     for m in agent.mounts:
-        out.append(f"  mount         {'volume ' if m.volume else ''}{m.source} → {m.target}"
+        out.append(f"  mount         {'volume ' if m.volume or m.workspace_copy else ''}{m.source} → {m.target}"
                    + (" (read-only)" if m.read_only else ""))
         out += [f"    hidden      {m.target.rstrip('/')}/{path} (an empty in-memory directory)" for path in m.excluded]
     if agent.held:
