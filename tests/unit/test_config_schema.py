@@ -129,7 +129,7 @@ def test_the_full_reference_example_loads() -> None:
     model = config.model
     assert model.name == "full-example"
     assert model.version == "1.10"  # a version keeps its written text
-    assert len(config.dependencies) == 21
+    assert len(config.dependencies) == 24  # 21, and what its language servers add (gopls, uv, uv:pyright)
     assert config.provisions == {"ollama": ("llama3.2:1b", "nomic-embed-text")}
     assert model.services["postgres"].env == {"POSTGRES_USER": "app", "POSTGRES_DB": "appdb"}
     assert model.services["postgres"].ready_timeout == 90

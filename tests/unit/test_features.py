@@ -13,11 +13,9 @@ from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
 
 UNSUPPORTED = [
     ("ports: {web: 8080}\n", "ports"),
-    ("workspace: {mode: volume}\n", "workspace.mode"),
     ("mcp: [context7]\n", "mcp"),
     ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
     ("tracing: {disable_exec: false}\n", "tracing"),
-    ("language_servers: [python]\n", "language_servers"),
     ("devices: [{name: board}]\n", "devices"),
     ("clipboard: true\n", "clipboard"),
     ("runtime: apple\n", "runtime"),
@@ -55,6 +53,8 @@ SUPPORTED = [
     "runtime: docker\n",
     "runtime: sandbox\n",
     "workspace: {mode: bind}\n",
+    "workspace: {mode: volume}\n",
+    "language_servers: [python, typescript]\n",
     "grants: []\nsecrets: {}\nmounts: []\n",
     "mounts: [./data:/data, {source: ., target: /workspace, exclude: [node_modules]}]\n",
     "name: agent\nvolumes: [{name: cache, target: /cache}, {name: state, target: /s, type: volume}]\n",
@@ -88,7 +88,7 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     head = info.value.message.splitlines()[0]
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
-        "network.keep_policy", "ports", "mcp", "tracing", "language_servers", "devices", "clipboard",
+        "network.keep_policy", "ports", "mcp", "tracing", "devices", "clipboard",
         "claude.bedrock",
         "pi.packages", "kiro",
     ]

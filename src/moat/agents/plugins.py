@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from moat.config.langservers import OFFICIAL_MARKETPLACE, OFFICIAL_MARKETPLACE_REPO
 from moat.config.schema import ClaudeConfig
 from moat.errors import MoatError
 
@@ -78,6 +79,21 @@ def plugin_set(block: ClaudeConfig, workspace: Path) -> PluginSet | None:
                                               spec.path if spec.source == "directory" else ""))
     install = tuple(sorted(key for key, on in block.plugins.items() if on))
     return PluginSet(tuple(marketplaces), install, dict(sorted(block.plugins.items())))
+
+
+def with_plugins(plugins: PluginSet | None, more: tuple[str, ...]) -> PluginSet | None:
+    """``plugins`` with more plugins enabled (the language servers': the official marketplace's, which
+    is added unless moat.yaml names one of that name)."""
+    if not more:
+        return plugins
+    base = plugins or PluginSet((), (), {})
+    marketplaces = base.marketplaces
+    if not any(m.name == OFFICIAL_MARKETPLACE for m in marketplaces) and any(
+            p.endswith(f"@{OFFICIAL_MARKETPLACE}") for p in more):
+        marketplaces = (*marketplaces, MarketplaceSource(OFFICIAL_MARKETPLACE, "github", OFFICIAL_MARKETPLACE_REPO))
+    enabled = {**{p: True for p in more}, **base.enabled}  # moat.yaml's own setting of one wins
+    install = tuple(sorted(key for key, on in enabled.items() if on))
+    return PluginSet(tuple(sorted(marketplaces, key=lambda m: m.name)), install, dict(sorted(enabled.items())))
 
 
 def known_marketplaces(plugins: PluginSet, home: str) -> str:

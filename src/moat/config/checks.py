@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from moat.catalog import Catalog, DepType, Service
 from moat.catalog.deps import Dependency, resolve_dependencies
 from moat.catalog.model import PROVISION_ITEM_RE
+from moat.config import langservers
 from moat.config.problems import describe
 from moat.config.schema import MoatConfig, ServiceOverride
 from moat.config.yamldoc import Path, scalar_text
@@ -36,7 +37,13 @@ class CheckResult:
 
 
 def check(model: MoatConfig, catalog: Catalog, implied: tuple[str, ...] = ()) -> CheckResult:
+    implied = (*implied, *langservers.dependencies(model.language_servers))
     result = _check(model.dependencies, model.services, catalog, implied)
+    seen: set[str] = set()
+    for index, name in enumerate(model.language_servers):
+        if name in seen:
+            result.problems.append(Problem(("language_servers", index), f"'{name}' is listed twice"))
+        seen.add(name)
     result.problems += check_storage(model)
     return result
 
@@ -95,6 +102,9 @@ def check_raw(data: dict[str, Any], catalog: Catalog, implied: tuple[str, ...] =
     dependencies = data.get("dependencies")
     if dependencies is None:
         dependencies = []
+    servers = data.get("language_servers")
+    if isinstance(servers, list):
+        implied = (*implied, *langservers.dependencies([s for s in servers if isinstance(s, str)]))
     if not isinstance(dependencies, list):
         return []  # a schema error already; services cannot be judged without it
     services: dict[str, ServiceOverride] = {}

@@ -57,7 +57,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
     Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),
     Feature(("tracing",), lambda c: "tracing" in c.model_fields_set and not c.tracing.disable_exec,
             "exec tracing is not built yet (set tracing.disable_exec: true to run without it)"),
-    Feature(("language_servers",), lambda c: bool(c.language_servers), "language servers are not built yet"),
     Feature(("devices",), lambda c: bool(c.devices), "serial devices are not built yet"),
     Feature(("clipboard",), lambda c: c.clipboard is True, "clipboard sharing is not built yet"),
     Feature(("runtime",), lambda c: c.runtime == "apple", "the Apple containers runtime is not built yet"),

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moat.agents.model import CONTEXT_ARGUMENT, INIT_VARIABLE, AgentSetup, init_script
-from moat.agents.plugins import PluginSet, plugin_set
+from moat.agents.plugins import PluginSet, plugin_set, with_plugins
 from moat.catalog import Catalog, DepType
 from moat.catalog.deps import DOCKER_HOST, Dependency
+from moat.config import langservers
 from moat.config.load import Config
 from moat.constants import (
     AGENT_CONTAINER_PREFIX,
@@ -427,8 +428,13 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
     """claude.plugins and claude.marketplaces, for an image that has Claude Code (the Go tool skips
     them otherwise, and so does moat, saying so)."""
     block = config.model.claude
-    if not block.plugins and not block.marketplaces:
+    servers = langservers.plugins(config.model.language_servers)
+    if not block.plugins and not block.marketplaces and not servers:
         return None, ()
+    if not block.plugins and not block.marketplaces:  # only the language servers' plugins
+        if not TRAITS[runtime].builds_images or not any(d.name == CLAUDE_CODE for d in builds):
+            return None, ()  # the servers are there for any agent; the plugins are Claude Code's
+        return with_plugins(None, servers), ()
     if not TRAITS[runtime].builds_images:
         key = "plugins" if block.plugins else "marketplaces"
         where = ("claude", key)
@@ -438,7 +444,7 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
     if not any(d.name == CLAUDE_CODE for d in builds):
         return None, (f"claude.plugins and claude.marketplaces are not installed: {CLAUDE_CODE} is not among the"
                       " dependencies (moat claude adds it)",)
-    return plugin_set(block, workspace), ()
+    return with_plugins(plugin_set(block, workspace), servers), ()
 
 
 def _snapshots(model: MoatConfig, volume_workspace: bool) -> SnapshotPolicy | None:
