@@ -82,6 +82,10 @@ def render_plan(plan: Plan) -> str:
             parts.append(f"dns {', '.join(limits.dns)}")
         parts += [f"ulimit {k}={s}:{h}" for k, (s, h) in limits.ulimits.items()]
         out.append(f"  limits        {'; '.join(parts)}")
+    if plan.endpoints is not None:
+        out += ["", f"Endpoints (moat's routing proxy on 127.0.0.1:{plan.endpoints.port}, through the pod's holder)"]
+        out += [f"  {name:<10} {plan.endpoints.url(name)} → the agent's port {port}"
+                for name, port in sorted(plan.endpoints.ports.items())]
     if plan.services:
         out += ["", "Services (started in parallel on the run network)"]
     for service in plan.services:

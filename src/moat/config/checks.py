@@ -50,6 +50,7 @@ def check(model: MoatConfig, catalog: Catalog, implied: tuple[str, ...] = ()) ->
 
 # A volume's directory is MOAT_HOME/volumes/<name>/<volume>, a Docker volume moat_<name>_<volume>.
 VOLUME_SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ENDPOINT_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # a DNS label: <endpoint>.<run>.localhost
 
 
 def check_storage(model: MoatConfig) -> list[Problem]:
@@ -80,6 +81,10 @@ def check_storage(model: MoatConfig) -> list[Problem]:
                 if volume.target == hidden or volume.target.startswith(hidden + "/"):
                     problems.append(Problem(("mounts", index, "exclude", position),
                                             f"'{excluded}' would hide volumes[{number}] ({volume.target})"))
+    for endpoint in model.ports:
+        if not ENDPOINT_RE.fullmatch(endpoint):
+            problems.append(Problem(("ports", endpoint), f"'{endpoint}' cannot be a host name's label: use lowercase"
+                                                         " letters, digits and '-' (e.g. web, api-v2)", at_key=True))
     names: dict[str, int] = {}
     for index, volume in enumerate(model.volumes):
         claim(volume.target, ("volumes", index, "target"))

@@ -53,7 +53,6 @@ _FEATURES: tuple[Feature | ValuesFeature, ...] = (
                   " secrets: are); the reference itself would become the value"),
     Feature(("network", "keep_policy"), lambda c: c.network.keep_policy is not None,
             "keep policies are not enforced yet"),
-    Feature(("ports",), lambda c: bool(c.ports), "published endpoints (ports) are not built yet"),
     Feature(("mcp",), lambda c: bool(c.mcp), "MCP servers are not built yet"),
     Feature(("tracing",), lambda c: "tracing" in c.model_fields_set and not c.tracing.disable_exec,
             "exec tracing is not built yet (set tracing.disable_exec: true to run without it)"),

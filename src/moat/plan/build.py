@@ -42,6 +42,7 @@ from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
 from moat.plan.contract import contract, generate_password
+from moat.plan.endpoints import Endpoints, host_label, routing_port
 from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec, SnapshotPolicy
@@ -299,6 +300,9 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         dns=tuple(model.container.dns),
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
     )
+    published = _endpoints(config, runtime, name, run_id, scratch, request.host_env)
+    if published is not None:
+        env.update(published.env())
     held = traits.holds_agent and not interactive
     docker_mounts, docker_groups = _docker_host(config, request, catalog, runtime,
                                                 policy is not None or llm_policy is not None)
@@ -308,7 +312,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     if traits.pods:
         holder = holder_spec(run_id, labels, request.home, tuple(s.name for s in services),
                              f"{request.invoker[0]}:{request.invoker[1]}", scratch, strict=strict,
-                             network=network, extra_hosts=proxy_hosts(proxy), dns=limits.dns)
+                             network=network, extra_hosts=proxy_hosts(proxy), dns=limits.dns, endpoints=published)
         if strict:
             network = members  # no engine network at all
     own_mounts = (*((Mount(proxy.ca_file, proxy.ca_path, read_only=True),) if proxy else ()),
@@ -375,6 +379,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         policy=policy,
         snapshots=_snapshots(model, copy is not None),
         workspace_copy=copy,
+        endpoints=published,
         agent_cli=request.agent.name if request.agent else None,
         agent_settings=request.agent.settings if request.agent else {},
         notes=notes,
@@ -445,6 +450,20 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
         return None, (f"claude.plugins and claude.marketplaces are not installed: {CLAUDE_CODE} is not among the"
                       " dependencies (moat claude adds it)",)
     return with_plugins(plugin_set(block, workspace), servers), ()
+
+
+def _endpoints(config: Config, runtime: str, name: str, run_id: str, scratch: Path,
+               host_env: Mapping[str, str]) -> Endpoints | None:
+    """moat.yaml's ports: reached through the pod's holder (plan.endpoints), which the sandbox has not."""
+    ports = config.model.ports
+    if not ports:
+        return None
+    if not TRAITS[runtime].pods:
+        where = ("ports",)
+        message = (f"published endpoints are reached through a Docker run's pod, and the {runtime} runtime has"
+                   " none; use --runtime docker, or remove ports")
+        raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=True))])
+    return Endpoints(host_label(name, run_id), routing_port(host_env), dict(ports), scratch / "ports")
 
 
 def _snapshots(model: MoatConfig, volume_workspace: bool) -> SnapshotPolicy | None:

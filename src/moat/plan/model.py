@@ -17,6 +17,7 @@ from moat.catalog.model import Provisions
 from moat.constants import MASK
 from moat.masking import Masker
 from moat.plan.containers import ContainerSpec
+from moat.plan.endpoints import Endpoints
 from moat.plan.identity import Identity
 from moat.plan.proxy import PROXY_HOST, PROXY_USER, ProxySpec
 from moat.plan.warm import WarmSpec
@@ -177,6 +178,7 @@ class Plan:
     notes: tuple[str, ...] = ()  # what the user is told before the run starts (a setting left unused)
     snapshots: SnapshotPolicy | None = None  # workspace snapshots (moat.yaml's snapshots), None: disabled
     workspace_copy: WorkspaceCopy | None = None  # a volume workspace (None: the workspace is bound)
+    endpoints: Endpoints | None = None  # moat.yaml's ports, through the routing proxy
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -226,6 +228,7 @@ class Plan:
             "snapshots": None if self.snapshots is None else self.snapshots.to_dict(),
             "workspace_mode": "bind" if self.workspace_copy is None else "volume",
             "workspace_copy": None if self.workspace_copy is None else self.workspace_copy.to_dict(),
+            "endpoints": None if self.endpoints is None else self.endpoints.to_dict(),
         }
 
 

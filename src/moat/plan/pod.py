@@ -13,12 +13,14 @@ Pure: the holder's image and container, as planned.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from moat.constants import CONTAINER_PREFIX, LABEL_ROLE, PROXY_DIR, PROXY_RELAY_DIR, PROXY_SOCKET, ROLE_HOLDER
 from moat.plan.containers import ContainerSpec, Mount
+from moat.plan.endpoints import SOCKETS_MOUNT, Endpoints
 from moat.plan.model import ImageSpec
 from moat.plan.proxy import RELAY_PORT
 
@@ -52,7 +54,7 @@ def holder_name(run_id: str) -> str:
 
 def holder_spec(run_id: str, labels: Mapping[str, str], home: Path, services: tuple[str, ...], user: str,
                 scratch: Path, *, strict: bool, network: str, extra_hosts: tuple[tuple[str, str], ...] = (),
-                dns: tuple[str, ...] = ()) -> ContainerSpec:
+                dns: tuple[str, ...] = (), endpoints: Endpoints | None = None) -> ContainerSpec:
     """The holder: the services' names resolve to 127.0.0.1 for every container of the pod, and what
     Docker refuses on a joined container (hosts entries, DNS servers) is set here for them all.
 
@@ -78,6 +80,13 @@ def holder_spec(run_id: str, labels: Mapping[str, str], home: Path, services: tu
         init=True,  # reaps the relay's per-connection children; ends at once on SIGTERM
         scratch=str(scratch / "holder"),
     )
+    if endpoints is not None:  # and the endpoints' forwarders (plan.endpoints), in the socat image
+        sockets = Mount(str(endpoints.sockets), SOCKETS_MOUNT, create=True)
+        relay = replace(relay, command=("sh", "-c", endpoints.forwarders() + "exec " + shlex.join(relay.command or ())),
+                        mounts=(*relay.mounts, sockets))
+        if not strict:
+            return replace(relay, network=network, command=("sh", "-c", endpoints.forwarders() + "exec sleep infinity"),
+                           mounts=(sockets,), extra_hosts=(*hosts, *extra_hosts), dns=dns)
     if strict:
         return relay
     # Nothing to relay: the plain base image holds the namespace (nothing is built for it).

@@ -148,6 +148,8 @@ class Run:
         for caveat in [*self.runtime.caveats(plan), *plan_caveats(plan)]:
             events.warn_and_log(caveat)
         self.record.update(state="starting")
+        if plan.endpoints is not None:
+            self._publish()
         self._reap_orphans()
         snapshot = self._pre_run_snapshot if plan.snapshots is not None and plan.snapshots.pre_run else None
         started = Startup(plan, self.pod, events, self.signals, self.holds.cache, self.timeline, self.masker,
@@ -159,6 +161,21 @@ class Run:
             hand_off(self, started)
             return Outcome("handed-off", handed_off=True)
         return self.run_agent(started, echo=True)
+
+    def _publish(self) -> None:
+        """moat.yaml's ports: the run's route in the routing proxy's table (a host name another active
+        run has is refused), and the routing proxy running. Removed at teardown."""
+        from moat.run import router  # noqa: PLC0415 — only runs that publish ports need it
+        from moat.run.routes import Route, RouteTable  # noqa: PLC0415
+
+        endpoints = self.plan.endpoints
+        assert endpoints is not None
+        RouteTable(self.plan.home).add(Route(
+            self.plan.run_id, endpoints.host, self.plan.name,
+            {name: (port, str(endpoints.socket(name))) for name, port in endpoints.ports.items()}))
+        router.ensure_running(self.plan.home, endpoints.port)
+        for name in sorted(endpoints.ports):
+            self.events.info(f"endpoint {name}: {endpoints.url(name)}")
 
     def _pre_run_snapshot(self, abort: threading.Event) -> None:
         """The workspace as it was before the agent (snapshots' pre-run trigger), taken while the
@@ -239,6 +256,10 @@ class Run:
             events.warn(note)
             events.log(f"teardown: {note}")
         self.holds.release_all()
+        if self.plan.endpoints is not None:
+            from moat.run.routes import RouteTable  # noqa: PLC0415
+
+            RouteTable(self.plan.home).remove(self.plan.run_id)
         if make_templates and any(s.warm is not None for s in self.plan.services):
             self._make_templates()
         if self._reaper is not None:
