@@ -310,8 +310,9 @@ def ensure_running(home: Path, port: int, timeout: float = START_TIMEOUT) -> int
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             idle = os.environ.get(ENV_IDLE, "")
-            process = subprocess.Popen([sys.executable, "-m", "moat.run.router", "--home", str(home), "--port",
-                                        str(port), *(["--idle", idle] if idle else [])], stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+            argv = [sys.executable, "-m", "moat.run.router", "--home", str(home), "--port", str(port),
+                    *(["--idle", idle] if idle else [])]
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
                                        start_new_session=True, close_fds=True, cwd="/")
         finally:
             os.close(fd)
