@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "gemini": ("moat.cli.agents:gemini", "Run Gemini CLI in an isolated container (its credential via the proxy)."),
     "copilot": ("moat.cli.agents:copilot", "Run GitHub Copilot CLI in an isolated container (token via the proxy)."),
     "pi": ("moat.cli.agents:pi", "Run the pi coding agent in an isolated container (its key via the proxy)."),
+    "open": ("moat.cli.open:open_", "Print (and open in your browser) a run's published endpoint's URL."),
     "snapshot": ("moat.cli.snapshot:snapshot", "Take, list, prune and restore a run's workspace snapshots."),
     "wt": ("moat.cli.worktree:wt", "Run in a git worktree of a branch (made from HEAD when new); list, clean them."),
     "exec": ("moat.cli.enter:exec_", "Run a command in a running run's agent container (moat exec RUN -- CMD)."),
