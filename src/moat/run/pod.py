@@ -129,6 +129,11 @@ class Pod:
                     finally:
                         os.close(fd)
         holding: dict[str, Resource] = {}  # the directories of the container's files: removed after it
+        for mount in spec.mounts:  # a directory moat made in the run's scratch (the endpoints' sockets)
+            if mount.create and Path(mount.source).is_relative_to(self.plan.scratch):
+                holding[mount.source] = self.scope.add(
+                    Resource(DIRECTORY, mount.source, f"directory {mount.source}",
+                             (("prune_parent", "1"), ("role", spec.role))), [self.sweep])
         for path, text in spec.files:
             directory = Path(path).parent
             # In the scope first: removed with the run, however far the writing got. Its parent (the

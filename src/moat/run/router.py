@@ -206,7 +206,14 @@ class Router:
         except (TimeoutError, OSError):
             return await _reply(writer, 502, f"run {route.name}'s port {port} ({endpoint}) cannot be reached yet\n")
         upstream_writer.write(head)
-        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        # The client's side may end first (its EOF goes on to the agent); the agent's side ending ends
+        # the connection (over TLS there is no half-close to pass on).
+        up = asyncio.create_task(_pipe(reader, upstream_writer))
+        try:
+            await _pipe(upstream_reader, writer)
+        finally:
+            up.cancel()
+            upstream_writer.close()
 
     def _listing(self, routes: list[Route], scheme: str) -> list[dict[str, Any]]:
         return [{"name": r.name, "run_id": r.run_id, "base_url": f"{scheme}://{r.host}.localhost:{self.port}",
