@@ -350,7 +350,7 @@ def test_unsupported_feature_exits_2(capsys: pytest.CaptureFixture[str], workspa
     code, out, err = moat(capsys, "run", str(workspace), "--dry-run", "--", "true")
     assert code == 2
     assert out == ""
-    assert "moat: not supported yet: network.keep_policy, ports" in err
+    assert "moat: not supported yet: network.keep_policy, mcp" in err
     assert "nothing was started" in err
     assert "Traceback" not in err
 

@@ -12,7 +12,6 @@ from moat.errors import EXIT_USAGE, MoatError, UnsupportedFeatureError
 from tests.unit.support import CATALOG, FULL_REFERENCE, RUNNABLE, parse
 
 UNSUPPORTED = [
-    ("ports: {web: 8080}\n", "ports"),
     ("mcp: [context7]\n", "mcp"),
     ("network:\n  keep_policy: my-pack\n", "network.keep_policy"),
     ("tracing: {disable_exec: false}\n", "tracing"),
@@ -55,6 +54,7 @@ SUPPORTED = [
     "workspace: {mode: bind}\n",
     "workspace: {mode: volume}\n",
     "language_servers: [python, typescript]\n",
+    "ports: {web: 3000, api-v2: 8080}\n",
     "grants: []\nsecrets: {}\nmounts: []\n",
     "mounts: [./data:/data, {source: ., target: /workspace, exclude: [node_modules]}]\n",
     "name: agent\nvolumes: [{name: cache, target: /cache}, {name: state, target: /s, type: volume}]\n",
@@ -88,21 +88,21 @@ def test_every_unsupported_key_is_listed_at_once() -> None:
     head = info.value.message.splitlines()[0]
     listed = head.removeprefix("not supported yet: ").split(", ")
     assert listed == [
-        "network.keep_policy", "ports", "mcp", "tracing", "devices", "clipboard",
+        "network.keep_policy", "mcp", "tracing", "devices", "clipboard",
         "claude.bedrock",
         "pi.packages", "kiro",
     ]
 
 
 def test_each_feature_says_where_and_why(workspace: Path) -> None:
-    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  keep_policy: my-pack\nports: {web: 3000}\n")
+    (workspace / "moat.yaml").write_text("name: x\nnetwork:\n  keep_policy: my-pack\nmcp: [context7]\n")
     config = load_config(workspace, CATALOG)
     with pytest.raises(UnsupportedFeatureError) as info:
         require_supported(config)
     message = info.value.message
-    assert "not supported yet: network.keep_policy, ports" in message
+    assert "not supported yet: network.keep_policy, mcp" in message
     assert "network.keep_policy (moat.yaml:3):" in message
-    assert "ports (moat.yaml:4):" in message
+    assert "mcp (moat.yaml:4):" in message
     assert "keep policies are not enforced" in message  # a security setting is never silently ignored
 
 
