@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_moat, start_moat, wait_for, write_workspace
+from tests.helpers import run_moat, share, start_moat, wait_for, write_workspace
 
 # The agent's server (perl is in every agent image): answers each request with what it saw, and ends
 # on /stop, which ends the run.
@@ -48,12 +48,23 @@ def _curl(url: str, ca: Path, port: int) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("policy", ["permissive", "strict"])
 def test_an_agents_server_is_reached_through_the_routing_proxy(engine: object, moat_home: Path, tmp_path: Path,
                                                                policy: str) -> None:
+    _check(moat_home, tmp_path, "docker", policy)
+
+
+@pytest.mark.sandbox
+def test_the_sandboxs_agent_is_reached_too(sandbox: object, moat_home: Path, tmp_path: Path) -> None:
+    moat_home.mkdir(parents=True, exist_ok=True)
+    share(moat_home)  # the forwarder makes its sockets as the agent's user
+    _check(moat_home, tmp_path, "sandbox", "strict")
+
+
+def _check(moat_home: Path, tmp_path: Path, runtime: str, policy: str) -> None:
     port = _free_port()
     env = {"MOAT_PROXY_PORT": str(port), "MOAT_ROUTER_IDLE": "1"}
-    name = f"ports-{policy}"
+    name = f"ports-{runtime}-{policy}"
     workspace = write_workspace(tmp_path / "ws", f"name: {name}\nnetwork: {{policy: {policy}}}\nports:\n  web: 3000\n",
                                 {"serve.pl": SERVER})
-    process = start_moat(["run", "--runtime", "docker", str(workspace), "--", "perl", "serve.pl"], env=env)
+    process = start_moat(["run", "--runtime", runtime, str(workspace), "--", "perl", "serve.pl"], env=env)
     ca = moat_home / "proxy" / "ca" / "moat-ca.crt"
     url = f"https://web.{name}.localhost:{port}"
     try:
@@ -68,7 +79,7 @@ def test_an_agents_server_is_reached_through_the_routing_proxy(engine: object, m
         assert agent["name"] == name and agent["endpoints"][0]["url"] == url
         opened = run_moat(["open", name, "web", "--print"], env=env)
         assert opened.code == 0 and opened.stdout.strip() == f"{url}/"
-        clash = run_moat(["run", "--runtime", "docker", str(workspace), "--", "true"], env=env)
+        clash = run_moat(["run", "--runtime", runtime, str(workspace), "--", "true"], env=env)
         assert clash.code == 2 and f"already answers at {name}.localhost" in clash.stderr
         assert _curl(f"{url}/stop", ca, port).stdout.startswith("agent saw /stop")
         out, err = process.communicate(timeout=120)

@@ -42,7 +42,7 @@ from moat.plan.buildca import build_ca, mirrors
 from moat.plan.containers import HOLD_WRAPPER, ContainerSpec, Mount
 from moat.plan.context import CLAUDE_MANAGED_MEMORY, CONTEXT_FILE, CONTEXT_VARIABLE, render_context
 from moat.plan.contract import contract, generate_password
-from moat.plan.endpoints import Endpoints, host_label, routing_port
+from moat.plan.endpoints import Endpoints, forwarder_spec, host_label, routing_port
 from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec, SnapshotPolicy
@@ -375,6 +375,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         secrets=frozenset(secrets),
         proxy=proxy,
         relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
+        forwarder=None if published is None or holder is not None else forwarder_spec(
+            published, run_id, network, labels, scratch, (identity.uid, identity.gid)),
         holder=holder,
         policy=policy,
         snapshots=_snapshots(model, copy is not None),
@@ -454,15 +456,10 @@ def _claude_plugins(config: Config, workspace: Path, builds: tuple[Dependency, .
 
 def _endpoints(config: Config, runtime: str, name: str, run_id: str, scratch: Path,
                host_env: Mapping[str, str]) -> Endpoints | None:
-    """moat.yaml's ports: reached through the pod's holder (plan.endpoints), which the sandbox has not."""
+    """moat.yaml's ports: reached through the pod's holder, or the sandbox's forwarder (plan.endpoints)."""
     ports = config.model.ports
     if not ports:
         return None
-    if not TRAITS[runtime].pods:
-        where = ("ports",)
-        message = (f"published endpoints are reached through a Docker run's pod, and the {runtime} runtime has"
-                   " none; use --runtime docker, or remove ports")
-        raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where, prefer_key=True))])
     return Endpoints(host_label(name, run_id), routing_port(host_env), dict(ports), scratch / "ports")
 
 

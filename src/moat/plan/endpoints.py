@@ -1,10 +1,12 @@
 """moat.yaml's ``ports``: endpoints reached from the host at ``https://<endpoint>.<host>.localhost:<port>``
 through moat's routing proxy (see run.router), and told to the agent as ``MOAT_URL_<NAME>``.
 
-The pod's holder reaches each port: a socat per endpoint listens on a Unix socket in the run's private
-scratch directory (bound into the holder) and connects to 127.0.0.1:<port> in the pod's namespace. The
-routing proxy connects to that socket: nothing is published on the host's network, no container
-address is needed, and a strict pod keeps no route out (an inbound Unix socket is no way out).
+Docker: the pod's holder reaches each port, a socat per endpoint listening on a Unix socket in the
+run's private scratch directory (bound into the holder) and connecting to 127.0.0.1:<port> in the
+pod's namespace. The sandbox: moat's relay (``--forward``) does the same inside the run's network
+namespace, as the agent's user. The routing proxy connects to that socket: nothing is published on
+the host's network, no container address is needed, and a strict run keeps no route out (an inbound
+Unix socket is no way out).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from moat.constants import CONTAINER_PREFIX, LABEL_ROLE, ROLE_RELAY
 from moat.errors import UsageError
+from moat.plan.containers import ContainerSpec, Mount
 
 ENV_PORT = "MOAT_PROXY_PORT"  # the routing proxy's port, as the Go tool names it
 DEFAULT_PORT = 8080
@@ -61,3 +65,19 @@ class Endpoints:
     def to_dict(self) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "sockets": str(self.sockets),
                 "endpoints": {name: {"port": port, "url": self.url(name)} for name, port in sorted(self.ports.items())}}
+
+
+def forwarder_spec(endpoints: Endpoints, run_id: str, network: str, labels: Mapping[str, str], scratch: Path,
+                   owner: tuple[int, int]) -> ContainerSpec:
+    """The sandbox's forwarder: moat's relay in the run's network, a Unix socket per endpoint."""
+    return ContainerSpec(
+        role="relay",
+        name=f"{CONTAINER_PREFIX}ports-{run_id}",
+        image="",
+        labels={**labels, LABEL_ROLE: ROLE_RELAY},
+        network=network,
+        command=tuple(arg for name, port in sorted(endpoints.ports.items())
+                      for arg in ("--forward", f"{SOCKETS_MOUNT}/{name}.sock=127.0.0.1:{port}")),
+        mounts=(Mount(str(endpoints.sockets), SOCKETS_MOUNT, create=True, owner=owner),),
+        scratch=str(scratch / "ports-relay"),
+    )

@@ -171,6 +171,7 @@ class Plan:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     proxy: ProxySpec | None = field(default=None, repr=False)  # when the run goes through moat's proxy
     relay: ContainerSpec | None = None  # the sandbox's relay to the proxy, inside the run's network
+    forwarder: ContainerSpec | None = None  # the sandbox's relay of the published ports (plan.endpoints)
     holder: ContainerSpec | None = None  # a strict Docker run's pod (see plan.pod): it is the run's network
     policy: NetworkPolicy | None = None  # network.rules and strict mode (None: permissive, no rules)
     agent_cli: str | None = None  # moat claude & co.: which agent the run is
@@ -221,6 +222,7 @@ class Plan:
             },
             "proxy": None if self.proxy is None else _proxy_dict(self.proxy, mask),
             "relay": None if self.relay is None else self.relay.to_dict(mask),
+            "forwarder": None if self.forwarder is None else self.forwarder.to_dict(mask),
             "holder": None if self.holder is None else self.holder.to_dict(mask),
             "policy": None if self.policy is None else self.policy.to_json(),
             "agent_cli": self.agent_cli,

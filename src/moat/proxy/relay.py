@@ -5,7 +5,9 @@ whose network namespace has nothing but loopback runs the other direction inside
 
     python -m moat.proxy.relay --listen 127.0.0.1:19080 --to MOAT_HOME/proxy/proxy.sock
 
-which prints ``ready`` on stdout once it listens, and relays until it is terminated.
+which prints ``ready`` on stdout once it listens, and relays until it is terminated. The sandbox's
+published ports go the other way, ``--forward SOCKET=127.0.0.1:PORT``: a Unix socket the routing
+proxy reaches from outside, to a port inside the namespace.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -72,27 +75,46 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _main(listen: tuple[str, int], target: str) -> None:
-    server = await serve_tcp(*listen, to_unix(target))
+def _forward(text: str) -> tuple[str, tuple[str, int]]:
+    path, equals, address = text.partition("=")
+    if not equals or not path.startswith("/"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not SOCKET=HOST:PORT")
+    return path, _address(address)
+
+
+async def _main(listen: tuple[str, int] | None, target: str | None,
+                forwards: list[tuple[str, tuple[str, int]]]) -> None:
+    servers = [await serve_tcp(*listen, to_unix(target))] if listen is not None and target is not None else []
+    for path, (host, port) in forwards:  # inward: a Unix socket outside the namespace to a port inside
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        servers.append(await serve_unix(path, to_tcp(host, port)))
+        os.chmod(path, 0o600)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     print("ready", flush=True)
-    async with server:
+    async with contextlib.AsyncExitStack() as stack:
+        for server in servers:
+            await stack.enter_async_context(server)
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moat.proxy.relay",
                                      description="Relay a TCP port to moat's proxy on its Unix socket.")
-    parser.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
-    parser.add_argument("--to", required=True, metavar="SOCKET", help="the proxy's Unix socket")
+    parser.add_argument("--listen", type=_address, metavar="HOST:PORT")
+    parser.add_argument("--to", metavar="SOCKET", help="the proxy's Unix socket")
+    parser.add_argument("--forward", type=_forward, action="append", default=[], metavar="SOCKET=HOST:PORT",
+                        help="listen on SOCKET and relay to HOST:PORT (a run's published port; repeatable)")
     args = parser.parse_args(argv)
+    if (args.listen is None) != (args.to is None) or (args.listen is None and not args.forward):
+        parser.error("give --listen and --to, or --forward")
     try:
-        asyncio.run(_main(args.listen, args.to))
+        asyncio.run(_main(args.listen, args.to, args.forward))
     except OSError as exc:
-        print(f"moat relay: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror}", file=sys.stderr)
+        print(f"moat relay: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

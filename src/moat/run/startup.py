@@ -209,6 +209,8 @@ class Startup:
         self._ensure_agent_image()
         if self.plan.workspace_copy is not None:
             self._copy_workspace()
+        if self.plan.forwarder is not None:  # the sandbox's published ports
+            self._start_relay(self.plan.forwarder, "the relay of the published ports")
         if not self.plan.agent.held:
             return  # created when its turn comes (in a detached run, by the supervisor)
         # The engine starts containers one network operation at a time: the services go first. The
@@ -286,24 +288,24 @@ class Startup:
         self.events.finish(key, f"proxy ready ({grants})")
         self._proxy_ready.set()
 
-    def _start_relay(self, relay: ContainerSpec) -> None:
+    def _start_relay(self, relay: ContainerSpec, what: str = "the relay to moat's proxy") -> None:
         """The relay listens inside the run's network before the agent may use it."""
         container_id = self.pod.create_container(relay)
         if self.abort.is_set():
             raise Aborted
         self.runtime.start_container(container_id)
-        self._await_relay(container_id, "ready")
+        self._await_relay(container_id, "ready", what)
 
-    def _await_relay(self, container_id: str, listening: str) -> None:
+    def _await_relay(self, container_id: str, listening: str, what: str = "the relay to moat's proxy") -> None:
         """Until the relay says it listens: the agent's way out is open (and the only one it has)."""
         deadline = time.monotonic() + RELAY_TIMEOUT
         while listening not in self.runtime.logs(container_id):
             state = self.runtime.state(container_id)
             if not state.running:
                 output = self.masker.text(self.runtime.logs(container_id, tail=10).strip()) or "(no output)"
-                raise EngineError(f"the relay to moat's proxy stopped (exit {state.exit_code}): {output}")
+                raise EngineError(f"{what} stopped (exit {state.exit_code}): {output}")
             if time.monotonic() >= deadline:
-                raise EngineError(f"the relay to moat's proxy did not listen within {RELAY_TIMEOUT:g}s")
+                raise EngineError(f"{what} did not listen within {RELAY_TIMEOUT:g}s")
             if self.abort.wait(RELAY_POLL):
                 raise Aborted
 

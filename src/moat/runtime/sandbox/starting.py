@@ -20,6 +20,7 @@ from moat.constants import AGENT_HOME as IMAGE_HOME
 from moat.errors import EngineError
 from moat.files import private_dir
 from moat.plan.containers import ContainerSpec, Mount
+from moat.plan.endpoints import SOCKETS_MOUNT
 from moat.plan.identity import Identity
 from moat.plan.warm import SEED_DIR
 from moat.runtime.sandbox import boxes, cgroups, launch, procs, services, streams
@@ -168,6 +169,11 @@ class Starter:
         proxy's socket is passed open (O_PATH), and reached as /proc/self/fd/N."""
         python = self._python()
         source = keep(_data_fd(RELAY_SOURCE.read_bytes()))
+        if any(m.target == SOCKETS_MOUNT for m in spec.mounts):  # the published ports': sockets made here
+            binds = [self._agent_bind(m) for m in spec.mounts]
+            view = launch.agent_view(launch.Bind(record["scratch"], AGENT_HOME), binds, hosts_fd, hidden=self.hidden())
+            command = [python, "-I", f"/proc/self/fd/{source}", *(spec.command or ())]
+            return _Launch(view, command, launch.base_env(self.identity, {"HOME": AGENT_HOME}), "/", io)
         [socket_mount] = spec.mounts
         try:
             socket_fd = keep(os.open(socket_mount.source, os.O_PATH | os.O_CLOEXEC))
