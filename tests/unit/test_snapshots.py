@@ -176,3 +176,71 @@ def test_restoring_keeps_what_the_snapshots_rules_ignored_even_if_the_agent_remo
     (ws / ".gitignore").unlink()  # now cache/ is no longer ignored in the workspace
     store.restore_in_place(snap, ws, Selection())
     assert (ws / "cache" / "big").read_text() == "keep me\n" and (ws / ".gitignore").exists()
+
+
+def test_a_restore_that_would_clash_with_what_stays_changes_nothing(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", {".gitignore": "cache\n", "cache": "a file\n", "a.txt": "a\n", "b.txt": "b\n"})
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create(ws, MANUAL, Selection())  # cache (ignored) is not in it
+    (ws / "cache").unlink()
+    _tree(ws, {"cache/o": "x\n"})  # now a directory where ... nothing of the snapshot is: fine
+    (ws / "a.txt").write_text("A2\n")
+    store.restore_in_place(snap, ws, Selection())
+    assert (ws / "a.txt").read_text() == "a\n" and (ws / "cache" / "o").exists()
+    # The snapshot has a file where a directory with kept (ignored) files stays: refused, untouched.
+    ws2 = _tree(tmp_path / "ws2", {".gitignore": "*.log\n", "data": "was a file\n", "keep.txt": "k\n"})
+    snap2 = store.create(ws2, MANUAL, Selection())
+    (ws2 / "data").unlink()
+    _tree(ws2, {"data/run.log": "ignored\n", "data/x": "x\n", "new.txt": "new\n"})
+    before = {p.relative_to(ws2) for p in ws2.rglob("*")}
+    with pytest.raises(SnapshotError, match="nothing was changed"):
+        store.restore_in_place(snap2, ws2, Selection())
+    assert {p.relative_to(ws2) for p in ws2.rglob("*")} == before
+
+
+def test_links_are_restored_as_links_even_absolute_ones_and_nothing_goes_through_them(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", {"venv/bin/activate": "x\n"})
+    (ws / "venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    (ws / "rel").symlink_to("venv/bin")
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create(ws, MANUAL, Selection())
+    store.restore_to(snap, tmp_path / "out")
+    assert os.readlink(tmp_path / "out" / "venv" / "bin" / "python") == "/usr/bin/python3"
+    assert os.readlink(tmp_path / "out" / "rel") == "venv/bin"
+    # An archive that would write through a link it made is refused.
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "victim")
+        tar.addfile(link)
+        evil = tarfile.TarInfo("escape/planted")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    store.archive(snap).write_bytes(buffer.getvalue())
+    (tmp_path / "victim").mkdir()
+    with pytest.raises(SnapshotError):
+        store.restore_to(snap, tmp_path / "out2")
+    assert not (tmp_path / "victim" / "planted").exists() and not (tmp_path / "out2").exists()
+
+
+def test_nested_repositories_and_odd_gitignores(tmp_path: Path) -> None:
+    ws = _tree(tmp_path / "ws", {"lib/.git/HEAD": "ref\n", "lib/code.py": "x\n"})
+    os.mkfifo(ws / ".gitignore")  # a FIFO would block a reader forever
+    (ws / "lib" / ".gitignore").symlink_to("/dev/zero")  # and this one never end
+    # The FIFO is no file to keep; the link is kept as a link; lib/.git is a repository's, never taken.
+    assert sorted(r for r, _ in walk(ws, Selection())) == ["lib", "lib/.gitignore", "lib/code.py"]
+
+
+def test_hard_links_of_a_tar_stream_are_kept(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("workspace/a.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"A"))
+        hard = tarfile.TarInfo("workspace/sub/b.txt")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "workspace/a.txt"
+        tar.addfile(hard)
+    store = Snapshots(tmp_path / "snapshots")
+    snap = store.create_from_tar([buffer.getvalue()], MANUAL)
+    store.restore_to(snap, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "b.txt").read_text() == "A"

@@ -46,6 +46,7 @@ MANUAL = "manual"
 # Bounds, as the Go tool's: a workspace past them is not snapshotted (a warning, never a stall).
 MAX_FILES = 100_000
 MAX_TOTAL_BYTES = 10 << 30
+MAX_IGNORE_BYTES = 1 << 20  # a .gitignore past this is not read
 
 
 class SnapshotError(MoatError):
@@ -90,8 +91,14 @@ class _Matcher:
     def read(self, directory: Path, relative: str) -> None:
         if not self.selection.use_gitignore:
             return
+        path = directory / ".gitignore"
         try:
-            text = (directory / ".gitignore").read_text(errors="replace")
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IGNORE_BYTES:
+                return  # a FIFO would block, a link to /dev/zero never end: only a file is read
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as handle:
+                text = handle.read(MAX_IGNORE_BYTES).decode(errors="replace")
         except OSError:
             return
         added = [_rebase(line, relative) for line in text.splitlines()]
@@ -101,8 +108,8 @@ class _Matcher:
             self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
 
     def ignored(self, relative: str, is_dir: bool) -> bool:
-        if not self.selection.include_git and (relative == ".git" or relative.startswith(".git/")):
-            return True
+        if not self.selection.include_git and ".git" in relative.split("/"):
+            return True  # the workspace's repository, and any nested one
         return self.spec.match_file(relative + "/" if is_dir else relative)
 
 
@@ -186,6 +193,8 @@ class Snapshots:
             raise UsageError("the run has no snapshots", hint="`moat snapshot RUN` takes one.")
         if snapshot_id is None:
             return found[-1]
+        if not snapshot_id.strip():
+            raise UsageError("an empty snapshot id", hint="`moat snapshot list RUN` lists them.")
         matches = [s for s in found if s.id == snapshot_id or s.id.startswith(snapshot_id)]
         if len(matches) != 1:
             known = ", ".join(s.id for s in found)
@@ -229,9 +238,13 @@ class Snapshots:
             with tarfile.open(fileobj=io.BufferedReader(_Chunks(iter(stream))), mode="r|") as reader:
                 for member in reader:
                     name = member.name.split("/", 1)[1] if "/" in member.name else ""
-                    if not name or not (member.isreg() or member.isdir() or member.issym()):
+                    if not name or not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
                         continue
                     member.name = name
+                    if member.islnk():  # a second name of a file: the top directory goes from its target too
+                        member.linkname = member.linkname.split("/", 1)[1] if "/" in member.linkname else ""
+                        if not member.linkname:
+                            continue
                     count += 1
                     tar.addfile(member, reader.extractfile(member) if member.isreg() else None)
             return count
@@ -275,10 +288,19 @@ class Snapshots:
     # --- restoring ---------------------------------------------------------------------------------
 
     def extract(self, snapshot: Snapshot, destination: Path) -> None:
-        """Into ``destination`` (a new, empty directory), with the ``data`` filter."""
+        """Into ``destination`` (a new, empty directory): files and directories with the ``data``
+        filter, then the symbolic links as they were (``/usr/bin/python3`` in a virtualenv too), made
+        last so that nothing is ever written through one."""
         try:
             with tarfile.open(self.archive(snapshot), mode="r:gz") as tar:
-                tar.extractall(destination, filter="data")
+                links = []
+                for member in tar:
+                    if member.issym():
+                        links.append(member)
+                    else:
+                        tar.extract(member, destination, filter="data")
+                for link in links:
+                    _make_link(destination, link)
         except (OSError, tarfile.TarError, EOFError) as exc:
             raise SnapshotError(f"snapshot {snapshot.id} cannot be restored: {exc}") from None
 
@@ -317,6 +339,7 @@ class Snapshots:
             # What either the workspace's rules or the snapshot's ignore stays (an agent that removed a
             # .gitignore does not get the ignored files deleted).
             current = [relative for relative, _ in walk(workspace, selection, rules_also_from=staging)]
+            _check_clashes(staging, workspace, set(current))  # before anything is deleted
             for relative in reversed(current):  # children before their directories
                 path = workspace / relative
                 if path.is_dir() and not path.is_symlink():
@@ -325,6 +348,10 @@ class Snapshots:
                 else:
                     path.unlink(missing_ok=True)
             _move_into(staging, workspace)
+        except OSError as exc:
+            raise SnapshotError(f"restoring {snapshot.id} into {workspace} failed part-way: {exc}",
+                                hint=f"Restore it elsewhere to compare: moat snapshot restore RUN {snapshot.id} --to"
+                                     " DIR.") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -335,7 +362,9 @@ def copy_archive(copy: WorkspaceCopy, identity: Identity, scratch: Path,
     """(an open tar of the workspace for a volume workspace, its entry count): everything but the
     excluded patterns (gitignore syntax), ``.git`` whole, every entry the agent's user's. In the run's
     private scratch directory, removed afterwards."""
-    selection = Selection(use_gitignore=False, additional=copy.excluded, include_git=True)
+    # Relative to the workspace's top, as a bind mount's exclude is (node_modules, not **/node_modules).
+    selection = Selection(use_gitignore=False, additional=tuple("/" + p.lstrip("/") for p in copy.excluded),
+                          include_git=True)
     private_dir(scratch)
     fd, name = tempfile.mkstemp(prefix="workspace-", suffix=".tar", dir=scratch)
     try:
@@ -359,12 +388,49 @@ def copy_archive(copy: WorkspaceCopy, identity: Identity, scratch: Path,
             os.unlink(name)
 
 
+def _make_link(destination: Path, member: tarfile.TarInfo) -> None:
+    """A symbolic link of the archive's, inside ``destination``, its parents real directories there."""
+    parts = member.name.split("/")
+    if member.name.startswith("/") or ".." in parts or not member.name:
+        raise tarfile.TarError(f"{member.name!r} is outside the snapshot")
+    parent = destination
+    for part in parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink() or not parent.is_dir():
+            raise tarfile.TarError(f"{member.name!r}: {parent} is not a directory of the snapshot")
+    target = parent / parts[-1]
+    if os.path.lexists(target):
+        raise tarfile.TarError(f"{member.name!r} is in the snapshot twice")
+    os.symlink(member.linkname, target)
+
+
 def retained(snapshots: list[Snapshot], keep: int, keep_initial: bool) -> list[Snapshot]:
     """Which of ``snapshots`` (oldest first) go so that ``keep`` remain, besides the pre-run one when
     ``keep_initial``."""
     candidates = [s for s in snapshots if not (keep_initial and s.type == PRE_RUN)]
     excess = len(candidates) - keep
     return candidates[:excess] if excess > 0 else []
+
+
+def _check_clashes(staging: Path, workspace: Path, replaced: set[str], relative: str = "") -> None:
+    """What stays in the workspace (what a snapshot does not take) must not stand where the snapshot
+    puts something of another kind (a directory where it has a file, a link, …)."""
+    for entry in os.scandir(staging / relative if relative else staging):
+        name = f"{relative}/{entry.name}" if relative else entry.name
+        target = workspace / name
+        staged_dir = entry.is_dir(follow_symlinks=False)
+        is_dir = target.is_dir() and not target.is_symlink()
+        # A replaced directory with kept files in it stays, as a directory.
+        stays_dir = is_dir and name in replaced and not staged_dir and any(
+            f"{name}/{p.relative_to(target)}" not in replaced for p in target.rglob("*"))
+        if stays_dir or (os.path.lexists(target) and name not in replaced):
+            kept_dir = is_dir
+            if staged_dir != kept_dir or target.is_symlink():
+                raise SnapshotError(f"{target} is not part of what snapshots take (.git, or ignored), and the"
+                                    f" snapshot has {'a directory' if staged_dir else 'a file'} there; nothing was"
+                                    " changed", hint="Move it away, or restore with --to DIR.")
+        if staged_dir:
+            _check_clashes(staging, workspace, replaced, name)
 
 
 def _move_into(source: Path, destination: Path) -> None:
