@@ -83,10 +83,11 @@ def test_a_volume_workspace_keeps_the_host_untouched_until_restored(engine: obje
     volume = f"moat-ws-{run_id}"
     try:
         refused = run_moat(["destroy", run_id])
-        assert refused.code == 2 and "has no snapshot" in refused.stderr
+        assert refused.code == 2 and "never extracted" in refused.stderr
         assert run_moat(["snapshot", "restore", run_id, "-f"]).code == 2  # never in place
         taken = run_moat(["snapshot", run_id])
         assert taken.code == 0, taken.output
+        assert run_moat(["destroy", run_id]).code == 2  # a snapshot goes with the record: not enough
         out = tmp_path / "extracted"
         restored = run_moat(["snapshot", "restore", run_id, "--to", str(out)])
         assert restored.code == 0, restored.output
@@ -98,7 +99,8 @@ def test_a_volume_workspace_keeps_the_host_untouched_until_restored(engine: obje
         # The commit comes home through git, as the Go tool's guide says.
         _git(workspace, "fetch", "-q", str(out), "main")
         assert _git(workspace, "log", "-1", "--format=%s", "FETCH_HEAD") == "agent's commit"
+        destroyed = run_moat(["destroy", run_id])  # extracted: no -f needed
+        assert destroyed.code == 0, destroyed.output
     finally:
-        destroyed = run_moat(["destroy", "-f", run_id])
-    assert destroyed.code == 0, destroyed.output
+        run_moat(["destroy", "-f", run_id])
     assert volume not in {v["Name"] for v in engine.api.volumes().get("Volumes") or []}  # type: ignore[attr-defined]

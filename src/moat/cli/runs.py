@@ -173,14 +173,11 @@ def stop(runs: tuple[str, ...], timeout: float) -> None:
         click.echo(control.stop(registry, info, _runtime_of(info), timeout))
 
 
-def _snapshotted(info: Any) -> bool:
-    from moat.errors import MoatError
+def _extracted(info: Any) -> bool:
+    """Whether a volume workspace's work was restored out of moat (its snapshots go with its record)."""
     from moat.run.snapshots import Snapshots
 
-    try:
-        return bool(Snapshots(info.directory / "snapshots").all())
-    except MoatError:
-        return False
+    return bool(Snapshots(info.directory / "snapshots").extracted())
 
 
 @click.command()
@@ -199,20 +196,25 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     if running and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in running)
         raise UsageError(f"still running: {names}; stop it first (`moat stop`) or use -f")
-    unsaved = [t for t in targets if t.metadata.get("workspace_volume") and not _snapshotted(t)]
+    unsaved = [t for t in targets if t.metadata.get("workspace_volume") and not _extracted(t)]
     if unsaved and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in unsaved)
-        raise UsageError(f"{names} worked on a copy of the workspace (workspace.mode: volume) and has no snapshot:"
-                         " destroying it deletes that volume and all the agent's changes",
-                         hint="Capture them first: `moat snapshot RUN`, then `moat snapshot restore RUN --to DIR`;"
+        raise UsageError(f"{names} worked on a copy of the workspace (workspace.mode: volume) that was never"
+                         " extracted: destroying it deletes that volume, its snapshots and all the agent's changes",
+                         hint="Extract them first: `moat snapshot RUN`, then `moat snapshot restore RUN --to DIR`;"
                               " or pass -f to discard them.")
     for info in targets:
         runtime = _runtime_of(info)
         if info.active:
             click.echo(control.stop(registry, info, runtime, 60.0))
+        volume = info.metadata.get("workspace_volume")
+        if volume and runtime is None:
+            click.echo(f"kept {info.id} ({info.name}): its engine does not answer, and its volume {volume} (the"
+                       " agent's work) could not be removed with it; run `moat destroy` again once it answers",
+                       err=True)
+            continue
         if runtime is not None:
             control.remove_engine_objects(runtime, info.id)
-            volume = info.metadata.get("workspace_volume")
             if volume:
                 runtime.remove_volume(str(volume))
         remove_scratch(info)  # while the record still says where (a killed run's, a kept agent's files)

@@ -41,6 +41,7 @@ from moat.plan.identity import Identity
 from moat.plan.model import SnapshotPolicy, WorkspaceCopy
 
 INDEX = "snapshots.json"
+EXTRACTED = "extracted.json"  # the restores --to DIR: where the work went
 PRE_RUN = "pre-run"
 MANUAL = "manual"
 # Bounds, as the Go tool's: a workspace past them is not snapshotted (a warning, never a stall).
@@ -304,6 +305,14 @@ class Snapshots:
         except (OSError, tarfile.TarError, EOFError) as exc:
             raise SnapshotError(f"snapshot {snapshot.id} cannot be restored: {exc}") from None
 
+    def extracted(self) -> list[dict[str, str]]:
+        """Where snapshots were restored to with --to (what makes a volume workspace safe to destroy)."""
+        try:
+            found = json.loads((self.directory / EXTRACTED).read_text())
+        except (OSError, ValueError):
+            return []
+        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
     def restore_to(self, snapshot: Snapshot, target: Path, owner: tuple[int, int] | None = None) -> None:
         """``target`` (missing or empty) made the snapshot's contents, whole or not at all."""
         if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
@@ -325,6 +334,9 @@ class Snapshots:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        with self._lock:
+            write_private(self.directory / EXTRACTED, json.dumps(
+                [*self.extracted(), {"id": snapshot.id, "to": str(target), "at": now_iso()}], indent=2) + "\n")
 
     def restore_in_place(self, snapshot: Snapshot, workspace: Path, selection: Selection,
                          owner: tuple[int, int] | None = None) -> None:
