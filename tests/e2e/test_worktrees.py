@@ -52,7 +52,8 @@ def _check(repo: Path, base: Path, runtime: str) -> None:
     assert result.code == 0, result.output
     assert "## feature/agent" in result.stdout
     assert "hooks=read-only" in result.stdout and "config=read-only" in result.stdout
-    worktree = base / "_local" / "proj" / "feature" / "agent"
+    [repo_dir] = (base / "_local").iterdir()  # _local/proj-<hash of the checkout's path>
+    worktree = repo_dir / "feature" / "agent"
     assert "made the worktree of 'feature/agent'" in result.stderr and str(worktree) in result.stderr
     assert _git(repo, "log", "-1", "--format=%s", "feature/agent") == "agent's commit"
     assert _git(repo, "status", "--porcelain") == before and not (repo / "agent.txt").exists()  # main untouched

@@ -203,26 +203,41 @@ def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount]) -> None:
 
 def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
     """A worktree's main git directory at its own path (its ``.git`` file names it so), for git to
-    work in the run; its hooks and config read-only: a hook or a filter the agent left there would
-    run on the host the next time you use git in the main checkout. ``hooks`` is made when missing
-    (the repository's owner's), so that it is there to be read-only."""
+    work in the run: objects, refs, logs, the index, its own administrative directory — written by a
+    commit — read-write; everything in it that can make git run a program on the host (hooks,
+    config, a submodule's or another worktree's directory, what points a worktree elsewhere)
+    read-only: the agent could otherwise leave a hook, a filter or an fsmonitor command that runs the
+    next time you use git. ``hooks`` is made when missing (the repository's owner's), so that it is
+    there to be read-only."""
     at_workspace = next((m for m in mounts if m.target == WORKSPACE_MOUNT), None)
     if at_workspace is None or at_workspace.source != str(workspace):
         return []
-    main = main_git_dir(workspace)
-    if main is None or main.is_relative_to(workspace):
+    found = worktree_admin(workspace)
+    if found is None:
         return []
+    main, own = found
+    if main.is_relative_to(workspace):
+        return []
+    for name in ("hooks", "config", "modules", "worktrees"):
+        if (main / name).is_symlink():
+            raise UsageError(f"{main / name} is a link: moat cannot make it read-only for a run in the worktree"
+                             f" {workspace}, and git would not work there without it",
+                             hint="Make it a directory (or file) of its own, or run in the main checkout.")
     owner = main.stat()
-    found = [Mount(str(main), str(main)),
-             Mount(str(main / "hooks"), str(main / "hooks"), True, create=True, owner=(owner.st_uid, owner.st_gid))]
-    found += [Mount(str(main / name), str(main / name), True) for name in ("config", "config.worktree")
-              if (main / name).is_file() and not (main / name).is_symlink()]
-    return found
+    protected = [Mount(str(main / "hooks"), str(main / "hooks"), True, create=True,
+                       owner=(owner.st_uid, owner.st_gid))]
+    paths = [main / "config", main / "config.worktree", main / "modules", main / "info",
+             own / "commondir", own / "gitdir", own / "config.worktree"]
+    paths += [other for other in sorted((main / "worktrees").iterdir()) if other != own and other.is_dir()]
+    protected += [Mount(str(p), str(p), True) for p in paths if os.path.lexists(p) and not p.is_symlink()]
+    return [Mount(str(main), str(main)), *protected]
 
 
-def main_git_dir(workspace: Path) -> Path | None:
-    """The main repository's git directory when ``workspace`` is a worktree of it (``.git`` a file
-    reading ``gitdir: <main>/.git/worktrees/<name>``), else None."""
+def worktree_admin(workspace: Path) -> tuple[Path, Path] | None:
+    """(the main repository's git directory, the worktree's own administrative directory in it) when
+    ``workspace`` is a worktree: its ``.git`` file reads ``gitdir: <main>/worktrees/<name>``, and that
+    directory's ``gitdir`` names this very ``.git`` back (an agent cannot make a ``.git`` file that
+    borrows another repository: it would have to write in that repository too)."""
     dot_git = workspace / ".git"
     if dot_git.is_symlink() or not dot_git.is_file():
         return None
@@ -232,7 +247,19 @@ def main_git_dir(workspace: Path) -> Path | None:
         return None
     if not line.startswith("gitdir: "):
         return None
-    gitdir = (workspace / line.removeprefix("gitdir: ")).resolve()
-    if gitdir.parent.name != "worktrees" or not (gitdir.parent.parent / "objects").is_dir():
+    admin = (workspace / line.removeprefix("gitdir: ")).resolve()
+    main = admin.parent.parent
+    if admin.parent.name != "worktrees" or not (main / "objects").is_dir():
         return None  # a submodule's, or something else: not a worktree of a repository here
-    return gitdir.parent.parent
+    try:
+        back = Path((admin / "gitdir").read_text(errors="replace").strip())
+    except OSError:
+        return None
+    if back.resolve() != dot_git.resolve():
+        return None
+    return main, admin
+
+
+def main_git_dir(workspace: Path) -> Path | None:
+    found = worktree_admin(workspace)
+    return found[0] if found is not None else None

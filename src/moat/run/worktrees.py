@@ -12,6 +12,7 @@ there that runs on the host, the next time you use git).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from moat.errors import MoatError, UsageError
 from moat.plan.identity import Identity
+from moat.plan.storage import worktree_admin
 from moat.runtime.sandbox.launch import reachable
 
 ENV_BASE = "MOAT_WORKTREE_BASE"
@@ -56,7 +58,8 @@ def _git(repo_root: Path, owner: tuple[int, int], *args: str, check: bool = True
         env["HOME"] = pwd.getpwuid(owner[0]).pw_dir if as_other else os.environ.get("HOME", "/")
     except KeyError:
         env["HOME"] = "/nonexistent"
-    command = ["git", "-c", "core.hooksPath=/dev/null", "-C", str(repo_root), *args]
+    # No hook, no fsmonitor command: a worktree's files are the agent's, and so may be what git reads.
+    command = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-C", str(repo_root), *args]
     try:
         if as_other:
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=GIT_TIMEOUT, check=False,
@@ -110,8 +113,9 @@ def repo_id(root: Path, owner: tuple[int, int]) -> str:
             parts[-1] = parts[-1].removesuffix(".git")
         parts = [p for p in parts if p]
     if not parts or not all(_SAFE_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+        # Two checkouts named alike are two repositories: the path's hash tells them apart.
         name = root.name if _SAFE_PART.fullmatch(root.name) else "repo"
-        return f"_local/{name}"
+        return f"_local/{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
     return "/".join(parts)
 
 
@@ -132,8 +136,10 @@ def ensure(repo: Repo, base: Path, branch: str) -> Worktree:
     check_branch(repo, branch)
     path = path_of(repo, base, branch)
     if path.exists():
-        if not (path / ".git").is_file():
-            raise UsageError(f"{path} exists and is not a git worktree", hint=f"Move it away, or set {ENV_BASE}.")
+        found = worktree_admin(path)
+        if found is None or found[0].resolve() != (repo.root / ".git").resolve():
+            raise UsageError(f"{path} exists and is not a worktree of {repo.root} (another clone's, or no"
+                             " worktree at all)", hint=f"Move it away, or set {ENV_BASE}.")
         return Worktree(branch, path)
     has_branch = _git(repo.root, repo.owner, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
                       check=False).returncode == 0
@@ -168,31 +174,40 @@ def _make_parent(parent: Path, owner: tuple[int, int], base: Path) -> None:
 def listed(repo: Repo, base: Path) -> list[Worktree]:
     """The worktrees moat made for this repository (git's list, those under the base)."""
     done = _git(repo.root, repo.owner, "worktree", "list", "--porcelain")
-    top = base / repo.id
+    top = (base / repo.id).resolve()  # git records real paths (a base through a link too)
     found = []
     for block in done.stdout.split("\n\n"):
         fields = dict(line.partition(" ")[::2] for line in block.splitlines() if line)
-        path = Path(fields.get("worktree", ""))
+        path = Path(fields.get("worktree", "")).resolve()
         if fields.get("worktree") and path.is_relative_to(top) and path != top:
             found.append(Worktree(str(path.relative_to(top)), path))
     return found
 
 
 def dirty(repo: Repo, worktree: Worktree) -> bool:
-    done = _git(worktree.path, repo.owner, "status", "--porcelain", "--untracked-files=normal", check=False)
+    """Whether removing the worktree would lose anything: changes, untracked or ignored files (a
+    local .env). Read through the main repository's record of the worktree, never the worktree's own
+    ``.git`` (the agent's to rewrite); a worktree without that record counts as dirty."""
+    found = worktree_admin(worktree.path)
+    if found is None:
+        return True
+    _, admin = found
+    done = _git(repo.root, repo.owner, f"--git-dir={admin}", f"--work-tree={worktree.path}", "status",
+                "--porcelain", "--untracked-files=all", "--ignored", check=False)
     return done.returncode != 0 or bool(done.stdout.strip())
 
 
 def remove(repo: Repo, base: Path, worktree: Worktree, force: bool) -> None:
     """The worktree's directory, through git (never a branch). A worktree with changes that are not
     committed is refused unless ``force``: they would be lost."""
-    if not worktree.path.is_relative_to(base / repo.id):
+    top = (base / repo.id).resolve()
+    if not worktree.path.resolve().is_relative_to(top):
         raise UsageError(f"{worktree.path} is not a worktree of moat's (outside {base / repo.id})")
     _git(repo.root, repo.owner, "worktree", "remove", *(["--force"] if force else []), str(worktree.path))
     _git(repo.root, repo.owner, "worktree", "prune", check=False)
     # Its now-empty parents (feature/ of feature/auth), up to the repository's directory.
-    parent = worktree.path.parent
-    while parent != base / repo.id and parent.is_relative_to(base / repo.id):
+    parent = worktree.path.resolve().parent
+    while parent != top and parent.is_relative_to(top):
         try:
             parent.rmdir()
         except OSError:
