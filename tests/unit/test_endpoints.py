@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from moat.errors import ConfigError, UsageError
+from moat.errors import UsageError
 from moat.files import write_private
 from moat.ownership import process_start
 from moat.plan.endpoints import host_label, routing_port
@@ -51,8 +51,10 @@ def test_the_plan_tells_the_agent_its_urls_and_the_holder_forwards_each_port() -
 def test_what_ports_cannot_be() -> None:
     where, message, _, _ = only_problem("ports: {Web_UI: 3000}\n")
     assert where == "ports.Web_UI" and "host name's label" in message
-    with pytest.raises(ConfigError, match="sandbox runtime has none"):
-        plan_for(PORTS, runtime="sandbox")
+    sandboxed = plan_for(PORTS, runtime="sandbox")  # moat's relay forwards them there
+    assert sandboxed.forwarder is not None and sandboxed.holder is None
+    assert sandboxed.forwarder.command == ("--forward", "/run/moat-ports/api-v2.sock=127.0.0.1:8080",
+                                           "--forward", "/run/moat-ports/web.sock=127.0.0.1:3000")
     with pytest.raises(UsageError, match="MOAT_PROXY_PORT"):
         routing_port({"MOAT_PROXY_PORT": "http"})
     assert routing_port({}) == 8080

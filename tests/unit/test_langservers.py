@@ -44,3 +44,9 @@ def test_moat_yamls_own_setting_of_a_plugin_or_the_marketplace_wins() -> None:
     assert merged is not None
     assert merged.install == (f"pyright-lsp@{OFFICIAL_MARKETPLACE}",)  # gopls stays disabled, as asked
     assert merged.marketplaces == (MarketplaceSource(OFFICIAL_MARKETPLACE, "github", "my-org/mirror"),)
+
+
+def test_no_marketplace_is_fetched_for_plugins_all_set_off() -> None:
+    block = ClaudeConfig.model_validate({"plugins": {f"gopls-lsp@{OFFICIAL_MARKETPLACE}": False}})
+    merged = with_plugins(plugin_set(block, __import__("pathlib").Path("/w")), plugins(["go"]))
+    assert merged is None  # nothing to install, nothing to clone

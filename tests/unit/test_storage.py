@@ -22,11 +22,11 @@ from tests.unit.support import CATALOG, only_problem
 
 
 def _plan(workspace: Path, text: str, *, runtime: str = "docker", mounts: tuple[str, ...] = (),
-          home: Path | None = None):  # type: ignore[no-untyped-def]
+          home: Path | None = None, proxy_ca: Path | None = None):  # type: ignore[no-untyped-def]
     config = parse_config(text, CATALOG, file=workspace / "moat.yaml")
     request = RunRequest(workspace=workspace, command=("true",), runtime=runtime, identity=Identity(1000, 1000),
                          home=home or workspace / "home", host_env={"HOME": str(workspace / "me")},
-                         mounts=tuple(parse_cli_mount(m) for m in mounts))
+                         mounts=tuple(parse_cli_mount(m) for m in mounts), proxy_ca=proxy_ca)
     return build_plan(config, request, CATALOG)
 
 
@@ -313,3 +313,41 @@ def test_the_copy_takes_git_whole_and_leaves_the_excludes_out(workspace: Path, t
     assert count == len(members)
     assert {(m.uid, m.gid) for m in members.values()} == {(1234, 5678)}
     assert not list((tmp_path / "scratch").iterdir())  # the archive is gone afterwards
+
+
+# --- review fixes --------------------------------------------------------------------------------
+
+
+def test_a_link_in_the_workspace_cannot_carry_a_mount_out_of_it(workspace: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (workspace / "data").rmdir()
+    (workspace / "data").symlink_to(secret)  # what an agent could leave for the next run
+    with pytest.raises(ConfigError, match="leads out of the workspace"):
+        _plan(workspace, "mounts: [./data:/data]\n")
+    plan = _plan(workspace, f"mounts: ['{secret}:/data', '../secret:/again']\n")  # named as such: fine
+    assert Mount(str(secret), "/data") in plan.agent.mounts
+
+
+def test_under_strict_no_mount_is_a_way_out(workspace: Path, tmp_path: Path) -> None:
+    import socket as sockets
+
+    path = tmp_path / "s.sock"
+    with sockets.socket(sockets.AF_UNIX) as server:
+        server.bind(str(path))
+        with pytest.raises(UsageError, match="a Unix socket"):
+            _plan(workspace, f"network: {{policy: strict}}\nmounts: ['{path}:/s.sock']\n",
+                  runtime="docker", proxy_ca=Path("/nonexistent/ca.crt"))
+    assert _plan(workspace, f"mounts: ['{tmp_path}:/t']\n").agent.mounts  # permissive: as the user says
+
+
+def test_a_volume_cannot_be_the_workspace() -> None:
+    where, message, _, _ = only_problem("name: a\nvolumes: [{name: v, target: /workspace}]\n")
+    assert where == "volumes[0].target" and "cannot replace it" in message
+
+
+def test_snapshots_follow_the_tree_at_workspace(workspace: Path) -> None:
+    from moat.run.execution import snapshot_source
+
+    assert snapshot_source(_plan(workspace, "")) == workspace
+    assert snapshot_source(_plan(workspace, "mounts: [{source: ./data, target: /workspace}]\n")) == workspace / "data"

@@ -116,3 +116,20 @@ def test_clean_temp_removes_them_after_asking(capsys: pytest.CaptureFixture[str]
     assert not old.exists() and live.exists()
     code, _, err = _moat(capsys, "clean-temp", "--min-age", "soon")
     assert code == 2 and "not a duration" in err
+
+
+def test_a_directory_a_process_names_is_in_use(tmp_path: Path) -> None:
+    import subprocess
+
+    busy = _scratch(tmp_path, "run_0000000000b1", 7200)
+    process = subprocess.Popen(["sh", "-c", "sleep 30", str(busy)])  # as a sandbox's bwrap names its binds
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while str(busy).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until it has exec'd
+    try:
+        assert system_cli.leftover_directories(tmp_path, 3600, set(), NOW) == []
+    finally:
+        process.kill()
+        process.wait()
+    assert system_cli.leftover_directories(tmp_path, 3600, set(), NOW) == [busy]

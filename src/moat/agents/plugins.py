@@ -87,12 +87,14 @@ def with_plugins(plugins: PluginSet | None, more: tuple[str, ...]) -> PluginSet 
     if not more:
         return plugins
     base = plugins or PluginSet((), (), {})
-    marketplaces = base.marketplaces
-    if not any(m.name == OFFICIAL_MARKETPLACE for m in marketplaces) and any(
-            p.endswith(f"@{OFFICIAL_MARKETPLACE}") for p in more):
-        marketplaces = (*marketplaces, MarketplaceSource(OFFICIAL_MARKETPLACE, "github", OFFICIAL_MARKETPLACE_REPO))
     enabled = {**{p: True for p in more}, **base.enabled}  # moat.yaml's own setting of one wins
     install = tuple(sorted(key for key, on in enabled.items() if on))
+    marketplaces = base.marketplaces
+    if not any(m.name == OFFICIAL_MARKETPLACE for m in marketplaces) and any(
+            p.endswith(f"@{OFFICIAL_MARKETPLACE}") and enabled[p] for p in more):
+        marketplaces = (*marketplaces, MarketplaceSource(OFFICIAL_MARKETPLACE, "github", OFFICIAL_MARKETPLACE_REPO))
+    if not install and not marketplaces:
+        return None
     return PluginSet(tuple(sorted(marketplaces, key=lambda m: m.name)), install, dict(sorted(enabled.items())))
 
 

@@ -47,7 +47,7 @@ def _selection(run: Any) -> Any:
 def _workspace(run: Any) -> Path:
     from moat.errors import UsageError
 
-    workspace = Path(str(run.metadata.get("workspace") or ""))
+    workspace = Path(str(run.metadata.get("snapshot_source") or run.metadata.get("workspace") or ""))
     if not workspace.is_absolute() or not workspace.is_dir():
         raise UsageError(f"run {run.id}'s workspace {workspace} is not there any more")
     return workspace
@@ -177,7 +177,7 @@ def restore(run: str, snapshot_id: str | None, to: Path | None, force: bool) -> 
     chosen = store.get(snapshot_id)
     if to is not None:
         target = to.expanduser().absolute()
-        store.restore_to(chosen, target, _owner(target.parent))
+        store.restore_to(chosen, target, _owner(target.parent) if target.parent.is_dir() else None)
         click.echo(f"Restored {chosen.id} ({chosen.created_at}) into {target}.")
         return
     if info.metadata.get("workspace_volume"):

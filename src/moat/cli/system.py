@@ -132,9 +132,26 @@ def leftover_directories(root: Path, min_age: float, live: set[str], now: float)
             continue
         if not stat.S_ISDIR(info.st_mode) or (os.getuid() != 0 and info.st_uid != os.getuid()):
             continue
-        if now - info.st_mtime >= min_age:
+        if now - info.st_mtime >= min_age and not _in_use(entry):
             found.append(entry)
     return found
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a process names the directory on its command line (a sandbox's bwrap binds from it,
+    whichever MOAT_HOME it belongs to) or works in it."""
+    needle = str(path).encode()
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle in (proc / "cmdline").read_bytes():
+                return True
+            if os.readlink(proc / "cwd").startswith(str(path)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @system.command("clean-temp")

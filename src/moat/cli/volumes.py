@@ -76,10 +76,17 @@ def _engine_volumes(home: Path, required: bool) -> tuple[list[KeptVolume], Any]:
 
 
 def _active_names() -> set[str]:
+    """The run names whose volumes an active run uses (its recorded scopes; its name, for a run
+    recorded before scopes were)."""
     from moat.run.registry import Registry
     from moat.run.store import RunStore
 
-    return {r.name for r in Registry(RunStore()).all() if r.active}
+    found: set[str] = set()
+    for run in Registry(RunStore()).all():
+        if run.active:
+            scopes = run.metadata.get("volume_scopes")
+            found |= set(scopes) if isinstance(scopes, list) else {run.name}
+    return found
 
 
 @click.group()

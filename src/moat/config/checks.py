@@ -87,6 +87,10 @@ def check_storage(model: MoatConfig) -> list[Problem]:
                                                          " letters, digits and '-' (e.g. web, api-v2)", at_key=True))
     names: dict[str, int] = {}
     for index, volume in enumerate(model.volumes):
+        if volume.target == "/workspace":
+            problems.append(Problem(("volumes", index, "target"), "/workspace is the workspace's: a volume cannot"
+                                                                  " replace it (workspace.mode: volume gives the"
+                                                                  " agent a copy of its own)"))
         claim(volume.target, ("volumes", index, "target"))
         if volume.name in names:
             problems.append(Problem(("volumes", index, "name"),

@@ -325,6 +325,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
     agent_mounts = (*storage.agent_mounts(config, request.workspace, request.home, request.host_env, request.mounts,
                                           identity, traits.engine_volumes, runtime, copy), *own_mounts)
     storage.check_overlaps(agent_mounts, own_mounts)
+    if strict:
+        storage.check_strict(agent_mounts, own_mounts, request.docker_socket[0] if request.docker_socket else None)
     agent = ContainerSpec(
         role="agent",
         name=f"{AGENT_CONTAINER_PREFIX}{run_id}",

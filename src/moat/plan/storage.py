@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def _bound(place: _Place, entry: MountEntry, workspace: Path, host_env: Mapping[
             raise place.fail(f"{source} starts with ~, and HOME is not set")
         source = home + source[1:]
     path = Path(posixpath.normpath(os.path.join(workspace, source)))  # an absolute source stays itself
+    if path.is_relative_to(workspace) and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(workspace)):
+        # The workspace is the agent's to change: a link it left there must not reach the host's files.
+        raise place.fail(f"{path} leads out of the workspace (to {os.path.realpath(path)}) through a link",
+                         hint="Name the directory itself (an absolute path, or ../), or remove the link.")
     if not os.path.lexists(path):
         raise place.fail(f"the mount's source {path} does not exist",
                          hint="Create it, or correct the path (relative paths start at the workspace).")
@@ -263,3 +268,26 @@ def worktree_admin(workspace: Path) -> tuple[Path, Path] | None:
 def main_git_dir(workspace: Path) -> Path | None:
     found = worktree_admin(workspace)
     return found[0] if found is not None else None
+
+
+ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
+
+
+def check_strict(mounts: Sequence[Mount], own: Sequence[Mount], engine_socket: str | None) -> None:
+    """Under a strict policy no mount may be a way out: a Unix socket (the engine's above all: it
+    starts containers with any network), or a directory holding the engine's."""
+    sockets = {os.path.realpath(p) for p in (*ENGINE_SOCKETS, *([engine_socket] if engine_socket else []))}
+    for mount in mounts:
+        if mount in own or mount.volume or mount.workspace_copy:
+            continue
+        real = os.path.realpath(mount.source)
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(real).st_mode)
+        except OSError:
+            is_socket = False
+        holds = [s for s in sockets if s.startswith(real.rstrip("/") + "/") and os.path.exists(s)]
+        if is_socket or holds:
+            raise UsageError(f"a mount of {mount.source} ({'a Unix socket' if is_socket else 'it holds ' + holds[0]})"
+                             " would give the agent a way around network.policy: strict",
+                             hint="Remove the mount, or use network.policy: permissive (docker:host is the way to"
+                                  " give an agent the engine).")

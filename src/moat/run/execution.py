@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from moat import masking
@@ -124,6 +125,8 @@ class Run:
             scratch=str(plan.scratch),  # for `moat clean` to remove, should the run's teardown never come
             snapshots=plan.snapshots.to_dict() if plan.snapshots is not None else None,  # for `moat snapshot`
             workspace_mode="bind" if plan.workspace_copy is None else "volume",
+            volume_scopes=_volume_scopes(plan),  # for `moat volumes rm`: never an active run's
+            snapshot_source=str(snapshot_source(plan)),  # the tree at /workspace (a mount may replace it)
             **({"workspace_volume": plan.workspace_copy.volume} if plan.workspace_copy is not None else {}),
             **({"agent_cli": plan.agent_cli, "agent_settings": dict(plan.agent_settings)} if plan.agent_cli else {}),
         )
@@ -188,7 +191,7 @@ class Run:
         started = time.monotonic()
         try:
             snapshot = Snapshots(self.record.dir / "snapshots").create(
-                self.plan.workspace, PRE_RUN, selection_of(policy), max_count=policy.max_count,
+                snapshot_source(self.plan), PRE_RUN, selection_of(policy), max_count=policy.max_count,
                 keep_initial=not policy.delete_initial, abort=abort)
         except (SnapshotError, OSError) as exc:
             if abort.is_set():
@@ -358,3 +361,22 @@ class Run:
     def pod(self) -> Pod:
         assert self._pod is not None
         return self._pod
+
+
+def _volume_scopes(plan: Plan) -> list[str]:
+    """The run names whose kept volumes the run mounts (moat.yaml's name, not the run's own)."""
+    from moat.plan.storage import VOLUMES_DIR  # noqa: PLC0415
+
+    scopes = {m.volume.split("/")[0] for m in plan.agent.mounts if m.volume}
+    root = plan.home / VOLUMES_DIR
+    scopes |= {Path(m.source).parent.name for m in plan.agent.mounts
+               if m.create and Path(m.source).parent.parent == root}
+    return sorted(scopes)
+
+
+def snapshot_source(plan: Plan) -> Path:
+    """The host tree the agent sees at /workspace: the workspace, or the mount that replaces it."""
+    from moat.constants import WORKSPACE_MOUNT  # noqa: PLC0415
+
+    return next((Path(m.source) for m in plan.agent.mounts
+                 if m.target == WORKSPACE_MOUNT and not m.volume and not m.workspace_copy), plan.workspace)

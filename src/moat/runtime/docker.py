@@ -28,7 +28,15 @@ from docker.types import Mount as SdkMount
 from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
-from moat.constants import LABEL_HOME, LABEL_ROLE, LABEL_VOLUME, WORKSPACE_MOUNT
+from moat.constants import (
+    LABEL_HOME,
+    LABEL_ROLE,
+    LABEL_RUN_ID,
+    LABEL_VOLUME,
+    LABEL_WORKSPACE_OF,
+    WORKSPACE_MOUNT,
+    WORKSPACE_VOLUME_PREFIX,
+)
 from moat.errors import EngineError
 from moat.plan.containers import ContainerSpec, Mount
 from moat.plan.hooks import HOOK_NAME
@@ -411,10 +419,18 @@ class DockerRuntime:
         mount) hands it over, once."""
         api = self.api
         try:
-            self._call(f"looking up volume {mount.source}", lambda: api.inspect_volume(mount.source))
-            return
+            found = self._call(f"looking up volume {mount.source}", lambda: api.inspect_volume(mount.source))
         except NotFound:
-            pass
+            found = None
+        if found is not None:
+            labels_found = found.get("Labels") or {}
+            home = {**spec.labels, **labels}.get(LABEL_HOME)
+            if labels_found.get(LABEL_VOLUME) != mount.volume or labels_found.get(LABEL_HOME) != home:
+                raise EngineError(f"the engine's volume {mount.source} is not this run's {mount.volume} (another"
+                                  " name's, another MOAT_HOME's, or not moat's): it is not used",
+                                  hint="Rename the volume or the run (name:), or remove that volume if it is"
+                                       " yours to lose.")
+            return
         volume_labels = {LABEL_VOLUME: mount.volume,
                          **{k: v for k, v in {**spec.labels, **labels}.items() if k == LABEL_HOME}}
         self._call(f"creating volume {mount.source}", lambda: api.create_volume(mount.source, labels=volume_labels))
@@ -453,8 +469,9 @@ class DockerRuntime:
         self._call(f"creating volume {name}", lambda: api.create_volume(name, labels=dict(labels)))
 
         def fill() -> None:
-            helper = api.create_container(
-                image=image, entrypoint=["true"], labels={**labels, LABEL_ROLE: "workspace-copy"},
+            helper = api.create_container(  # the run's (its id): a moat killed meanwhile leaves it to `moat clean`
+                image=image, entrypoint=["true"],
+                labels={**labels, LABEL_RUN_ID: labels.get(LABEL_WORKSPACE_OF, ""), LABEL_ROLE: "workspace-copy"},
                 network_disabled=True, host_config=api.create_host_config(
                     mounts=[SdkMount(WORKSPACE_MOUNT, name, type="volume")], network_mode="none"))
             try:
@@ -471,7 +488,8 @@ class DockerRuntime:
 
         def open_archive() -> tuple[str, Iterator[bytes]]:
             helper = api.create_container(
-                image=image, entrypoint=["true"], labels={LABEL_ROLE: "workspace-export"}, network_disabled=True,
+                image=image, entrypoint=["true"], network_disabled=True,
+                labels={LABEL_RUN_ID: name.removeprefix(WORKSPACE_VOLUME_PREFIX), LABEL_ROLE: "workspace-export"},
                 host_config=api.create_host_config(mounts=[SdkMount(WORKSPACE_MOUNT, name, type="volume")],
                                                    network_mode="none"))
             try:
