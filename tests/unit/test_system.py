@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_a_directory_a_process_names_is_in_use(tmp_path: Path) -> None:
     import subprocess
 
     busy = _scratch(tmp_path, "run_0000000000b1", 7200)
-    process = subprocess.Popen(["sh", "-c", "sleep 30", str(busy)])  # as a sandbox's bwrap names its binds
+    # One process naming the directory on its command line, as a sandbox's bwrap names its binds.
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(busy)])
     cmdline = Path(f"/proc/{process.pid}/cmdline")
     deadline = time.monotonic() + 10
     while str(busy).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
