@@ -58,3 +58,17 @@ def overwrite_private(path: Path, text: str) -> None:
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+def tree_size(path: Path) -> int:
+    """The bytes of the regular files under ``path`` (links not followed; what cannot be read skipped)."""
+    if not path.exists():
+        return 0
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total

@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from moat.cli.table import echo_table
+
 
 @click.group()
 def cache() -> None:
@@ -40,9 +42,7 @@ def list_(as_json: bool) -> None:
         return
     rows = [("SERVICE", "ITEM", "SIZE", "LAST USED")]
     rows += [(e["service"], e["item"], human_bytes(e["size_bytes"]), e["last_used"] or "-") for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+    echo_table(rows)
 
 
 @cache.command("clean")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from moat.catalog.model import DepType
+from moat.cli.table import echo_table
 
 if TYPE_CHECKING:
     from moat.catalog import Catalog
@@ -35,9 +36,7 @@ def list_(type_: str | None, as_json: bool) -> None:
     table = [("NAME", "TYPE", "DEFAULT", "VERSIONS", "DESCRIPTION")]
     table += [(r["name"], r["type"], r["default"] or "-", ", ".join(r["versions"]) or "-", r["description"])
               for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+    echo_table(table)
 
 
 @deps.command("info")

@@ -4,12 +4,13 @@ to put into the agent's requests."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from moat.cli.table import echo_table
 
 if TYPE_CHECKING:
     from moat.credentials.credential import Credential
@@ -165,7 +166,7 @@ def list_grants(as_json: bool, profile: str | None) -> None:
         info = _summary(credential, registry)
         rows.append((credential.provider, info["type"], credential.source or "-", _age(credential.created_at),
                      _expiry(credential)))
-    _table(rows)
+    echo_table(rows)
 
 
 @grant.command("show")
@@ -229,7 +230,7 @@ def providers(as_json: bool) -> None:
         return
     rows = [("PROVIDER", "ALIASES", "TYPE", "INJECTS", "DESCRIPTION")]
     rows += [(p.name, ", ".join(p.aliases) or "-", p.origin, p.how, p.description) for p in found]
-    _table(rows)
+    echo_table(rows)
     click.echo(f"\nAdd your own as {_home() / 'providers'}/NAME.yaml (`moat grant providers --help` shows the keys).")
 
 
@@ -314,8 +315,3 @@ def _expiry(credential: Credential) -> str:
         return "never"
     return iso(credential.expires_at) + (" (expired)" if credential.expired() else "")
 
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])

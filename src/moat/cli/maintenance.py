@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-
-def _du(path: Path) -> int:
-    if not path.exists():
-        return 0
-    total = 0
-    for item in path.rglob("*"):
-        try:
-            if item.is_file() and not item.is_symlink():
-                total += item.stat().st_size
-        except OSError:
-            continue
-    return total
+from moat.files import tree_size
 
 
 @click.command()
@@ -96,7 +84,8 @@ def status(as_json: bool) -> None:
         "home": str(store.home),
         "active_runs": [r.to_dict() for r in runs if r.active],
         "runs_recorded": len(runs),
-        "disk": {"runs_bytes": _du(store.runs), "cache_bytes": _du(store.home / "cache"), "images_bytes": None},
+        "disk": {"runs_bytes": tree_size(store.runs), "cache_bytes": tree_size(store.home / "cache"),
+                 "images_bytes": None},
         "orphans": None,
     }
     sandbox = select.make("sandbox", store.home)

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from moat.cli.table import echo_table
+
 FOLLOW_POLL = 0.1  # seconds between looks at a live run's log
 
 
@@ -47,9 +49,7 @@ def list_runs(as_json: bool, show_all: bool) -> None:
         exit_code = "-" if info["exit_code"] is None else str(info["exit_code"])
         services = ", ".join(info["services"]) or "-"
         rows.append((run.name, run.id, run.state, exit_code, _age(run.age_seconds()), services))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5])
+    echo_table(rows)
 
 
 def _format(record: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from moat.cli.table import echo_table
+
 
 class SnapshotGroup(click.Group):
     """``moat snapshot RUN`` takes one; ``list``, ``prune`` and ``restore`` are subcommands."""
@@ -121,9 +123,7 @@ def list_(run: str, as_json: bool) -> None:
         return
     rows = [("SNAPSHOT ID", "TIME", "TYPE", "SIZE", "LABEL")]
     rows += [(s.id, s.created_at, s.type, human_bytes(s.size_bytes), s.label) for s in found]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
+    echo_table(rows)
 
 
 @snapshot.command("prune")

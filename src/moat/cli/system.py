@@ -11,11 +11,12 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+
+from moat.cli.table import echo_table
 
 SCRATCH_RE = re.compile(r"moat-(run_[0-9a-f]{12})")
 DURATION_RE = re.compile(r"(\d+)([smhd])")
@@ -34,12 +35,6 @@ def _age(created: float, now: float) -> str:
 
 def _iso(created: float) -> str | None:
     return datetime.fromtimestamp(created, UTC).isoformat() if created else None
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 @click.group()
@@ -70,7 +65,7 @@ def images(as_json: bool) -> None:
     rows = [("IMAGE ID", "TAG", "RUNTIME", "SIZE", "CREATED")]
     rows += [(i.id.removeprefix("sha256:")[:12], (i.tags or ("<none>",))[0], name, human_bytes(i.size),
               _age(i.created, now)) for name, i in found]
-    _table(rows)
+    echo_table(rows)
 
 
 @system.command("containers")
@@ -93,7 +88,7 @@ def containers(as_json: bool) -> None:
     now = time.time()
     rows = [("CONTAINER ID", "NAME", "RUNTIME", "STATUS", "CREATED")]
     rows += [(c.id[:12], c.name, name, c.status, _age(c.created, now)) for name, c in found]
-    _table(rows)
+    echo_table(rows)
 
 
 def _duration(text: str) -> float:

@@ -14,6 +14,9 @@ from typing import Any
 
 import click
 
+from moat.cli.table import echo_table
+from moat.files import tree_size
+
 
 @dataclass(frozen=True)
 class KeptVolume:
@@ -28,17 +31,6 @@ class KeptVolume:
                 "size_bytes": self.size_bytes}
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for entry in path.rglob("*"):
-        try:
-            if entry.is_file() and not entry.is_symlink():
-                total += entry.lstat().st_size
-        except OSError:
-            continue
-    return total
-
-
 def _directories(home: Path) -> list[KeptVolume]:
     from moat.plan.storage import VOLUMES_DIR
 
@@ -48,7 +40,7 @@ def _directories(home: Path) -> list[KeptVolume]:
     found = []
     for scope in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         for volume in sorted(p for p in scope.iterdir() if p.is_dir() and not p.is_symlink()):
-            found.append(KeptVolume(scope.name, volume.name, "bind", str(volume), _size(volume)))
+            found.append(KeptVolume(scope.name, volume.name, "bind", str(volume), tree_size(volume)))
     return found
 
 
@@ -112,9 +104,7 @@ def ls(as_json: bool) -> None:
     rows = [("RUN NAME", "VOLUME", "TYPE", "SIZE", "LOCATION")]
     rows += [(v.scope, v.name, v.kind, human_bytes(v.size_bytes) if v.size_bytes is not None else "-", v.location)
              for v in found]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+    echo_table(rows)
 
 
 def _remove(targets: list[KeptVolume], runtime: Any, force: bool, what: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from moat.cli.run import COMMAND_META, RunCommand, common_options, start_run
+from moat.cli.table import echo_table
 from moat.cli.worktreeinputs import active_in
 
 
@@ -72,9 +73,7 @@ def list_(as_json: bool) -> None:
         return
     table = [("BRANCH", "RUN NAME", "STATE", "WORKTREE")]
     table += [(str(r["branch"]), str(r["run_name"] or "-"), str(r["state"] or "-"), str(r["path"])) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(3)]
-    for line in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[3])
+    echo_table(table)
 
 
 @wt.command("clean")
