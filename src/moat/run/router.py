@@ -306,7 +306,7 @@ def ensure_running(home: Path, port: int, timeout: float = START_TIMEOUT) -> int
     """The routing proxy for ``home`` listening on ``port``: the live one, else one started now."""
     state_file, log, spawn_lock = _paths(home)
     private_dir(state_file.parent)
-    with FileLock(str(spawn_lock), timeout=timeout * 2):
+    with FileLock(str(spawn_lock), timeout=timeout * 2, mode=0o600):
         state = running(home)
         if state is not None:
             if state.get("port") != port:

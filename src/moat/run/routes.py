@@ -44,7 +44,7 @@ class RouteTable:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.dir = home / ROUTES_DIR
-        self._lock = FileLock(str(self.dir / ".lock"))
+        self._lock = FileLock(str(self.dir / ".lock"), mode=0o600)
 
     def _path(self, run_id: str) -> Path:
         return self.dir / f"{run_id}.json"

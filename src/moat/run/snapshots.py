@@ -167,7 +167,7 @@ class Snapshots:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._lock = FileLock(str(directory.parent / ".snapshots.lock"))
+        self._lock = FileLock(str(directory.parent / ".snapshots.lock"), mode=0o600)
 
     # --- the index ---------------------------------------------------------------------------------
 
@@ -289,17 +289,41 @@ class Snapshots:
     # --- restoring ---------------------------------------------------------------------------------
 
     def extract(self, snapshot: Snapshot, destination: Path) -> None:
-        """Into ``destination`` (a new, empty directory): files and directories with the ``data``
-        filter, then the symbolic links as they were (``/usr/bin/python3`` in a virtualenv too), made
-        last so that nothing is ever written through one."""
+        """Into ``destination`` (a new, empty directory), member by member, as tarfile's ``data``
+        filter would (not in every Python 3.11: written out here): no absolute path, no ``..``, never
+        through a link, no device or FIFO, no setuid, setgid or sticky bit, no group or other write,
+        owned by whoever restores; a hard link only to a file of the snapshot's. Symbolic links are
+        kept as they were (``/usr/bin/python3`` in a virtualenv too), made last so that nothing is
+        ever written through one."""
         try:
             with tarfile.open(self.archive(snapshot), mode="r:gz") as tar:
                 links = []
+                directories: list[tuple[Path, tarfile.TarInfo]] = []
                 for member in tar:
                     if member.issym():
                         links.append(member)
-                    else:
-                        tar.extract(member, destination, filter="data")
+                        continue
+                    path = _inside(destination, member.name)
+                    if member.isdir():
+                        if not path.is_dir():
+                            path.mkdir(mode=0o700)
+                        directories.append((path, member))
+                    elif member.isreg():
+                        source = tar.extractfile(member)
+                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                        with os.fdopen(fd, "wb") as out:
+                            if source is not None:
+                                shutil.copyfileobj(source, out)
+                        _settle(path, member)
+                    elif member.islnk():
+                        target = _inside(destination, member.linkname)
+                        if target.is_symlink() or not target.is_file():
+                            raise tarfile.TarError(f"{member.name!r} links to {member.linkname!r}, no file of the"
+                                                   " snapshot")
+                        os.link(target, path)
+                    # anything else (a device, a FIFO) is no file to restore
+                for path, member in reversed(directories):  # a directory's mode once its files are in
+                    _settle(path, member)
                 for link in links:
                     _make_link(destination, link)
         except (OSError, tarfile.TarError, EOFError) as exc:
@@ -400,17 +424,31 @@ def copy_archive(copy: WorkspaceCopy, identity: Identity, scratch: Path,
             os.unlink(name)
 
 
-def _make_link(destination: Path, member: tarfile.TarInfo) -> None:
-    """A symbolic link of the archive's, inside ``destination``, its parents real directories there."""
-    parts = member.name.split("/")
-    if member.name.startswith("/") or ".." in parts or not member.name:
-        raise tarfile.TarError(f"{member.name!r} is outside the snapshot")
+def _inside(destination: Path, name: str) -> Path:
+    """Where a member goes: under ``destination``, its parents real directories there (never a link)."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or not parts:
+        raise tarfile.TarError(f"{name!r} is outside the snapshot")
     parent = destination
     for part in parts[:-1]:
         parent = parent / part
-        if parent.is_symlink() or not parent.is_dir():
-            raise tarfile.TarError(f"{member.name!r}: {parent} is not a directory of the snapshot")
-    target = parent / parts[-1]
+        if not os.path.lexists(parent):
+            parent.mkdir(mode=0o755)  # an archive need not list every directory
+        elif parent.is_symlink() or not parent.is_dir():
+            raise tarfile.TarError(f"{name!r}: {parent} is not a directory of the snapshot")
+    return parent / parts[-1]
+
+
+def _settle(path: Path, member: tarfile.TarInfo) -> None:
+    """The member's mode (without setuid, setgid, sticky, group or other write) and time."""
+    os.chmod(path, member.mode & 0o755, follow_symlinks=False)
+    with contextlib.suppress(OSError, OverflowError, ValueError):
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _make_link(destination: Path, member: tarfile.TarInfo) -> None:
+    """A symbolic link of the archive's, inside ``destination``, its parents real directories there."""
+    target = _inside(destination, member.name)
     if os.path.lexists(target):
         raise tarfile.TarError(f"{member.name!r} is in the snapshot twice")
     os.symlink(member.linkname, target)
