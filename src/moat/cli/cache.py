@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import click
 
@@ -55,7 +54,7 @@ def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
     from moat.cache.admin import cached_services, plan_removal, remove
     from moat.cache.warm import WarmCache
     from moat.catalog import load_catalog
-    from moat.cli.prompt import confirm_or_stop
+    from moat.cli.prompt import confirm_unless_forced
     from moat.errors import UsageError
     from moat.plan.warm import warm_root
     from moat.run.report import human_bytes
@@ -80,10 +79,7 @@ def clean(service: str | None, items: tuple[str, ...], force: bool) -> None:
         [f"{r.service}: {', '.join(r.items) if r.items else 'everything'} ({human_bytes(r.size)})" for r in removals]
         + ([f"{len(templates)} warm template(s) ({human_bytes(sum(t.size() for t in templates))})"]
            if templates else []))
-    if not force:
-        if not sys.stdin.isatty():
-            raise UsageError(f"would remove {summary}; add -f to do it without a terminal to confirm on")
-        confirm_or_stop(f"Remove {summary}?")
+    confirm_unless_forced(force, f"would remove {summary}", f"Remove {summary}?")
     for removal in removals:
         remove(host_cache, removal, lambda paths, root: remove_as_root(paths, root, moat_home()))
         click.echo(f"removed {removal.service}: {', '.join(removal.items) if removal.items else 'everything'}"

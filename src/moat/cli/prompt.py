@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 EXIT_DECLINED = 1
@@ -12,3 +14,14 @@ def confirm_or_stop(question: str) -> None:
     if not click.confirm(question, default=False):
         click.echo("Nothing removed.", err=True)
         raise click.exceptions.Exit(EXIT_DECLINED)
+
+
+def confirm_unless_forced(force: bool, would: str, question: str) -> None:
+    """Ask, unless ``force``; with no terminal to ask on, refuse (exit 2) saying what would happen."""
+    if force:
+        return
+    if not sys.stdin.isatty():
+        from moat.errors import UsageError
+
+        raise UsageError(f"{would}; add -f to do it without a terminal to confirm on")
+    confirm_or_stop(question)

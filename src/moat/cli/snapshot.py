@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +133,7 @@ def list_(run: str, as_json: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 def prune(run: str, keep: int, dry_run: bool, force: bool) -> None:
     """Remove RUN's oldest snapshots, keeping the newest KEEP and the pre-run one."""
-    from moat.cli.prompt import confirm_or_stop
-    from moat.errors import UsageError
+    from moat.cli.prompt import confirm_unless_forced
     from moat.run.snapshots import retained
 
     store = _store(_run(run))
@@ -151,11 +149,8 @@ def prune(run: str, keep: int, dry_run: bool, force: bool) -> None:
     if dry_run:
         click.echo(f"{len(doomed)} snapshot(s) would be removed (dry run).")
         return
-    if not force:
-        if not sys.stdin.isatty():
-            raise UsageError(f"would remove {len(doomed)} snapshot(s); add -f to do it without a terminal"
-                             " to confirm on")
-        confirm_or_stop(f"Remove these {len(doomed)} snapshot(s)?")
+    confirm_unless_forced(force, f"would remove {len(doomed)} snapshot(s)",
+                          f"Remove these {len(doomed)} snapshot(s)?")
     store.delete(doomed)
     click.echo(f"Removed {len(doomed)} snapshot(s).")
 
@@ -169,7 +164,7 @@ def prune(run: str, keep: int, dry_run: bool, force: bool) -> None:
 def restore(run: str, snapshot_id: str | None, to: Path | None, force: bool) -> None:
     """Restore RUN's workspace from a snapshot (default: the newest), or extract it --to DIR. In place,
     what a snapshot takes is replaced by the snapshot's; .git and ignored files stay."""
-    from moat.cli.prompt import confirm_or_stop
+    from moat.cli.prompt import confirm_unless_forced
     from moat.errors import UsageError
 
     info = _run(run)
@@ -188,12 +183,9 @@ def restore(run: str, snapshot_id: str | None, to: Path | None, force: bool) -> 
         raise UsageError(f"run {info.id} is active: its agent may be writing the workspace",
                          hint="Stop it first (moat stop), or restore elsewhere with --to DIR.")
     workspace = _workspace(info)
-    if not force:
-        if not sys.stdin.isatty():
-            raise UsageError("restoring replaces the workspace's files; add -f to do it without a terminal to"
-                             " confirm on")
-        confirm_or_stop(f"Replace {workspace}'s files with {chosen.id} ({chosen.created_at})? Files added since"
-                        " are deleted, changed ones reverted (.git and ignored files stay).")
+    confirm_unless_forced(force, "restoring replaces the workspace's files",
+                          f"Replace {workspace}'s files with {chosen.id} ({chosen.created_at})? Files added since"
+                          " are deleted, changed ones reverted (.git and ignored files stay).")
     selection, _, _ = _selection(info)
     store.restore_in_place(chosen, workspace, selection, _owner(workspace))
     click.echo(f"Restored {workspace} to {chosen.id} ({chosen.created_at}).")

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -157,8 +156,8 @@ def _in_use(path: Path) -> bool:
 def clean_temp(min_age: str, dry_run: bool, force: bool) -> None:
     """Remove leftover per-run temporary directories (moat-run_<id> in the temporary directory) of runs
     that are over: a crashed moat's, or a kept agent's once it is gone."""
-    from moat.cli.prompt import confirm_or_stop
-    from moat.errors import MoatError, UsageError
+    from moat.cli.prompt import confirm_unless_forced
+    from moat.errors import MoatError
     from moat.run.store import moat_home
 
     seconds = _duration(min_age)
@@ -172,10 +171,7 @@ def clean_temp(min_age: str, dry_run: bool, force: bool) -> None:
     if dry_run:
         click.echo(f"{len(found)} director{'y' if len(found) == 1 else 'ies'} would be removed (dry run).")
         return
-    if not force:
-        if not sys.stdin.isatty():
-            raise UsageError(f"would remove {len(found)} directories; add -f to do it without a terminal to confirm on")
-        confirm_or_stop(f"Remove these {len(found)} directories?")
+    confirm_unless_forced(force, f"would remove {len(found)} directories", f"Remove these {len(found)} directories?")
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     left = [path for path in found if os.path.lexists(path)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +107,7 @@ def ls(as_json: bool) -> None:
 
 
 def _remove(targets: list[KeptVolume], runtime: Any, force: bool, what: str) -> None:
-    from moat.cli.prompt import confirm_or_stop
-    from moat.errors import UsageError
+    from moat.cli.prompt import confirm_unless_forced
     from moat.run.store import moat_home
 
     busy = _active_names()
@@ -122,10 +120,7 @@ def _remove(targets: list[KeptVolume], runtime: Any, force: bool, what: str) -> 
         click.echo("Nothing to remove.")
         return
     summary = f"{len(targets)} volume(s) of {what}: " + ", ".join(f"{v.scope}/{v.name}" for v in targets)
-    if not force:
-        if not sys.stdin.isatty():
-            raise UsageError(f"would remove {summary}; add -f to do it without a terminal to confirm on")
-        confirm_or_stop(f"Remove {summary}? Their data is lost.")
+    confirm_unless_forced(force, f"would remove {summary}", f"Remove {summary}? Their data is lost.")
     home = moat_home()
     for volume in targets:
         if volume.kind == "volume":
