@@ -147,8 +147,13 @@ def test_volumes_are_kept_per_run_name_under_moat_home_or_as_docker_volumes(work
 
 
 def test_a_users_mount_cannot_cover_moats_own(workspace: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _plan(workspace, "name: x\nmounts: ['./data:/etc/moat']\n")
+    (problem,) = info.value.problems
+    assert problem.dotted == "mounts[0].target" and problem.line == 2
+    assert "would cover /etc/moat/moat-context.md" in problem.message
     with pytest.raises(UsageError, match=r"would cover /etc/moat/moat-context\.md"):
-        _plan(workspace, "mounts: ['./data:/etc/moat']\n")
+        _plan(workspace, "", mounts=("./data:/etc/moat",))
 
 
 def test_an_excluded_directory_is_made_as_the_sources_owner_one_level_at_a_time(tmp_path: Path) -> None:

@@ -324,7 +324,7 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
                                   runtime) if mode == "volume" else None
     agent_mounts = (*storage.agent_mounts(config, request.workspace, request.home, request.host_env, request.mounts,
                                           identity, traits.engine_volumes, runtime, copy), *own_mounts)
-    storage.check_overlaps(agent_mounts, own_mounts)
+    storage.check_overlaps(agent_mounts, own_mounts, config)
     if strict:
         storage.check_strict(agent_mounts, own_mounts, request.docker_socket[0] if request.docker_socket else None)
     agent = ContainerSpec(

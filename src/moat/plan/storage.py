@@ -191,9 +191,9 @@ def parse_cli_mount(text: str) -> tuple[str, MountEntry]:
                          hint="Write --mount SOURCE:TARGET or SOURCE:TARGET:ro (TARGET absolute).") from None
 
 
-def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount]) -> None:
+def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount], config: Config | None = None) -> None:
     """A user's mount where moat puts its own (its CA, a grant's files, the agent's sessions) would
-    replace moat's, or be replaced: refused, naming both."""
+    replace moat's, or be replaced: refused, naming both (located when moat.yaml asked for it)."""
     mine = {m.target for m in own}
     for mount in mounts:
         if mount in own:
@@ -201,9 +201,24 @@ def check_overlaps(mounts: Sequence[Mount], own: Sequence[Mount]) -> None:
         for other in mine:
             if (mount.target == other or other.startswith(mount.target.rstrip("/") + "/")
                     or mount.target.startswith(other.rstrip("/") + "/")):
-                raise UsageError(f"a mount at {mount.target} would cover {other}, where moat puts the agent's own"
-                                 " files (its CA, a grant's files, its sessions)",
-                                 hint="Mount it somewhere else (e.g. under /data).")
+                message = (f"a mount at {mount.target} would cover {other}, where moat puts the agent's own files"
+                           " (its CA, a grant's files, its sessions)")
+                hint = "Mount it somewhere else (e.g. under /data)."
+                where = _declared_at(config, mount.target) if config is not None else None
+                if where is None or config is None:
+                    raise UsageError(message, hint=hint)
+                raise ConfigError(config.file, [Located(where, message, *config.marks.locate(where))], hint=hint)
+
+
+def _declared_at(config: Config, target: str) -> tuple[str | int, ...] | None:
+    """Where moat.yaml asks for a mount or volume at ``target`` (None: the command line did)."""
+    for index, entry in enumerate(config.model.mounts):
+        if entry.target == target:
+            return ("mounts", index, "target")
+    for index, volume in enumerate(config.model.volumes):
+        if volume.target == target:
+            return ("volumes", index, "target")
+    return None
 
 
 def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
