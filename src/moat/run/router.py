@@ -49,6 +49,7 @@ from moat.run.routes import ROUTES_DIR, Route, RouteTable
 IDLE = 60.0  # seconds without a route before the daemon ends (MOAT_ROUTER_IDLE)
 ENV_IDLE = "MOAT_ROUTER_IDLE"
 HEAD_LIMIT = 64 * 1024
+ROUTES_TTL = 0.5  # seconds a read of the route table serves
 HEAD_TIMEOUT = 30.0
 START_TIMEOUT = 10.0
 STATE = "daemon.json"
@@ -125,6 +126,7 @@ class Router:
         self.certificates = Certificates(home)
         self.tls = self.certificates.server_context()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cached: tuple[float, list[Route]] | None = None
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +145,14 @@ class Router:
                 task.add_done_callback(self._tasks.discard)
         finally:
             watcher.cancel()
+
+    async def _routes(self) -> list[Route]:
+        """The table, read at most every ROUTES_TTL seconds (each read looks at every run's record): a
+        run's route is in it before its agent starts, and a dead run's stays a moment at most."""
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > ROUTES_TTL:
+            self._cached = (now, await asyncio.to_thread(self.table.routes))
+        return self._cached[1]
 
     async def _idle(self, since: float) -> None:
         while True:
@@ -182,7 +192,7 @@ class Router:
     async def _request(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        secure: bool) -> None:
         host, wants_json = _host_and_accept(head)
-        routes = await asyncio.to_thread(self.table.routes)
+        routes = await self._routes()
         scheme = "https" if secure else "http"
         labels = host.removesuffix(".localhost").split(".") if host.endswith(".localhost") else []
         if host in ("localhost", "127.0.0.1"):
