@@ -132,16 +132,20 @@ def test_a_run_in_a_worktree_gets_the_main_git_directory_with_hooks_and_config_r
     config = parse_config("", CATALOG, file=made.path / "moat.yaml")
     plan = build_plan(config, RunRequest(workspace=made.path, command=("true",), runtime="docker",
                                          identity=Identity(1000, 1000), home=tmp_path / "home"), CATALOG)
-    owner = (main.stat().st_uid, main.stat().st_gid)
     mounts = plan.agent.mounts
-    assert Mount(str(main), str(main)) in mounts
-    assert Mount(str(main / "hooks"), str(main / "hooks"), True, create=True, owner=owner) in mounts
-    assert Mount(str(main / "config"), str(main / "config"), True) in mounts
     own = main / "worktrees" / "auth"
-    for path in (own / "commondir", own / "gitdir"):  # what points the worktree at its repository
-        assert Mount(str(path), str(path), True) in mounts
-    read_write = {m.target for m in mounts if not m.read_only}
-    assert str(own) not in {m.target for m in mounts if m.read_only} and str(main) in read_write
+    assert Mount(str(main), str(main), True) in mounts  # read-only, but for what a commit writes:
+    for path in (main / "objects", main / "refs", main / "logs", own):
+        assert Mount(str(path), str(path)) in mounts or not path.exists()
+    assert Mount(str(own / "gitdir"), str(own / "gitdir"), True) in mounts
+    assert Mount(str(own / "commondir"), str(own / "commondir"), True) in mounts
+    assert Mount(os.devnull, str(own / "config.worktree"), True) in mounts  # covered though missing
+    writable = [Path(m.target) for m in mounts if not m.read_only]
+    for planted in (main / "config", main / "hooks" / "pre-commit", main / "commondir", main / "modules" / "x",
+                    main / "config.worktree", own / "config.worktree"):
+        deepest = max((w for w in writable if planted.is_relative_to(w)), key=lambda w: len(w.parts), default=None)
+        read_only = [Path(m.target) for m in mounts if m.read_only and planted.is_relative_to(Path(m.target))]
+        assert deepest is None or any(len(r.parts) > len(deepest.parts) for r in read_only), planted
 
 
 def test_a_git_file_cannot_borrow_another_repository(repo: Path, tmp_path: Path) -> None:

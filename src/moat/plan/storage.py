@@ -223,12 +223,11 @@ def _declared_at(config: Config, target: str) -> tuple[str | int, ...] | None:
 
 def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
     """A worktree's main git directory at its own path (its ``.git`` file names it so), for git to
-    work in the run: objects, refs, logs, the index, its own administrative directory — written by a
-    commit — read-write; everything in it that can make git run a program on the host (hooks,
-    config, a submodule's or another worktree's directory, what points a worktree elsewhere)
-    read-only: the agent could otherwise leave a hook, a filter or an fsmonitor command that runs the
-    next time you use git. ``hooks`` is made when missing (the repository's owner's), so that it is
-    there to be read-only."""
+    work in the run — read-only but for what a commit writes: ``objects``, ``refs``, ``logs`` and the
+    worktree's own administrative directory (its HEAD, index and reflog), whose pointers
+    (``commondir``, ``gitdir``, ``config.worktree``) stay read-only. An allowlist: anything else the
+    agent could add there (a hook, a config, ``commondir``, a submodule's directory) could make git run
+    a program on the host the next time you use it in the main checkout."""
     at_workspace = next((m for m in mounts if m.target == WORKSPACE_MOUNT), None)
     if at_workspace is None or at_workspace.source != str(workspace):
         return []
@@ -238,19 +237,20 @@ def _worktree_git(workspace: Path, mounts: Sequence[Mount]) -> list[Mount]:
     main, own = found
     if main.is_relative_to(workspace):
         return []
-    for name in ("hooks", "config", "modules", "worktrees"):
-        if (main / name).is_symlink():
-            raise UsageError(f"{main / name} is a link: moat cannot make it read-only for a run in the worktree"
-                             f" {workspace}, and git would not work there without it",
-                             hint="Make it a directory (or file) of its own, or run in the main checkout.")
-    owner = main.stat()
-    protected = [Mount(str(main / "hooks"), str(main / "hooks"), True, create=True,
-                       owner=(owner.st_uid, owner.st_gid))]
-    paths = [main / "config", main / "config.worktree", main / "modules", main / "info",
-             own / "commondir", own / "gitdir", own / "config.worktree"]
-    paths += [other for other in sorted((main / "worktrees").iterdir()) if other != own and other.is_dir()]
-    protected += [Mount(str(p), str(p), True) for p in paths if os.path.lexists(p) and not p.is_symlink()]
-    return [Mount(str(main), str(main)), *protected]
+    writable = [main / name for name in ("objects", "refs", "logs")]
+    for path in (*writable, own):
+        if path.is_symlink():
+            raise UsageError(f"{path} is a link: moat cannot give a run in the worktree {workspace} just that part"
+                             " of the repository", hint="Make it a directory of its own, or run in the main checkout.")
+    found_mounts = [Mount(str(main), str(main), True)]
+    found_mounts += [Mount(str(p), str(p)) for p in writable if p.is_dir()]
+    found_mounts.append(Mount(str(own), str(own)))
+    for name in ("commondir", "gitdir", "config.worktree"):
+        pointer = own / name
+        # A missing one is covered too (by an empty file): the agent cannot make one where git looks.
+        source = str(pointer) if pointer.is_file() and not pointer.is_symlink() else os.devnull
+        found_mounts.append(Mount(source, str(pointer), True))
+    return found_mounts
 
 
 def worktree_admin(workspace: Path) -> tuple[Path, Path] | None:
