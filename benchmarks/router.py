@@ -132,6 +132,7 @@ def routing(requests: int) -> dict[str, Any]:
         if socat is not None:
             socat.terminate()
             socat.wait()
+    router.certificates.close()
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
     shutil.rmtree(work, ignore_errors=True)
     return {"median_ms": medians, "vs_floor": {n: medians[n] / medians["floor"] for n in medians}}

@@ -91,6 +91,15 @@ def test_one_active_run_per_host_name(tmp_path: Path) -> None:
     assert table.routes() == []
 
 
+def test_the_agent_gets_one_request_per_connection() -> None:
+    from moat.run.router import _one_request
+
+    head = b"GET / HTTP/1.1\r\nHost: web.a.localhost\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
+    assert _one_request(head) == b"GET / HTTP/1.1\r\nHost: web.a.localhost\r\nConnection: close\r\n\r\n"
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert _one_request(upgrade) == upgrade
+
+
 def test_the_request_head_names_the_host() -> None:
     assert _host_and_accept(b"GET / HTTP/1.1\r\nHost: Web.App.localhost:8080\r\nAccept: application/json\r\n\r\n") == (
         "web.app.localhost", True)
@@ -105,6 +114,7 @@ class _Upstream:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.heads: list[bytes] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(8)
@@ -124,6 +134,7 @@ class _Upstream:
                         break
                     head += chunk
                 line = head.split(b"\r\n", 1)[0].decode()
+                self.heads.append(head)
                 body = f"upstream saw {line}\n".encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
 
@@ -144,8 +155,22 @@ def routed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[in
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     _Upstream(sockets / "web.sock")
+    mute = socket.socket(socket.AF_UNIX)
+    mute.bind(str(sockets / "mute.sock"))
+    mute.listen(8)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = mute.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
     RouteTable(home).add(Route("run_00000000000a", "shop", "shop", {"web": (3000, str(sockets / "web.sock")),
-                                                                     "gone": (4000, str(sockets / "gone.sock"))}))
+                                                                     "gone": (4000, str(sockets / "gone.sock")),
+                                                                     "mute": (5000, str(sockets / "mute.sock"))}))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -163,6 +188,7 @@ def routed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[in
     yield port, home
     loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
     thread.join(5)
+    router.certificates.close()
     listener.close()
     for path in sockets.iterdir():
         path.unlink()
@@ -192,14 +218,20 @@ def test_the_router_reaches_an_endpoint_over_tls_and_plain_http(routed: tuple[in
     status, body = _fetch(port, "localhost", tls=ca, accept="application/json")
     [agent] = json.loads(body)["agents"]
     assert status == 200 and agent["name"] == "shop"
-    assert {e["url"] for e in agent["endpoints"]} == {f"https://web.shop.localhost:{port}",
-                                                      f"https://gone.shop.localhost:{port}"}
+    assert {e["url"] for e in agent["endpoints"]} == {f"https://{e}.shop.localhost:{port}"
+                                                      for e in ("web", "gone", "mute")}
     status, page = _fetch(port, "shop.localhost", tls=ca)  # two endpoints: the run's index
     assert status == 200 and "<a href=" in page
-    assert _fetch(port, "nope.localhost", tls=ca)[0] == 404
+    assert _fetch(port, "nope.localhost", tls=None)[0] == 404
+    with pytest.raises(ssl.SSLCertVerificationError):  # no certificate is made for a name no run has
+        _fetch(port, "nope.localhost", tls=ca)
+    status, _ = _fetch(port, "127.0.0.1", tls=ca, accept="application/json")  # an IP address SAN
+    assert status == 200
     assert _fetch(port, "other.shop.localhost", tls=ca)[0] == 404
     status, body = _fetch(port, "gone.shop.localhost", tls=ca)
     assert status == 502 and "port 4000" in body
+    status, body = _fetch(port, "mute.shop.localhost", tls=ca)  # a socket that closes without a word
+    assert status == 502 and "without an answer" in body
     with pytest.raises(ssl.SSLCertVerificationError):  # a certificate for the name asked, and no other
         ctx = ssl.create_default_context(cafile=str(ca))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \

@@ -22,8 +22,11 @@ import asyncio
 import contextlib
 import datetime
 import html
+import ipaddress
 import json
 import os
+import resource
+import shutil
 import socket
 import ssl
 import subprocess
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,8 @@ from moat.proxy.ca import KEY_AND_CERT, ensure_ca
 from moat.run.routes import ROUTES_DIR, Route, RouteTable
 
 IDLE = 60.0  # seconds without a route before the daemon ends (MOAT_ROUTER_IDLE)
+MAX_CERTIFICATES = 256
+MAX_CONNECTIONS = 512  # at once: past them a new one waits (the daemon never runs out of descriptors)
 ENV_IDLE = "MOAT_ROUTER_IDLE"
 HEAD_LIMIT = 64 * 1024
 ROUTES_TTL = 0.5  # seconds a read of the route table serves
@@ -79,13 +85,19 @@ class Certificates:
         with self.lock:
             found = self.contexts.get(host)
             if found is None:
+                if len(self.contexts) >= MAX_CERTIFICATES:  # the oldest goes (names of runs long over)
+                    oldest = next(iter(self.contexts))
+                    if oldest != "localhost":
+                        del self.contexts[oldest]
                 found = self.contexts[host] = self._make(host)
             return found
 
     def _make(self, host: str) -> ssl.SSLContext:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        names = [x509.DNSName(host)] + ([x509.DNSName("127.0.0.1")] if host == "localhost" else [])
+        names: list[x509.GeneralName] = [x509.DNSName(host)]
+        if host == "localhost":
+            names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
                 .issuer_name(self.ca_cert.subject).public_key(key.public_key())
@@ -94,7 +106,7 @@ class Certificates:
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                 .sign(self.ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-        path = self.dir / f"{len(self.contexts)}.pem"
+        path = self.dir / "leaf.pem"  # read at once by load_cert_chain, then replaced by the next
         write_private(path, (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption())
                              + cert.public_bytes(serialization.Encoding.PEM)
@@ -103,15 +115,20 @@ class Certificates:
         context.load_cert_chain(path)
         return context
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, known: Callable[[str], bool]) -> ssl.SSLContext:
+        """The default context (``localhost``'s certificate), handing a host a route names its own:
+        ``known`` says which (any other name gets ``localhost``'s, and costs nothing)."""
         base = self.context("localhost")
 
         def choose(sslobj: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
-            if name and len(name) <= 253 and name.endswith("localhost"):
+            if name and known(name.lower()):
                 sslobj.context = self.context(name.lower())
 
         base.sni_callback = choose
         return base
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --- serving ---------------------------------------------------------------------------------------
@@ -124,7 +141,7 @@ class Router:
         self.idle = idle
         self.table = RouteTable(home)
         self.certificates = Certificates(home)
-        self.tls = self.certificates.server_context()
+        self.tls = self.certificates.server_context(self._known_host)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cached: tuple[float, list[Route]] | None = None
 
@@ -132,17 +149,25 @@ class Router:
         loop = asyncio.get_running_loop()
         idle_since = time.monotonic()
         watcher = asyncio.create_task(self._idle(idle_since))
+        slots = asyncio.Semaphore(MAX_CONNECTIONS)
         try:
             while not watcher.done():
+                await slots.acquire()
                 accept = asyncio.ensure_future(loop.sock_accept(listener))
                 done, _ = await asyncio.wait({accept, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if accept not in done:
                     accept.cancel()
                     break
-                client, _ = accept.result()
+                try:
+                    client, _ = accept.result()
+                except OSError:  # out of descriptors, a connection reset before accept: not the end
+                    slots.release()
+                    await asyncio.sleep(0.1)
+                    continue
                 task = asyncio.create_task(self._connection(client))
                 self._tasks.add(task)  # held until done: a task nobody holds may be collected mid-way
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _task: slots.release())
         finally:
             watcher.cancel()
 
@@ -157,10 +182,31 @@ class Router:
     async def _idle(self, since: float) -> None:
         while True:
             await asyncio.sleep(min(2.0, self.idle / 2))
-            if await asyncio.to_thread(self.table.routes):
+            try:
+                routes = await asyncio.to_thread(self.table.routes)
+            except Exception:
+                routes = [Route("?", "?", "?", {})]
+            if routes:
                 since = time.monotonic()
-            elif time.monotonic() - since > self.idle:
+            elif time.monotonic() - since > self.idle and await asyncio.to_thread(self._may_end):
                 return
+
+    def _may_end(self) -> bool:
+        """Ending, under the spawn lock (a moat starting a run meanwhile waits, then starts another
+        daemon): only if still no route, and then the state file goes at once."""
+        state_file, _, spawn_lock = _paths(self.home)
+        with FileLock(str(spawn_lock), mode=0o600):
+            if self.table.routes():
+                return False
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(state_file.read_text()).get("pid") == os.getpid():
+                    state_file.unlink()
+            return True
+
+    def _known_host(self, host: str) -> bool:
+        routes = self._cached[1] if self._cached is not None else []
+        labels = host.removesuffix(".localhost").split(".") if host.endswith(".localhost") else []
+        return host == "localhost" or (0 < len(labels) <= 2 and any(r.host == labels[-1] for r in routes))
 
     async def _connection(self, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -171,6 +217,8 @@ class Router:
         writer: asyncio.StreamWriter | None = None
         try:
             first = await asyncio.wait_for(_peek(loop, client), HEAD_TIMEOUT)
+            if first == b"\x16":
+                await self._routes()  # the names the handshake may ask a certificate for
             reader = asyncio.StreamReader(limit=HEAD_LIMIT)
             protocol = asyncio.StreamReaderProtocol(reader)
             transport, _ = await asyncio.wait_for(loop.connect_accepted_socket(
@@ -218,11 +266,20 @@ class Router:
             upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 10)
         except (TimeoutError, OSError):
             return await _reply(writer, 502, f"run {route.name}'s port {port} ({endpoint}) cannot be reached yet\n")
-        upstream_writer.write(head)
+        upstream_writer.write(_one_request(head))
         # The client's side may end first (its EOF goes on to the agent); the agent's side ending ends
         # the connection (over TLS there is no half-close to pass on).
         up = asyncio.create_task(_pipe(reader, upstream_writer))
         try:
+            try:
+                first = await upstream_reader.read(65536)
+            except (ConnectionError, OSError):  # reset: it hung up with the request unread
+                first = b""
+            if not first:
+                return await _reply(writer, 502, f"run {route.name}'s port {port} ({endpoint}) closed the"
+                                                 " connection without an answer (not listening yet?)\n")
+            writer.write(first)
+            await writer.drain()
             await _pipe(upstream_reader, writer)
         finally:
             up.cancel()
@@ -248,6 +305,19 @@ async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
     finally:
         loop.remove_reader(sock.fileno())
     return sock.recv(1, socket.MSG_PEEK)
+
+
+def _one_request(head: bytes) -> bytes:
+    """The head with ``Connection: close``: one request per connection to the agent, so that a client
+    reusing its connection for another host's request never reaches this run with it (a WebSocket's
+    upgrade keeps its own ``Connection: Upgrade``)."""
+    lines = head.split(b"\r\n")
+    names = [line.split(b":", 1)[0].strip().lower() for line in lines[1:]]
+    if b"upgrade" in names:
+        return head
+    kept = [lines[0], *(line for line, name in zip(lines[1:], names, strict=True)
+                        if name not in (b"connection", b"keep-alive") and line)]
+    return b"\r\n".join([*kept, b"Connection: close", b"", b""])
 
 
 def _host_and_accept(head: bytes) -> tuple[str, bool]:
@@ -371,9 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     pid = os.getpid()
     write_private(state_file, json.dumps({"pid": pid, "pid_start": process_start(pid) or "", "port": args.port}))
     print(f"listening on 127.0.0.1:{args.port}", flush=True)
+    with contextlib.suppress(ValueError, OSError):  # as many descriptors as this process may have
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    router = Router(args.home, args.port, max(0.5, args.idle))
     try:
-        asyncio.run(Router(args.home, args.port, max(0.5, args.idle)).serve(listener))
+        asyncio.run(router.serve(listener))
     finally:
+        router.certificates.close()
+        listener.close()
         with contextlib.suppress(OSError, ValueError):
             if json.loads(state_file.read_text()).get("pid") == pid:
                 state_file.unlink()
