@@ -356,3 +356,43 @@ def test_snapshots_follow_the_tree_at_workspace(workspace: Path) -> None:
 
     assert snapshot_source(_plan(workspace, "")) == workspace
     assert snapshot_source(_plan(workspace, "mounts: [{source: ./data, target: /workspace}]\n")) == workspace / "data"
+
+
+def test_under_strict_a_directory_holding_a_socket_is_no_mount(workspace: Path, tmp_path: Path) -> None:
+    import socket as sockets
+
+    run_user = tmp_path / "run-user"
+    (run_user / "podman").mkdir(parents=True)
+    with sockets.socket(sockets.AF_UNIX) as server:
+        server.bind(str(run_user / "podman" / "podman.sock"))  # a rootless engine's, say
+        with pytest.raises(UsageError, match=r"podman\.sock"):
+            _plan(workspace, f"network: {{policy: strict}}\nmounts: ['{run_user}:/r']\n",
+                  runtime="docker", proxy_ca=Path("/nonexistent/ca.crt"))
+
+
+def test_a_link_out_through_another_name_of_the_workspace(workspace: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (workspace / "data").rmdir()
+    (workspace / "data").symlink_to(secret)
+    alias = tmp_path / "alias"
+    alias.symlink_to(workspace)
+    with pytest.raises(UsageError, match="leads out of the workspace"):
+        _plan(workspace, "", mounts=(f"{alias}/data:/data",))
+
+
+def test_a_read_only_directory_of_a_snapshot_restores(tmp_path: Path) -> None:
+    from moat.run.snapshots import MANUAL, Selection, Snapshots
+
+    ws = tmp_path / "ws"
+    (ws / "ro").mkdir(parents=True)
+    (ws / "ro" / "f").write_text("f\n")
+    (ws / "ro").chmod(0o555)
+    try:
+        store = Snapshots(tmp_path / "snapshots")
+        snap = store.create(ws, MANUAL, Selection())
+        store.restore_to(snap, tmp_path / "out")
+        assert (tmp_path / "out" / "ro" / "f").read_text() == "f\n"
+        assert (tmp_path / "out" / "ro").stat().st_mode & 0o777 == 0o755  # the owner's to write, as restored
+    finally:
+        (ws / "ro").chmod(0o755)

@@ -150,7 +150,10 @@ def _bound(place: _Place, entry: MountEntry, workspace: Path, host_env: Mapping[
             raise place.fail(f"{source} starts with ~, and HOME is not set")
         source = home + source[1:]
     path = Path(posixpath.normpath(os.path.join(workspace, source)))  # an absolute source stays itself
-    if path.is_relative_to(workspace) and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(workspace)):
+    real_workspace = os.path.realpath(workspace)
+    written_inside = path.is_relative_to(workspace) or Path(os.path.realpath(path.parent)).is_relative_to(
+        real_workspace)  # through another name of the workspace too
+    if written_inside and not Path(os.path.realpath(path)).is_relative_to(real_workspace):
         # The workspace is the agent's to change: a link it left there must not reach the host's files.
         raise place.fail(f"{path} leads out of the workspace (to {os.path.realpath(path)}) through a link",
                          hint="Name the directory itself (an absolute path, or ../), or remove the link.")
@@ -301,8 +304,28 @@ def check_strict(mounts: Sequence[Mount], own: Sequence[Mount], engine_socket: s
         except OSError:
             is_socket = False
         holds = [s for s in sockets if s.startswith(real.rstrip("/") + "/") and os.path.exists(s)]
+        holds += [] if is_socket or holds else _sockets_in(real)
         if is_socket or holds:
             raise UsageError(f"a mount of {mount.source} ({'a Unix socket' if is_socket else 'it holds ' + holds[0]})"
                              " would give the agent a way around network.policy: strict",
                              hint="Remove the mount, or use network.policy: permissive (docker:host is the way to"
                                   " give an agent the engine).")
+
+
+def _sockets_in(directory: str, limit: int = 100_000) -> list[str]:
+    """Unix sockets under ``directory`` (a D-Bus bus, a rootless engine's), looked for among its
+    first ``limit`` entries, links not followed: a tree past that is refused as unknown."""
+    if not os.path.isdir(directory):
+        return []
+    seen = 0
+    for root, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > limit:
+                return [f"more than {limit:,} entries, not all looked through for sockets"]
+            try:
+                if stat.S_ISSOCK(os.lstat(os.path.join(root, name)).st_mode):
+                    return [os.path.join(root, name)]
+            except OSError:
+                continue
+    return []

@@ -440,8 +440,10 @@ def _inside(destination: Path, name: str) -> Path:
 
 
 def _settle(path: Path, member: tarfile.TarInfo) -> None:
-    """The member's mode (without setuid, setgid, sticky, group or other write) and time."""
-    os.chmod(path, member.mode & 0o755, follow_symlinks=False)
+    """The member's mode (without setuid, setgid, sticky, group or other write; always the owner's to
+    read and write, a directory's to enter too: a 0555 directory would stop the restore that fills
+    it, and the clean-up of a failed one) and time."""
+    os.chmod(path, (member.mode & 0o755) | (0o700 if member.isdir() else 0o600), follow_symlinks=False)
     with contextlib.suppress(OSError, OverflowError, ValueError):
         os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
