@@ -165,3 +165,19 @@ def test_a_zombie_owner_is_not_alive() -> None:
     wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
     assert not process_alive(child.pid, socket.gethostname(), start)  # not reaped yet: a zombie
     child.wait()
+
+
+def test_a_ctrl_c_swallowed_before_the_run_is_heard_when_its_signals_are_installed() -> None:
+    from moat.interrupts import EARLY_SIGINT
+
+    EARLY_SIGINT.set()  # what the entry point's handler leaves, whatever became of its exception
+    signals, _ = machine()
+    try:
+        signals.install()
+        wait_until(signals.cancel.is_set)
+        with pytest.raises(Interrupted) as info:
+            signals.checkpoint()
+        assert info.value.exit_code == 130
+    finally:
+        signals.uninstall()
+        EARLY_SIGINT.clear()

@@ -16,12 +16,15 @@ import sys
 from types import FrameType
 from typing import Any
 
+from moat.interrupts import EARLY_SIGINT
+
 
 class Interrupted(KeyboardInterrupt):
     """A Ctrl-C (SIGINT) before a run's own signal handling took over."""
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    EARLY_SIGINT.set()  # should the exception be swallowed where it lands, the run still hears it
     raise Interrupted
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from moat.interrupts import EARLY_SIGINT
+
 # SIGQUIT (Ctrl-\\) too: its default action would end moat with nothing torn down.
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 STOP_GRACE = 10.0  # seconds an agent may take to honour a forwarded SIGTERM/SIGHUP before it is stopped
@@ -102,6 +104,8 @@ class RunSignals:
                 self._previous[signum] = signal.signal(signum, self._handler)
         self._dispatcher = threading.Thread(target=self._dispatch, name="signals", daemon=True)
         self._dispatcher.start()
+        if EARLY_SIGINT.is_set():  # a Ctrl-C before now whose exception was swallowed: heard now
+            self.deliver(signal.SIGINT)
         return self
 
     def uninstall(self) -> None:
