@@ -237,3 +237,10 @@ def test_the_router_reaches_an_endpoint_over_tls_and_plain_http(routed: tuple[in
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
                 ctx.wrap_socket(raw, server_hostname="example.com"):
             pass
+
+
+@pytest.mark.parametrize(("text", "where"), [("ports: {web: true}\n", "ports.web"),
+                                             ("network: {host: [false]}\n", "network.host[0]")])
+def test_true_is_no_port(text: str, where: str) -> None:
+    dotted, message, line, _ = only_problem(text)
+    assert dotted == where and "expected a port number" in message and line == 1

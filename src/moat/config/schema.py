@@ -89,6 +89,16 @@ def _reference(value: str) -> str:
 
 
 Text = Annotated[str, BeforeValidator(_to_text)]
+
+
+def _not_bool(value: Any) -> Any:
+    """``true`` is no port (pydantic would read it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a port number (1-65535), got {'true' if value else 'false'}")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=65535)]
 EnvName = Annotated[str, matching(ENV_NAME_RE, "a variable name (not empty, without '=' or control characters)")]
 EnvValue = Annotated[str, BeforeValidator(_to_text), AfterValidator(_single_line)]
 ImageRef = Annotated[str, BeforeValidator(_to_text), matching(
@@ -234,7 +244,7 @@ class NetworkConfig(Section):
     allow: list[Text] = Field(default_factory=list)  # removed in the Go moat; non-empty is an error
     rules: list[Annotated[HostRules, BeforeValidator(_rule_entry)]] = Field(default_factory=list)
     keep_policy: Policy | None = None
-    host: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    host: list[Port] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _checks(self) -> NetworkConfig:
@@ -520,8 +530,7 @@ class MoatConfig(Section):
     base_image: ImageRef | None = None
     mounts: list[Annotated[Mount, BeforeValidator(mount_entry)]] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
-    ports: dict[Annotated[str, StringConstraints(min_length=1)], Annotated[int, Field(ge=1, le=65535)]] = Field(
-        default_factory=dict)
+    ports: dict[Annotated[str, StringConstraints(min_length=1)], Port] = Field(default_factory=dict)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
     sandbox: Literal["", "none"] = ""
