@@ -245,16 +245,25 @@ class StandIn:
     connects: list[tuple[str, str | None]] = field(default_factory=list)  # (target, Proxy-Authorization)
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """What the peer sent up to the end of its request's or answer's head (and whatever came with it);
+    less, without the blank line, if it closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _stand_in_handler(stand_in: StandIn) -> type[socketserver.BaseRequestHandler]:
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             sock: socket.socket = self.request
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = read_head(sock)
+            if b"\r\n\r\n" not in head:
+                return
             lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
             method, target, _ = lines[0].split(" ", 2)
             auth = next((line.split(":", 1)[1].strip() for line in lines[1:]

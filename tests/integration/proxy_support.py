@@ -34,6 +34,7 @@ from tests.upstream import (  # noqa: F401 — the proxy tests' stand-ins, from 
     TestCA,
     Upstream,
     make_ca,
+    read_head,
     stand_in_proxy,
     upstream_server,
 )
@@ -131,12 +132,7 @@ def raw_connect(port: int, target: str, auth: str | None = None) -> tuple[int, d
         if auth:
             lines.append(f"Proxy-Authorization: {auth}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_head(sock)
         head, _, body = data.partition(b"\r\n\r\n")
         status_line, *header_lines = head.decode().split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines if ":" in h)}

@@ -24,6 +24,7 @@ from moat.plan.endpoints import host_label, routing_port
 from moat.run.router import Router, _host_and_accept
 from moat.run.routes import Route, RouteTable
 from tests.unit.support import only_problem, plan_for
+from tests.upstream import read_head
 
 PORTS = "name: My App\nports:\n  web: 3000\n  api-v2: 8080\n"
 REAL_CONNECT = socket.socket.connect  # taken before the unit tier's guard is set
@@ -127,12 +128,7 @@ class _Upstream:
             except OSError:
                 return
             with conn:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    head += chunk
+                head = read_head(conn)
                 line = head.split(b"\r\n", 1)[0].decode()
                 self.heads.append(head)
                 body = f"upstream saw {line}\n".encode()
