@@ -8,7 +8,7 @@ CONFIG_FILENAMES = ("moat.yaml", "agent.yaml")
 # Environment variables moat reads.
 ENV_HOME = "MOAT_HOME"  # where runs and caches live (default ~/.moat)
 ENV_RUNTIME = "MOAT_RUNTIME"  # default runtime when neither --runtime nor moat.yaml says
-RUNTIMES = ("docker", "sandbox")
+RUNTIMES = ("docker", "sandbox", "kubernetes")
 
 # Variables moat gives the agent.
 AGENT_ENV_PREFIX = "MOAT_"

@@ -525,7 +525,7 @@ class MoatConfig(Section):
     command: list[Text] | None = None
     interactive: bool = False
     clipboard: bool | None = None
-    runtime: Literal["", "docker", "apple", "sandbox"] = ""
+    runtime: Literal["", "docker", "apple", "sandbox", "kubernetes"] = ""
     container: ContainerConfig = Field(default_factory=ContainerConfig)
     base_image: ImageRef | None = None
     mounts: list[Annotated[Mount, BeforeValidator(mount_entry)]] = Field(default_factory=list)

@@ -46,7 +46,7 @@ from moat.plan.endpoints import Endpoints, forwarder_spec, host_label, routing_p
 from moat.plan.grants import clash_message, grant_env, grant_files, proxy_hosts, proxy_spec, relay_spec
 from moat.plan.identity import Identity
 from moat.plan.model import ImageSpec, Limits, Plan, ProbeSpec, ProvisionSpec, ServiceSpec, SnapshotPolicy
-from moat.plan.names import new_run_id, random_name
+from moat.plan.names import kube_pod_name, new_run_id, random_name
 from moat.plan.pod import holder_name, holder_spec, pod_network
 from moat.plan.policy import granted_hosts, network_policy
 from moat.plan.proxy import (
@@ -102,6 +102,8 @@ class RuntimeTraits:
     engine_volumes: bool = False
     # Services start from cached initialised templates where the catalog knows how (plan.warm).
     warm_services: bool = True
+    # The proxy runs inside the run's pod, on 127.0.0.1:RELAY_PORT (Kubernetes): no relay to plan.
+    proxy_in_pod: bool = False
 
 
 TRAITS = {
@@ -111,6 +113,11 @@ TRAITS = {
     "sandbox": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=False,
                              proxy_route="relay", ca_path=f"/tmp/moat-ca/{CA_FILE_NAME}",  # noqa: S108 — its /tmp
                              grant_files="/tmp/moat-grants", builds_images=False),  # noqa: S108 — its /tmp
+    # One Pod per run (plan.kube renders it): the containers share the pod's loopback as in the Docker
+    # pod, the proxy is a sidecar of it, and nothing of the host (its warm templates) is in the cluster.
+    "kubernetes": RuntimeTraits(holds_agent=False, sidecars_write_as_root=False, contains_root=True,
+                                proxy_route="relay", ca_path=f"{CA_DIR}/{CA_FILE_NAME}", grant_files="/etc/moat",
+                                managed_memory=True, warm_services=False, proxy_in_pod=True),
 }
 
 
@@ -301,6 +308,10 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         ulimits={k: (v.soft, v.hard) for k, v in sorted(model.container.ulimits.items())},
     )
     published = _endpoints(config, runtime, name, run_id, scratch, request.host_env)
+    if published is not None and traits.proxy_in_pod:  # moat's routing proxy reaches no pod in a cluster
+        notes += (f"ports ({', '.join(published.ports)}) are not published from a Kubernetes pod: reach them with"
+                  f" kubectl port-forward pod/{kube_pod_name(run_id)} PORT",)
+        published = None
     if published is not None:
         env.update(published.env())
     held = traits.holds_agent and not interactive
@@ -376,7 +387,8 @@ def build_plan(config: Config, request: RunRequest, catalog: Catalog, *, run_id:
         limits=limits,
         secrets=frozenset(secrets),
         proxy=proxy,
-        relay=None if holder is not None else relay_spec(proxy, run_id, network, labels, scratch, request.home),
+        relay=None if holder is not None or traits.proxy_in_pod else relay_spec(proxy, run_id, network, labels,
+                                                                                scratch, request.home),
         forwarder=None if published is None or holder is not None else forwarder_spec(
             published, run_id, network, labels, scratch, (identity.uid, identity.gid)),
         holder=holder,

@@ -28,3 +28,8 @@ def new_run_id() -> str:
 
 def random_name() -> str:
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}"
+
+
+def kube_pod_name(run_id: str) -> str:
+    """A run's Pod (and the prefix of its other objects) in a cluster: a DNS-1123 name."""
+    return f"moat-{run_id.replace('_', '-')}"

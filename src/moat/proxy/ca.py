@@ -27,6 +27,7 @@ from moat.proxy.paths import ProxyPaths
 
 COMMON_NAME = "moat local CA"
 VALIDITY = datetime.timedelta(days=3650)
+RUN_VALIDITY = datetime.timedelta(days=90)  # a run's own CA (run_ca): longer than any run, past RENEW_BEFORE
 RENEW_BEFORE = datetime.timedelta(days=30)  # a CA about to expire is replaced before runs trust it
 KEY_AND_CERT = "mitmproxy-ca.pem"  # mitmproxy reads its CA (key, then certificate) from here
 CERT = "mitmproxy-ca-cert.pem"  # mitmproxy's name for the public half
@@ -86,10 +87,23 @@ def _expires_soon(cert: x509.Certificate) -> bool:
 
 
 def _create(path: Path) -> x509.Certificate:
+    key_and_cert, cert = _generate(COMMON_NAME, VALIDITY)
+    _write(path, key_and_cert, 0o600)
+    return cert
+
+
+def run_ca() -> tuple[str, str]:
+    """A CA of one run's own (a Kubernetes pod's proxy signs with it): (key and certificate PEM,
+    certificate PEM). The cluster never holds the key of moat's CA, which this machine trusts."""
+    key_and_cert, cert = _generate(f"{COMMON_NAME} (one run)", RUN_VALIDITY)
+    return key_and_cert.decode(), cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _generate(common_name: str, validity: datetime.timedelta) -> tuple[bytes, x509.Certificate]:
     # P-256: mitmproxy signs every site's certificate with the CA's key and shows that same key to
     # clients, so each new TLS connection costs one signature — a tenth of an RSA-2048 one.
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME),
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "moat")])
     now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
@@ -100,7 +114,7 @@ def _create(path: Path) -> x509.Certificate:
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))  # a clock a little behind still accepts it
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -110,8 +124,7 @@ def _create(path: Path) -> x509.Certificate:
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    _write(path, key_pem + cert.public_bytes(serialization.Encoding.PEM), 0o600)
-    return cert
+    return key_pem + cert.public_bytes(serialization.Encoding.PEM), cert
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

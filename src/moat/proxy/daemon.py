@@ -64,9 +64,11 @@ def _raise_open_files_limit() -> None:
 
 
 class Daemon:
-    def __init__(self, paths: ProxyPaths, idle: float) -> None:
+    def __init__(self, paths: ProxyPaths, idle: float, port: int = 0) -> None:
+        """``port``: where it listens on 127.0.0.1 (0: a port the kernel picks; a pod's proxy has a fixed one)."""
         self.paths = paths
         self.idle = idle
+        self.fixed_port = port
         self.runs = RunRegistry(paths.home)
         self.upstream = UpstreamConfig.from_env(os.environ)
         self.state = ProxyState(self.runs, self.upstream)
@@ -153,7 +155,7 @@ class Daemon:
         opts.update(confdir=str(ca.dir), connection_strategy=strategy, **_upstream_trust(os.environ))
         master_task = asyncio.create_task(self.master.run())
         try:
-            self.port = await self._add_listener(f"regular@{LISTEN_HOST}:0", master_task)
+            self.port = await self._add_listener(f"regular@{LISTEN_HOST}:{self.fixed_port}", master_task)
             self.listeners[LISTEN_HOST] = self.port
             servers = await self._serve_sockets()
             self._write_state()
@@ -268,7 +270,7 @@ def _upstream_trust(env: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
     return trust
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=DEFAULT_IDLE,
                         help="stop after this many seconds without a registered run (0: never)")
     args = parser.parse_args(argv)
-    _configure_logging()
+    configure_logging()
     os.umask(0o077)
     paths = ProxyPaths(args.home.expanduser().resolve())
     private_dir(paths.dir)
