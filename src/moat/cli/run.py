@@ -189,6 +189,16 @@ def start_run(path: Path, command: tuple[str, ...], interactive: bool | None, *,
         workspace_mode=workspace_mode,
     )
     plan = build_plan(config, request, catalog, run_id=run_id)
+    if plan.runtime == "kubernetes":
+        from moat.cli.kuberun import print_manifests, run_on_kubernetes
+
+        if note:
+            click.echo(f"moat: {note}", err=True)
+        for line in plan.notes:
+            click.echo(f"moat: {line}", err=True)
+        if dry_run:
+            return print_manifests(plan, home, as_json)
+        return run_on_kubernetes(plan, home, detach=detach, rebuild=rebuild)
     if dry_run:
         if note:
             click.echo(f"moat: {note}", err=True)

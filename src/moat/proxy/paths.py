@@ -8,6 +8,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from moat.constants import NETWORK_TRACE, RUNS_DIR
+
 PROTOCOL_VERSION = 1  # of the control socket's messages; a daemon speaking another one is restarted
 # What the daemon runs: a daemon started by another build of moat (a policy it would not enforce,
 # a rule it would read otherwise) is not reused — an old daemon must never fail a new policy open.
@@ -72,3 +74,8 @@ class ProxyPaths:
     @property
     def ca_dir(self) -> Path:
         return self.dir / "ca"
+
+
+def trace_path(home: Path, run_id: str) -> Path:
+    """Where the proxy serving ``home`` writes a run's trace (a pod's proxy: in its own home)."""
+    return home / RUNS_DIR / run_id / NETWORK_TRACE

@@ -17,21 +17,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from moat.constants import NETWORK_TRACE, RUNS_DIR
 from moat.credentials.rules import Registration
 from moat.files import private_dir, write_private
 from moat.proxy.ca import KEY_AND_CERT
 from moat.proxy.daemon import Daemon, configure_logging
-from moat.proxy.paths import ProxyPaths
+from moat.proxy.paths import ProxyPaths, trace_path
 from moat.proxy.registry import validate
 
 REGISTRATION = "registration.json"  # the Secret's keys (plan.kube.manifests writes them)
 CA_KEY = "mitmproxy-ca.pem"
 HOME_ENV = "MOAT_POD_PROXY_HOME"  # where its private files go (default: a new directory in $TMPDIR)
-
-
-def trace_path(home: Path, run_id: str) -> Path:
-    return home / RUNS_DIR / run_id / NETWORK_TRACE
 
 
 def prepare(secret_dir: Path, home: Path) -> Registration:

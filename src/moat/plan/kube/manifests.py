@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moat.constants import LABEL_ROLE, LABEL_RUN_ID, WORKSPACE_MOUNT
@@ -30,6 +30,7 @@ CACHE_CLAIM = "moat-cache"  # the namespace's host cache, shared by every run th
 LABEL_CACHE = "moat.cache"
 CONTROL_DIR = "/run/moat-control"  # the agent's gate: moat writes ``go`` once the services are ready
 PROXY_DIR = "/run/moat-proxy"  # the proxy's Secret, in the proxy sidecar only
+PROXY_HOME = "/tmp/moat-proxy"  # noqa: S108 — its private files (CA key, trace), in its memory-backed /tmp
 REGISTRATION = "registration.json"
 PROXY_CA_KEY = "mitmproxy-ca.pem"  # key and certificate, as mitmproxy's confdir names it
 ANNOTATION_NAME = "moat.run-name"
@@ -301,6 +302,8 @@ def _service(service: ServiceSpec, context: _Context) -> dict[str, Any]:
 
 def _agent(plan: Plan, context: _Context) -> dict[str, Any]:
     spec = plan.agent
+    if plan.proxy is not None:  # the proxy's address is fixed in a pod: the sidecar's port on loopback
+        spec = replace(spec, env={**spec.env, **plan.proxy.proxy_env(None)})
     if spec.groups:
         raise UsageError("docker:host hands this machine's Docker engine to the agent; a Kubernetes pod has none",
                          hint="Remove docker:host from the dependencies for runs on Kubernetes.")
@@ -323,7 +326,8 @@ def _proxy(plan: Plan, target: KubeTarget, base: str, volumes: _Volumes) -> dict
         "name": "proxy",
         "image": target.proxy_image,
         "args": ["python3", "-m", "moat.proxy.pod", "--secret-dir", PROXY_DIR, "--listen", f"127.0.0.1:{RELAY_PORT}"],
-        "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108 — the sidecar's own memory-backed /tmp
+        "env": [{"name": "HOME", "value": "/tmp"},  # noqa: S108 — the sidecar's own memory-backed /tmp
+                {"name": "MOAT_POD_PROXY_HOME", "value": PROXY_HOME}],
         "volumeMounts": [{"name": name, "mountPath": PROXY_DIR, "readOnly": True},
                          {"name": scratch, "mountPath": "/tmp"}],  # noqa: S108
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,

@@ -7,8 +7,11 @@ instead. It also carries iptables, for the strict pod's egress init container.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from moat.plan.buildca import build_ca
+from moat.plan.dockerfile import BUILD_CA_FILE
 from moat.plan.kube.target import PROXY_UID
 from moat.plan.model import ImageSpec
 from moat.plan.pod import POD_BASE_IMAGE
@@ -25,22 +28,28 @@ def _sources() -> dict[str, str]:
             for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts}
 
 
-def proxy_image() -> ImageSpec:
+def proxy_image(host_env: Mapping[str, str]) -> ImageSpec:
+    """``host_env``: MOAT_BUILD_CA_CERTS, the CAs a build behind a TLS-inspecting proxy must trust."""
     from moat.plan.build import image_tag  # noqa: PLC0415 — build imports the kube traits' module
 
+    ca = build_ca(host_env)
+    trust = ((f"COPY {BUILD_CA_FILE} /usr/local/share/ca-certificates/{BUILD_CA_FILE}",
+              "RUN update-ca-certificates >/dev/null") if ca else ())
+    pip_cert = "PIP_CERT=/etc/ssl/certs/ca-certificates.crt " if ca else ""
     dockerfile = "\n".join((
         f"FROM {POD_BASE_IMAGE}",
         "ENV DEBIAN_FRONTEND=noninteractive",
         "RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv iptables"
         " ca-certificates && rm -rf /var/lib/apt/lists/*",
-        f"RUN python3 -m venv /opt/moat && /opt/moat/bin/pip install --no-cache-dir --disable-pip-version-check"
-        f" '{MITMPROXY}' '{CEL}'",
+        *trust,
+        f"RUN python3 -m venv /opt/moat && {pip_cert}/opt/moat/bin/pip install --no-cache-dir"
+        f" --disable-pip-version-check '{MITMPROXY}' '{CEL}'",
         "COPY moat /opt/moat-src/moat",
         "ENV PYTHONPATH=/opt/moat-src PATH=/opt/moat/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         " PYTHONDONTWRITEBYTECODE=1",
         f"USER {PROXY_UID}:{PROXY_UID}",
         "",
     ))
-    context = _sources()
+    context = {**_sources(), **({BUILD_CA_FILE: ca} if ca else {})}
     tag = image_tag([], dockerfile, context).replace("moat/run:", f"{PROXY_IMAGE_REPO}:")
     return ImageSpec(tag, POD_BASE_IMAGE, dockerfile, (), PROXY_UID, PROXY_UID, context=context)
