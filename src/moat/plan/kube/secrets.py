@@ -22,8 +22,9 @@ _KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]")
 
 
 def escape_expansion(text: str) -> str:
-    """An argument taken literally: the kubelet expands ``$(NAME)`` in commands, ``$$`` escapes it."""
-    return text.replace("$(", "$$(")
+    """An argument or value taken literally: the kubelet expands ``$(NAME)`` and reduces every ``$$`` to
+    ``$``, so each ``$`` is doubled."""
+    return text.replace("$", "$$")
 
 
 @dataclass

@@ -60,7 +60,7 @@ def playable(manifests: Manifests, files: Path, cache: Path) -> dict[str, Any]:
             for key, text in items.items():
                 (directory / key).write_text(text)
                 os.chmod(directory / key, 0o400 if kind == "Secret" else 0o444)
-            if kind == "Secret":  # only the proxy mounts it: its user reads it, nobody else
+            if kind == "Secret" and os.geteuid() == 0:  # only the proxy mounts it: its user reads it, nobody else
                 os.chown(directory, PROXY_UID, PROXY_UID)
                 for key in items:
                     os.chown(directory / key, PROXY_UID, PROXY_UID)
