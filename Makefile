@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= /tmp/moat-demo
 
-.PHONY: install engine sandbox test unit lint demo bench clean-engine help catalog
+.PHONY: podman install engine sandbox test unit lint demo bench clean-engine help catalog
 
 help:
 	@echo "make demo    run the multi-service example for real (postgres + mysql + redis)"
@@ -49,6 +49,10 @@ catalog: $(STAMP)
 sandbox:
 	bash engine/sandbox-deps.sh
 
+# podman: `podman kube play` stands in for a cluster in the Kubernetes runtime's end-to-end tests.
+podman:
+	bash engine/podman.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -56,7 +60,7 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit -q
 
-test: install engine sandbox lint
+test: install engine sandbox podman lint
 	$(BIN)/pytest tests -q
 
 # With an engine, the demo runs in containers (on the locally built images); where none can be

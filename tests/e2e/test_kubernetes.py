@@ -1,0 +1,85 @@
+"""The Kubernetes runtime end to end, with ``podman kube play`` standing in for a cluster: the rendered
+Pod of the multi-service example runs, its services answer, the agent's checks pass, its exit code
+comes back, strict egress holds, and nothing of the run is left in podman."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import skip_or_fail
+from tests.helpers import run_moat
+
+HOST_CAS = Path("/usr/local/share/ca-certificates")
+
+
+@pytest.fixture
+def podman_home(moat_home: Path) -> Path:
+    if shutil.which("podman") is None:
+        skip_or_fail("podman is not installed (make test installs it)")
+    moat_home.mkdir(parents=True, exist_ok=True)
+    (moat_home / "config.yaml").write_text("kubernetes:\n  engine: podman\n")
+    return moat_home
+
+
+def _pods() -> list[str]:
+    done = subprocess.run(["podman", "pod", "ps", "--filter", "label=moat.run-id", "--format", "{{.Name}}"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def _env() -> dict[str, str]:
+    return {"MOAT_BUILD_CA_CERTS": str(HOST_CAS)} if any(HOST_CAS.glob("*.crt")) else {}
+
+
+def test_the_multi_service_pod_runs_strict_and_its_agent_checks_pass(
+        engine: object, podman_home: Path, example: Callable[[str], Path]) -> None:
+    workspace = example("multi-service")
+    with (workspace / "moat.yaml").open("a") as handle:
+        handle.write("network:\n  policy: strict\n  rules: [example.com]\n")
+    # The agent's own check of strict egress: a listener this test runs on the host is not reachable.
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))  # every host address: no route at all must be the only reason it fails
+    listener.listen()
+    port = listener.getsockname()[1]
+    host_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()[0]
+    (workspace / "egress.sh").write_text(
+        "bash demo.sh || exit 1\n"
+        f"if timeout 5 bash -c 'exec 3<>/dev/tcp/{host_ip}/{port}' 2>/dev/null; then echo EGRESS-OPEN; exit 1; fi\n"
+        "echo egress-closed\n"
+        "echo made-in-pod > made.txt\n"
+        "exit 7\n")
+    try:
+        result = run_moat(["run", "--runtime", "kubernetes", str(workspace), "--", "bash", "egress.sh"],
+                          env=_env(), timeout=600)
+    finally:
+        listener.close()
+    assert result.code == 7, result.stderr
+    for line in ("postgres: 3 (sum of visits)", "mysql: 42 (6*7)", "redis: 5 (counter)", "egress-closed"):
+        assert line in result.stdout
+    assert "EGRESS-OPEN" not in result.stdout
+    assert _pods() == []
+    runs = list((podman_home / "runs").iterdir())
+    assert len(runs) == 1
+    metadata = json.loads((runs[0] / "metadata.json").read_text())
+    assert metadata["runtime"] == "kubernetes" and metadata["state"] == "exited" and metadata["exit_code"] == 7
+    archive = subprocess.run(["tar", "-xOf", str(runs[0] / "workspace.tar"), "./made.txt"],
+                             capture_output=True, text=True, check=True)
+    assert archive.stdout == "made-in-pod\n"
+    assert not (workspace / "made.txt").exists()  # the host's workspace is the agent's copy's source only
+
+
+def test_dry_run_prints_the_manifests_with_every_secret_masked(podman_home: Path,
+                                                               example: Callable[[str], Path]) -> None:
+    workspace = example("multi-service")
+    result = run_moat(["run", "--runtime", "kubernetes", "--dry-run", str(workspace)])
+    assert result.code == 0, result.stderr
+    assert "kind: Pod" in result.stdout and "kind: Secret" in result.stdout
+    assert "'****'" in result.stdout and "secretKeyRef" in result.stdout
+    assert _pods() == []
