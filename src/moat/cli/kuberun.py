@@ -12,7 +12,7 @@ import click
 
 from moat.config.home import KubernetesSettings, load_home_config
 from moat.constants import MASK
-from moat.errors import EngineError, UsageError
+from moat.errors import UsageError
 from moat.plan.kube import dump, masked, render, target_for
 from moat.plan.kube.manifests import Manifests
 from moat.plan.kube.proxyimage import proxy_image
@@ -59,7 +59,7 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
         raise UsageError("an interactive run is not built for the kubernetes runtime yet",
                          hint="Give a command (moat run --runtime kubernetes . -- CMD) or set interactive: false.")
     if settings.engine != "podman":
-        raise EngineError("the cluster engine (the Kubernetes API through its official client) is not built yet;"
+        raise UsageError("the cluster engine (the Kubernetes API through its official client) is not built yet;"
                           " kubernetes.engine: podman runs the same pod on this machine",
                           hint="Set kubernetes.engine: podman in MOAT_HOME/config.yaml, or print the manifests with"
                                " --dry-run and apply them with your own tooling.")
