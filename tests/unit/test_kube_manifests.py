@@ -39,12 +39,13 @@ TARGET = KubeTarget("agents", "registry.test/team/moat-agent:0123456789abcdef", 
 CA_KEY = "-----BEGIN PRIVATE KEY-----\nRUNCAKEY\n-----END PRIVATE KEY-----\n"
 
 
-def example_plan(name: str, *, runtime: str = "kubernetes", extra: str = "") -> Plan:
+def example_plan(name: str, *, runtime: str = "kubernetes", extra: str = "",
+                 workspace: Path = Path("/work/space")) -> Plan:
     directory = ROOT / "examples" / name
     text = (directory / "moat.yaml").read_text() + extra
     config = parse_config(text, CATALOG, file=directory / "moat.yaml")
     grants = (API_GRANT,) if "grants:" in text else ()
-    request = RunRequest(workspace=Path("/work/space"), command=(), runtime=runtime, home=Path("/home/u/.moat"),
+    request = RunRequest(workspace=workspace, command=(), runtime=runtime, home=Path("/home/u/.moat"),
                          scratch_root=Path("/tmp"), grants=grants,
                          proxy_ca=Path("/home/u/.moat/proxy/ca/moat-ca.crt"), host_env={})
     return build_plan(config, request, CATALOG, run_id="run_0123456789ab", new_password=Passwords(),

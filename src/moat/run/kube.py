@@ -10,6 +10,7 @@ The pod is deleted whatever happens: an error, Ctrl-C (the caller raises it here
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import threading
 import time
@@ -93,7 +94,13 @@ class KubeRun:
             raise PodFailed(f"the pod {self.pod} was {status.reason.lower()}: {status.message}",
                             hint="The node ran short of resources or went away; run again (maybe with lower"
                                  " container.memory).")
-        for container in status.containers:
+        for init in status.init_containers:
+            if init.state == "terminated" and init.exit_code not in (0, None):
+                raise PodFailed(f"{self.pod}/{init.name} failed (exit {init.exit_code}): {self._tail(init.name)}",
+                                hint="Under strict policy the egress init container sets the pod's iptables rules:"
+                                     " the cluster must allow NET_ADMIN for it (a Pod Security level of"
+                                     " privileged or baseline with that capability).")
+        for container in (*status.init_containers, *status.containers):
             if container.state == "waiting" and container.reason in STUCK:
                 raise PodFailed(f"{self.pod}/{container.name}: {STUCK[container.reason]} ({container.reason}:"
                                 f" {container.message})",
@@ -139,8 +146,12 @@ class KubeRun:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.add(str(self.plan.workspace), arcname=".")
-        code, output = self.backend.exec(self.pod, "agent", ("tar", "-x", "-m", "-C", "/workspace", "-f", "-"),
-                                         stdin=buffer.getvalue(), timeout=600)
+        data = buffer.getvalue()
+        # Exactly its size is read: no stream has to be closed for tar to see its end (a cluster's exec
+        # cannot close stdin on every version of its protocol).
+        code, output = self.backend.exec(
+            self.pod, "agent", ("sh", "-c", f"head -c {len(data)} | tar -x -m -C /workspace -f -"),
+            stdin=data, timeout=600)
         if code != 0:
             raise PodFailed(f"copying the workspace into {self.pod} failed: {output.decode(errors='replace')[-300:]}")
 
@@ -178,7 +189,7 @@ class KubeRun:
     def _copy_out(self) -> None:
         code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", "/workspace", "."), timeout=600)
         if code == 0:
-            (self.record / "workspace.tar").write_bytes(output)
+            _write_private(self.record / "workspace.tar", output)
             self.say(f"the agent's workspace: {self.record / 'workspace.tar'}")
         else:
             self.say(f"the agent's workspace could not be copied out of {self.pod}")
@@ -193,7 +204,7 @@ class KubeRun:
         except MoatError:
             return
         if code == 0:
-            (self.record / "network.jsonl").write_bytes(output)
+            _write_private(self.record / "network.jsonl", output)
 
     def _tail(self, container: str) -> str:
         try:
@@ -202,3 +213,10 @@ class KubeRun:
             return ""
         return self.plan.masker().text(text.strip()[-300:])
 
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """0600 from the first byte: what the agent wrote, what it sent (the record's own files are)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

@@ -8,6 +8,7 @@ SDK's exceptions become moat's (``NotFound``, ``ContainerNotRunning``, ``EngineG
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -320,6 +321,34 @@ class DockerRuntime:
         except EngineError as exc:
             message = exc.message.removeprefix(f"{action} failed: ")
             raise EngineError(f"could not pull image {ref}: {message}") from None
+
+    def push_image(self, local: str, remote: str, on_line: ProgressCallback) -> bool:
+        """``local`` into a registry as ``remote`` (a Kubernetes run's image); False when the registry
+        has that tag already (tags are content hashes: the same tag is the same image, not pushed again)."""
+        with contextlib.suppress(EngineError):
+            self._call(f"looking up {remote} in its registry", lambda: self.api.inspect_distribution(remote))
+            return False
+        repository, tag = parse_repository_tag(remote)
+        self._call(f"tagging {local} as {remote}", lambda: self.api.tag(local, repository, tag=tag))
+        action = f"pushing {remote}"
+        try:
+            events = self._call(action, lambda: self.api.push(repository, tag=tag, stream=True, decode=True))
+            for event in _streamed(events, action):
+                if "error" in event:
+                    raise EngineError(str(event.get("errorDetail", {}).get("message") or event["error"]))
+                if event.get("status") and not event.get("progressDetail"):
+                    on_line(f"{event.get('id', '')} {event['status']}".strip())
+        except EngineGone:
+            raise
+        except EngineError as exc:
+            registry = repository.split("/", 1)[0]
+            raise EngineError(f"the registry refused {remote}: {exc.message.removeprefix(f'{action} failed: ')}",
+                              hint=f"Log in to it (docker login {registry}) and check kubernetes.registry in"
+                                   " MOAT_HOME/config.yaml.") from None
+        finally:
+            with contextlib.suppress(EngineError):  # the registry's name for it is the registry's business
+                self._call(f"untagging {remote}", lambda: self.api.remove_image(remote, noprune=True))
+        return True
 
     def images(self, repository: str) -> list[ImageInfo]:
         def listing() -> tuple[list[dict[str, Any]], set[str]]:

@@ -26,6 +26,7 @@ class PodStatus:
     containers: tuple[ContainerStatus, ...] = ()
     reason: str = ""  # Evicted, Unschedulable, …
     message: str = ""
+    init_containers: tuple[ContainerStatus, ...] = ()
 
     def container(self, name: str) -> ContainerStatus | None:
         return next((c for c in self.containers if c.name == name), None)

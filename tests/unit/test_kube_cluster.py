@@ -1,0 +1,180 @@
+"""The cluster engine and the run's controller against a fake API server (tests/kubefake.py), through
+the official client: objects created and owned, the gate, the log, the exit code, the workspace both
+ways, and every failure a clear error with nothing left in the namespace."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moat.errors import EngineError
+from moat.plan.kube.target import KubeTarget
+from moat.plan.model import Plan
+from moat.run.kube import KubeRun
+from moat.runtime.kubernetes.cluster import ClusterBackend
+from tests.kubefake import FakeApiServer
+from tests.unit.test_kube_manifests import example_plan, manifests_of
+
+NS = "agents"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+def _target(workspace: str = "host") -> KubeTarget:
+    return KubeTarget(NS, "moat/run:x", "moat/proxy:x", workspace, None, "1Gi")
+
+
+def _run(api: FakeApiServer, plan: Plan, tmp_path: Path, workspace: str = "host") -> tuple[KubeRun, bytearray]:
+    out = bytearray()
+    backend = ClusterBackend(NS, api_client=api.api_client())
+    run = KubeRun(plan, manifests_of(plan, _target(workspace)), backend, write=out.extend, say=lambda _: None,
+                  record=tmp_path, copy_workspace=workspace == "copy")
+    return run, out
+
+
+def _left(api: FakeApiServer) -> list[str]:
+    return [f"{plural}/{name}" for (plural, _, name) in api.objects if plural != "persistentvolumeclaims"]
+
+
+def test_a_run_creates_owned_objects_follows_the_agent_and_deletes_everything(api: FakeApiServer,
+                                                                              tmp_path: Path) -> None:
+    api.kubelet.agent_exit = 3
+    plan = example_plan("multi-service", extra="network:\n  policy: strict\n  rules: [example.com]\n")
+    run, out = _run(api, plan, tmp_path)
+    seen: dict[str, list[str]] = {}
+    original = api.create
+
+    def watching(plural: str, ns: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+        seen.setdefault("order", []).append(plural)
+        return original(plural, ns, body)
+
+    api.create = watching  # type: ignore[method-assign]
+    assert run.execute() == 3
+    assert bytes(out) == b"hello from the agent\n"
+    # Secrets, files and the policy before the pod (nothing dangles should moat die in between).
+    assert seen["order"][-1] == "pods" and set(seen["order"][:-1]) == {"secrets", "configmaps", "networkpolicies"}
+    assert _left(api) == []
+    # Every service's readiness was checked in its own container, no secret on an exec's command line.
+    checked = {container for _, container, _, _ in api.kubelet.execs if container.startswith("svc-")}
+    assert checked == {"svc-postgres", "svc-mysql", "svc-redis"}
+    for _, _, argv, _ in api.kubelet.execs:
+        assert not [s for s in plan.secrets if any(s in a for a in argv)]
+    gate = [argv for _, c, argv, _ in api.kubelet.execs if c == "agent"]
+    assert gate[0] == ("touch", "/run/moat-control/go")
+
+
+def test_the_pod_owns_the_objects_it_needs(api: FakeApiServer, tmp_path: Path) -> None:
+    plan = example_plan("grants")
+    backend = ClusterBackend(NS, api_client=api.api_client())
+    manifests = manifests_of(plan, _target())
+    backend.apply(manifests)
+    pod_uid = api.objects[("pods", NS, manifests.pod["metadata"]["name"])]["metadata"]["uid"]
+    owned = [o for (p, _, _), o in api.objects.items() if p in ("secrets", "configmaps", "networkpolicies")]
+    assert len(owned) == 4  # env and proxy Secrets, files, policy
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == pod_uid for o in owned)
+    api.delete("pods", NS, manifests.pod["metadata"]["name"])  # the cluster's cascade takes them with it
+    assert _left(api) == []
+
+
+def test_a_copied_workspace_goes_in_before_the_gate_and_comes_back(api: FakeApiServer, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("from the host\n")
+    plan = example_plan("service-redis", workspace=workspace)
+    record = tmp_path / "record"
+    record.mkdir()
+    run, _ = _run(api, plan, record, workspace="copy")
+    api.kubelet.agent_exit = 5
+    assert run.execute() == 5
+    agent_execs = [argv for _, c, argv, _ in api.kubelet.execs if c == "agent"]
+    copy_in = next(i for i, a in enumerate(agent_execs) if "tar -x" in " ".join(a))
+    assert copy_in < agent_execs.index(("touch", "/run/moat-control/go"))
+    with tarfile.open(record / "workspace.tar") as tar:
+        member = tar.extractfile("./notes.txt")
+        assert member is not None and member.read() == b"from the host\n"
+    assert (record / "workspace.tar").stat().st_mode & 0o077 == 0
+    assert _left(api) == []
+
+
+def test_an_image_the_cluster_cannot_pull_is_said_and_nothing_is_left(api: FakeApiServer, tmp_path: Path) -> None:
+    api.kubelet.unpullable.add("moat/run:x")
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    with pytest.raises(EngineError, match="cannot pull the image") as info:
+        run.execute()
+    assert "image_pull_secrets" in (info.value.hint or "")
+    assert _left(api) == []
+
+
+def test_no_permission_for_secrets_names_the_object_and_leaves_nothing(api: FakeApiServer, tmp_path: Path) -> None:
+    api.forbidden.add(("create", "configmaps"))
+    run, _ = _run(api, example_plan("grants"), tmp_path)
+    with pytest.raises(EngineError, match="no permission creating the ConfigMap moat-run-0123456789ab-files in"
+                                          " the namespace agents") as info:
+        run.execute()
+    assert "Role" in (info.value.hint or "")
+    assert _left(api) == []  # the Secrets made before it are gone again
+
+
+def test_a_failed_egress_init_container_stops_the_run(api: FakeApiServer, tmp_path: Path) -> None:
+    api.kubelet.init_exit = 1
+    plan = example_plan("service-redis", extra="network:\n  policy: strict\n  rules: [example.com]\n")
+    run, _ = _run(api, plan, tmp_path)
+    with pytest.raises(EngineError, match="egress failed") as info:
+        run.execute()
+    assert "NET_ADMIN" in (info.value.hint or "")
+    assert _left(api) == []
+
+
+def test_a_pod_deleted_under_the_run_is_said(api: FakeApiServer, tmp_path: Path) -> None:
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    original = api.kubelet.exec
+
+    def evicting(pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:
+        if argv[:1] == ("touch",):
+            api.delete("pods", NS, pod)  # the node is lost as the agent starts
+            return 1, b"", b"pod gone"
+        return original(pod, container, argv, stdin)
+
+    api.kubelet.exec = evicting  # type: ignore[method-assign]
+    with pytest.raises(EngineError):
+        run.execute()
+    assert _left(api) == []
+
+
+def test_no_cluster_answering_is_a_clear_error() -> None:
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = "http://127.0.0.1:9"  # discard: nothing listens
+    configuration.retries = 0
+    backend = ClusterBackend(NS, api_client=client.ApiClient(configuration))
+    with pytest.raises(EngineError, match=r"no Kubernetes cluster answers at http://127\.0\.0\.1:9"):
+        backend.ping()
+
+
+def test_listing_finds_the_runs_pods_by_label(api: FakeApiServer) -> None:
+    backend = ClusterBackend(NS, api_client=api.api_client())
+    backend.apply(manifests_of(example_plan("service-redis"), _target()))
+    pods = backend.pods()
+    assert [(p.name, p.run_id, p.phase) for p in pods] == [("moat-run-0123456789ab", "run_0123456789ab", "Running")]
+    assert backend.pods("run_other") == []
+    backend.delete("moat-run-0123456789ab", grace=0)
+    assert backend.pods() == [] and _left(api) == []
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
