@@ -5,6 +5,7 @@ ways, and every failure a clear error with nothing left in the namespace."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,77 @@ def _tar(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def test_a_password_a_readiness_check_also_uses_as_a_word_is_read_from_the_container(api: FakeApiServer,
+                                                                                     tmp_path: Path) -> None:
+    extra = "services:\n  postgres:\n    env:\n      POSTGRES_PASSWORD: postgres\n"
+    plan = example_plan("multi-service", extra=extra)
+    run, _ = _run(api, plan, tmp_path)
+    assert run.execute() == 0
+    probe = next(argv for _, c, argv, _ in api.kubelet.execs if c == "svc-postgres")
+    # The password is also the user's, the database's and the host's name here: each is read from a
+    # variable of the container that holds that very value, none is written on the command line.
+    assert probe[:2] == ("sh", "-c") and "exec psql" in probe[2]
+    assert "postgres" not in re.sub(r'"\$POSTGRES_[A-Z]+"', "", probe[2])
+
+
+def test_the_proxy_is_ready_before_the_gate_opens(api: FakeApiServer, tmp_path: Path) -> None:
+    run, _ = _run(api, example_plan("grants"), tmp_path)
+    assert run.execute() == 0
+    order = [(c, argv[0]) for _, c, argv, _ in api.kubelet.execs]
+    assert order.index(("proxy", "python3")) < order.index(("agent", "touch"))
+
+
+def test_a_service_not_waited_for_and_one_that_refuses(api: FakeApiServer, tmp_path: Path) -> None:
+    plan = example_plan("service-redis", extra="services:\n  redis:\n    wait: false\n")
+    run, _ = _run(api, plan, tmp_path)
+    assert run.execute() == 0
+    assert not [c for _, c, _, _ in api.kubelet.execs if c.startswith("svc-")]
+
+
+def test_a_service_that_stops_under_the_run_is_said_with_its_log(api: FakeApiServer, tmp_path: Path) -> None:
+    original = api.kubelet.exec
+
+    def crashing(pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:
+        if container == "svc-redis":
+            life = api.kubelet.pods[pod]
+            life.log["svc-redis"] += b"Fatal error, can't open config file\n"
+            life.terminated["svc-redis"] = 1
+            return 1, b"", b"container not running"
+        return original(pod, container, argv, stdin)
+
+    api.kubelet.exec = crashing  # type: ignore[method-assign]
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    with pytest.raises(EngineError, match=r"svc-redis stopped \(exit 1.*can't open config file"):
+        run.execute()
+    assert _left(api) == []
+
+
+def test_excluded_paths_are_not_copied_into_the_pod(api: FakeApiServer, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "node_modules" / "x").mkdir(parents=True)
+    (workspace / "node_modules" / "x" / "big.js").write_text("x")
+    (workspace / "keep.txt").write_text("k")
+    plan = example_plan("service-redis", workspace=workspace,
+                        extra="mounts:\n  - source: .\n    target: /workspace\n    exclude: [node_modules]\n")
+    run, _ = _run(api, plan, tmp_path, workspace="copy")
+    assert run.execute() == 0
+    with tarfile.open(fileobj=io.BytesIO(api.kubelet.pods["moat-run-0123456789ab"].files["/workspace.tar"])) as tar:
+        names = tar.getnames()
+    assert "./keep.txt" in names and not [n for n in names if "node_modules" in n]
+
+
+def test_a_failed_delete_does_not_hide_why_the_run_failed(api: FakeApiServer, tmp_path: Path) -> None:
+    api.kubelet.unpullable.add("moat/run:x")
+    api.forbidden.add(("delete", "pods"))
+    said: list[str] = []
+    backend = ClusterBackend(NS, api_client=api.api_client())
+    plan = example_plan("service-redis")
+    run = KubeRun(plan, manifests_of(plan, _target()), backend, write=lambda _: None, say=said.append,
+                  record=tmp_path, copy_workspace=False)
+    with pytest.raises(EngineError, match="cannot pull the image"):
+        run.execute()
+    assert any("kubectl delete pod moat-run-0123456789ab" in s for s in said)
+    api.forbidden.clear()
+    backend.delete("moat-run-0123456789ab", grace=0)

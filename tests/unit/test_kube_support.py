@@ -54,3 +54,23 @@ def test_podman_plays_the_pod_with_files_for_its_secrets_and_hosts_for_its_alias
     secret_dir = next(v["hostPath"]["path"] for v in pod["spec"]["volumes"] if v["name"] == mount)
     assert (Path(secret_dir) / "registration.json").stat().st_mode & 0o777 == 0o400
     assert all(any(m["mountPath"] == "/etc/hosts" for m in c["volumeMounts"]) for c in pod["spec"]["containers"])
+
+
+@pytest.mark.parametrize(("text", "wrong"), [
+    ("kubernetes:\n  registry: registry.test/team:v1\n", "registry"),
+    ("kubernetes:\n  cache_size: '0'\n", "cache_size"),
+    ("kubernetes:\n  cache_size: 20GB\n", "cache_size"),
+    ("kubernetes:\n  context: ''\n", "context"),
+    ("kubernetes:\n  engine: kind\n", "engine"),
+])
+def test_home_config_values_kubernetes_would_refuse_are_refused(text: str, wrong: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_home_config(text, Path("/h/config.yaml"))
+    assert f"kubernetes.{wrong}" in str(info.value)
+
+
+def test_an_empty_kubernetes_block_is_every_default() -> None:
+    settings = parse_home_config("kubernetes:\n").kubernetes
+    assert settings.namespace == "default" and settings.cache_access_mode == "ReadWriteMany"
+    assert parse_home_config("kubernetes:\n  cache_size: 500Mi\n").kubernetes.cache_size == "500Mi"
+    assert parse_home_config("kubernetes:\n  registry: localhost:5000/a/b\n").kubernetes.registry == "localhost:5000/a/b"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from moat.config.problems import translate
 from moat.config.schema import IMAGE_REF_RE, matching
@@ -21,14 +21,15 @@ HOME_CONFIG = "config.yaml"
 # Kubernetes' names: a namespace, a context's name is free text but one line.
 DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
-REGISTRY_RE = r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:]*[a-zA-Z0-9]$"  # host[:port][/path], no tag
-QUANTITY_RE = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+# host[:port][/path…]: a colon only in the host part (a tag is moat's to give: the content hash)
+REGISTRY_RE = r"^[a-zA-Z0-9][a-zA-Z0-9.\-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._\-]*)*$"
+QUANTITY_RE = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"  # more than 0
 
 Namespace = Annotated[str, matching(DNS_LABEL_RE, "a Kubernetes namespace (lowercase letters, digits and '-')")]
 ObjectName = Annotated[str, matching(DNS_SUBDOMAIN_RE, "a Kubernetes name (lowercase letters, digits, '-', '.')")]
-Registry = Annotated[str, matching(REGISTRY_RE, "a registry and path such as registry.example.com/team, no tag")]
+Registry = Annotated[str, matching(REGISTRY_RE, "a registry and path such as registry.example.com:5000/team, no tag")]
 ImageRef = Annotated[str, matching(IMAGE_REF_RE, "an image reference such as registry.example.com/moat/agent:1")]
-Quantity = Annotated[str, matching(QUANTITY_RE, "a Kubernetes quantity such as 20Gi")]
+Quantity = Annotated[str, matching(QUANTITY_RE, "a Kubernetes quantity above 0, such as 20Gi")]
 Line = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
@@ -37,7 +38,7 @@ class KubernetesSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # The kubeconfig context (KUBECONFIG honoured); "" = its current context.
+    # The kubeconfig's context (KUBECONFIG honoured); unset: its current context.
     context: Line | None = None
     namespace: Namespace = "default"
     # Where the agent's image is pushed (<registry>/moat-agent:<content hash>); none: ``image`` must
@@ -47,6 +48,9 @@ class KubernetesSettings(BaseModel):
     proxy_image: ImageRef | None = None  # the proxy sidecar's image (default: built and pushed like the agent's)
     storage_class: ObjectName | None = None  # the host cache's PersistentVolumeClaim ("" = the cluster's default)
     cache_size: Quantity = "20Gi"
+    # ReadWriteMany lets runs on every node share the cache; a cluster whose storage has only
+    # ReadWriteOnce keeps the runs that use it on one node at a time.
+    cache_access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
     # copy: the workspace is copied into the pod (the agent works on the copy; moat brings it back as a
     # snapshot); host: the node's own path is mounted (a single-node cluster on this machine).
     workspace: Literal["copy", "host"] = "copy"
@@ -55,10 +59,15 @@ class KubernetesSettings(BaseModel):
     engine: Literal["cluster", "podman"] = "cluster"
 
 
+def _empty_block(value: object) -> object:
+    return {} if value is None else value  # "kubernetes:" with nothing under it: every default
+
+
 class HomeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    kubernetes: Annotated[KubernetesSettings, BeforeValidator(_empty_block)] = Field(
+        default_factory=KubernetesSettings)
 
 
 @dataclass(frozen=True)
@@ -107,4 +116,5 @@ def parse_home_config(text: str, file: Path | None = None) -> HomeConfig:
 
 
 _HINT = ("MOAT_HOME/config.yaml holds this machine's settings (kubernetes: context, namespace, registry, image,"
-         " proxy_image, storage_class, cache_size, workspace, image_pull_secrets, engine); fix the keys named above.")
+         " proxy_image, storage_class, cache_size, cache_access_mode, workspace, image_pull_secrets, engine);"
+         " fix the keys named above.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tarfile
 import threading
 import time
@@ -18,15 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moat.constants import WORKSPACE_MOUNT
 from moat.errors import EngineError, MoatError
-from moat.plan.kube.manifests import COLLECTED, CONTROL_DIR, EXIT, GO, PROXY_HOME, Manifests
+from moat.plan.kube.manifests import COLLECTED, CONTROL_DIR, EXIT, GO, PROXY_HOME, UPLOAD_DIR, Manifests
 from moat.plan.kube.secrets import SecretValues, exec_argv
 from moat.plan.model import Plan, ServiceSpec
 from moat.plan.names import kube_pod_name
+from moat.plan.proxy import RELAY_PORT
 from moat.proxy.paths import trace_path
 from moat.runtime.kubernetes.backend import PodBackend, PodStatus
 
 START_TIMEOUT = 300.0  # image pulls included
+PROXY_READY_TIMEOUT = 60.0
+# The proxy sidecar's own Python: listening on the pod's loopback is being ready.
+PROXY_CHECK = ("python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {RELAY_PORT}), 2).close()")
 POLL = 0.25
 # Waiting reasons that never resolve by waiting: said at once, with what to do.
 STUCK = {"ErrImagePull": "the cluster cannot pull the image", "ImagePullBackOff": "the cluster cannot pull the image",
@@ -69,9 +75,9 @@ class KubeRun:
             at = self.timings.mark("apply", start)
             self._wait_started()
             at = self.timings.mark("started", at)
-            for service in self.plan.services:
-                self._wait_ready(service)
+            self._wait_ready()
             at = self.timings.mark("ready", at)
+            self._provision()
             if self.copy_workspace:
                 self._copy_in()
                 at = self.timings.mark("copied_in", at)
@@ -80,8 +86,21 @@ class KubeRun:
             self.timings.mark("agent", at)
             return code
         finally:
-            self._collect()
+            try:
+                self._collect()
+            except Exception as exc:
+                self.say(f"the proxy's trace could not be kept: {exc}")
+            finally:
+                self._delete()
+
+    def _delete(self) -> None:
+        """The pod goes; a failure to delete it is said, never hides why the run ended."""
+        try:
             self.backend.delete(self.pod)
+        except MoatError as exc:
+            if sys.exc_info()[0] is None:
+                raise
+            self.say(f"{exc.message} — delete it yourself: kubectl delete pod {self.pod}")
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -100,6 +119,12 @@ class KubeRun:
                                 hint="Under strict policy the egress init container sets the pod's iptables rules:"
                                      " the cluster must allow NET_ADMIN for it (a Pod Security level of"
                                      " privileged or baseline with that capability).")
+        for container in status.containers:
+            if container.name != "agent" and container.state == "terminated":
+                raise PodFailed(f"{self.pod}/{container.name} stopped (exit {container.exit_code}"
+                                f"{', ' + container.reason if container.reason else ''}): {self._tail(container.name)}",
+                                hint="A service or the proxy ended under the agent: see its log above"
+                                     " (OOMKilled: raise its memory in moat.yaml).")
         for container in (*status.init_containers, *status.containers):
             if container.state == "waiting" and container.reason in STUCK:
                 raise PodFailed(f"{self.pod}/{container.name}: {STUCK[container.reason]} ({container.reason}:"
@@ -126,34 +151,88 @@ class KubeRun:
                                 hint="See `kubectl describe pod` for why (scheduling, image pulls).")
             time.sleep(POLL)
 
-    def _wait_ready(self, service: ServiceSpec) -> None:
-        container = f"svc-{service.name}"
-        spec = next(c for c in self.manifests.pod["spec"]["containers"] if c["name"] == container)
-        argv = exec_argv(service.probe.command, service.probe.env, spec.get("env", []), self.values)
-        deadline = time.monotonic() + service.ready_timeout
-        output = b""
-        while time.monotonic() < deadline:
-            code, output = self.backend.exec(self.pod, container, argv, timeout=10)
-            if code == 0 and (service.probe.expect is None or service.probe.expect in output.decode(errors="replace")):
-                return
-            self._status()
-            time.sleep(0.5)
-        raise PodFailed(f"{service.name} was not ready in {service.ready_timeout:.0f} s: "
-                        f"{self.plan.masker().text(output.decode(errors='replace').strip()[-300:])}")
+    def _wait_ready(self) -> None:
+        """The proxy listening and every service answering its own check, all polled together (they
+        started together); a service with ``wait: false`` is not waited for."""
+        waiting: dict[str, tuple[str, tuple[str, ...], ServiceSpec | None, float]] = {}
+        if self.plan.proxy is not None:
+            waiting["proxy"] = ("proxy", PROXY_CHECK, None, time.monotonic() + PROXY_READY_TIMEOUT)
+        containers = {c["name"]: c for c in self.manifests.pod["spec"]["containers"]}
+        for service in self.plan.services:
+            if not service.wait:
+                continue
+            container = f"svc-{service.name}"
+            try:
+                argv = exec_argv(service.probe.command, service.probe.env, containers[container].get("env", []),
+                                 self.values)
+            except MoatError as exc:
+                raise PodFailed(f"{service.name}'s readiness check cannot run: {exc.message}") from None
+            waiting[service.name] = (container, argv, service, time.monotonic() + service.ready_timeout)
+        last: dict[str, str] = {}
+        while waiting:
+            for name, (container, argv, checked, deadline) in list(waiting.items()):
+                try:
+                    code, output = self.backend.exec(self.pod, container, argv, timeout=10)
+                except MoatError as exc:  # a check that hangs or a broken exec: tried again
+                    code, output = -1, exc.message.encode()
+                text = output.decode(errors="replace")
+                expect = checked.probe.expect if checked is not None else None
+                if code == 0 and (expect is None or expect in text):
+                    del waiting[name]
+                    continue
+                last[name] = text
+                if checked is not None and checked.probe.refused is not None and code == checked.probe.refused:
+                    raise PodFailed(f"{name} refused moat's readiness check: {self._masked(text)}")
+                if time.monotonic() > deadline:
+                    limit = checked.ready_timeout if checked is not None else PROXY_READY_TIMEOUT
+                    raise PodFailed(f"{name} was not ready in {limit:.0f} s: {self._masked(text)}")
+            if waiting:
+                self._status()
+                time.sleep(0.25)
+
+    def _provision(self) -> None:
+        """What the services should hold (ollama's models) into the namespace's cache, by their own
+        commands; what is there already is not fetched again."""
+        for service in self.plan.services:
+            provision = service.provision
+            if provision is None or not provision.items:
+                continue
+            container = f"svc-{service.name}"
+            code, output = self.backend.exec(self.pod, container, provision.recipe.list_command, timeout=60)
+            present = output.decode(errors="replace") if code == 0 else ""
+            for item in provision.items:
+                if item in present:
+                    continue
+                self.say(f"{service.name}: fetching {provision.noun} {item}")
+                argv = tuple(a.replace("{item}", item) for a in provision.command)
+                code, output = self.backend.exec(self.pod, container, argv, timeout=provision.timeout)
+                if code != 0:
+                    raise PodFailed(f"{service.name} could not fetch {provision.noun} {item}: "
+                                    f"{self._masked(output.decode(errors='replace'))}")
+
+    def _masked(self, text: str) -> str:
+        return self.plan.masker().text(text.strip()[-300:])
 
     def _copy_in(self) -> None:
-        """The workspace into the agent's emptyDir, as the agent's user (tar from its stdin)."""
+        """The workspace (but what its mount excludes) into the agent's volume, as the agent's user."""
+        excluded = next((m.excluded for m in self.plan.agent.mounts if m.target == WORKSPACE_MOUNT), ())
+
+        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            name = info.name.removeprefix("./")
+            return None if any(name == e or name.startswith(f"{e.rstrip('/')}/") for e in excluded) else info
+
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            tar.add(str(self.plan.workspace), arcname=".")
+            tar.add(str(self.plan.workspace), arcname=".", filter=keep)
         data = buffer.getvalue()
         # Exactly its size is read: no stream has to be closed for tar to see its end (a cluster's exec
-        # cannot close stdin on every version of its protocol).
+        # cannot close stdin on every version of its protocol). The volume's root is the cluster's.
         code, output = self.backend.exec(
-            self.pod, "agent", ("sh", "-c", f"head -c {len(data)} | tar -x -m -C /workspace -f -"),
-            stdin=data, timeout=600)
+            self.pod, "agent", ("sh", "-c", f"head -c {len(data)} | tar -x -m --no-overwrite-dir -C {UPLOAD_DIR}"
+                                            " -f -"), stdin=data, timeout=600)
         if code != 0:
-            raise PodFailed(f"copying the workspace into {self.pod} failed: {output.decode(errors='replace')[-300:]}")
+            raise PodFailed(f"copying the workspace into {self.pod} failed:"
+                            f" {self._masked(output.decode(errors='replace'))}")
 
     def _control(self, name: str) -> None:
         code, output = self.backend.exec(self.pod, "agent", ("touch", f"{CONTROL_DIR}/{name}"))
@@ -187,7 +266,7 @@ class KubeRun:
             pass  # the pod is going away: the end is read from its status
 
     def _copy_out(self) -> None:
-        code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", "/workspace", "."), timeout=600)
+        code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
         if code == 0:
             _write_private(self.record / "workspace.tar", output)
             self.say(f"the agent's workspace: {self.record / 'workspace.tar'}")

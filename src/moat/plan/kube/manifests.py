@@ -47,21 +47,27 @@ GATE = (
     '"$0" "$@" </dev/null & child=$!\n'
     "trap 'kill -TERM $child 2>/dev/null' TERM INT\n"
     "while :; do wait $child; code=$?; kill -0 $child 2>/dev/null || break; done\n"
+    "trap 'exit $code' TERM INT\n"  # the command is over: a SIGTERM now ends the wait below at once
     f"echo $code > {CONTROL_DIR}/{EXIT}\n"
 )
 COLLECT_WAIT = (f"n=0; until [ -e {CONTROL_DIR}/{COLLECTED} ] || [ $n -ge {COLLECT_SECONDS * 10} ];"
                 " do sleep 0.1; n=$((n+1)); done\n")
+UPLOAD_DIR = "/run/moat-upload"  # the copied workspace's volume, writable, without its excluded overlays
 
 # Under strict policy: only loopback and the proxy's user may send; everything else is refused at
-# once (REJECT, not DROP: a blocked client fails fast instead of hanging). Both families; a node
-# without IPv6 has nothing to close there.
+# once (REJECT, not DROP: a blocked client fails fast instead of hanging). Fails closed: no iptables,
+# or IPv6 present and ip6tables missing or failing, and the pod does not start.
+_RULES = (
+    "  $t -w -A OUTPUT -o lo -j ACCEPT\n"
+    f"  $t -w -A OUTPUT -m owner --uid-owner {PROXY_UID} -j ACCEPT\n"
+    "  $t -w -A OUTPUT -j REJECT\n"
+)
 EGRESS_RULES = (
     "set -e\n"
     "for t in iptables ip6tables; do\n"
-    "  command -v $t >/dev/null || continue\n"
-    "  $t -w -A OUTPUT -o lo -j ACCEPT || { [ $t = ip6tables ] && continue; exit 1; }\n"
-    f"  $t -w -A OUTPUT -m owner --uid-owner {PROXY_UID} -j ACCEPT\n"
-    "  $t -w -A OUTPUT -j REJECT\n"
+    "  if [ $t = ip6tables ] && [ ! -s /proc/net/if_inet6 ]; then continue; fi  # no IPv6 in this pod\n"
+    "  command -v $t >/dev/null || { echo \"moat: $t is missing: strict egress cannot be set\" >&2; exit 1; }\n"
+    + _RULES +
     "done\n"
 )
 
@@ -173,7 +179,8 @@ def _registration(plan: Plan) -> str:
 
 
 def _cache_claim(target: KubeTarget, labels: Mapping[str, str]) -> dict[str, Any]:
-    spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": target.cache_size}}}
+    spec: dict[str, Any] = {"accessModes": [target.cache_access_mode],
+                            "resources": {"requests": {"storage": target.cache_size}}}
     if target.storage_class:
         spec["storageClassName"] = target.storage_class
     # Not the run's: kept across runs (as the host cache is), so labelled by home and not by run.
@@ -313,14 +320,18 @@ def _agent(plan: Plan, context: _Context) -> dict[str, Any]:
     args = container.get("args", [escape_expansion(a) for a in plan.command])
     container["command"] = ["/bin/sh", "-c", script]
     container["args"] = args
-    container.setdefault("volumeMounts", []).append(
-        {"name": context.volumes.add("moat-control", {"emptyDir": {}}), "mountPath": CONTROL_DIR})
+    mounts = container.setdefault("volumeMounts", [])
+    mounts.append({"name": context.volumes.add("moat-control", {"emptyDir": {}}), "mountPath": CONTROL_DIR})
+    if context.target.workspace == "copy" and "workspace" in context.volumes.items:
+        mounts.append({"name": "workspace", "mountPath": UPLOAD_DIR})  # where moat copies in and out
     return container
 
 
 def _proxy(plan: Plan, target: KubeTarget, base: str, volumes: _Volumes) -> dict[str, Any]:
     """moat's proxy for this run alone, on the pod's loopback where the agent's proxy URL points."""
-    name = volumes.add("moat-proxy", {"secret": {"secretName": f"{base}-proxy", "defaultMode": 0o400}})
+    # Readable by any user of the one container that mounts it: the kubelet writes it as root, and the
+    # proxy runs as PROXY_UID.
+    name = volumes.add("moat-proxy", {"secret": {"secretName": f"{base}-proxy", "defaultMode": 0o444}})
     scratch = volumes.add("proxy-tmp", {"emptyDir": {"medium": "Memory"}})
     return {
         "name": "proxy",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moat.errors import MoatError
 from moat.masking import Masker
 
 SECRET_VARIABLE = "MOAT_SECRET_{}"  # noqa: S105 — a name, not a password; a secret an argument needs, as the container's variable
@@ -59,48 +60,47 @@ class SecretValues:
         return out
 
     def args(self, container: str, args: tuple[str, ...], env: list[dict[str, Any]]) -> list[str]:
-        """Arguments with every secret replaced by ``$(MOAT_SECRET_n)`` (added to ``env``)."""
-        out = []
-        for arg in args:
-            if not self.holds_secret(arg):
-                out.append(escape_expansion(arg))
-                continue
-            text = escape_expansion(arg)
-            for secret in sorted(self.masker.secrets, key=len, reverse=True):
-                if secret and secret in arg:
-                    text = text.replace(escape_expansion(secret), f"$({self._variable(container, secret, env)})")
-            out.append(text)
-        return out
+        """Arguments as the kubelet will pass them: one that holds a secret, in any form the masker
+        knows (raw, URL-encoded, JSON-escaped), becomes ``$(VAR)`` of a variable holding the whole
+        argument (added to ``env``), so that no part of it is written into the spec."""
+        return [f"$({self._variable(container, arg, env)})" if self.holds_secret(arg) else escape_expansion(arg)
+                for arg in args]
 
-    def _variable(self, container: str, secret: str, env: list[dict[str, Any]]) -> str:
-        for entry in env:  # a variable that holds exactly this secret already
+    def _variable(self, container: str, value: str, env: list[dict[str, Any]]) -> str:
+        for entry in env:  # a variable that holds exactly this value already
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
-            if ref and self.data.get(ref["key"]) == secret:
+            if ref and self.data.get(ref["key"]) == value:
                 return str(entry["name"])
         variable = SECRET_VARIABLE.format(sum(1 for e in env if str(e["name"]).startswith("MOAT_SECRET_")))
         env.append({"name": variable, "valueFrom": {"secretKeyRef": {
-            "name": self.name, "key": self.key_for(container, variable, secret)}}})
+            "name": self.name, "key": self.key_for(container, variable, value)}}})
         return variable
+
+
+class UnpassableSecret(MoatError):
+    """A command moat would run in a container needs a secret the container holds no variable for."""
 
 
 def exec_argv(command: tuple[str, ...], env: Mapping[str, str], container_env: list[dict[str, Any]],
               secrets: SecretValues) -> tuple[str, ...]:
     """A command to exec in a container with ``env`` set, where no secret is on the command line: a
-    secret value is read from the container's variable that holds it (``values``: the env Secret)."""
+    value or an argument that holds a secret is read from the container's variable holding exactly
+    it, inside ``sh`` (the exec's command line is in the API server's audit log)."""
     values = secrets.data
     holders = {values[e["valueFrom"]["secretKeyRef"]["key"]]: str(e["name"])
                for e in container_env if "valueFrom" in e and e["valueFrom"]["secretKeyRef"]["key"] in values}
-    assignments = []
-    for variable, value in env.items():
+
+    def word(value: str, what: str) -> str:
         if value in holders:
-            assignments.append(f'{variable}="${holders[value]}"')
-        elif secrets.holds_secret(value):
-            raise ValueError(f"{variable} holds a secret the container has no variable for: it cannot be passed"
-                             " without writing it")
-        else:
-            assignments.append(f"{variable}={shlex.quote(value)}")
-    if any(secrets.holds_secret(arg) for arg in command):
-        raise ValueError("a command argument holds a secret: it cannot be run without writing it")
-    if not assignments:
+            return f'"${holders[value]}"'
+        if secrets.holds_secret(value):
+            raise UnpassableSecret(f"{what} holds a secret the container has no variable for: moat will not"
+                                   " write it on a command line")
+        return shlex.quote(value)
+
+    if not env and not any(secrets.holds_secret(a) for a in command):
         return command
-    return ("sh", "-c", f'export {" ".join(assignments)}; exec "$0" "$@"', *command)
+    assignments = " ".join(f"{variable}={word(value, variable)}" for variable, value in env.items())
+    script = (f"export {assignments}; " if assignments else "") + "exec " + " ".join(
+        word(arg, f"argument {index} of {command[0]}") for index, arg in enumerate(command))
+    return ("sh", "-c", script)

@@ -20,6 +20,7 @@ class KubeTarget:
     storage_class: str | None
     cache_size: str
     image_pull_secrets: tuple[str, ...] = ()
+    cache_access_mode: str = "ReadWriteMany"
 
 
 def pushed(registry: str | None, local_tag: str, repository: str) -> str:
@@ -39,4 +40,5 @@ def target_for(settings: KubernetesSettings, agent_tag: str, proxy_tag: str) -> 
         storage_class=settings.storage_class,
         cache_size=settings.cache_size,
         image_pull_secrets=tuple(settings.image_pull_secrets),
+        cache_access_mode=settings.cache_access_mode,
     )

@@ -77,11 +77,13 @@ def playable(manifests: Manifests, files: Path, cache: Path) -> dict[str, Any]:
     new_volumes = [v for n, v in volumes.items() if n not in dirs]
     new_volumes.append({"name": "moat-hosts", "hostPath": {"path": str(hosts), "type": "File"}})
     for container in (*spec.get("initContainers", []), *spec["containers"]):
-        env = {}
+        env: dict[str, str] = {}
         for entry in container.get("env", []):
             ref = entry.pop("valueFrom", {}).get("secretKeyRef")
-            if ref:
+            if ref:  # a Secret's value is taken as it is
                 entry["value"] = data[ref["name"]][1][ref["key"]]
+            else:  # a plain value is expanded as the kubelet does, with the variables defined before it
+                entry["value"] = expand(entry["value"], env)
             env[entry["name"]] = entry["value"]
         for key in ("command", "args"):
             if key in container:
