@@ -269,7 +269,7 @@ def test_memory_wrong_type_message() -> None:
          "services.postgres.ready_timeout", "expected a number of seconds, got 'soon'"),
         ("dependencies: [postgres]\nservices:\n  postgres:\n    ready_timeout: 0\n",
          "services.postgres.ready_timeout", "must be greater than 0"),
-        ("runtime: podman\n", "runtime", "expected one of 'docker', 'apple', 'sandbox', got 'podman'"),
+        ("runtime: podman\n", "runtime", "expected one of 'docker', 'apple', 'sandbox', 'kubernetes', got 'podman'"),
         ("network:\n  policy: strik\n", "network.policy", "did you mean 'strict'?"),
         ("name: ''\n", "name", "expected a name (not empty, without control characters), got ''"),
         ("name: \"a\\tb\"\n", "name", "got 'a\\tb'"),

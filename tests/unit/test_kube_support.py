@@ -73,4 +73,5 @@ def test_an_empty_kubernetes_block_is_every_default() -> None:
     settings = parse_home_config("kubernetes:\n").kubernetes
     assert settings.namespace == "default" and settings.cache_access_mode == "ReadWriteMany"
     assert parse_home_config("kubernetes:\n  cache_size: 500Mi\n").kubernetes.cache_size == "500Mi"
-    assert parse_home_config("kubernetes:\n  registry: localhost:5000/a/b\n").kubernetes.registry == "localhost:5000/a/b"
+    registry = parse_home_config("kubernetes:\n  registry: localhost:5000/a/b\n").kubernetes.registry
+    assert registry == "localhost:5000/a/b"

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -13,10 +16,15 @@ import click
 from moat.config.home import KubernetesSettings, load_home_config
 from moat.constants import MASK
 from moat.errors import UsageError
+from moat.files import now_iso
+from moat.interrupts import EARLY_SIGINT
 from moat.plan.kube import dump, masked, render, target_for
 from moat.plan.kube.manifests import Manifests
 from moat.plan.kube.proxyimage import proxy_image
+from moat.plan.kube.target import AGENT_REPOSITORY, PROXY_REPOSITORY, pushed
 from moat.plan.model import ImageSpec, Plan
+from moat.run.store import RunRecord
+from moat.runtime.kubernetes import backend_for
 
 DRY_RUN_CA = f"<the run's own CA, made when it starts: {MASK}>"
 
@@ -46,11 +54,11 @@ def print_manifests(plan: Plan, home: Path, as_json: bool) -> int:
 
 
 def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) -> int:
+    from moat import masking
     from moat.run.kube import KubeRun
     from moat.run.store import RunStore
-    from moat.runtime.docker import DockerRuntime
-    from moat.runtime.kubernetes.podman import PodmanBackend
 
+    masking.register(plan.masker())
     settings = load_home_config(home).kubernetes
     if detach:
         raise UsageError("-d is not built for the kubernetes runtime yet: its run is followed from here",
@@ -58,43 +66,101 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
     if plan.interactive:
         raise UsageError("an interactive run is not built for the kubernetes runtime yet",
                          hint="Give a command (moat run --runtime kubernetes . -- CMD) or set interactive: false.")
-    if settings.engine != "podman":
-        raise UsageError("the cluster engine (the Kubernetes API through its official client) is not built yet;"
-                          " kubernetes.engine: podman runs the same pod on this machine",
-                          hint="Set kubernetes.engine: podman in MOAT_HOME/config.yaml, or print the manifests with"
-                               " --dry-run and apply them with your own tooling.")
-    if settings.registry:
-        raise UsageError("kubernetes.registry: pushing images is not built yet; the podman engine takes the local"
-                         " engine's images", hint="Remove kubernetes.registry from MOAT_HOME/config.yaml.")
-    manifests, proxy = manifests_for(plan, settings, real_ca=True)
+    with _interrupts_raise():
+        backend = backend_for(settings, home)
+        backend.ping()  # before anything is built: no cluster, no permission, said at once
+        manifests, proxy = manifests_for(plan, settings, real_ca=True)
+        _images(plan, proxy, settings, rebuild)
+        where = {"engine": settings.engine, "namespace": settings.namespace, "context": settings.context,
+                 "pod": manifests.pod["metadata"]["name"]}
+        services = [{"name": s.name, "image": s.image} for s in plan.services]
+        record = RunStore(home).create(plan.run_id, plan.masker(), runtime="kubernetes", name=plan.name,
+                                       workspace=str(plan.workspace), command=list(plan.command), kubernetes=where,
+                                       services=services)
+        output = _Output(record)
+        run = KubeRun(plan, manifests, backend, write=output, say=_say, record=record.dir,
+                      copy_workspace=settings.workspace == "copy")
+        state, code = "failed", None
+        record.update(state="running")
+        try:
+            code = run.execute()
+            state = "exited"
+            return code
+        except KeyboardInterrupt:
+            state = "interrupted"
+            return 130
+        finally:
+            output.flush()
+            record.update(state=state, exit_code=code, timings=run.timings.steps, ended_at=now_iso())
+            record.close()
+
+
+def _images(plan: Plan, proxy: ImageSpec, settings: KubernetesSettings, rebuild: bool) -> None:
+    """The agent's and the proxy's images built here (unless prebuilt ones are named) and pushed where
+    the cluster pulls from; with the podman engine, the services' images are fetched here too."""
+    from moat.runtime.docker import DockerRuntime
+
     docker = DockerRuntime()
-    say = _say
-    wanted = ((plan.image, not settings.image), (proxy, plan.proxy is not None and not settings.proxy_image))
-    for image, build in wanted:
-        if build and (rebuild or not docker.image_exists(image.tag)):
-            say(f"building {image.tag}")
+    wanted = ((plan.image, not settings.image, AGENT_REPOSITORY),
+              (proxy, plan.proxy is not None and not settings.proxy_image, PROXY_REPOSITORY))
+    for image, ours, repository in wanted:
+        if not ours:
+            continue
+        if rebuild or not docker.image_exists(image.tag):
+            _say(f"building {image.tag}")
             docker.build_image(image, {"moat.role": "image"}, lambda _line: None, no_cache=rebuild)
-    record = RunStore(home).create(plan.run_id, plan.masker(), runtime="kubernetes", name=plan.name,
-                                   workspace=str(plan.workspace), command=list(plan.command))
-    record.update(state="running")
-    run = KubeRun(plan, manifests, PodmanBackend(home), write=_write, say=say, record=record.dir,
-                  copy_workspace=settings.workspace == "copy")
-    state, code = "failed", None
+        if settings.engine == "cluster" and settings.registry:
+            remote = pushed(settings.registry, image.tag, repository)
+            if docker.push_image(image.tag, remote, lambda _line: None):
+                _say(f"pushed {remote}")
+    if settings.engine == "cluster" and not settings.registry and not settings.image:
+        _say("no kubernetes.registry: the cluster must find the agent's image itself (a single-node cluster on"
+             " this machine's engine)")
+    if settings.engine == "podman":
+        for service in plan.services:
+            if not docker.image_exists(service.image):
+                _say(f"pulling {service.image}")
+                docker.pull_image(service.image, lambda _line: None)
+
+
+@contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """Ctrl-C or SIGTERM once: the run ends and its pod is deleted (a second one while that happens is
+    ignored, so that the deletion is never cut short)."""
+    def interrupted(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = run.execute()
-        state = "exited"
-        return code
-    except KeyboardInterrupt:
-        state = "interrupted"
-        return 130
+        if EARLY_SIGINT.is_set():
+            raise KeyboardInterrupt
+        yield
     finally:
-        record.update(state=state, exit_code=code, timings=run.timings.steps)
-        record.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _write(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+class _Output:
+    """The agent's output, to this terminal as it comes and line by line into the run's log."""
+
+    def __init__(self, record: RunRecord) -> None:
+        self.record = record
+        self.pending = b""
+
+    def __call__(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            self.record.log("stdout", line.decode(errors="replace"))
+
+    def flush(self) -> None:
+        if self.pending:
+            self.record.log("stdout", self.pending.decode(errors="replace"))
+            self.pending = b""
 
 
 def _say(text: str) -> None:

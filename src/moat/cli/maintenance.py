@@ -24,8 +24,8 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
     Never touches a run that is being created or is running, nor an image one of them names.
     """
     from moat.cli.prompt import confirm_or_stop
-    from moat.errors import UsageError
-    from moat.run import reaper
+    from moat.errors import MoatError, UsageError
+    from moat.run import kubereap, reaper
     from moat.run.registry import Registry
     from moat.run.report import human_bytes
     from moat.run.store import RunStore
@@ -36,7 +36,10 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
     images: reaper.Images = "all" if all_images else "own"
     work = [(rt, reaper.find(rt, registry, finished=True, images=images)) for rt in select.available(store.home)]
     work = [(rt, found) for rt, found in work if not found.empty]
-    if not work:
+    pods, unreachable = kubereap.leftovers(registry, store.home)
+    for problem in unreachable:
+        click.echo(f"could not look: {problem}", err=True)
+    if not work and not pods:
         click.echo("Nothing to clean.")
         return
     for runtime, found in work:
@@ -47,6 +50,8 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
             click.echo(f"{runtime.name:<8} {'image':<9} {name:<40} unused ({human_bytes(image.size)})")
         for run in found.orphaned_runs:
             click.echo(f"{runtime.name:<8} {'record':<9} {run.id:<40} marked failed: its moat process is gone")
+    for left in pods:
+        click.echo(f"{'k8s':<8} {'pod':<9} {left.pod.name[:40]:<40} {left.why}")
     if dry_run:
         click.echo("(dry run: nothing removed)")
         return
@@ -60,6 +65,12 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
         for problem in problems:
             click.echo(f"could not remove: {problem}", err=True)
         removed += len(found.objects) + len(found.images) - len(problems)
+    for left in pods:
+        try:
+            left.backend.delete(left.pod.name, grace=0)
+            removed += 1
+        except MoatError as exc:
+            click.echo(f"could not remove: pod {left.pod.name}: {exc.message}", err=True)
     click.echo(f"removed {removed} objects")
 
 
@@ -106,6 +117,7 @@ def status(as_json: bool) -> None:
         report["orphans"]["runs"] = len({r.id for r in [*orphans.orphaned_runs, *found.orphaned_runs]})
     except EngineError as exc:
         report["engine"]["error"] = exc.message
+    report["kubernetes"] = _kubernetes_status(store.home)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -114,6 +126,10 @@ def status(as_json: bool) -> None:
     click.echo(f"engine     {engine['address']}: {answer}")
     sandbox_info = report["sandbox"]
     click.echo(f"sandbox    {sandbox_info['version'] if sandbox_info['available'] else sandbox_info['error']}")
+    kube = report["kubernetes"]
+    if kube is not None:
+        state = f"{kube['pods']} pods of this home" if kube["answers"] else f"not answering ({kube['error']})"
+        click.echo(f"kubernetes {kube['engine']}, namespace {kube['namespace']}: {state}")
     click.echo(f"home       {report['home']}")
     click.echo(f"runs       {len(report['active_runs'])} active, {report['runs_recorded']} recorded")
     for run in report["active_runs"]:
@@ -126,3 +142,25 @@ def status(as_json: bool) -> None:
         orphans = report["orphans"]
         hint = " (`moat clean` removes them)" if orphans["objects"] or orphans["runs"] else ""
         click.echo(f"orphans    {orphans['objects']} engine objects, {orphans['runs']} runs{hint}")
+
+
+def _kubernetes_status(home: Any) -> dict[str, Any] | None:
+    """The configured Kubernetes engine (MOAT_HOME/config.yaml), when there is one: does it answer,
+    and how many pods of this MOAT_HOME it holds."""
+    from moat.config.home import load_home_config
+    from moat.errors import MoatError
+    from moat.ownership import home_id
+    from moat.runtime.kubernetes import backend_for
+
+    config = load_home_config(home)
+    if config.file is None:
+        return None
+    settings = config.kubernetes
+    report: dict[str, Any] = {"engine": settings.engine, "namespace": settings.namespace, "context": settings.context,
+                              "answers": False, "error": None, "pods": None}
+    try:
+        pods = backend_for(settings, home).pods()
+        report.update(answers=True, pods=sum(1 for p in pods if p.home == home_id(home)))
+    except MoatError as exc:
+        report["error"] = exc.message
+    return report

@@ -213,6 +213,18 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
                        " agent's work) could not be removed with it; run `moat destroy` again once it answers",
                        err=True)
             continue
+        if info.metadata.get("runtime") == "kubernetes":
+            from moat.errors import MoatError
+            from moat.run.kubereap import delete_pod
+
+            try:
+                click.echo(delete_pod(info, registry.store.home))
+            except MoatError as exc:
+                if not force:
+                    raise MoatError(f"{info.id} ({info.name}): its pod could not be deleted: {exc.message}",
+                                    hint="Run `moat destroy` again once the cluster answers, or pass -f to forget"
+                                         " the run (its pod, if any is left, then needs kubectl delete).") from None
+                click.echo(f"{info.id}: its pod could not be deleted ({exc.message}); forgetting the run", err=True)
         if runtime is not None:
             control.remove_engine_objects(runtime, info.id)
             if volume:

@@ -47,6 +47,12 @@ def stop(registry: Registry, info: RunInfo, runtime: Runtime | None, timeout: fl
 
 
 def _reap(registry: Registry, info: RunInfo, runtime: Runtime | None) -> str:
+    if info.metadata.get("runtime") == "kubernetes":  # its pod (and all it owns) goes, wherever it is
+        from moat.run.kubereap import delete_pod  # noqa: PLC0415 — a Kubernetes run's only
+
+        done = delete_pod(info, registry.store.home)
+        reaper.settle_orphan(info)
+        return f"{done}; its moat process was gone"
     if runtime is None:
         raise MoatError(f"{info.id} ({info.name}): its moat process is gone, and its {info.metadata.get('runtime')}"
                         " runtime is not available here to remove what it left",

@@ -27,6 +27,7 @@ from moat.plan.model import Plan, ServiceSpec
 from moat.plan.names import kube_pod_name
 from moat.plan.proxy import RELAY_PORT
 from moat.proxy.paths import trace_path
+from moat.run.store import SERVICE_LOGS_DIR
 from moat.runtime.kubernetes.backend import PodBackend, PodStatus
 
 START_TIMEOUT = 300.0  # image pulls included
@@ -274,7 +275,16 @@ class KubeRun:
             self.say(f"the agent's workspace could not be copied out of {self.pod}")
 
     def _collect(self) -> None:
-        """The proxy's trace into the run's record, before the pod (and it) goes."""
+        """The services' logs (masked) and the proxy's trace into the run's record, before the pod goes."""
+        for service in self.plan.services:
+            try:
+                text = b"".join(self.backend.logs(self.pod, f"svc-{service.name}", follow=False))
+            except MoatError:
+                continue
+            directory = self.record / SERVICE_LOGS_DIR
+            directory.mkdir(mode=0o700, exist_ok=True)
+            _write_private(directory / f"{service.name}.log",
+                           self.plan.masker().text(text.decode(errors="replace")).encode())
         if self.plan.proxy is None:
             return
         path = trace_path(Path(PROXY_HOME), self.plan.run_id)

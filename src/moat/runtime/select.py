@@ -35,6 +35,8 @@ def choose(requested: str | None, configured: str, env: Mapping[str, str]) -> tu
 def make(name: str, home: Path, identity: Identity | None = None) -> Runtime:
     """The runtime called ``name``; ``identity`` is who a run's processes act as (the sandbox runs
     them as that user; None: whoever runs moat, enough to inspect and reap)."""
+    if name == "kubernetes":
+        raise UsageError("the kubernetes runtime runs pods, not containers of this interface (moat.cli.kuberun)")
     if name == "sandbox":
         from moat.runtime.sandbox import SandboxRuntime  # noqa: PLC0415
 
@@ -56,6 +58,8 @@ def available(home: Path) -> list[Runtime]:
 def for_run(metadata: Mapping[str, object], home: Path) -> Runtime | None:
     """The runtime a recorded run used, or None when it is not available here."""
     name = str(metadata.get("runtime") or "docker")
+    if name == "kubernetes":  # a pod, not containers of a Runtime: see run.kubereap
+        return None
     if name == "docker" and not docker_answers():
         return None
     try:

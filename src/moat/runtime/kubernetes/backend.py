@@ -41,6 +41,7 @@ class RunPod:
     run_id: str
     phase: str
     created: str
+    home: str = ""  # the moat.home label: which MOAT_HOME's run it is
 
 
 class PodBackend(Protocol):

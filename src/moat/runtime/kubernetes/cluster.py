@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from moat.constants import LABEL_RUN_ID
+from moat.constants import LABEL_HOME, LABEL_RUN_ID
 from moat.errors import EngineError
 from moat.plan.kube.manifests import Manifests
 from moat.runtime.kubernetes.backend import ContainerStatus, PodStatus, RunPod
@@ -249,8 +249,8 @@ class ClusterBackend:
         found = self._call("listing moat's pods", lambda: self.core.list_namespaced_pod(
             self.namespace, label_selector=selector))
         return [RunPod(p.metadata.name, self.namespace, (p.metadata.labels or {}).get(LABEL_RUN_ID, ""),
-                       p.status.phase or "Unknown", str(p.metadata.creation_timestamp or ""))
-                for p in found.items]
+                       p.status.phase or "Unknown", str(p.metadata.creation_timestamp or ""),
+                       (p.metadata.labels or {}).get(LABEL_HOME, "")) for p in found.items]
 
 
 def _container(status: Any) -> ContainerStatus:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from moat.constants import LABEL_RUN_ID
+from moat.constants import LABEL_HOME, LABEL_RUN_ID
 from moat.errors import EngineError
 from moat.plan.kube.manifests import Manifests
 from moat.plan.kube.target import PROXY_UID
@@ -212,5 +212,6 @@ class PodmanBackend:
     def pods(self, run_id: str | None = None) -> list[RunPod]:
         selector = f"label={LABEL_RUN_ID}" + (f"={run_id}" if run_id else "")
         done = self._run(["pod", "ps", "--filter", selector, "--format", "json"], "listing pods")
-        return [RunPod(p["Name"], "", p.get("Labels", {}).get(LABEL_RUN_ID, ""), p.get("Status", ""),
-                       str(p.get("Created", ""))) for p in json.loads(done.stdout or b"[]")]
+        return [RunPod(p["Name"], "", (p.get("Labels") or {}).get(LABEL_RUN_ID, ""), p.get("Status", ""),
+                       str(p.get("Created", "")), (p.get("Labels") or {}).get(LABEL_HOME, ""))
+                for p in json.loads(done.stdout or b"[]")]
