@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.helpers import run_moat
+from tests.helpers import only_run, run_moat, start_moat, write_workspace
 
 HOST_CAS = Path("/usr/local/share/ca-certificates")
 
@@ -83,3 +85,73 @@ def test_dry_run_prints_the_manifests_with_every_secret_masked(podman_home: Path
     assert "kind: Pod" in result.stdout and "kind: Secret" in result.stdout
     assert "'****'" in result.stdout and "secretKeyRef" in result.stdout
     assert _pods() == []
+
+
+def _wait_for_pod(deadline_seconds: float = 120) -> str:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        pods = _pods()
+        if pods:
+            return pods[0]
+        time.sleep(0.2)
+    raise AssertionError("the run's pod never appeared")
+
+
+def _wait_for_line(path: Path, text: str, deadline_seconds: float = 120) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_moat_stop_ends_a_running_pod_and_logs_show_what_it_printed(
+        engine: object, podman_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "dependencies: [redis@7]\nservices:\n  redis:\n"
+                                "    image: moat-test/redis:latest\n",
+                                {"long.sh": "echo started-long; sleep 300\n"})
+    process = start_moat(["run", "--runtime", "kubernetes", str(workspace), "--", "sh", "long.sh"], env=_env())
+    try:
+        _wait_for_pod()
+        run_dir = next(iter((podman_home / "runs").iterdir()))
+        _wait_for_line(run_dir / "logs.jsonl", "started-long")
+        stopped = run_moat(["stop"])
+        assert stopped.code == 0, stopped.stderr
+        assert process.wait(60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert _pods() == []
+    metadata = only_run(podman_home)
+    assert metadata["state"] == "interrupted"
+    logs = run_moat(["logs", metadata["id"]])
+    assert "started-long" in logs.stdout
+    redis_log = run_moat(["logs", metadata["id"], "--service", "redis"])
+    assert redis_log.code == 0 and "Ready to accept connections" in redis_log.stdout
+
+
+def test_clean_deletes_the_pod_of_a_run_whose_moat_was_killed(engine: object, podman_home: Path,
+                                                              tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: killed\n", {"long.sh": "echo up; sleep 300\n"})
+    process = start_moat(["run", "--runtime", "kubernetes", str(workspace), "--", "sh", "long.sh"], env=_env())
+    try:
+        pod = _wait_for_pod()
+        run_dir = next(iter((podman_home / "runs").iterdir()))
+        _wait_for_line(run_dir / "logs.jsonl", "up")
+        process.send_signal(signal.SIGKILL)  # no teardown at all: the pod is left
+        process.wait(10)
+        assert _pods() == [pod]
+        listed = run_moat(["clean", "--dry-run"])
+        assert listed.code == 0 and pod in listed.stdout and "its run is" in listed.stdout
+        cleaned = run_moat(["clean", "-f"])
+        assert cleaned.code == 0, cleaned.stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for left in _pods():  # never leave a pod behind, whatever failed above
+            subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", left], capture_output=True, check=False)
+    assert _pods() == []
+    assert only_run(podman_home)["state"] == "failed"

@@ -67,7 +67,7 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
         removed += len(found.objects) + len(found.images) - len(problems)
     for left in pods:
         try:
-            left.backend.delete(left.pod.name, grace=0)
+            left.remove()
             removed += 1
         except MoatError as exc:
             click.echo(f"could not remove: pod {left.pod.name}: {exc.message}", err=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from moat.config.home import load_home_config
 from moat.errors import MoatError
 from moat.ownership import home_id
+from moat.run.reaper import settle_orphan
 from moat.run.registry import Registry, RunInfo
 from moat.runtime.kubernetes import backend_at, where
 from moat.runtime.kubernetes.backend import PodBackend, RunPod
@@ -22,6 +23,13 @@ class Leftover:
     backend: PodBackend
     pod: RunPod
     why: str
+    run: RunInfo | None  # its run's record, when there is one
+
+    def remove(self) -> None:
+        """The pod (and what it owns) deleted; an orphaned run's record says it failed."""
+        self.backend.delete(self.pod.name, grace=0)
+        if self.run is not None and self.run.orphaned:
+            settle_orphan(self.run)
 
 
 def delete_pod(info: RunInfo, home: Path) -> str:
@@ -68,5 +76,5 @@ def leftovers(registry: Registry, home: Path) -> tuple[list[Leftover], list[str]
             if info is not None and info.active:
                 continue
             why = "no record of its run" if info is None else f"its run is {info.state}"
-            found.append(Leftover(target, backend, pod, why))
+            found.append(Leftover(target, backend, pod, why, info))
     return found, problems
