@@ -41,7 +41,7 @@ def _env() -> dict[str, str]:
 
 
 def test_the_multi_service_pod_runs_strict_and_its_agent_checks_pass(
-        engine: object, podman_home: Path, example: Callable[[str], Path]) -> None:
+        engine: object, podman_home: Path, example: Callable[[str], Path], tmp_path: Path) -> None:
     workspace = example("multi-service")
     with (workspace / "moat.yaml").open("a") as handle:
         handle.write("network:\n  policy: strict\n  rules: [example.com]\n")
@@ -71,10 +71,14 @@ def test_the_multi_service_pod_runs_strict_and_its_agent_checks_pass(
     assert len(runs) == 1
     metadata = json.loads((runs[0] / "metadata.json").read_text())
     assert metadata["runtime"] == "kubernetes" and metadata["state"] == "exited" and metadata["exit_code"] == 7
-    archive = subprocess.run(["tar", "-xOf", str(runs[0] / "workspace.tar"), "./made.txt"],
-                             capture_output=True, text=True, check=True)
-    assert archive.stdout == "made-in-pod\n"
     assert not (workspace / "made.txt").exists()  # the host's workspace is the agent's copy's source only
+    assert "moat snapshot restore" in result.stderr
+    restored = run_moat(["snapshot", "restore", metadata["id"], "--to", str(tmp_path / "out")])
+    assert restored.code == 0, restored.stderr
+    assert (tmp_path / "out" / "made.txt").read_text() == "made-in-pod\n"
+    assert (tmp_path / "out" / "demo.sh").is_file()
+    refused = run_moat(["destroy", metadata["id"]])  # extracted now: destroying is allowed
+    assert refused.code == 0, refused.stderr
 
 
 def test_dry_run_prints_the_manifests_with_every_secret_masked(podman_home: Path,

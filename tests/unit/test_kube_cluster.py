@@ -16,6 +16,7 @@ from moat.errors import EngineError
 from moat.plan.kube.target import KubeTarget
 from moat.plan.model import Plan
 from moat.run.kube import KubeRun
+from moat.run.snapshots import Snapshots
 from moat.runtime.kubernetes.cluster import ClusterBackend
 from tests.kubefake import FakeApiServer
 from tests.unit.test_kube_manifests import example_plan, manifests_of
@@ -98,10 +99,12 @@ def test_a_copied_workspace_goes_in_before_the_gate_and_comes_back(api: FakeApiS
     agent_execs = [argv for _, c, argv, _ in api.kubelet.execs if c == "agent"]
     copy_in = next(i for i, a in enumerate(agent_execs) if "tar -x" in " ".join(a))
     assert copy_in < agent_execs.index(("touch", "/run/moat-control/go"))
-    with tarfile.open(record / "workspace.tar") as tar:
-        member = tar.extractfile("./notes.txt")
-        assert member is not None and member.read() == b"from the host\n"
-    assert (record / "workspace.tar").stat().st_mode & 0o077 == 0
+    snapshots = Snapshots(record / "snapshots")
+    final = snapshots.get(None)
+    assert final.type == "final"
+    assert snapshots.archive(final).stat().st_mode & 0o077 == 0
+    snapshots.restore_to(final, tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "from the host\n"
     assert _left(api) == []
 
 

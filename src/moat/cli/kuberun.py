@@ -76,7 +76,7 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
         services = [{"name": s.name, "image": s.image} for s in plan.services]
         record = RunStore(home).create(plan.run_id, plan.masker(), runtime="kubernetes", name=plan.name,
                                        workspace=str(plan.workspace), command=list(plan.command), kubernetes=where,
-                                       services=services)
+                                       services=services, workspace_copied=settings.workspace == "copy")
         output = _Output(record)
         run = KubeRun(plan, manifests, backend, write=output, say=_say, record=record.dir,
                       copy_workspace=settings.workspace == "copy")

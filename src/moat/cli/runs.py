@@ -196,10 +196,12 @@ def destroy(runs: tuple[str, ...], force: bool) -> None:
     if running and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in running)
         raise UsageError(f"still running: {names}; stop it first (`moat stop`) or use -f")
-    unsaved = [t for t in targets if t.metadata.get("workspace_volume") and not _extracted(t)]
+    unsaved = [t for t in targets if (t.metadata.get("workspace_volume") or t.metadata.get("workspace_copied"))
+               and not _extracted(t)]
     if unsaved and not force:
         names = ", ".join(f"{t.id} ({t.name})" for t in unsaved)
-        raise UsageError(f"{names} worked on a copy of the workspace (workspace.mode: volume) that was never"
+        raise UsageError(f"{names} worked on a copy of the workspace (workspace.mode: volume, or a Kubernetes pod's)"
+                         " that was never"
                          " extracted: destroying it deletes that volume, its snapshots and all the agent's changes",
                          hint="Extract them first: `moat snapshot RUN`, then `moat snapshot restore RUN --to DIR`;"
                               " or pass -f to discard them.")

@@ -77,6 +77,25 @@ def _helper_image(runtime: Any, info: Any) -> str:
                       hint="Run anything with moat once (it builds one), then try again.")
 
 
+def _pod_workspace(info: Any) -> bytes:
+    """A running Kubernetes run's workspace, as a tar from its agent's container."""
+    from moat.errors import MoatError, UsageError
+    from moat.plan.kube.manifests import UPLOAD_DIR
+    from moat.run.store import moat_home
+    from moat.runtime.kubernetes import backend_at, where
+
+    place = where(info.metadata)
+    if place is None or not info.active:
+        raise UsageError(f"run {info.id} ran in a Kubernetes pod that is gone: its last snapshot holds the agent's"
+                         " workspace as it ended", hint=f"moat snapshot list {info.id}")
+    engine, namespace, context, pod = place
+    code, output = backend_at(engine, namespace, context, moat_home()).exec(
+        pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
+    if code != 0:
+        raise MoatError(f"the workspace of {pod} could not be read: {output.decode(errors='replace')[-300:]}")
+    return output
+
+
 @click.group(cls=SnapshotGroup)
 def snapshot() -> None:
     """Workspace snapshots: `moat snapshot RUN [--label L]` takes one now; a run takes a pre-run one
@@ -93,7 +112,10 @@ def take(run: str, label: str) -> None:
     info = _run(run)
     selection, max_count, keep_initial = _selection(info)
     volume = info.metadata.get("workspace_volume")
-    if volume:  # a volume workspace: what the agent has there, .git and all
+    if info.metadata.get("workspace_copied"):  # a Kubernetes pod's copy: read from the running pod
+        made = _store(info).create_from_tar([_pod_workspace(info)], MANUAL, label=label, max_count=max_count,
+                                            keep_initial=keep_initial)
+    elif volume:  # a volume workspace: what the agent has there, .git and all
         from moat.runtime.docker import DockerRuntime
 
         runtime = DockerRuntime()
@@ -175,8 +197,9 @@ def restore(run: str, snapshot_id: str | None, to: Path | None, force: bool) -> 
         store.restore_to(chosen, target, _owner(target.parent) if target.parent.is_dir() else None)
         click.echo(f"Restored {chosen.id} ({chosen.created_at}) into {target}.")
         return
-    if info.metadata.get("workspace_volume"):
-        raise UsageError(f"run {info.id} worked on a copy of the workspace (workspace.mode: volume): restoring"
+    if info.metadata.get("workspace_volume") or info.metadata.get("workspace_copied"):
+        raise UsageError(f"run {info.id} worked on a copy of the workspace (workspace.mode: volume, or a"
+                         " Kubernetes pod's): restoring"
                          " in place would write its work over your tree",
                          hint=f"Restore it elsewhere: moat snapshot restore {info.id} --to DIR.")
     if info.active:

@@ -27,6 +27,7 @@ from moat.plan.model import Plan, ServiceSpec
 from moat.plan.names import kube_pod_name
 from moat.plan.proxy import RELAY_PORT
 from moat.proxy.paths import trace_path
+from moat.run.snapshots import FINAL, Snapshots
 from moat.run.store import SERVICE_LOGS_DIR
 from moat.runtime.kubernetes.backend import PodBackend, PodStatus
 
@@ -267,12 +268,21 @@ class KubeRun:
             pass  # the pod is going away: the end is read from its status
 
     def _copy_out(self) -> None:
+        """The agent's copy of the workspace, as it left it, into a snapshot of the run: `moat snapshot
+        restore RUN --to DIR` brings it out."""
         code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
-        if code == 0:
-            _write_private(self.record / "workspace.tar", output)
-            self.say(f"the agent's workspace: {self.record / 'workspace.tar'}")
-        else:
-            self.say(f"the agent's workspace could not be copied out of {self.pod}")
+        if code != 0:
+            self.say(f"the agent's workspace could not be copied out of {self.pod}:"
+                     f" {self._masked(output.decode(errors='replace'))}")
+            return
+        try:
+            made = Snapshots(self.record / "snapshots").create_from_tar(
+                [output], FINAL, label="the agent's workspace at the end of the run")
+        except MoatError as exc:
+            self.say(f"the agent's workspace could not be kept: {exc.message}")
+            return
+        self.say(f"the agent's workspace is snapshot {made.id} ({made.files} files): moat snapshot restore"
+                 f" {self.plan.run_id} --to DIR")
 
     def _collect(self) -> None:
         """The services' logs (masked) and the proxy's trace into the run's record, before the pod goes."""

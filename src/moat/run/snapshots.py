@@ -44,6 +44,7 @@ INDEX = "snapshots.json"
 EXTRACTED = "extracted.json"  # the restores --to DIR: where the work went
 PRE_RUN = "pre-run"
 MANUAL = "manual"
+FINAL = "final"  # a Kubernetes run's copied workspace, as the agent left it
 # Bounds, as the Go tool's: a workspace past them is not snapshotted (a warning, never a stall).
 MAX_FILES = 100_000
 MAX_TOTAL_BYTES = 10 << 30
@@ -57,7 +58,7 @@ class SnapshotError(MoatError):
 @dataclass(frozen=True)
 class Snapshot:
     id: str
-    type: str  # pre-run, manual
+    type: str  # pre-run, manual, final (a Kubernetes run's workspace at its end)
     created_at: str
     size_bytes: int
     files: int
