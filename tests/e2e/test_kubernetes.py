@@ -159,3 +159,24 @@ def test_clean_deletes_the_pod_of_a_run_whose_moat_was_killed(engine: object, po
             subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", left], capture_output=True, check=False)
     assert _pods() == []
     assert only_run(podman_home)["state"] == "failed"
+
+
+def test_a_detached_run_returns_once_its_agent_runs_and_is_followed_to_its_end(
+        engine: object, podman_home: Path, tmp_path: Path) -> None:
+    workspace = write_workspace(tmp_path / "ws", "name: detached\n",
+                                {"job.sh": "echo working; sleep 3; echo done-working; exit 4\n"})
+    started = run_moat(["run", "-d", "--runtime", "kubernetes", str(workspace), "--", "sh", "job.sh"], env=_env())
+    assert started.code == 0, started.stderr
+    run_id = started.stdout.strip()
+    assert run_id.startswith("run_")
+    assert _pods() != []  # back at once: the agent runs on
+    listed = run_moat(["list", "--json"])
+    assert [r["state"] for r in json.loads(listed.stdout) if r["id"] == run_id] == ["running"]
+    followed = run_moat(["logs", "-f", run_id], timeout=120)
+    assert "working" in followed.stdout and "done-working" in followed.stdout
+    deadline = time.monotonic() + 60
+    while only_run(podman_home)["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    metadata = only_run(podman_home)
+    assert metadata["state"] == "exited" and metadata["exit_code"] == 4
+    assert _pods() == []

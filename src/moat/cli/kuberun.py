@@ -10,20 +10,25 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from moat.config.home import KubernetesSettings, load_home_config
 from moat.constants import MASK
-from moat.errors import UsageError
+from moat.errors import MoatError, UsageError
 from moat.files import now_iso
 from moat.interrupts import EARLY_SIGINT
+from moat.ownership import owner_metadata
 from moat.plan.kube import dump, masked, render, target_for
 from moat.plan.kube.manifests import Manifests
 from moat.plan.kube.proxyimage import proxy_image
 from moat.plan.kube.target import AGENT_REPOSITORY, PROXY_REPOSITORY, pushed
 from moat.plan.model import ImageSpec, Plan
 from moat.run.store import RunRecord
+
+if TYPE_CHECKING:
+    from moat.run.kube import KubeRun
 from moat.runtime.kubernetes import backend_for
 
 DRY_RUN_CA = f"<the run's own CA, made when it starts: {MASK}>"
@@ -60,9 +65,6 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
 
     masking.register(plan.masker())
     settings = load_home_config(home).kubernetes
-    if detach:
-        raise UsageError("-d is not built for the kubernetes runtime yet: its run is followed from here",
-                         hint="Run without -d.")
     if plan.interactive:
         raise UsageError("an interactive run is not built for the kubernetes runtime yet",
                          hint="Give a command (moat run --runtime kubernetes . -- CMD) or set interactive: false.")
@@ -76,23 +78,79 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
         services = [{"name": s.name, "image": s.image} for s in plan.services]
         record = RunStore(home).create(plan.run_id, plan.masker(), runtime="kubernetes", name=plan.name,
                                        workspace=str(plan.workspace), command=list(plan.command), kubernetes=where,
-                                       services=services, workspace_copied=settings.workspace == "copy")
+                                       services=services, workspace_copied=settings.workspace == "copy",
+                                       detached=detach)
         output = _Output(record)
         run = KubeRun(plan, manifests, backend, write=output, say=_say, record=record.dir,
                       copy_workspace=settings.workspace == "copy")
-        state, code = "failed", None
-        record.update(state="running")
+        outcome: dict[str, Any] = {"state": "failed", "exit_code": None}
+        record.update(state="running", started_at=now_iso())
         try:
-            code = run.execute()
-            state = "exited"
-            return code
+            run.start()
+            if detach:
+                _hand_off(plan, run, record, output, outcome)
+                return 0
+            outcome["exit_code"] = run.finish()
+            outcome["state"] = "exited"
+            return int(outcome["exit_code"])
         except KeyboardInterrupt:
-            state = "interrupted"
+            outcome["state"] = "interrupted"
             return 130
+        except MoatError as exc:
+            outcome["error"] = exc.message
+            raise
         finally:
-            output.flush()
-            record.update(state=state, exit_code=code, timings=run.timings.steps, ended_at=now_iso())
-            record.close()
+            if not outcome.get("handed_off"):
+                _settle(record, output, run, outcome)
+
+
+def _settle(record: RunRecord, output: _Output, run: KubeRun, outcome: dict[str, Any]) -> None:
+    output.flush()
+    record.update(**{k: v for k, v in outcome.items() if k != "handed_off"}, timings=run.timings.steps,
+                  ended_at=now_iso())
+    record.close()
+
+
+def _hand_off(plan: Plan, run: KubeRun, record: RunRecord, output: _Output, outcome: dict[str, Any]) -> None:
+    """``-d``: the agent runs; a child of this process, in a session of its own, follows it to its end
+    (log, exit code, what the run keeps, the pod deleted) while this one prints the run's id and
+    returns. Nothing crosses a file: the child is this process, secrets and all, forked."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid > 0:  # the foreground: the child owns the run once it says so
+        os.close(ready_write)
+        with os.fdopen(ready_read, "rb") as ready:
+            said = ready.read(1)
+        if said != b"1":
+            raise UsageError(f"the process that was to follow run {plan.run_id} ended at once; its pod is left",
+                             hint="moat clean removes it.")
+        outcome["handed_off"] = True
+        click.echo(plan.run_id)
+        return
+    # The child: no terminal, no signals of the shell's; what it would say goes into the run's log.
+    code = 1
+    try:
+        os.close(ready_read)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        output.echo = False
+        run.say = lambda text: record.log("moat", text)
+        record.update(**owner_metadata())
+        os.write(ready_write, b"1")
+        os.close(ready_write)
+        try:
+            outcome["exit_code"] = run.finish()
+            outcome["state"] = "exited"
+        except KeyboardInterrupt:
+            outcome["state"] = "interrupted"
+        except MoatError as exc:
+            outcome["error"] = exc.message
+        _settle(record, output, run, outcome)
+        code = 0
+    finally:
+        os._exit(code)  # never back into the foreground's stack (its click, its finally blocks)
 
 
 def _images(plan: Plan, proxy: ImageSpec, settings: KubernetesSettings, rebuild: bool) -> None:
@@ -148,10 +206,12 @@ class _Output:
     def __init__(self, record: RunRecord) -> None:
         self.record = record
         self.pending = b""
+        self.echo = True  # a detached run's output goes into its log only
 
     def __call__(self, data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        if self.echo:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
         for line in lines:

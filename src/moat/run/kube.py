@@ -69,12 +69,19 @@ class KubeRun:
         self.copy_workspace = copy_workspace
         self.timings = Timings()
         self.values = SecretValues("", plan.masker(), dict(manifests.env_secret))
+        self._opened = time.monotonic()  # when the gate opened
 
     def execute(self) -> int:
-        start = time.monotonic()
+        self.start()
+        return self.finish()
+
+    def start(self) -> None:
+        """Up to the agent's start: the pod made, ready, the workspace in, the gate open. A failure
+        deletes the pod before it is raised."""
+        at = time.monotonic()
         try:
             self.backend.apply(self.manifests)
-            at = self.timings.mark("apply", start)
+            at = self.timings.mark("apply", at)
             self._wait_started()
             at = self.timings.mark("started", at)
             self._wait_ready()
@@ -84,16 +91,27 @@ class KubeRun:
                 self._copy_in()
                 at = self.timings.mark("copied_in", at)
             self._control(GO)
+            self._opened = time.monotonic()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def finish(self) -> int:
+        """The agent followed to its exit code; then what the run keeps is kept and the pod deleted."""
+        try:
             code = self._follow()
-            self.timings.mark("agent", at)
+            self.timings.mark("agent", self._opened)
             return code
         finally:
-            try:
-                self._collect()
-            except Exception as exc:
-                self.say(f"the proxy's trace could not be kept: {exc}")
-            finally:
-                self._delete()
+            self._teardown()
+
+    def _teardown(self) -> None:
+        try:
+            self._collect()
+        except Exception as exc:  # the pod is deleted whatever went wrong here
+            self.say(f"what the run keeps could not all be kept: {exc}")
+        finally:
+            self._delete()
 
     def _delete(self) -> None:
         """The pod goes; a failure to delete it is said, never hides why the run ended."""
