@@ -68,13 +68,15 @@ def floor_pod(workspace: Path, env: dict[str, str], directory: Path) -> Path:
 
 def floor_once(pod: Path) -> float:
     name = json.loads(pod.read_text())["metadata"]["name"]
+    deadline = time.monotonic() + 120
     start = time.perf_counter()
     subprocess.run(["podman", "kube", "play", "--network", "none", str(pod)], capture_output=True, check=True)
     while True:  # as moat looks: one `podman ps` of the pod
-        listed = subprocess.run(["podman", "ps", "-a", "--filter", f"name={name}-agent", "--format", "{{.State}}"],
-                                capture_output=True, text=True, check=False).stdout.strip()
-        state = listed.splitlines()[0] if listed else ""
-        if state in ("exited", "stopped", ""):
+        listed = subprocess.run(["podman", "ps", "-a", "--filter", f"name={name}-agent", "--format", "json"],
+                                capture_output=True, text=True, check=False).stdout
+        states = [c.get("State", "") for c in json.loads(listed or "[]")]
+        state = states[0] if states else ""
+        if state in ("exited", "stopped", "") or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     subprocess.run(["podman", "pod", "stop", "-t", "0", name], capture_output=True, check=True)  # the fastest way

@@ -167,7 +167,8 @@ def test_a_detached_run_returns_once_its_agent_runs_and_is_followed_to_its_end(
                                 {"job.sh": "echo working; sleep 3; echo done-working; exit 4\n"})
     started = run_moat(["run", "-d", "--runtime", "kubernetes", str(workspace), "--", "sh", "job.sh"], env=_env())
     assert started.code == 0, started.stderr
-    run_id = started.stdout.strip()
+    run_id, name = started.stdout.split()
+    assert name == "detached"
     assert run_id.startswith("run_")
     assert _pods() != []  # back at once: the agent runs on
     listed = run_moat(["list", "--json"])

@@ -125,7 +125,7 @@ def _hand_off(plan: Plan, run: KubeRun, record: RunRecord, output: _Output, outc
             raise UsageError(f"the process that was to follow run {plan.run_id} ended at once; its pod is left",
                              hint="moat clean removes it.")
         outcome["handed_off"] = True
-        click.echo(plan.run_id)
+        click.echo(f"{plan.run_id} {plan.name}")  # as `moat run -d` says it on every runtime
         return
     # The child: no terminal, no signals of the shell's; what it would say goes into the run's log.
     code = 1
