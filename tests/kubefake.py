@@ -52,6 +52,7 @@ class FakeKubelet:
 
     def __init__(self) -> None:
         self.unpullable: set[str] = set()
+        self.evicted: set[str] = set()  # pods the node has evicted (their containers killed)
         self.agent_output = b"hello from the agent\n"
         self.agent_exit = 0
         self.init_exit = 0
@@ -90,6 +91,9 @@ class FakeKubelet:
         done = all("terminated" in c["state"] for c in containers)
         phase = ("Succeeded" if all(c["state"]["terminated"]["exitCode"] == 0 for c in containers) else "Failed") \
             if done else "Pending" if life.waiting else "Running"
+        if pod["metadata"]["name"] in self.evicted:
+            return {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
+                    "containerStatuses": containers, "initContainerStatuses": inits}
         return {"phase": phase, "containerStatuses": containers, "initContainerStatuses": inits}
 
     def exec(self, pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:

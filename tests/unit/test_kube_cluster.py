@@ -256,3 +256,20 @@ def test_a_failed_delete_does_not_hide_why_the_run_failed(api: FakeApiServer, tm
     assert any("kubectl delete pod moat-run-0123456789ab" in s for s in said)
     api.forbidden.clear()
     backend.delete("moat-run-0123456789ab", grace=0)
+
+
+def test_an_evicted_pod_is_said_with_the_nodes_reason(api: FakeApiServer, tmp_path: Path) -> None:
+    original = api.kubelet.exec
+
+    def evicting(pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:
+        if argv == ("touch", "/run/moat-control/go"):
+            api.kubelet.evicted.add(pod)  # the node runs short of memory as the agent starts
+            return 0, b"", b""
+        return original(pod, container, argv, stdin)
+
+    api.kubelet.exec = evicting  # type: ignore[method-assign]
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    with pytest.raises(EngineError, match="was evicted: The node was low on resource: memory") as info:
+        run.execute()
+    assert "container.memory" in (info.value.hint or "")
+    assert _left(api) == []

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from moat.plan.kube.manifests import COLLECT_WAIT, CONTROL_DIR, EGRESS_RULES, GATE
+from moat.run.kube import LOCK_TIMED_OUT, locked_pull
 
 
 def _gate(control: Path, collect: bool, *command: str) -> subprocess.Popen[bytes]:
@@ -61,3 +62,29 @@ def test_strict_egress_fails_closed_without_iptables(tmp_path: Path) -> None:
     done = subprocess.run(["sh", "-c", EGRESS_RULES], env={**os.environ, "PATH": str(tmp_path)},
                           capture_output=True, text=True, check=False, executable="/bin/sh")
     assert done.returncode != 0 and "iptables is missing" in done.stderr
+
+
+def _pull(cache: Path, timeout: float, log: Path, pause: str = "0.4") -> subprocess.Popen[bytes]:
+    job = f'echo start >> {log}; sleep {pause}; echo end >> {log}'
+    return subprocess.Popen(["sh", "-c", locked_pull(str(cache), "ollama-llama3:8b", timeout), "moat-provision",
+                             "sh", "-c", job])
+
+
+def test_one_puller_per_item_across_runs_sharing_the_cache(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    first, second = _pull(tmp_path, 30, log), _pull(tmp_path, 30, log)
+    assert first.wait(10) == 0 and second.wait(10) == 0
+    assert log.read_text().split() == ["start", "end", "start", "end"]  # never two at once
+    assert not list((tmp_path / ".moat-locks").iterdir())  # released
+
+
+def test_a_dead_pullers_lock_is_taken_over_and_a_live_one_times_out(tmp_path: Path) -> None:
+    locks = tmp_path / ".moat-locks"
+    stale = locks / "ollama-llama3_8b"
+    stale.mkdir(parents=True)
+    old = time.time() - 600
+    os.utime(stale, (old, old))  # ten minutes old: older than a 60 s pull may take
+    assert _pull(tmp_path, 60, tmp_path / "log", "0").wait(10) == 0
+    stale.mkdir()  # a fresh one: someone is pulling right now
+    assert _pull(tmp_path, 1, tmp_path / "log2", "0").wait(10) == LOCK_TIMED_OUT
+    assert not (tmp_path / "log2").exists()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shlex
 import sys
 import tarfile
 import threading
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moat.cache.layouts import normalize
 from moat.constants import WORKSPACE_MOUNT
 from moat.errors import EngineError, MoatError
 from moat.plan.kube.manifests import COLLECTED, CONTROL_DIR, EXIT, GO, PROXY_HOME, UPLOAD_DIR, Manifests
@@ -30,6 +33,7 @@ from moat.proxy.paths import trace_path
 from moat.run.snapshots import FINAL, Snapshots
 from moat.run.store import SERVICE_LOGS_DIR
 from moat.runtime.kubernetes.backend import PodBackend, PodStatus
+from moat.services.provision import listed
 
 START_TIMEOUT = 300.0  # image pulls included
 PROXY_READY_TIMEOUT = 60.0
@@ -44,6 +48,28 @@ STUCK = {"ErrImagePull": "the cluster cannot pull the image", "ImagePullBackOff"
 
 class PodFailed(EngineError):
     pass
+
+
+LOCK_TIMED_OUT = 75  # EX_TEMPFAIL: another run held the item's lock past the wait
+
+
+def locked_pull(cache: str, key: str, timeout: float) -> str:
+    """A shell script (its $0 a name, its arguments the command) that runs "$@" holding ``key``'s lock
+    in the shared cache: ``mkdir`` is atomic on every filesystem a claim can have (NFS included, where
+    flock may not be); a lock older than the pull's timeout is a dead puller's and is taken over."""
+    lock = shlex.quote(f"{cache.rstrip('/')}/.moat-locks/{re.sub(r'[^A-Za-z0-9._-]', '_', key)}")
+    minutes = max(1, int(timeout // 60) + 1)
+    return (
+        f"mkdir -p {shlex.quote(cache.rstrip('/') + '/.moat-locks')}\n"
+        "n=0\n"
+        f"until mkdir {lock} 2>/dev/null; do\n"
+        f"  if [ -n \"$(find {lock} -maxdepth 0 -mmin +{minutes} 2>/dev/null)\" ]; then rmdir {lock}; continue; fi\n"
+        f"  n=$((n+1)); [ $n -ge {int(timeout)} ] && exit {LOCK_TIMED_OUT}\n"
+        "  sleep 1\n"
+        "done\n"
+        f"trap 'rmdir {lock}' EXIT\n"
+        '"$@"\n'
+    )
 
 
 @dataclass
@@ -212,22 +238,30 @@ class KubeRun:
 
     def _provision(self) -> None:
         """What the services should hold (ollama's models) into the namespace's cache, by their own
-        commands; what is there already is not fetched again."""
+        commands, one puller per item across every run sharing the cache (a lock directory in it);
+        what is there already is not fetched again."""
         for service in self.plan.services:
             provision = service.provision
             if provision is None or not provision.items:
                 continue
             container = f"svc-{service.name}"
-            code, output = self.backend.exec(self.pod, container, provision.recipe.list_command, timeout=60)
-            present = output.decode(errors="replace") if code == 0 else ""
+            recipe = provision.recipe
+            code, output = self.backend.exec(self.pod, container, recipe.list_command, timeout=60)
+            if code != 0:
+                raise PodFailed(f"{service.name}: listing its {provision.noun}s failed (exit {code}):"
+                                f" {self._masked(output.decode(errors='replace'))}")
+            present = listed(output.decode(errors="replace"), recipe)
             for item in provision.items:
-                if item in present:
+                if normalize(item, recipe.default_tag) in present:
                     continue
                 self.say(f"{service.name}: fetching {provision.noun} {item}")
                 argv = tuple(a.replace("{item}", item) for a in provision.command)
-                code, output = self.backend.exec(self.pod, container, argv, timeout=provision.timeout)
+                locked = ("sh", "-c", locked_pull(recipe.cache_path, f"{service.name}-{item}", provision.timeout),
+                          "moat-provision", *argv)
+                code, output = self.backend.exec(self.pod, container, locked, timeout=provision.timeout + 30)
                 if code != 0:
-                    raise PodFailed(f"{service.name} could not fetch {provision.noun} {item}: "
+                    raise PodFailed(f"{service.name} could not fetch {provision.noun} {item}"
+                                    f"{' (another run held it too long)' if code == LOCK_TIMED_OUT else ''}: "
                                     f"{self._masked(output.decode(errors='replace'))}")
 
     def _masked(self, text: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from moat.cache import HostCache, LockAborted, LockTimeout
 from moat.cache.layouts import normalize
+from moat.catalog.model import Provisions
 from moat.errors import MoatError
 from moat.masking import Masker
 from moat.plan.contract import fill_all
@@ -61,6 +62,16 @@ class ProvisionEvents(Protocol):
         """One line for the run's record."""
 
 
+def listed(output: str, recipe: Provisions) -> set[str]:
+    """The items a service's list command says it holds: the first word of each line but the header."""
+    names = set()
+    for line in output.splitlines():
+        words = line.split()
+        if words and words[0] != recipe.list_header:
+            names.add(words[0])
+    return names
+
+
 def parse_bytes(text: str) -> int:
     number, unit = re.fullmatch(r"([0-9.]+) ?([kKMGT]?B)", text.strip()).groups()  # type: ignore[union-attr]
     return int(float(number) * _UNITS[unit.upper()])
@@ -91,12 +102,7 @@ class Provisioner:
             raise ProvisionError(
                 f"{self.service.name}: listing its {self.spec.noun}s failed (exit {result.exit_code}):"
                 f" {self.masker.text(result.output.strip())[-500:]}")
-        names = set()
-        for line in result.output.splitlines():
-            words = line.split()
-            if words and words[0] != recipe.list_header:
-                names.add(words[0])
-        return names
+        return listed(result.output, recipe)
 
     def _key(self, item: str) -> str:
         return f"provision:{self.service.name}:{item}"
