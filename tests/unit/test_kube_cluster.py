@@ -5,6 +5,7 @@ ways, and every failure a clear error with nothing left in the namespace."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from moat.errors import EngineError
 from moat.plan.kube.target import KubeTarget
 from moat.plan.model import Plan
-from moat.run.kube import KubeRun
+from moat.run.kube import KubeRun, workspace_tar
 from moat.run.snapshots import Snapshots
 from moat.runtime.kubernetes.cluster import ClusterBackend
 from tests.kubefake import FakeApiServer
@@ -61,8 +62,9 @@ def test_a_run_creates_owned_objects_follows_the_agent_and_deletes_everything(ap
     api.create = watching  # type: ignore[method-assign]
     assert run.execute() == 3
     assert bytes(out) == b"hello from the agent\n"
-    # Secrets, files and the policy before the pod (nothing dangles should moat die in between).
-    assert seen["order"][-1] == "pods" and set(seen["order"][:-1]) == {"secrets", "configmaps", "networkpolicies"}
+    # The pod first, then what it owns, each created owned (nothing dangles should moat die in between);
+    # the policy before the Secrets, without which no container of the pod can start.
+    assert seen["order"] == ["pods", "networkpolicies", "secrets", "secrets", "configmaps"]
     assert _left(api) == []
     # Every service's readiness was checked in its own container, no secret on an exec's command line.
     checked = {container for _, container, _, _ in api.kubelet.execs if container.startswith("svc-")}
@@ -273,3 +275,80 @@ def test_an_evicted_pod_is_said_with_the_nodes_reason(api: FakeApiServer, tmp_pa
         run.execute()
     assert "container.memory" in (info.value.hint or "")
     assert _left(api) == []
+
+
+def test_exec_refused_by_the_api_server_is_a_permission_error(api: FakeApiServer, tmp_path: Path) -> None:
+    api.forbidden.add(("create", "pods/exec"))
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    with pytest.raises(EngineError, match=r"no permission running a command in moat-run-0123456789ab/svc-redis in"
+                                          r" the namespace agents") as info:
+        run.execute()
+    assert "pods/exec" in (info.value.hint or "")
+    assert _left(api) == []
+
+
+def test_a_signal_the_client_swallowed_still_ends_the_run_and_deletes_the_pod(api: FakeApiServer,
+                                                                             tmp_path: Path) -> None:
+    run, _ = _run(api, example_plan("service-redis"), tmp_path)
+    original = api.kubelet.exec
+
+    def interrupted(pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:
+        run.interrupts.event.set()  # a Ctrl-C while the client had the connection: it reports an API error
+        return original(pod, container, argv, stdin)
+
+    api.kubelet.exec = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run.execute()
+    assert _left(api) == []
+
+
+def test_an_interrupted_run_keeps_the_agents_copied_work(api: FakeApiServer, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "a.txt").write_text("a")
+    record = tmp_path / "record"
+    record.mkdir()
+    run, _ = _run(api, example_plan("service-redis", workspace=workspace), record, workspace="copy")
+    original = api.kubelet.exec
+
+    def stop_while_running(pod: str, container: str, argv: tuple[str, ...], stdin: bytes) -> tuple[int, bytes, bytes]:
+        if argv[:1] == ("cat",):  # the agent is running: `moat stop` arrives
+            run.interrupts.event.set()
+            return 1, b"", b"no exit yet"
+        return original(pod, container, argv, stdin)
+
+    api.kubelet.agent_exit = 0
+    api.kubelet.exec = stop_while_running  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run.execute()
+    assert run.final_snapshot is not None
+    snapshot = Snapshots(record / "snapshots").get(None)
+    assert snapshot.label == "the agent's workspace when the run was stopped"
+    assert _left(api) == []
+
+
+def test_objects_no_pod_owns_are_found_and_removed(api: FakeApiServer, tmp_path: Path) -> None:
+    plan = example_plan("grants")
+    manifests = manifests_of(plan, _target())
+    for obj in manifests.objects:  # a moat killed before its Pod existed left these
+        if obj["kind"] == "Secret":
+            api.create("secrets", NS, obj)
+    backend = ClusterBackend(NS, api_client=api.api_client())
+    home = plan.labels["moat.home"]
+    strays = backend.strays(home)
+    assert sorted(kind for kind, _, _ in strays) == ["Secret", "Secret"]
+    assert {run_id for _, _, run_id in strays} == {plan.run_id}
+    assert backend.strays("another-home") == []
+    backend.delete("moat-run-0123456789ab", grace=0, run_id=plan.run_id)  # the pod is gone; its Secrets too
+    assert _left(api) == []
+
+
+def test_a_hard_link_to_an_excluded_file_does_not_break_the_copy(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "cache").mkdir(parents=True)
+    (workspace / "cache" / "big").write_text("x")
+    os.link(workspace / "cache" / "big", workspace / "kept")
+    with tarfile.open(fileobj=io.BytesIO(workspace_tar(workspace, ("cache",)))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert "./cache" not in members and "./cache/big" not in members
+    assert members["./kept"].isreg()  # its own data, not a link to a name that is not there

@@ -3,6 +3,7 @@ or run through the configured engine (``kubernetes.engine`` in MOAT_HOME/config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from moat.plan.model import ImageSpec, Plan
 from moat.run.store import RunRecord
 
 if TYPE_CHECKING:
-    from moat.run.kube import KubeRun
+    from moat.run.kube import Interrupts, KubeRun
 from moat.runtime.kubernetes import backend_for
 
 DRY_RUN_CA = f"<the run's own CA, made when it starts: {MASK}>"
@@ -60,7 +61,7 @@ def print_manifests(plan: Plan, home: Path, as_json: bool) -> int:
 
 def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) -> int:
     from moat import masking
-    from moat.run.kube import KubeRun
+    from moat.run.kube import Interrupts, KubeRun
     from moat.run.store import RunStore
 
     masking.register(plan.masker())
@@ -68,21 +69,24 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
     if plan.interactive:
         raise UsageError("an interactive run is not built for the kubernetes runtime yet",
                          hint="Give a command (moat run --runtime kubernetes . -- CMD) or set interactive: false.")
-    with _interrupts_raise():
+    interrupts = Interrupts()
+    with _handled(interrupts):
         backend = backend_for(settings, home)
         backend.ping()  # before anything is built: no cluster, no permission, said at once
         manifests, proxy = manifests_for(plan, settings, real_ca=True)
         _images(plan, proxy, settings, rebuild)
-        where = {"engine": settings.engine, "namespace": settings.namespace, "context": settings.context,
+        # Pinned: should the kubeconfig's current context change, stop/destroy/clean still find the pod.
+        context = settings.context or (current_context() if settings.engine == "cluster" else None)
+        where = {"engine": settings.engine, "namespace": settings.namespace, "context": context,
                  "pod": manifests.pod["metadata"]["name"]}
         services = [{"name": s.name, "image": s.image} for s in plan.services]
+        copy = settings.workspace == "copy"
         record = RunStore(home).create(plan.run_id, plan.masker(), runtime="kubernetes", name=plan.name,
                                        workspace=str(plan.workspace), command=list(plan.command), kubernetes=where,
-                                       services=services, workspace_copied=settings.workspace == "copy",
-                                       detached=detach)
+                                       services=services, workspace_in_pod=copy, detached=detach)
         output = _Output(record)
-        run = KubeRun(plan, manifests, backend, write=output, say=_say, record=record.dir,
-                      copy_workspace=settings.workspace == "copy")
+        run = KubeRun(plan, manifests, backend, write=output, say=_say, record=record.dir, copy_workspace=copy,
+                      interrupts=interrupts)
         outcome: dict[str, Any] = {"state": "failed", "exit_code": None}
         record.update(state="running", started_at=now_iso())
         try:
@@ -97,6 +101,9 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
             outcome["state"] = "interrupted"
             return 130
         except MoatError as exc:
+            if interrupts.event.is_set():  # the client turned the interrupt into an API error
+                outcome["state"] = "interrupted"
+                return 130
             outcome["error"] = exc.message
             raise
         finally:
@@ -104,9 +111,21 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
                 _settle(record, output, run, outcome)
 
 
+def current_context() -> str | None:
+    """The kubeconfig's current context, as the client reads it (None when it cannot say)."""
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+    return str(active["name"]) if active and active.get("name") else None
+
+
 def _settle(record: RunRecord, output: _Output, run: KubeRun, outcome: dict[str, Any]) -> None:
     output.flush()
-    record.update(**{k: v for k, v in outcome.items() if k != "handed_off"}, timings=run.timings.steps,
+    kept = {"workspace_copied": True, "final_snapshot": run.final_snapshot} if run.final_snapshot else {}
+    record.update(**{k: v for k, v in outcome.items() if k != "handed_off"}, **kept, timings=run.timings.steps,
                   ended_at=now_iso())
     record.close()
 
@@ -114,24 +133,36 @@ def _settle(record: RunRecord, output: _Output, run: KubeRun, outcome: dict[str,
 def _hand_off(plan: Plan, run: KubeRun, record: RunRecord, output: _Output, outcome: dict[str, Any]) -> None:
     """``-d``: the agent runs; a child of this process, in a session of its own, follows it to its end
     (log, exit code, what the run keeps, the pod deleted) while this one prints the run's id and
-    returns. Nothing crosses a file: the child is this process, secrets and all, forked."""
+    returns. Nothing crosses a file: the child is this process, secrets and all, forked. Signals are
+    held around the fork: no Ctrl-C can land in the child before it has left the terminal's session."""
     ready_read, ready_write = os.pipe()
+    held = set(run.interrupts.SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
     pid = os.fork()
     if pid > 0:  # the foreground: the child owns the run once it says so
         os.close(ready_write)
-        with os.fdopen(ready_read, "rb") as ready:
-            said = ready.read(1)
-        if said != b"1":
-            raise UsageError(f"the process that was to follow run {plan.run_id} ended at once; its pod is left",
-                             hint="moat clean removes it.")
-        outcome["handed_off"] = True
-        click.echo(f"{plan.run_id} {plan.name}")  # as `moat run -d` says it on every runtime
+        try:
+            with os.fdopen(ready_read, "rb") as ready:
+                said = ready.read(1)
+            if said != b"1":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                run.finish_without_agent()
+                raise MoatError(f"the process that was to follow run {plan.run_id} ended at once; the run was"
+                                " ended and its pod deleted")
+            outcome["handed_off"] = True
+            click.echo(f"{plan.run_id} {plan.name}")  # as `moat run -d` says it on every runtime
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         return
     # The child: no terminal, no signals of the shell's; what it would say goes into the run's log.
     code = 1
     try:
         os.close(ready_read)
         os.setsid()
+        for signum in held:  # its own: `moat stop` (SIGTERM) ends the run; the rest were the terminal's
+            signal.signal(signum, run.interrupts.handler if signum == signal.SIGTERM else signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -145,8 +176,9 @@ def _hand_off(plan: Plan, run: KubeRun, record: RunRecord, output: _Output, outc
             outcome["state"] = "exited"
         except KeyboardInterrupt:
             outcome["state"] = "interrupted"
-        except MoatError as exc:
-            outcome["error"] = exc.message
+        except Exception as exc:
+            outcome["state"] = "interrupted" if run.interrupts.event.is_set() else "failed"
+            outcome["error"] = exc.message if isinstance(exc, MoatError) else f"{type(exc).__name__}: {exc}"
         _settle(record, output, run, outcome)
         code = 0
     finally:
@@ -169,7 +201,7 @@ def _images(plan: Plan, proxy: ImageSpec, settings: KubernetesSettings, rebuild:
             docker.build_image(image, {"moat.role": "image"}, lambda _line: None, no_cache=rebuild)
         if settings.engine == "cluster" and settings.registry:
             remote = pushed(settings.registry, image.tag, repository)
-            if docker.push_image(image.tag, remote, lambda _line: None):
+            if docker.push_image(image.tag, remote, lambda _line: None, force=rebuild):
                 _say(f"pushed {remote}")
     if settings.engine == "cluster" and not settings.registry and not settings.image:
         _say("no kubernetes.registry: the cluster must find the agent's image itself (a single-node cluster on"
@@ -182,17 +214,12 @@ def _images(plan: Plan, proxy: ImageSpec, settings: KubernetesSettings, rebuild:
 
 
 @contextmanager
-def _interrupts_raise() -> Iterator[None]:
-    """Ctrl-C or SIGTERM once: the run ends and its pod is deleted (a second one while that happens is
-    ignored, so that the deletion is never cut short)."""
-    def interrupted(_signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+def _handled(interrupts: Interrupts) -> Iterator[None]:
+    """The run's signals (see run.kube.Interrupts) for as long as it lasts here."""
+    previous = {s: signal.signal(s, interrupts.handler) for s in interrupts.SIGNALS}
     try:
         if EARLY_SIGINT.is_set():
+            interrupts.event.set()
             raise KeyboardInterrupt
         yield
     finally:

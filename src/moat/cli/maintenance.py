@@ -36,10 +36,10 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
     images: reaper.Images = "all" if all_images else "own"
     work = [(rt, reaper.find(rt, registry, finished=True, images=images)) for rt in select.available(store.home)]
     work = [(rt, found) for rt, found in work if not found.empty]
-    pods, unreachable = kubereap.leftovers(registry, store.home)
+    pods, strays, unreachable = kubereap.leftovers(registry, store.home)
     for problem in unreachable:
         click.echo(f"could not look: {problem}", err=True)
-    if not work and not pods:
+    if not work and not pods and not strays:
         click.echo("Nothing to clean.")
         return
     for runtime, found in work:
@@ -52,6 +52,9 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
             click.echo(f"{runtime.name:<8} {'record':<9} {run.id:<40} marked failed: its moat process is gone")
     for left in pods:
         click.echo(f"{'k8s':<8} {'pod':<9} {left.pod.name[:40]:<40} {left.why}")
+    for stray in strays:
+        click.echo(f"{'k8s':<8} {stray.kind.lower():<9} {stray.name[:40]:<40} owned by no pod"
+                   f" ({'run ' + stray.run_id if stray.run_id else 'a pod that is gone'})")
     if dry_run:
         click.echo("(dry run: nothing removed)")
         return
@@ -71,6 +74,12 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
             removed += 1
         except MoatError as exc:
             click.echo(f"could not remove: pod {left.pod.name}: {exc.message}", err=True)
+    for stray in strays:
+        try:
+            stray.remove()
+            removed += 1
+        except MoatError as exc:
+            click.echo(f"could not remove: {stray.kind} {stray.name}: {exc.message}", err=True)
     click.echo(f"removed {removed} objects")
 
 

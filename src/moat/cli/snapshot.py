@@ -86,8 +86,11 @@ def _pod_workspace(info: Any) -> bytes:
 
     place = where(info.metadata)
     if place is None or not info.active:
-        raise UsageError(f"run {info.id} ran in a Kubernetes pod that is gone: its last snapshot holds the agent's"
-                         " workspace as it ended", hint=f"moat snapshot list {info.id}")
+        kept = info.metadata.get("final_snapshot")
+        raise UsageError(f"run {info.id} ran in a Kubernetes pod that is gone: "
+                         + (f"its snapshot {kept} holds the agent's workspace as it ended" if kept else
+                            "the agent's workspace was not kept (its pod ended before moat could copy it out)"),
+                         hint=f"moat snapshot list {info.id}")
     engine, namespace, context, pod = place
     code, output = backend_at(engine, namespace, context, moat_home()).exec(
         pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
@@ -112,7 +115,7 @@ def take(run: str, label: str) -> None:
     info = _run(run)
     selection, max_count, keep_initial = _selection(info)
     volume = info.metadata.get("workspace_volume")
-    if info.metadata.get("workspace_copied"):  # a Kubernetes pod's copy: read from the running pod
+    if info.metadata.get("workspace_in_pod"):  # a Kubernetes pod's copy: read from the pod
         made = _store(info).create_from_tar([_pod_workspace(info)], MANUAL, label=label, max_count=max_count,
                                             keep_initial=keep_initial)
     elif volume:  # a volume workspace: what the agent has there, .git and all

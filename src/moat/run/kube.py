@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shlex
+import signal
 import sys
 import tarfile
 import threading
@@ -32,10 +33,12 @@ from moat.plan.proxy import RELAY_PORT
 from moat.proxy.paths import trace_path
 from moat.run.snapshots import FINAL, Snapshots
 from moat.run.store import SERVICE_LOGS_DIR
-from moat.runtime.kubernetes.backend import PodBackend, PodStatus
+from moat.runtime.kubernetes.backend import ApiRefused, PodBackend, PodStatus
 from moat.services.provision import listed
 
 START_TIMEOUT = 300.0  # image pulls included
+FOLLOW_FAILURES = 30  # execs in a row that may fail while an agent is followed (a flaky connection)
+CONFIG_GRACE = 30.0  # seconds a container may wait for its Secret before that is an error
 PROXY_READY_TIMEOUT = 60.0
 # The proxy sidecar's own Python: listening on the pod's loopback is being ready.
 PROXY_CHECK = ("python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {RELAY_PORT}), 2).close()")
@@ -72,6 +75,29 @@ def locked_pull(cache: str, key: str, timeout: float) -> str:
     )
 
 
+class Interrupts:
+    """Ctrl-C, SIGTERM (`moat stop`), SIGHUP (a closed terminal), SIGQUIT: the first ends the run,
+    wherever it lands. The official client turns a KeyboardInterrupt raised inside its WebSocket code
+    into an API error, so the run also looks at the flag between its steps; once the teardown has
+    begun a signal is only noted, never raised: nothing cuts the pod's deletion short."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.quiet = False
+
+    def handler(self, _signum: int, _frame: object) -> None:
+        first = not self.event.is_set()
+        self.event.set()
+        if first and not self.quiet:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.event.is_set() and not self.quiet:
+            raise KeyboardInterrupt
+
+
 @dataclass
 class Timings:
     steps: dict[str, float] = field(default_factory=dict)
@@ -84,7 +110,8 @@ class Timings:
 
 class KubeRun:
     def __init__(self, plan: Plan, manifests: Manifests, backend: PodBackend, *, write: Callable[[bytes], None],
-                 say: Callable[[str], None], record: Path, copy_workspace: bool) -> None:
+                 say: Callable[[str], None], record: Path, copy_workspace: bool,
+                 interrupts: Interrupts | None = None) -> None:
         self.plan = plan
         self.manifests = manifests
         self.backend = backend
@@ -96,6 +123,10 @@ class KubeRun:
         self.timings = Timings()
         self.values = SecretValues("", plan.masker(), dict(manifests.env_secret))
         self._opened = time.monotonic()  # when the gate opened
+        self.interrupts = interrupts or Interrupts()
+        self.final_snapshot: str | None = None  # the agent's copied workspace, kept (copy mode)
+        self._applied_at = time.monotonic()
+        self._gate_open = False
 
     def execute(self) -> int:
         self.start()
@@ -106,6 +137,7 @@ class KubeRun:
         deletes the pod before it is raised."""
         at = time.monotonic()
         try:
+            self._applied_at = at
             self.backend.apply(self.manifests)
             at = self.timings.mark("apply", at)
             self._wait_started()
@@ -116,7 +148,9 @@ class KubeRun:
             if self.copy_workspace:
                 self._copy_in()
                 at = self.timings.mark("copied_in", at)
+            self.interrupts.check()
             self._control(GO)
+            self._gate_open = True
             self._opened = time.monotonic()
         except BaseException:
             self._teardown()
@@ -131,8 +165,16 @@ class KubeRun:
         finally:
             self._teardown()
 
+    def finish_without_agent(self) -> None:
+        """The run ended before anyone followed its agent (a hand-off that failed): kept, then deleted."""
+        self._teardown()
+
     def _teardown(self) -> None:
+        """What the run keeps, then the pod deleted; signals are only noted from here on."""
+        self.interrupts.quiet = True
         try:
+            if self.copy_workspace and self._gate_open and self.final_snapshot is None:
+                self._copy_out(ended=False)  # interrupted or failed: the agent's work so far is kept
             self._collect()
         except Exception as exc:  # the pod is deleted whatever went wrong here
             self.say(f"what the run keeps could not all be kept: {exc}")
@@ -142,7 +184,7 @@ class KubeRun:
     def _delete(self) -> None:
         """The pod goes; a failure to delete it is said, never hides why the run ended."""
         try:
-            self.backend.delete(self.pod)
+            self.backend.delete(self.pod, run_id=self.plan.run_id)
         except MoatError as exc:
             if sys.exc_info()[0] is None:
                 raise
@@ -172,6 +214,9 @@ class KubeRun:
                                 hint="A service or the proxy ended under the agent: see its log above"
                                      " (OOMKilled: raise its memory in moat.yaml).")
         for container in (*status.init_containers, *status.containers):
+            if container.reason == "CreateContainerConfigError" and \
+                    time.monotonic() - self._applied_at < CONFIG_GRACE:
+                continue  # its Secret is created right after the Pod (which owns it)
             if container.state == "waiting" and container.reason in STUCK:
                 raise PodFailed(f"{self.pod}/{container.name}: {STUCK[container.reason]} ({container.reason}:"
                                 f" {container.message})",
@@ -183,6 +228,7 @@ class KubeRun:
         names = [c["name"] for c in self.manifests.pod["spec"]["containers"]]
         deadline = time.monotonic() + START_TIMEOUT
         while True:
+            self.interrupts.check()
             status = self._status()
             states = {c.name: c for c in status.containers}
             stopped = [c for c in status.containers if c.state == "terminated"]
@@ -217,8 +263,11 @@ class KubeRun:
         last: dict[str, str] = {}
         while waiting:
             for name, (container, argv, checked, deadline) in list(waiting.items()):
+                self.interrupts.check()
                 try:
                     code, output = self.backend.exec(self.pod, container, argv, timeout=10)
+                except ApiRefused:
+                    raise  # no permission, no such pod: asking again changes nothing
                 except MoatError as exc:  # a check that hangs or a broken exec: tried again
                     code, output = -1, exc.message.encode()
                 text = output.decode(errors="replace")
@@ -252,13 +301,15 @@ class KubeRun:
                                 f" {self._masked(output.decode(errors='replace'))}")
             present = listed(output.decode(errors="replace"), recipe)
             for item in provision.items:
+                self.interrupts.check()
                 if normalize(item, recipe.default_tag) in present:
                     continue
                 self.say(f"{service.name}: fetching {provision.noun} {item}")
                 argv = tuple(a.replace("{item}", item) for a in provision.command)
                 locked = ("sh", "-c", locked_pull(recipe.cache_path, f"{service.name}-{item}", provision.timeout),
                           "moat-provision", *argv)
-                code, output = self.backend.exec(self.pod, container, locked, timeout=provision.timeout + 30)
+                # Its lock may be waited for as long as the pull itself may take.
+                code, output = self.backend.exec(self.pod, container, locked, timeout=2 * provision.timeout + 30)
                 if code != 0:
                     raise PodFailed(f"{service.name} could not fetch {provision.noun} {item}"
                                     f"{' (another run held it too long)' if code == LOCK_TIMED_OUT else ''}: "
@@ -270,15 +321,11 @@ class KubeRun:
     def _copy_in(self) -> None:
         """The workspace (but what its mount excludes) into the agent's volume, as the agent's user."""
         excluded = next((m.excluded for m in self.plan.agent.mounts if m.target == WORKSPACE_MOUNT), ())
-
-        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            name = info.name.removeprefix("./")
-            return None if any(name == e or name.startswith(f"{e.rstrip('/')}/") for e in excluded) else info
-
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            tar.add(str(self.plan.workspace), arcname=".", filter=keep)
-        data = buffer.getvalue()
+        try:
+            data = workspace_tar(self.plan.workspace, excluded)
+        except OSError as exc:
+            raise PodFailed(f"the workspace cannot be read to copy it into the pod: {exc}",
+                            hint="Make every file in it readable by moat, or exclude it (mounts: exclude).") from None
         # Exactly its size is read: no stream has to be closed for tar to see its end (a cluster's exec
         # cannot close stdin on every version of its protocol). The volume's root is the cluster's.
         code, output = self.backend.exec(
@@ -294,22 +341,38 @@ class KubeRun:
             raise PodFailed(f"{self.pod}/agent did not take moat's {name} signal: {output.decode(errors='replace')}")
 
     def _follow(self) -> int:
-        """The agent's output as it comes; its exit code once it has one."""
+        """The agent's output as it comes; its exit code once it has one. An exec that fails (a broken
+        connection in an hours-long run) is tried again; the pod's own state decides the end."""
         follower = threading.Thread(target=self._stream, daemon=True)
         follower.start()
+        failures = 0
         while True:
-            if self.copy_workspace:
-                code, output = self.backend.exec(self.pod, "agent", ("cat", f"{CONTROL_DIR}/{EXIT}"), timeout=10)
-                if code == 0 and output.strip().isdigit():
-                    self._copy_out()
-                    self._control(COLLECTED)
-                    follower.join(5)
-                    return int(output.strip())
+            self.interrupts.check()
             status = self._status()
             agent = status.container("agent")
             if agent is not None and agent.state == "terminated":
+                if self.copy_workspace:
+                    self.say(f"the agent's container ended before moat could copy its workspace out"
+                             f" (exit {agent.exit_code}{', ' + agent.reason if agent.reason else ''})")
                 follower.join(5)
                 return agent.exit_code if agent.exit_code is not None else 1
+            if self.copy_workspace:
+                try:
+                    code, output = self.backend.exec(self.pod, "agent", ("cat", f"{CONTROL_DIR}/{EXIT}"), timeout=10)
+                    failures = 0
+                except ApiRefused:
+                    raise
+                except MoatError:
+                    self.interrupts.check()
+                    failures += 1
+                    if failures >= FOLLOW_FAILURES:
+                        raise
+                    code, output = -1, b""
+                if code == 0 and output.strip().isdigit():
+                    self._copy_out(ended=True)
+                    self._control(COLLECTED)
+                    follower.join(5)
+                    return int(output.strip())
             time.sleep(POLL)
 
     def _stream(self) -> None:
@@ -319,20 +382,25 @@ class KubeRun:
         except MoatError:
             pass  # the pod is going away: the end is read from its status
 
-    def _copy_out(self) -> None:
-        """The agent's copy of the workspace, as it left it, into a snapshot of the run: `moat snapshot
-        restore RUN --to DIR` brings it out."""
-        code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
+    def _copy_out(self, *, ended: bool) -> None:
+        """The agent's copy of the workspace into a snapshot of the run (`moat snapshot restore RUN
+        --to DIR` brings it out): as it left it, or — interrupted, failed — as it was then."""
+        try:
+            code, output = self.backend.exec(self.pod, "agent", ("tar", "-c", "-C", UPLOAD_DIR, "."), timeout=600)
+        except MoatError as exc:
+            code, output = -1, exc.message.encode()
         if code != 0:
             self.say(f"the agent's workspace could not be copied out of {self.pod}:"
                      f" {self._masked(output.decode(errors='replace'))}")
             return
+        label = "the agent's workspace at the end of the run" if ended else "the agent's workspace when the run" \
+            " was stopped"
         try:
-            made = Snapshots(self.record / "snapshots").create_from_tar(
-                [output], FINAL, label="the agent's workspace at the end of the run")
+            made = Snapshots(self.record / "snapshots").create_from_tar([output], FINAL, label=label)
         except MoatError as exc:
             self.say(f"the agent's workspace could not be kept: {exc.message}")
             return
+        self.final_snapshot = made.id
         self.say(f"the agent's workspace is snapshot {made.id} ({made.files} files): moat snapshot restore"
                  f" {self.plan.run_id} --to DIR")
 
@@ -364,6 +432,25 @@ class KubeRun:
             return ""
         return self.plan.masker().text(text.strip()[-300:])
 
+
+
+def workspace_tar(workspace: Path, excluded: tuple[str, ...]) -> bytes:
+    """The workspace as a tar, what ``excluded`` names left out: walked by hand, so that a file is only
+    ever looked at when it is kept (tarfile links a second name of a file to the first it saw, which
+    must not be one left out)."""
+    skip = {e.strip("/") for e in excluded}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(workspace), arcname=".", recursive=False)
+        for root, dirs, files in os.walk(workspace):
+            relative = os.path.relpath(root, workspace)
+            prefix = "" if relative == "." else f"{relative}/"
+            dirs[:] = sorted(d for d in dirs if f"{prefix}{d}" not in skip)
+            for name in (*dirs, *sorted(files)):
+                if f"{prefix}{name}" in skip:
+                    continue
+                tar.add(os.path.join(root, name), arcname=f"./{prefix}{name}", recursive=False)
+    return buffer.getvalue()
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -322,12 +322,14 @@ class DockerRuntime:
             message = exc.message.removeprefix(f"{action} failed: ")
             raise EngineError(f"could not pull image {ref}: {message}") from None
 
-    def push_image(self, local: str, remote: str, on_line: ProgressCallback) -> bool:
+    def push_image(self, local: str, remote: str, on_line: ProgressCallback, force: bool = False) -> bool:
         """``local`` into a registry as ``remote`` (a Kubernetes run's image); False when the registry
-        has that tag already (tags are content hashes: the same tag is the same image, not pushed again)."""
-        with contextlib.suppress(EngineError):
-            self._call(f"looking up {remote} in its registry", lambda: self.api.inspect_distribution(remote))
-            return False
+        has that tag already (tags are content hashes: the same tag is the same image, not pushed again),
+        unless ``force`` (``--rebuild``: the same inputs built afresh)."""
+        if not force:
+            with contextlib.suppress(EngineError):
+                self._call(f"looking up {remote} in its registry", lambda: self.api.inspect_distribution(remote))
+                return False
         repository, tag = parse_repository_tag(remote)
         self._call(f"tagging {local} as {remote}", lambda: self.api.tag(local, repository, tag=tag))
         action = f"pushing {remote}"

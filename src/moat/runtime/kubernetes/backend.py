@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from moat.errors import EngineError
 from moat.plan.kube.manifests import Manifests
+
+
+class ApiRefused(EngineError):
+    """The API server said no (unauthorised, forbidden, not found, invalid): trying again changes nothing."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,15 @@ class PodBackend(Protocol):
 
     def logs(self, pod: str, container: str, follow: bool) -> Iterator[bytes]: ...
 
-    def delete(self, pod: str, grace: float = 10) -> None:
-        """The pod and everything it owns; idempotent."""
+    def delete(self, pod: str, grace: float = 10, run_id: str | None = None) -> None:
+        """The pod and everything it owns, and (``run_id``) anything else labelled with the run even
+        when the pod is gone; idempotent."""
+
+    def strays(self, home: str) -> list[tuple[str, str, str]]:
+        """(kind, name, run id) of objects of ``home``'s runs that no pod owns (a moat killed while it
+        created them): what ``moat clean`` deletes besides pods."""
+
+    def remove_stray(self, kind: str, name: str) -> None: ...
 
     def pods(self, run_id: str | None = None) -> list[RunPod]:
         """moat's pods (of one run, or all), by label."""

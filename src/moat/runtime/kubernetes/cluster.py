@@ -11,7 +11,9 @@ collector). Should a step fail, what was created is deleted before the error is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -20,9 +22,10 @@ from typing import Any
 from moat.constants import LABEL_HOME, LABEL_RUN_ID
 from moat.errors import EngineError
 from moat.plan.kube.manifests import Manifests
-from moat.runtime.kubernetes.backend import ContainerStatus, PodStatus, RunPod
+from moat.runtime.kubernetes.backend import ApiRefused, ContainerStatus, PodStatus, RunPod
 
-OWNED_KINDS = ("Secret", "ConfigMap", "NetworkPolicy")
+OWNED_KINDS = ("NetworkPolicy", "Secret", "ConfigMap")  # in the order they are created
+ERROR_CHANNEL = 3  # an exec's status channel (the client's ws_client.ERROR_CHANNEL)
 
 
 def _import() -> Any:
@@ -78,21 +81,21 @@ class ClusterBackend:
         reason = _reason(exc)
         where = f"in the namespace {self.namespace}"
         if exc.status in (401,):
-            return EngineError(f"the cluster refused moat's credentials ({what}): {reason}",
+            return ApiRefused(f"the cluster refused moat's credentials ({what}): {reason}",
                                hint="Log in again (your kubeconfig's token may have expired).")
         if exc.status == 403:
-            return EngineError(f"no permission {what} {where}: {reason}",
+            return ApiRefused(f"no permission {what} {where}: {reason}",
                                hint="Ask for a Role there that may create, get, list, patch and delete pods,"
                                     " pods/exec, pods/log, secrets, configmaps, networkpolicies and"
                                     " persistentvolumeclaims; or set kubernetes.namespace to one where you may.")
         if exc.status == 404:
-            return EngineError(f"not found {what} {where}: {reason}",
+            return ApiRefused(f"not found {what} {where}: {reason}",
                                hint=f"Does the namespace {self.namespace} exist? (kubectl get namespace"
                                     f" {self.namespace})")
         if exc.status == 409:
             return EngineError(f"already exists {what} {where}: {reason}", hint="Run `moat clean`, then again.")
         if exc.status == 422:
-            return EngineError(f"the cluster rejected {what}: {reason}",
+            return ApiRefused(f"the cluster rejected {what}: {reason}",
                                hint="A setting in moat.yaml or MOAT_HOME/config.yaml is not valid for this cluster.")
         if exc.status == 0:
             return EngineError(f"the cluster connection broke {what}: {reason}")
@@ -104,22 +107,28 @@ class ClusterBackend:
         self._call("listing pods", lambda: self.core.list_namespaced_pod(self.namespace, limit=1))
 
     def apply(self, manifests: Manifests) -> None:
+        """The Pod first, then every object it needs, each created with the Pod as its owner: there is
+        no moment at which one exists that deleting the Pod would not take with it. The kubelet waits
+        for a Secret a container needs; under strict policy the NetworkPolicy exists before the pod's
+        Secret does, so before any of its containers can start."""
         pod = manifests.pod
         name = pod["metadata"]["name"]
         run_id = pod["metadata"]["labels"][LABEL_RUN_ID]
-        try:
-            for obj in manifests.objects:
-                if obj is pod:
-                    continue
+        for obj in manifests.objects:  # the namespace's shared cache: not the run's, made once
+            if obj["kind"] == "PersistentVolumeClaim":
                 self._create(obj)
+        try:
             created = self._call(f"creating the pod {name}",
                                  lambda: self.core.create_namespaced_pod(self.namespace, pod))
             owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": created.metadata.uid}
-            for obj in manifests.objects:
-                if obj["kind"] in OWNED_KINDS:
-                    self._own(obj, owner)
+            owned = sorted((o for o in manifests.objects if o["kind"] in OWNED_KINDS),
+                           key=lambda o: OWNED_KINDS.index(o["kind"]))
+            for obj in owned:
+                self._create({**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}})
         except BaseException:
-            self._sweep(run_id, name)
+            # The error that stopped the apply is the one to tell; `moat clean` sweeps again.
+            with contextlib.suppress(EngineError):
+                self._sweep(run_id, name)
             raise
 
     def _create(self, obj: dict[str, Any]) -> None:
@@ -137,42 +146,48 @@ class ClusterBackend:
         else:
             raise EngineError(f"moat does not apply objects of kind {kind}")
 
-    def _own(self, obj: dict[str, Any], owner: dict[str, str]) -> None:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        body = {"metadata": {"ownerReferences": [owner]}}
-        what = f"giving the {kind} {name} to its pod"
-        if kind == "Secret":
-            self._call(what, lambda: self.core.patch_namespaced_secret(name, self.namespace, body))
-        elif kind == "ConfigMap":
-            self._call(what, lambda: self.core.patch_namespaced_config_map(name, self.namespace, body))
-        else:
-            self._call(what, lambda: self.net.patch_namespaced_network_policy(name, self.namespace, body))
+    def _kinds(self) -> tuple[tuple[str, Any, Any], ...]:
+        return (("NetworkPolicy", self.net.list_namespaced_network_policy, self.net.delete_namespaced_network_policy),
+                ("Secret", self.core.list_namespaced_secret, self.core.delete_namespaced_secret),
+                ("ConfigMap", self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map))
 
-    def _sweep(self, run_id: str, pod: str) -> None:
-        """Everything of the run, whether or not its owner was set (a failed apply, a reap)."""
+    def _sweep(self, run_id: str, pod: str | None) -> None:
+        """Everything of the run, owned or not (a failed apply, a reap): every deletion is tried, the
+        first failure raised after them all."""
         selector = f"{LABEL_RUN_ID}={run_id}"
-        deletions: list[tuple[str, Callable[[], Any]]] = [
-            (f"deleting the pod {pod}", lambda: self.core.delete_namespaced_pod(
-                pod, self.namespace, grace_period_seconds=0, propagation_policy="Background")),
-        ]
-        kinds: tuple[tuple[str, Any, Any], ...] = (
-            ("Secret", self.core.list_namespaced_secret, self.core.delete_namespaced_secret),
-            ("ConfigMap", self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
-            ("NetworkPolicy", self.net.list_namespaced_network_policy, self.net.delete_namespaced_network_policy))
-        for kind, lister, deleter in kinds:
-            found = self._call(f"listing {kind}s", partial(lister, self.namespace, label_selector=selector),
-                               missing_ok=True)
-            for item in (found.items if found is not None else []):
-                deletions.append((f"deleting the {kind} {item.metadata.name}",
-                                  partial(deleter, item.metadata.name, self.namespace)))
-        errors = []
-        for what, call in deletions:
+        errors: list[EngineError] = []
+
+        def attempt(what: str, call: Callable[[], Any]) -> Any:
             try:
-                self._call(what, call, missing_ok=True)
+                return self._call(what, call, missing_ok=True)
             except EngineError as exc:
                 errors.append(exc)
+                return None
+
+        if pod:
+            attempt(f"deleting the pod {pod}", lambda: self.core.delete_namespaced_pod(
+                pod, self.namespace, grace_period_seconds=0, propagation_policy="Background"))
+        for kind, lister, deleter in self._kinds():
+            found = attempt(f"listing {kind}s", partial(lister, self.namespace, label_selector=selector))
+            for item in (found.items if found is not None else []):
+                attempt(f"deleting the {kind} {item.metadata.name}", partial(deleter, item.metadata.name,
+                                                                              self.namespace))
         if errors:
             raise errors[0]
+
+    def remove_stray(self, kind: str, name: str) -> None:
+        deleter = next(d for k, _, d in self._kinds() if k == kind)
+        self._call(f"deleting the {kind} {name}", partial(deleter, name, self.namespace), missing_ok=True)
+
+    def strays(self, home: str) -> list[tuple[str, str, str]]:
+        found = []
+        for kind, lister, _ in self._kinds():
+            listed = self._call(f"listing {kind}s", partial(lister, self.namespace,
+                                                            label_selector=f"{LABEL_RUN_ID},{LABEL_HOME}={home}"))
+            for item in listed.items:
+                if not item.metadata.owner_references:
+                    found.append((kind, item.metadata.name, (item.metadata.labels or {}).get(LABEL_RUN_ID, "")))
+        return found
 
     def status(self, pod: str) -> PodStatus:
         found = self._call(f"reading the pod {pod}", lambda: self.core.read_namespaced_pod(pod, self.namespace),
@@ -195,7 +210,7 @@ class ClusterBackend:
         from kubernetes.stream import stream  # noqa: PLC0415
 
         what = f"running a command in {pod}/{container}"
-        client = self._call(what, lambda: stream(
+        client = self._exec_call(what, lambda: stream(
             self.core.connect_get_namespaced_pod_exec, pod, self.namespace, container=container,
             command=list(argv), stdin=stdin is not None, stdout=True, stderr=True, tty=False,
             _preload_content=False, binary=True))
@@ -215,14 +230,27 @@ class ClusterBackend:
                     err += client.read_stderr()
             out += client.read_stdout() or b""
             err += client.read_stderr() or b""
-            code = client.returncode
+            code = _exit_code(client.read_channel(ERROR_CHANNEL))
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"{what}: the connection broke ({_first_line(exc)})") from None
         finally:
             client.close()
-        return (code if code is not None else 1), bytes(out) if code == 0 else bytes(out + err)
+        return code, bytes(out) if code == 0 else bytes(out + err)
+
+    def _exec_call(self, what: str, call: Callable[[], Any]) -> Any:
+        """An exec's WebSocket: the client reports a refused upgrade as status 0 with the HTTP status
+        in its text (and a KeyboardInterrupt the same way: the run's own flag tells that one)."""
+        try:
+            return self._call(what, call)
+        except EngineError as exc:
+            found = re.search(r"Handshake status (\d{3})", exc.message)
+            if found is None:
+                raise
+            status = int(found.group(1))
+            fake = type("Refused", (), {"status": status, "reason": _handshake_reason(exc.message), "body": None})()
+            raise self._translate(what, fake) from None
 
     def logs(self, pod: str, container: str, follow: bool) -> Iterator[bytes]:
         response = self._call(f"reading the log of {pod}/{container}", lambda: self.core.read_namespaced_pod_log(
@@ -235,14 +263,11 @@ class ClusterBackend:
         finally:
             response.release_conn()
 
-    def delete(self, pod: str, grace: float = 10) -> None:
-        found = self._call(f"reading the pod {pod}", lambda: self.core.read_namespaced_pod(pod, self.namespace),
-                           missing_ok=True)
-        run_id = found.metadata.labels.get(LABEL_RUN_ID) if found is not None and found.metadata.labels else None
+    def delete(self, pod: str, grace: float = 10, run_id: str | None = None) -> None:
         self._call(f"deleting the pod {pod}", lambda: self.core.delete_namespaced_pod(
             pod, self.namespace, grace_period_seconds=int(grace), propagation_policy="Background"), missing_ok=True)
-        if run_id:
-            self._sweep(run_id, pod)
+        if run_id:  # what the pod owns goes with it; what it never came to own goes now
+            self._sweep(run_id, None)
 
     def pods(self, run_id: str | None = None) -> list[RunPod]:
         selector = f"{LABEL_RUN_ID}={run_id}" if run_id else LABEL_RUN_ID
@@ -263,6 +288,39 @@ def _container(status: Any) -> ContainerStatus:
     waiting = state.waiting if state is not None else None
     return ContainerStatus(status.name, "waiting", (waiting.reason or "") if waiting else "",
                            None, (waiting.message or "") if waiting else "")
+
+
+def _handshake_reason(text: str) -> str:
+    """The API server's message in a refused upgrade's text (its JSON body), else its status line."""
+    found = re.search(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")', text)
+    if found:
+        try:
+            return str(json.loads(found.group(1)))
+        except ValueError:
+            return found.group(1)
+    line = re.search(r"Handshake status (\d{3} [^-]*)", text)
+    return line.group(1).strip() if line else "refused"
+
+
+def _exit_code(channel: Any) -> int:
+    """The exit code in an exec's status channel (v4): Success, or a NonZeroExitCode cause; any other
+    failure (the program not found, a container gone) is one moat says as such."""
+    text = channel.decode(errors="replace") if isinstance(channel, bytes) else str(channel or "")
+    if not text.strip():
+        return 1
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return 1
+    if status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode" and str(cause.get("message", "")).isdigit():
+            return int(cause["message"])
+    message = str(status.get("message") or "")
+    if "executable file not found" in message or "no such file or directory" in message:
+        return 127
+    raise EngineError(f"the command could not run: {message or status.get('reason') or 'failed'}")
 
 
 def _reason(exc: Any) -> str:

@@ -11,24 +11,26 @@ can reach nothing beyond this machine's pod either — a pod for a cluster, trie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from moat.constants import LABEL_HOME, LABEL_RUN_ID
 from moat.errors import EngineError
+from moat.files import private_dir, write_private
 from moat.plan.kube.manifests import Manifests
 from moat.plan.kube.target import PROXY_UID
 from moat.runtime.kubernetes.backend import ContainerStatus, PodStatus, RunPod
 
 _EXPANSION = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 PLAY_TIMEOUT = 120
+PODMAN_FILES = "podman-pods"  # under MOAT_HOME: each pod's Secret and ConfigMap files
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -110,7 +112,6 @@ class PodmanBackend:
         self.home = home
         self.podman = podman
         self.docker = docker
-        self._files: dict[str, Path] = {}
 
     def _run(self, args: list[str], what: str, timeout: float = 60, stdin: bytes | None = None,
              check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -146,25 +147,36 @@ class PodmanBackend:
             raise EngineError(f"the image {ref} is neither in podman nor in the local Docker engine",
                               hint="Build or load it first (moat builds the agent's and the proxy's images).")
 
+    def _files_of(self, pod: str) -> Path:
+        """The pod's Secrets and ConfigMaps as files: under MOAT_HOME, where any moat finds them again
+        (a killed run's are removed by `moat clean`, `stop` or `destroy`, not only by their run)."""
+        return self.home / PODMAN_FILES / pod
+
     def apply(self, manifests: Manifests) -> None:
         pod = manifests.pod
         name = pod["metadata"]["name"]
         for container in (*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]):
             self._ensure_image(container["image"])
-        files = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.home / "tmp" if (self.home / "tmp").is_dir()
-                                      else None))
+        files = self._files_of(name)
+        private_dir(files.parent)
+        shutil.rmtree(files, ignore_errors=True)
+        files.mkdir(mode=0o711)
         os.chmod(files, 0o711)  # noqa: S103 — the containers' users reach their own files, list none
-        self._files[name] = files
-        played = playable(manifests, files, self.home / "cache")
-        document = files / "pod.json"
-        document.write_text(json.dumps(played))  # JSON is YAML; 0600 in a 0711 directory
-        self._run(["kube", "play", "--network", "none", str(document)], f"starting the pod {name}",
-                  timeout=PLAY_TIMEOUT)
+        try:
+            played = playable(manifests, files, self.home / "cache")
+            document = files / "pod.json"
+            write_private(document, json.dumps(played))  # JSON is YAML
+            self._run(["kube", "play", "--network", "none", str(document)], f"starting the pod {name}",
+                      timeout=PLAY_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(EngineError):
+                self.delete(name)
+            raise
 
     def status(self, pod: str) -> PodStatus:
         """One `podman ps` for every container of the pod (a look per container costs ~50 ms each)."""
-        done = self._run(["ps", "-a", "--filter", f"pod={pod}", "--format", "json"], "inspecting the pod", check=False)
-        listed = json.loads(done.stdout or b"[]") if done.returncode == 0 else []
+        done = self._run(["ps", "-a", "--filter", f"pod={pod}", "--format", "json"], "inspecting the pod")
+        listed = json.loads(done.stdout or b"[]")
         containers = []
         for entry in listed:
             names = entry.get("Names") or []
@@ -200,14 +212,29 @@ class PodmanBackend:
                 process.terminate()
             process.wait()
 
-    def delete(self, pod: str, grace: float = 10) -> None:
+    def delete(self, pod: str, grace: float = 10, run_id: str | None = None) -> None:
         # Stopped first, then removed: `pod rm -f` alone takes ~3.4 s here, stop and rm ~0.3 s (measured).
         self._run(["pod", "stop", "-t", str(int(grace)), pod], f"stopping the pod {pod}", check=False,
                   timeout=grace + 60)
-        self._run(["pod", "rm", "-f", pod], f"removing the pod {pod}", check=False)
-        files = self._files.pop(pod, None)
-        if files is not None:
-            shutil.rmtree(files, ignore_errors=True)
+        removed = self._run(["pod", "rm", "-f", pod], f"removing the pod {pod}", check=False)
+        shutil.rmtree(self._files_of(pod), ignore_errors=True)
+        if removed.returncode != 0 and self._run(["pod", "exists", pod], "looking for a pod",
+                                                 check=False).returncode == 0:
+            detail = removed.stderr.decode(errors="replace").strip().splitlines()
+            raise EngineError(f"podman could not remove the pod {pod}: {detail[-1] if detail else 'failed'}",
+                              hint=f"podman pod rm -f {pod}")
+
+    def remove_stray(self, kind: str, name: str) -> None:
+        if kind == "files" and "/" not in name and name not in ("", ".", ".."):
+            shutil.rmtree(self._files_of(name), ignore_errors=True)
+
+    def strays(self, home: str) -> list[tuple[str, str, str]]:
+        """Files of pods that are gone (a run killed between writing them and playing its pod)."""
+        directory = self.home / PODMAN_FILES
+        if not directory.is_dir():
+            return []
+        live = {p.name for p in self.pods()}
+        return [("files", d.name, "") for d in sorted(directory.iterdir()) if d.name not in live]
 
     def pods(self, run_id: str | None = None) -> list[RunPod]:
         selector = f"label={LABEL_RUN_ID}" + (f"={run_id}" if run_id else "")
