@@ -202,7 +202,9 @@ def test_list_json_schema(engine: DockerRuntime, moat_home: Path, tmp_path: Path
     text = run_moat(["list", "--all"]).stdout
     assert text.splitlines()[0].split() == ["NAME", "RUN", "ID", "STATE", "EXIT", "AGE", "SERVICES"]
     status = json.loads(run_moat(["status", "--json"]).stdout)
-    assert set(status) == {"engine", "sandbox", "home", "active_runs", "runs_recorded", "disk", "orphans"}
+    assert set(status) == {"engine", "sandbox", "home", "active_runs", "runs_recorded", "disk", "orphans",
+                           "kubernetes"}
+    assert status["kubernetes"] is None  # no MOAT_HOME/config.yaml
     assert status["engine"]["answers"] is True and status["runs_recorded"] == 1
     assert set(status["disk"]) == {"runs_bytes", "cache_bytes", "images_bytes"}
 

@@ -75,3 +75,11 @@ def test_an_empty_kubernetes_block_is_every_default() -> None:
     assert parse_home_config("kubernetes:\n  cache_size: 500Mi\n").kubernetes.cache_size == "500Mi"
     registry = parse_home_config("kubernetes:\n  registry: localhost:5000/a/b\n").kubernetes.registry
     assert registry == "localhost:5000/a/b"
+
+
+def test_podman_plays_a_pod_whose_workspace_path_is_long(tmp_path: Path) -> None:
+    workspace = tmp_path / ("a-rather-long-directory-name-" * 4)
+    workspace.mkdir()
+    pod = playable(manifests_of(example_plan("service-redis", workspace=workspace)), tmp_path, tmp_path / "c")
+    assert all(len(v) <= 63 for v in pod["metadata"]["annotations"].values())
+    assert pod["metadata"]["annotations"] == {"moat.run-name": "service-redis"}

@@ -30,6 +30,7 @@ from moat.runtime.kubernetes.backend import ContainerStatus, PodStatus, RunPod
 
 _EXPANSION = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 PLAY_TIMEOUT = 120
+ANNOTATION_MAX = 63
 PODMAN_FILES = "podman-pods"  # under MOAT_HOME: each pod's Secret and ConfigMap files
 
 
@@ -49,6 +50,10 @@ def playable(manifests: Manifests, files: Path, cache: Path) -> dict[str, Any]:
             for o in manifests.objects if o["kind"] in ("Secret", "ConfigMap")}
     pod: dict[str, Any] = json.loads(json.dumps(manifests.pod))
     pod["metadata"].pop("namespace", None)
+    # podman 4.3 refuses an annotation over 63 characters (Kubernetes takes 256 KiB): a long one (the
+    # workspace's path) is left out of the local pod; the run's record has it.
+    annotations = pod["metadata"].get("annotations") or {}
+    pod["metadata"]["annotations"] = {k: v for k, v in annotations.items() if len(v) <= ANNOTATION_MAX}
     spec = pod["spec"]
     volumes: dict[str, dict[str, Any]] = {v["name"]: v for v in spec.get("volumes", [])}
     dirs: dict[str, Path] = {}
