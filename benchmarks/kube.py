@@ -28,21 +28,12 @@ from pathlib import Path
 
 from moat.plan.kube.manifests import Manifests
 from moat.runtime.kubernetes.podman import playable
+from runtimes import run_once  # the same timing of `moat run --runtime R -- true`
 
 ROOT = Path(__file__).resolve().parent.parent
 MOAT = [sys.executable, "-m", "moat"]
 WORKSPACE = "name: bench-kube\ndependencies: [redis]\nservices:\n  redis:\n    image: moat-test/redis:latest\n"
 HOST_CAS = Path("/usr/local/share/ca-certificates")
-
-
-def moat_run(runtime: str, workspace: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run([*MOAT, "run", "--runtime", runtime, str(workspace), "--", "true"], env=env,
-                          capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"moat run --runtime {runtime} failed:\n{done.stderr}")
-    return elapsed
 
 
 def floor_pod(workspace: Path, env: dict[str, str], directory: Path) -> Path:
@@ -110,14 +101,14 @@ def main() -> int:
         floor_dir = base / "floor"
         floor_dir.mkdir()
         pod = floor_pod(workspace, env, floor_dir)
-        moat_run("kubernetes", workspace, env)  # warm-up: images built and copied into podman
-        moat_run("docker", workspace, env)  # warm-up: the service's warm template
+        run_once("kubernetes", workspace, env)  # warm-up: images built and copied into podman
+        run_once("docker", workspace, env)  # warm-up: the service's warm template
         floor_once(pod)
         times: dict[str, list[float]] = {"kube": [], "floor": [], "docker": []}
         for _ in range(args.runs):
-            times["kube"].append(moat_run("kubernetes", workspace, env))
+            times["kube"].append(run_once("kubernetes", workspace, env))
             times["floor"].append(floor_once(pod))
-            times["docker"].append(moat_run("docker", workspace, env))
+            times["docker"].append(run_once("docker", workspace, env))
         steps: dict[str, list[float]] = {}
         for metadata in (home / "runs").glob("*/metadata.json"):
             data = json.loads(metadata.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -68,18 +69,14 @@ def clean(dry_run: bool, force: bool, all_images: bool) -> None:
         for problem in problems:
             click.echo(f"could not remove: {problem}", err=True)
         removed += len(found.objects) + len(found.images) - len(problems)
-    for left in pods:
+    kube: list[tuple[str, Callable[[], None]]] = [(f"pod {left.pod.name}", left.remove) for left in pods]
+    kube += [(f"{stray.kind} {stray.name}", stray.remove) for stray in strays]
+    for what, remove in kube:
         try:
-            left.remove()
+            remove()
             removed += 1
         except MoatError as exc:
-            click.echo(f"could not remove: pod {left.pod.name}: {exc.message}", err=True)
-    for stray in strays:
-        try:
-            stray.remove()
-            removed += 1
-        except MoatError as exc:
-            click.echo(f"could not remove: {stray.kind} {stray.name}: {exc.message}", err=True)
+            click.echo(f"could not remove: {what}: {exc.message}", err=True)
     click.echo(f"removed {removed} objects")
 
 
