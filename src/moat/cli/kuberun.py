@@ -76,7 +76,12 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
         manifests, proxy = manifests_for(plan, settings, real_ca=True)
         _images(plan, proxy, settings, rebuild)
         # Pinned: should the kubeconfig's current context change, stop/destroy/clean still find the pod.
-        context = settings.context or (current_context() if settings.engine == "cluster" else None)
+        if settings.context or settings.engine != "cluster":
+            context = settings.context
+        else:
+            from moat.runtime.kubernetes.cluster import current_context
+
+            context = current_context()
         where = {"engine": settings.engine, "namespace": settings.namespace, "context": context,
                  "pod": manifests.pod["metadata"]["name"]}
         services = [{"name": s.name, "image": s.image} for s in plan.services]
@@ -109,17 +114,6 @@ def run_on_kubernetes(plan: Plan, home: Path, *, detach: bool, rebuild: bool) ->
         finally:
             if not outcome.get("handed_off"):
                 _settle(record, output, run, outcome)
-
-
-def current_context() -> str | None:
-    """The kubeconfig's current context, as the client reads it (None when it cannot say)."""
-    try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-    except Exception:
-        return None
-    return str(active["name"]) if active and active.get("name") else None
 
 
 def _settle(record: RunRecord, output: _Output, run: KubeRun, outcome: dict[str, Any]) -> None:

@@ -278,6 +278,18 @@ class ClusterBackend:
                        (p.metadata.labels or {}).get(LABEL_HOME, "")) for p in found.items]
 
 
+def current_context() -> str | None:
+    """The kubeconfig's current context, as the client reads it (None when it cannot say): a run
+    records it, so that stop, destroy and clean find its pod should the current context change."""
+    try:
+        from kubernetes import config  # noqa: PLC0415
+
+        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+    return str(active["name"]) if active and active.get("name") else None
+
+
 def _container(status: Any) -> ContainerStatus:
     state = status.state
     if state is not None and state.terminated is not None:
