@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
+from moat.config.load import read_config_text
 from moat.config.problems import translate
 from moat.config.schema import IMAGE_REF_RE, matching
-from moat.config.yamldoc import MAX_SIZE, Marks, YamlProblem, load_document, too_large
+from moat.config.yamldoc import Marks, YamlProblem, load_document
 from moat.errors import ConfigError, Located
 
 HOME_CONFIG = "config.yaml"
@@ -83,17 +84,9 @@ class HomeConfig:
 def load_home_config(home: Path) -> HomeConfig:
     file = home / HOME_CONFIG
     try:
-        raw = file.read_bytes()
+        text = read_config_text(file)
     except FileNotFoundError:
         return HomeConfig(None)
-    except OSError as exc:
-        raise ConfigError(file, [Located((), f"cannot read the file: {exc.strerror}")]) from None
-    if len(raw) > MAX_SIZE:
-        raise ConfigError(file, [Located((), too_large())])
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, [Located((), f"not UTF-8 text (byte {exc.start})")]) from None
     return parse_home_config(text, file)
 
 

@@ -73,17 +73,23 @@ def load_config(workspace: Path, catalog: Catalog, implied: tuple[str, ...] = ()
     file = find_config_file(workspace)
     if file is None:
         return parse_config("", catalog, implied=implied) if implied else Config(None, MoatConfig(), (), {})
+    return parse_config(read_config_text(file), catalog, file=file, implied=implied)
+
+
+def read_config_text(file: Path) -> str:
+    """A configuration file's text: readable, not absurdly large, UTF-8 (else a located error)."""
     try:
         raw = file.read_bytes()
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
         raise ConfigError(file, [Located((), f"cannot read the file: {exc.strerror}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(file, [Located((), too_large())])
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(file, [Located((), f"not UTF-8 text (byte {exc.start})")]) from None
-    return parse_config(text, catalog, file=file, implied=implied)
 
 
 def parse_config(text: str, catalog: Catalog, *, file: Path | None = None, implied: tuple[str, ...] = ()) -> Config:
